@@ -1,1 +1,26 @@
-//! placeholder
+//! Loading, validating and atomically publishing mtlsd's TLS material.
+//!
+//! The contract this crate keeps: material is read whole, checked whole
+//! (PEM, key ↔ certificate, chain to the named trust bundle, validity,
+//! key usages, key-file permissions), turned into complete rustls configs,
+//! and only then published as one [`Generation`] through a
+//! [`MaterialStore`]. Callers — start-up, `mtlsd check`, and every reload
+//! trigger — go through [`Generation::load`], so "would this reload work?"
+//! and "does this start?" are the same question.
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod generation;
+mod identity;
+mod pem;
+mod store;
+mod tls;
+mod trust;
+
+pub use error::{FoundInstead, MaterialError, MaterialErrors};
+pub use generation::{Generation, MaterialSpec};
+pub use identity::{Identity, IdentitySpec};
+pub use store::MaterialStore;
+pub use tls::{ClientAuth, TlsSettings, TlsSide, TlsUse, provider};
+pub use trust::{BundleCa, TrustBundle, TrustDomainSpec};

@@ -1,0 +1,472 @@
+//! A generation: one complete, validated set of TLS material and the
+//! configs built from it.
+//!
+//! Everything in a generation was loaded and checked together, so cert,
+//! key and bundles can never come from different rotations. A generation is
+//! immutable; change means building a new one and publishing it through
+//! [`MaterialStore`](crate::MaterialStore).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rustls::{ClientConfig, ServerConfig};
+
+use crate::error::{MaterialError, MaterialErrors};
+use crate::identity::{Identity, IdentitySpec, RequiredUsage};
+use crate::tls::{self, TlsSettings, TlsSide, TlsUse};
+use crate::trust::{TrustBundle, TrustDomainSpec};
+
+/// Everything needed to load a generation: paths and intended uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaterialSpec {
+    pub identity: IdentitySpec,
+    pub trust_domains: Vec<TrustDomainSpec>,
+    pub settings: TlsSettings,
+    pub uses: Vec<TlsUse>,
+}
+
+/// One validated set of material with its TLS configs.
+#[derive(Debug)]
+pub struct Generation {
+    number: u64,
+    loaded_at: SystemTime,
+    spec: MaterialSpec,
+    identity: Arc<Identity>,
+    bundles: BTreeMap<String, Arc<TrustBundle>>,
+    servers: HashMap<String, Arc<ServerConfig>>,
+    clients: HashMap<String, Arc<ClientConfig>>,
+}
+
+impl Generation {
+    /// Loads and checks everything `spec` names, as of `now`, and builds
+    /// every TLS config. Returns every problem found, not just the first.
+    pub fn load(spec: &MaterialSpec, now: SystemTime) -> Result<Self, MaterialErrors> {
+        let provider = tls::provider();
+        let mut problems = Vec::new();
+
+        let mut bundles = BTreeMap::new();
+        for domain in &spec.trust_domains {
+            match TrustBundle::load(domain, now) {
+                Ok(bundle) => {
+                    bundles.insert(domain.name.clone(), Arc::new(bundle));
+                }
+                Err(errors) => problems.extend(errors),
+            }
+        }
+
+        let mut usage = RequiredUsage::default();
+        for u in &spec.uses {
+            if !spec.trust_domains.iter().any(|d| d.name == u.trust_domain) {
+                problems.push(MaterialError::UnknownTrustDomain {
+                    domain: u.trust_domain.clone(),
+                });
+            }
+            match u.side {
+                TlsSide::Server { .. } => usage.server = true,
+                TlsSide::Client { .. } => usage.client = true,
+            }
+        }
+        let identity_domain = &spec.identity.trust_domain;
+        if !spec
+            .trust_domains
+            .iter()
+            .any(|d| &d.name == identity_domain)
+        {
+            problems.push(MaterialError::UnknownTrustDomain {
+                domain: identity_domain.clone(),
+            });
+        }
+
+        let identity = match Identity::load(
+            &spec.identity,
+            bundles.get(identity_domain).map(Arc::as_ref),
+            usage,
+            &provider,
+            now,
+        ) {
+            Ok(identity) => Some(Arc::new(identity)),
+            Err(errors) => {
+                problems.extend(errors);
+                None
+            }
+        };
+
+        let Some(identity) = identity.filter(|_| problems.is_empty()) else {
+            return Err(MaterialErrors(problems));
+        };
+
+        let mut servers = HashMap::new();
+        let mut clients = HashMap::new();
+        for u in &spec.uses {
+            let Some(bundle) = bundles.get(&u.trust_domain) else {
+                continue; // reported above
+            };
+            let built = match &u.side {
+                TlsSide::Server { client_auth, alpn } => {
+                    tls::server_config(&identity, bundle, *client_auth, alpn, spec.settings).map(
+                        |config| {
+                            servers.insert(u.name.clone(), config);
+                        },
+                    )
+                }
+                TlsSide::Client { alpn } => {
+                    tls::client_config(&identity, bundle, alpn, spec.settings).map(|config| {
+                        clients.insert(u.name.clone(), config);
+                    })
+                }
+            };
+            if let Err(e) = built {
+                problems.push(MaterialError::TlsConfig {
+                    listener: u.name.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+        if !problems.is_empty() {
+            return Err(MaterialErrors(problems));
+        }
+
+        Ok(Self {
+            number: 0,
+            loaded_at: now,
+            spec: spec.clone(),
+            identity,
+            bundles,
+            servers,
+            clients,
+        })
+    }
+
+    /// 1 for the material loaded at start-up, +1 for each published swap.
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    pub(crate) fn set_number(&mut self, number: u64) {
+        self.number = number;
+    }
+
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    pub fn spec(&self) -> &MaterialSpec {
+        &self.spec
+    }
+
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.identity
+    }
+
+    pub fn bundles(&self) -> &BTreeMap<String, Arc<TrustBundle>> {
+        &self.bundles
+    }
+
+    pub fn bundle(&self, domain: &str) -> Option<&Arc<TrustBundle>> {
+        self.bundles.get(domain)
+    }
+
+    /// The server config for the use named `name`, if that use accepts TLS.
+    pub fn server_config(&self, name: &str) -> Option<Arc<ServerConfig>> {
+        self.servers.get(name).cloned()
+    }
+
+    /// The client config for the use named `name`, if that use originates TLS.
+    pub fn client_config(&self, name: &str) -> Option<Arc<ClientConfig>> {
+        self.clients.get(name).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::{Path, PathBuf};
+
+    use mtlsd_devca::{CertificateAuthority, LeafSpec, LeafUsage};
+
+    use super::*;
+    use crate::tls::ClientAuth;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        ca: CertificateAuthority,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Self {
+                dir: tempfile::tempdir().unwrap(),
+                ca: CertificateAuthority::new("mesh ca").unwrap(),
+            }
+        }
+
+        fn write(&self, name: &str, contents: &str) -> PathBuf {
+            let path = self.dir.path().join(name);
+            std::fs::write(&path, contents).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            path
+        }
+
+        /// A spec with a good leaf, key and bundle, and one inbound and one
+        /// outbound use.
+        fn spec(&self, leaf: &LeafSpec) -> MaterialSpec {
+            let issued = self.ca.issue(leaf).unwrap();
+            MaterialSpec {
+                identity: IdentitySpec {
+                    cert: self.write("host.crt", &issued.cert_pem),
+                    key: self.write("host.key", &issued.key_pem),
+                    trust_domain: "mesh".into(),
+                    insecure_key_permissions: false,
+                },
+                trust_domains: vec![TrustDomainSpec {
+                    name: "mesh".into(),
+                    bundle: vec![self.write("mesh-ca.pem", self.ca.cert_pem())],
+                    version: Some("v1".into()),
+                }],
+                settings: TlsSettings::default(),
+                uses: vec![
+                    TlsUse {
+                        name: "in".into(),
+                        trust_domain: "mesh".into(),
+                        side: TlsSide::Server {
+                            client_auth: ClientAuth::Required,
+                            alpn: vec![],
+                        },
+                    },
+                    TlsUse {
+                        name: "out".into(),
+                        trust_domain: "mesh".into(),
+                        side: TlsSide::Client { alpn: vec![] },
+                    },
+                ],
+            }
+        }
+    }
+
+    fn host_leaf() -> LeafSpec {
+        LeafSpec::new("node1", &["node1.example", "127.0.0.1"])
+    }
+
+    fn problems(spec: &MaterialSpec) -> Vec<MaterialError> {
+        match Generation::load(spec, SystemTime::now()) {
+            Ok(_) => panic!("load unexpectedly succeeded"),
+            Err(errors) => errors.0,
+        }
+    }
+
+    fn mentions(problems: &[MaterialError], path: &Path) -> bool {
+        let shown = path.display().to_string();
+        problems.iter().any(|p| p.to_string().contains(&shown))
+    }
+
+    #[test]
+    fn good_material_loads_with_configs_for_every_use() {
+        let fx = Fixture::new();
+        let spec = fx.spec(&host_leaf());
+        let generation = Generation::load(&spec, SystemTime::now()).unwrap();
+        assert!(generation.server_config("in").is_some());
+        assert!(generation.client_config("out").is_some());
+        assert!(generation.server_config("out").is_none());
+        let bundle = generation.bundle("mesh").unwrap();
+        assert_eq!(bundle.version(), Some("v1"));
+        assert_eq!(bundle.cas().len(), 1);
+        assert!(generation.identity().leaf().subject.contains("node1"));
+    }
+
+    #[test]
+    fn key_of_another_certificate_is_a_mismatch() {
+        let fx = Fixture::new();
+        let mut spec = fx.spec(&host_leaf());
+        let other = fx.ca.issue(&host_leaf()).unwrap();
+        spec.identity.key = fx.write("other.key", &other.key_pem);
+        let found = problems(&spec);
+        assert!(
+            matches!(found.as_slice(), [MaterialError::KeyMismatch { .. }]),
+            "{found:?}"
+        );
+        assert!(mentions(&found, &spec.identity.key));
+    }
+
+    #[test]
+    fn expired_and_not_yet_valid_leaves_are_refused() {
+        let fx = Fixture::new();
+        let spec = fx.spec(&host_leaf().expired());
+        assert!(matches!(
+            problems(&spec).as_slice(),
+            [MaterialError::Expired { .. }]
+        ));
+        let spec = fx.spec(&host_leaf().not_yet_valid());
+        assert!(matches!(
+            problems(&spec).as_slice(),
+            [MaterialError::NotYetValid { .. }]
+        ));
+    }
+
+    #[test]
+    fn leaf_from_another_ca_does_not_chain() {
+        let fx = Fixture::new();
+        let mut spec = fx.spec(&host_leaf());
+        let stranger = CertificateAuthority::new("other ca").unwrap();
+        spec.trust_domains[0].bundle = vec![fx.write("other-ca.pem", stranger.cert_pem())];
+        let found = problems(&spec);
+        assert!(
+            matches!(found.as_slice(), [MaterialError::NotChained { domain, .. }] if domain == "mesh"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn leaf_chains_through_an_intermediate_in_the_cert_file() {
+        let fx = Fixture::new();
+        let intermediate = fx.ca.intermediate("mesh issuing ca").unwrap();
+        let mut spec = fx.spec(&host_leaf());
+        let leaf = intermediate.issue(&host_leaf()).unwrap();
+        spec.identity.cert = fx.write(
+            "chain.crt",
+            &format!("{}{}", leaf.cert_pem, intermediate.cert_pem()),
+        );
+        spec.identity.key = fx.write("chain.key", &leaf.key_pem);
+        Generation::load(&spec, SystemTime::now()).unwrap();
+    }
+
+    #[test]
+    fn missing_usage_is_refused_per_side() {
+        let fx = Fixture::new();
+        let spec = fx.spec(&host_leaf().usage(LeafUsage::Server));
+        let found = problems(&spec);
+        assert!(
+            matches!(
+                found.as_slice(),
+                [MaterialError::WrongUsage {
+                    usage: "client",
+                    ..
+                }]
+            ),
+            "{found:?}"
+        );
+        // With only a server-side use, a server-only leaf is fine.
+        let mut spec = fx.spec(&host_leaf().usage(LeafUsage::Server));
+        spec.uses
+            .retain(|u| matches!(u.side, TlsSide::Server { .. }));
+        Generation::load(&spec, SystemTime::now()).unwrap();
+    }
+
+    #[test]
+    fn readable_key_is_refused_unless_explicitly_allowed() {
+        let fx = Fixture::new();
+        let mut spec = fx.spec(&host_leaf());
+        std::fs::set_permissions(&spec.identity.key, std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let found = problems(&spec);
+        assert!(
+            matches!(
+                found.as_slice(),
+                [MaterialError::KeyPermissions { mode: 0o644, .. }]
+            ),
+            "{found:?}"
+        );
+        spec.identity.insecure_key_permissions = true;
+        Generation::load(&spec, SystemTime::now()).unwrap();
+    }
+
+    #[test]
+    fn garbage_truncated_and_swapped_files_say_what_they_hold() {
+        let fx = Fixture::new();
+        let good = fx.spec(&host_leaf());
+        let cert_pem = std::fs::read_to_string(&good.identity.cert).unwrap();
+
+        let mut spec = good.clone();
+        spec.identity.cert = fx.write("garbage.crt", "this is not PEM at all\n");
+        let found = problems(&spec);
+        assert!(
+            matches!(found.as_slice(), [MaterialError::NoCertificate { .. }]),
+            "{found:?}"
+        );
+        assert!(
+            found[0].to_string().contains("no PEM blocks"),
+            "{}",
+            found[0]
+        );
+
+        let mut spec = good.clone();
+        spec.identity.cert = fx.write("truncated.crt", &cert_pem[..cert_pem.len() / 2]);
+        let found = problems(&spec);
+        assert!(
+            matches!(found.as_slice(), [MaterialError::Pem { .. }]),
+            "{found:?}"
+        );
+
+        let mut spec = good.clone();
+        spec.identity.cert = good.identity.key.clone();
+        spec.identity.key = fx.write("swapped.key", &cert_pem);
+        let found = problems(&spec);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].to_string().contains("found: 1 PRIVATE KEY"),
+            "{}",
+            found[0]
+        );
+        assert!(
+            found[1].to_string().contains("found: 1 CERTIFICATE"),
+            "{}",
+            found[1]
+        );
+
+        // Valid base64 whose DER is corrupt.
+        let mut spec = good.clone();
+        let corrupt = "-----BEGIN CERTIFICATE-----\nMIIBAAAAAAAA\n-----END CERTIFICATE-----\n";
+        spec.identity.cert = fx.write("corrupt.crt", corrupt);
+        let found = problems(&spec);
+        assert!(
+            matches!(found.as_slice(), [MaterialError::CertificateParse { .. }]),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let fx = Fixture::new();
+        let mut spec = fx.spec(&host_leaf());
+        spec.identity.cert = fx.dir.path().join("missing.crt");
+        spec.trust_domains.push(TrustDomainSpec {
+            name: "db".into(),
+            bundle: vec![fx.dir.path().join("missing-db-ca.pem")],
+            version: None,
+        });
+        let leaf = fx.ca.issue(&host_leaf()).unwrap();
+        spec.trust_domains.push(TrustDomainSpec {
+            name: "api".into(),
+            bundle: vec![fx.write("leaf-as-ca.pem", &leaf.cert_pem)],
+            version: None,
+        });
+        let found = problems(&spec);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(mentions(&found, &spec.identity.cert));
+        assert!(mentions(&found, &spec.trust_domains[1].bundle[0]));
+        assert!(
+            found
+                .iter()
+                .any(|p| matches!(p, MaterialError::NotCa { domain, .. } if domain == "api"))
+        );
+    }
+
+    #[test]
+    fn store_publishes_whole_generations_in_order() {
+        let fx = Fixture::new();
+        let spec = fx.spec(&host_leaf());
+        let store = crate::MaterialStore::new(Generation::load(&spec, SystemTime::now()).unwrap());
+        let before = store.current();
+        assert_eq!(before.number(), 1);
+        let spec2 = fx.spec(&host_leaf());
+        let number = store.publish(Generation::load(&spec2, SystemTime::now()).unwrap());
+        assert_eq!(number, 2);
+        let after = store.current();
+        assert_eq!(after.number(), 2);
+        // The old snapshot stays intact for whoever still holds it.
+        assert_ne!(
+            before.identity().leaf().fingerprint,
+            after.identity().leaf().fingerprint
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! Trust bundles: the CAs one named trust domain accepts.
+//!
+//! Domains are never merged — a host certificate signed by the database CA
+//! must not be accepted by a mesh listener — so each bundle carries its own
+//! root store. A bundle may hold several CAs (that is how a CA rotation
+//! overlaps), and is identified by one fingerprint over all of them, so an
+//! operator can compare what every host trusts with one string.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use mtlsd_expiry::{CertFacts, Fingerprint, Validity};
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+
+use crate::error::MaterialError;
+use crate::pem::read_certs;
+
+/// Where a trust domain's CAs come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustDomainSpec {
+    pub name: String,
+    /// One or more PEM files; their CAs are concatenated in order.
+    pub bundle: Vec<PathBuf>,
+    /// The operator's label for this bundle version, reported as-is.
+    pub version: Option<String>,
+}
+
+/// One CA of a bundle and where it came from.
+#[derive(Debug, Clone)]
+pub struct BundleCa {
+    pub path: PathBuf,
+    pub der: CertificateDer<'static>,
+    pub facts: CertFacts,
+}
+
+/// A validated trust bundle.
+#[derive(Debug)]
+pub struct TrustBundle {
+    spec: TrustDomainSpec,
+    cas: Vec<BundleCa>,
+    roots: Arc<RootCertStore>,
+    fingerprint: Fingerprint,
+}
+
+impl TrustBundle {
+    /// Reads and checks every file of `spec`, reporting every problem.
+    pub(crate) fn load(
+        spec: &TrustDomainSpec,
+        now: SystemTime,
+    ) -> Result<Self, Vec<MaterialError>> {
+        let mut problems = Vec::new();
+        let mut cas = Vec::new();
+        for path in &spec.bundle {
+            let ders = match read_certs(path) {
+                Ok(ders) => ders,
+                Err(e) => {
+                    problems.push(e);
+                    continue;
+                }
+            };
+            for (index, der) in ders.into_iter().enumerate() {
+                match CertFacts::from_der(&der) {
+                    Ok(facts) => cas.push(BundleCa {
+                        path: path.clone(),
+                        der,
+                        facts,
+                    }),
+                    Err(e) => problems.push(MaterialError::CertificateParse {
+                        path: path.clone(),
+                        index: index + 1,
+                        reason: e.to_string(),
+                    }),
+                }
+            }
+        }
+
+        let mut roots = RootCertStore::empty();
+        for ca in &cas {
+            if !ca.facts.is_ca {
+                problems.push(MaterialError::NotCa {
+                    path: ca.path.clone(),
+                    domain: spec.name.clone(),
+                    subject: ca.facts.subject.clone(),
+                });
+                continue;
+            }
+            if ca.facts.validity_at(now) != Validity::Valid {
+                // An expired CA next to a valid one is normal late in a CA
+                // rotation; it simply anchors nothing. Say so, don't refuse.
+                tracing::warn!(
+                    domain = %spec.name,
+                    path = %ca.path.display(),
+                    subject = %ca.facts.subject,
+                    not_after = %humantime::format_rfc3339_seconds(ca.facts.not_after),
+                    "CA certificate in trust bundle is outside its validity window"
+                );
+            }
+            if let Err(e) = roots.add(ca.der.clone()) {
+                problems.push(MaterialError::BadTrustAnchor {
+                    path: ca.path.clone(),
+                    subject: ca.facts.subject.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+        if cas.is_empty() && problems.is_empty() {
+            problems.push(MaterialError::EmptyBundle {
+                domain: spec.name.clone(),
+                paths: spec.bundle.clone(),
+            });
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+
+        let fingerprint = Fingerprint::of_all(cas.iter().map(|ca| ca.der.as_ref()));
+        Ok(Self {
+            spec: spec.clone(),
+            cas,
+            roots: Arc::new(roots),
+            fingerprint,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn version(&self) -> Option<&str> {
+        self.spec.version.as_deref()
+    }
+
+    pub fn spec(&self) -> &TrustDomainSpec {
+        &self.spec
+    }
+
+    pub fn cas(&self) -> &[BundleCa] {
+        &self.cas
+    }
+
+    /// SHA-256 over the bundle's CAs in order.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    pub fn roots(&self) -> &Arc<RootCertStore> {
+        &self.roots
+    }
+}
