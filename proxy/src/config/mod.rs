@@ -1,0 +1,273 @@
+//! mtlsd's configuration: `/etc/mtlsd/mtlsd.toml` plus `MTLSD_…`
+//! environment overrides, validated in full before anything starts.
+//!
+//! Loading has two stages. The `config` crate merges the file and the
+//! environment into one tree, deserialised into [`raw`] types while
+//! `serde_ignored` records every unknown key. [`validate`] then turns the
+//! raw tree into the typed [`Config`], collecting every problem with its key,
+//! so an operator fixes the file once, not once per error.
+//!
+//! Environment overrides use `__` to nest: `MTLSD_ADMIN__LISTEN` sets
+//! `admin.listen`, `MTLSD_TRUST_DOMAINS__MESH__VERSION` sets
+//! `trust_domains.mesh.version`.
+
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mtlsd_reload::{
+    ClientAuth, IdentitySpec, MaterialSpec, TlsSettings, TlsSide, TlsUse, TrustDomainSpec,
+};
+use rustls_pki_types::ServerName;
+
+/// Where `mtlsd run` and `mtlsd check` look when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/mtlsd/mtlsd.toml";
+/// Environment variables with this prefix override config keys.
+pub const ENV_PREFIX: &str = "MTLSD_";
+/// Environment variables the CLI itself reads; they are not config keys.
+pub(crate) const CLI_ENV_VARS: &[&str] = &["MTLSD_CONFIG", "MTLSD_LOG", "MTLSD_LOG_FORMAT"];
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file this came from; relative paths inside it were resolved
+    /// against its directory.
+    pub source: PathBuf,
+    pub identity: IdentityConfig,
+    pub trust_domains: BTreeMap<String, TrustDomainConfig>,
+    pub inventory: Option<PathBuf>,
+    pub admin_listen: SocketAddr,
+    pub allow_tls12: bool,
+    pub drain_timeout: Duration,
+    pub state_dir: PathBuf,
+    pub inbound: Vec<ListenerConfig>,
+    pub outbound: Vec<ListenerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityConfig {
+    /// This host's name in the role inventory.
+    pub host: Option<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub trust_domain: String,
+    pub insecure_key_permissions: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustDomainConfig {
+    pub bundle: Vec<PathBuf>,
+    pub version: Option<String>,
+}
+
+/// Which way a listener carries traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Accepts mTLS from other hosts, forwards plaintext to a local daemon.
+    Inbound,
+    /// Accepts plaintext from local daemons, originates mTLS to a remote host.
+    Outbound,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+        })
+    }
+}
+
+/// What a listener speaks. Only `tcp` is served by this version; the others
+/// are recognised so that configs can name them and get a clear refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Grpc,
+    Http,
+    Mariadb,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Grpc => "grpc",
+            Self::Http => "http",
+            Self::Mariadb => "mariadb",
+        }
+    }
+}
+
+/// Where a listener forwards to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// `host:port`; the host is resolved at connect time.
+    Tcp { host: String, port: u16 },
+    /// `unix:/path/to.sock`
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Self::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From accept (or connect) to a finished TLS handshake.
+    pub handshake: Duration,
+    /// A connection with no bytes moving either way for this long is closed.
+    pub idle: Duration,
+    /// Connecting to the upstream.
+    pub connect: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub direction: Direction,
+    pub listen: SocketAddr,
+    pub upstream: Upstream,
+    pub protocol: Protocol,
+    pub trust_domain: String,
+    /// Outbound only: the name the remote server's certificate must be
+    /// valid for.
+    pub server_name: Option<ServerName<'static>>,
+    pub timeouts: Timeouts,
+    /// Accepting pauses (the kernel backlog holds new clients) while this
+    /// many connections are open.
+    pub max_connections: usize,
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read or parse: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{}", DisplayProblems(path, problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+/// One problem with one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The key's dotted path, e.g. `inbound[1].listen`.
+    pub key: String,
+    pub message: String,
+    /// The environment variable that set this key, if one did.
+    pub from_env: Option<String>,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)?;
+        if let Some(var) = &self.from_env {
+            write!(f, " (set by environment variable {var})")?;
+        }
+        Ok(())
+    }
+}
+
+struct DisplayProblems<'a>(&'a Path, &'a [ConfigProblem]);
+
+impl fmt::Display for DisplayProblems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let DisplayProblems(path, problems) = self;
+        match problems {
+            [one] => write!(f, "{}: {one}", path.display()),
+            many => {
+                write!(f, "{}: {} problems:", path.display(), many.len())?;
+                for problem in *many {
+                    write!(f, "\n  - {problem}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path`, applying overrides from the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// Loads `path` with overrides taken from `env` (for tests and for
+    /// callers that filter the environment).
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Self::parse(path, &text, env)
+    }
+
+    /// Parses `text` as if it were the contents of `path`.
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        validate::parse(path, text, env)
+    }
+
+    /// Every listener, inbound first.
+    pub fn listeners(&self) -> impl Iterator<Item = &ListenerConfig> {
+        self.inbound.iter().chain(self.outbound.iter())
+    }
+
+    /// What the `reload` crate must load for this configuration.
+    pub fn material_spec(&self) -> MaterialSpec {
+        MaterialSpec {
+            identity: IdentitySpec {
+                cert: self.identity.cert.clone(),
+                key: self.identity.key.clone(),
+                trust_domain: self.identity.trust_domain.clone(),
+                insecure_key_permissions: self.identity.insecure_key_permissions,
+            },
+            trust_domains: self
+                .trust_domains
+                .iter()
+                .map(|(name, domain)| TrustDomainSpec {
+                    name: name.clone(),
+                    bundle: domain.bundle.clone(),
+                    version: domain.version.clone(),
+                })
+                .collect(),
+            settings: TlsSettings {
+                allow_tls12: self.allow_tls12,
+            },
+            uses: self
+                .listeners()
+                .map(|listener| TlsUse {
+                    name: listener.name.clone(),
+                    trust_domain: listener.trust_domain.clone(),
+                    side: match listener.direction {
+                        Direction::Inbound => TlsSide::Server {
+                            client_auth: ClientAuth::Required,
+                            alpn: Vec::new(),
+                        },
+                        Direction::Outbound => TlsSide::Client { alpn: Vec::new() },
+                    },
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The configuration file as written, before validation.
+//!
+//! Every field is optional and loosely typed here so that a single pass of
+//! validation ([`super::validate`]) can report *all* problems — a missing
+//! key, a bad address and an unknown trust domain in one run of
+//! `mtlsd check` — instead of stopping at the first serde error. Unknown
+//! keys are collected by `serde_ignored` while deserialising.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawConfig {
+    pub(crate) identity: Option<RawIdentity>,
+    #[serde(default)]
+    pub(crate) trust_domains: BTreeMap<String, RawTrustDomain>,
+    pub(crate) inventory: Option<RawInventory>,
+    pub(crate) admin: Option<RawAdmin>,
+    pub(crate) tls: Option<RawTls>,
+    pub(crate) shutdown: Option<RawShutdown>,
+    pub(crate) state_dir: Option<String>,
+    #[serde(default)]
+    pub(crate) inbound: Vec<RawListener>,
+    #[serde(default)]
+    pub(crate) outbound: Vec<RawListener>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawIdentity {
+    pub(crate) host: Option<String>,
+    pub(crate) cert: Option<String>,
+    pub(crate) key: Option<String>,
+    pub(crate) trust_domain: Option<String>,
+    pub(crate) insecure_key_permissions: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawTrustDomain {
+    pub(crate) bundle: Option<OneOrMany>,
+    pub(crate) version: Option<String>,
+}
+
+/// `bundle = "a.pem"` or `bundle = ["a.pem", "b.pem"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawInventory {
+    pub(crate) path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawAdmin {
+    pub(crate) listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawTls {
+    pub(crate) min_version: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawShutdown {
+    pub(crate) drain_timeout: Option<String>,
+}
+
+/// One `[[inbound]]` or `[[outbound]]` table. Direction-specific keys are
+/// checked in validation so the message can say which direction they
+/// belong to.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawListener {
+    pub(crate) name: Option<String>,
+    pub(crate) listen: Option<String>,
+    pub(crate) upstream: Option<String>,
+    pub(crate) protocol: Option<String>,
+    pub(crate) trust_domain: Option<String>,
+    pub(crate) server_name: Option<String>,
+    pub(crate) handshake_timeout: Option<String>,
+    pub(crate) idle_timeout: Option<String>,
+    pub(crate) connect_timeout: Option<String>,
+    pub(crate) max_connections: Option<u64>,
+    pub(crate) insecure_allow_remote_clients: Option<bool>,
+    pub(crate) insecure_remote_upstream: Option<bool>,
+}

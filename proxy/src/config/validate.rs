@@ -1,0 +1,780 @@
+//! From the raw tree to a typed [`Config`], collecting every problem.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+
+use super::raw::{OneOrMany, RawConfig, RawListener};
+use super::{
+    CLI_ENV_VARS, Config, ConfigError, ConfigProblem, Direction, ENV_PREFIX, IdentityConfig,
+    ListenerConfig, Protocol, Timeouts, TrustDomainConfig, Upstream,
+};
+
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9650";
+const DEFAULT_STATE_DIR: &str = "/var/lib/mtlsd";
+const DEFAULT_TRUST_DOMAIN: &str = "mesh";
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
+
+pub(super) fn parse(
+    path: &Path,
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let overrides: config::Map<String, String> = env
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX) && !CLI_ENV_VARS.contains(&name.as_str()))
+        .collect();
+    let parse_error = |message: String| ConfigError::Parse {
+        path: path.to_owned(),
+        message,
+    };
+    let merged = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix(ENV_PREFIX.trim_end_matches('_'))
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(overrides.clone())),
+        )
+        .build()
+        .map_err(|e| parse_error(e.to_string()))?;
+
+    let mut unknown = Vec::new();
+    let raw: RawConfig = serde_ignored::deserialize(merged, |key| unknown.push(key.to_string()))
+        .map_err(|e| parse_error(e.to_string()))?;
+
+    let mut v = Validator {
+        problems: Vec::new(),
+        base_dir: path.parent().map(Path::to_owned).unwrap_or_default(),
+        env_keys: overrides
+            .keys()
+            .map(|var| (env_key(var), var.clone()))
+            .collect(),
+    };
+    for key in unknown {
+        v.problem(&dotted(&key), "unknown key".to_owned());
+    }
+    let config = v.config(path, raw);
+    match config {
+        Some(config) if v.problems.is_empty() => Ok(config),
+        _ => Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            problems: v.problems,
+        }),
+    }
+}
+
+/// `MTLSD_TRUST_DOMAINS__MESH__VERSION` → `trust_domains.mesh.version`.
+fn env_key(var: &str) -> String {
+    var[ENV_PREFIX.len()..].to_lowercase().replace("__", ".")
+}
+
+/// serde_ignored writes sequence indices as plain segments (`inbound.0.x`);
+/// show them the way the file reads (`inbound[0].x`).
+fn dotted(path: &str) -> String {
+    let mut out = String::new();
+    for segment in path.split('.') {
+        if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(&format!("[{segment}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(segment);
+        }
+    }
+    out
+}
+
+struct Validator {
+    problems: Vec<ConfigProblem>,
+    base_dir: PathBuf,
+    env_keys: HashMap<String, String>,
+}
+
+impl Validator {
+    fn problem(&mut self, key: &str, message: String) {
+        let from_env = self.env_keys.get(key).cloned();
+        self.problems.push(ConfigProblem {
+            key: key.to_owned(),
+            message,
+            from_env,
+        });
+    }
+
+    fn required<T>(&mut self, key: &str, value: Option<T>) -> Option<T> {
+        if value.is_none() {
+            self.problem(key, "is required".to_owned());
+        }
+        value
+    }
+
+    fn path(&mut self, key: &str, value: Option<String>) -> Option<PathBuf> {
+        let value = self.required(key, value)?;
+        if value.trim().is_empty() {
+            self.problem(key, "must not be empty".to_owned());
+            return None;
+        }
+        Some(self.base_dir.join(value))
+    }
+
+    fn duration(&mut self, key: &str, value: Option<String>, default: Duration) -> Duration {
+        let Some(text) = value else {
+            return default;
+        };
+        match humantime::parse_duration(&text) {
+            Ok(d) if d.is_zero() => {
+                self.problem(key, "must be greater than zero".to_owned());
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.problem(
+                    key,
+                    format!(
+                        "{text:?} is not a duration ({e}); write e.g. \"10s\", \"500ms\", \"5m\""
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, key: &str, text: &str) -> Option<SocketAddr> {
+        match text.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.problem(
+                    key,
+                    format!(
+                        "{text:?} is not an IP:port address (e.g. 127.0.0.1:7443 or [::1]:7443; \
+                         host names are not accepted here)"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn config(&mut self, path: &Path, raw: RawConfig) -> Option<Config> {
+        let mut trust_domains = BTreeMap::new();
+        if raw.trust_domains.is_empty() {
+            self.problem(
+                "trust_domains",
+                "at least one trust domain is required, e.g. [trust_domains.mesh] \
+                 with bundle = \"/etc/mtlsd/tls/mesh-ca.pem\""
+                    .to_owned(),
+            );
+        }
+        for (name, domain) in raw.trust_domains {
+            let key = format!("trust_domains.{name}");
+            if !is_domain_name(&name) {
+                self.problem(
+                    &key,
+                    "trust domain names use lowercase letters, digits, '-' and '_'".to_owned(),
+                );
+            }
+            let bundle = match domain.bundle {
+                None => {
+                    self.problem(&format!("{key}.bundle"), "is required".to_owned());
+                    Vec::new()
+                }
+                Some(OneOrMany::One(one)) => vec![one],
+                Some(OneOrMany::Many(many)) => many,
+            };
+            if bundle.is_empty() {
+                self.problem(
+                    &format!("{key}.bundle"),
+                    "must name at least one PEM file".to_owned(),
+                );
+            }
+            let bundle = bundle
+                .into_iter()
+                .filter_map(|p| self.path(&format!("{key}.bundle"), Some(p)))
+                .collect();
+            trust_domains.insert(
+                name,
+                TrustDomainConfig {
+                    bundle,
+                    version: domain.version,
+                },
+            );
+        }
+
+        let identity = self.identity(raw.identity.unwrap_or_default(), &trust_domains);
+
+        let inventory = raw
+            .inventory
+            .and_then(|inv| self.path("inventory.path", inv.path));
+        let admin_listen = {
+            let text = raw
+                .admin
+                .and_then(|a| a.listen)
+                .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.to_owned());
+            self.socket_addr("admin.listen", &text)
+        };
+        let allow_tls12 = match raw.tls.and_then(|t| t.min_version).as_deref() {
+            None | Some("1.3") => false,
+            Some("1.2") => true,
+            Some(other) => {
+                self.problem(
+                    "tls.min_version",
+                    format!("{other:?} is not supported; use \"1.3\" (default) or \"1.2\""),
+                );
+                false
+            }
+        };
+        let drain_timeout = self.duration(
+            "shutdown.drain_timeout",
+            raw.shutdown.and_then(|s| s.drain_timeout),
+            DEFAULT_DRAIN_TIMEOUT,
+        );
+        let state_dir = self
+            .path(
+                "state_dir",
+                Some(
+                    raw.state_dir
+                        .unwrap_or_else(|| DEFAULT_STATE_DIR.to_owned()),
+                ),
+            )
+            .unwrap_or_default();
+
+        let identity_domain = identity
+            .as_ref()
+            .map(|i| i.trust_domain.clone())
+            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned());
+        let inbound = raw
+            .inbound
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                self.listener(Direction::Inbound, i, l, &trust_domains, &identity_domain)
+            })
+            .collect::<Vec<_>>();
+        let outbound = raw
+            .outbound
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                self.listener(Direction::Outbound, i, l, &trust_domains, &identity_domain)
+            })
+            .collect::<Vec<_>>();
+        self.check_unique(&inbound, &outbound);
+
+        Some(Config {
+            source: path.to_owned(),
+            identity: identity?,
+            trust_domains,
+            inventory,
+            admin_listen: admin_listen?,
+            allow_tls12,
+            drain_timeout,
+            state_dir,
+            inbound,
+            outbound,
+        })
+    }
+
+    fn identity(
+        &mut self,
+        raw: super::raw::RawIdentity,
+        trust_domains: &BTreeMap<String, TrustDomainConfig>,
+    ) -> Option<IdentityConfig> {
+        let cert = self.path("identity.cert", raw.cert);
+        let key = self.path("identity.key", raw.key);
+        let trust_domain = raw
+            .trust_domain
+            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned());
+        if !trust_domains.is_empty() && !trust_domains.contains_key(&trust_domain) {
+            self.problem(
+                "identity.trust_domain",
+                format!(
+                    "trust domain '{trust_domain}' is not defined under [trust_domains] \
+                     (defined: {})",
+                    trust_domains.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+        Some(IdentityConfig {
+            host: raw.host,
+            cert: cert?,
+            key: key?,
+            trust_domain,
+            insecure_key_permissions: raw.insecure_key_permissions.unwrap_or(false),
+        })
+    }
+
+    fn listener(
+        &mut self,
+        direction: Direction,
+        index: usize,
+        raw: RawListener,
+        trust_domains: &BTreeMap<String, TrustDomainConfig>,
+        identity_domain: &str,
+    ) -> Option<ListenerConfig> {
+        let key = |field: &str| format!("{direction}[{index}].{field}");
+
+        let name = self.required(&key("name"), raw.name);
+        if let Some(name) = &name
+            && (name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        {
+            self.problem(
+                &key("name"),
+                format!("{name:?}: names use letters, digits, '-', '_' and '.'"),
+            );
+        }
+
+        let listen = self
+            .required(&key("listen"), raw.listen)
+            .and_then(|text| self.socket_addr(&key("listen"), &text));
+        let remote_clients = raw.insecure_allow_remote_clients.unwrap_or(false);
+        let remote_upstream = raw.insecure_remote_upstream.unwrap_or(false);
+        match direction {
+            Direction::Inbound => {
+                if raw.server_name.is_some() {
+                    self.problem(
+                        &key("server_name"),
+                        "only outbound listeners dial a server name".to_owned(),
+                    );
+                }
+                if raw.insecure_allow_remote_clients.is_some() {
+                    self.problem(
+                        &key("insecure_allow_remote_clients"),
+                        "only applies to outbound listeners".to_owned(),
+                    );
+                }
+            }
+            Direction::Outbound => {
+                if raw.insecure_remote_upstream.is_some() {
+                    self.problem(
+                        &key("insecure_remote_upstream"),
+                        "only applies to inbound listeners".to_owned(),
+                    );
+                }
+                if let Some(addr) = listen
+                    && !addr.ip().is_loopback()
+                    && !remote_clients
+                {
+                    self.problem(
+                        &key("listen"),
+                        format!(
+                            "{addr} is not a loopback address; an outbound listener \
+                             accepts plaintext and dials with this host's certificate, \
+                             so it must only be reachable locally (set \
+                             insecure_allow_remote_clients = true to override)"
+                        ),
+                    );
+                }
+            }
+        }
+
+        let upstream = self
+            .required(&key("upstream"), raw.upstream)
+            .and_then(|text| self.upstream(&key("upstream"), &text));
+        if let Some(upstream) = &upstream {
+            match (direction, upstream) {
+                (Direction::Outbound, Upstream::Unix(_)) => self.problem(
+                    &key("upstream"),
+                    "an outbound listener dials a remote host; use host:port".to_owned(),
+                ),
+                (Direction::Inbound, Upstream::Tcp { host, .. })
+                    if !is_loopback_host(host) && !remote_upstream =>
+                {
+                    self.problem(
+                        &key("upstream"),
+                        format!(
+                            "{upstream} is not on loopback; an inbound listener forwards \
+                             plaintext, which must not cross the network (set \
+                             insecure_remote_upstream = true to override)"
+                        ),
+                    )
+                }
+                _ => {}
+            }
+        }
+
+        let server_name = match (direction, &upstream) {
+            (Direction::Outbound, Some(Upstream::Tcp { host, .. })) => {
+                let text = raw.server_name.unwrap_or_else(|| host.clone());
+                match ServerName::try_from(text.clone()) {
+                    Ok(name) => Some(name),
+                    Err(_) => {
+                        self.problem(
+                            &key("server_name"),
+                            format!("{text:?} is not a valid DNS name or IP address"),
+                        );
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+
+        let protocol = match raw.protocol.as_deref().unwrap_or("tcp") {
+            "tcp" => Some(Protocol::Tcp),
+            other @ ("grpc" | "http" | "mariadb") => {
+                self.problem(
+                    &key("protocol"),
+                    format!(
+                        "protocol '{other}' is planned but not served by this version of \
+                         mtlsd; only 'tcp' is available"
+                    ),
+                );
+                None
+            }
+            other => {
+                self.problem(
+                    &key("protocol"),
+                    format!("unknown protocol {other:?}; expected tcp, grpc, http or mariadb"),
+                );
+                None
+            }
+        };
+
+        let trust_domain = raw
+            .trust_domain
+            .unwrap_or_else(|| identity_domain.to_owned());
+        if !trust_domains.is_empty() && !trust_domains.contains_key(&trust_domain) {
+            self.problem(
+                &key("trust_domain"),
+                format!("trust domain '{trust_domain}' is not defined under [trust_domains]"),
+            );
+        }
+
+        let timeouts = Timeouts {
+            handshake: self.duration(
+                &key("handshake_timeout"),
+                raw.handshake_timeout,
+                DEFAULT_HANDSHAKE_TIMEOUT,
+            ),
+            idle: self.duration(&key("idle_timeout"), raw.idle_timeout, DEFAULT_IDLE_TIMEOUT),
+            connect: self.duration(
+                &key("connect_timeout"),
+                raw.connect_timeout,
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
+        };
+        let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 || max_connections > 1_000_000 {
+            self.problem(
+                &key("max_connections"),
+                format!("{max_connections} is out of range (1 to 1000000)"),
+            );
+        }
+
+        Some(ListenerConfig {
+            name: name?,
+            direction,
+            listen: listen?,
+            upstream: upstream?,
+            protocol: protocol?,
+            trust_domain,
+            server_name,
+            timeouts,
+            max_connections: usize::try_from(max_connections).ok()?,
+        })
+    }
+
+    fn upstream(&mut self, key: &str, text: &str) -> Option<Upstream> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                self.problem(key, "unix: needs a socket path".to_owned());
+                return None;
+            }
+            return Some(Upstream::Unix(self.base_dir.join(path)));
+        }
+        let bad = |v: &mut Self, why: &str| {
+            v.problem(
+                key,
+                format!("{text:?} {why}; write host:port, [ipv6]:port or unix:/path"),
+            );
+            None
+        };
+        let Some((host, port)) = text.rsplit_once(':') else {
+            return bad(self, "has no port");
+        };
+        let (host, bracketed) = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(inner) => (inner, true),
+            None => (host, false),
+        };
+        if host.is_empty() {
+            return bad(self, "has no host");
+        }
+        if host.contains(':') && (!bracketed || host.parse::<IpAddr>().is_err()) {
+            return bad(
+                self,
+                "has an IPv6 address that is invalid or not in brackets",
+            );
+        }
+        match port.parse::<u16>() {
+            Ok(0) | Err(_) => bad(self, "has an invalid port"),
+            Ok(port) => Some(Upstream::Tcp {
+                host: host.to_owned(),
+                port,
+            }),
+        }
+    }
+
+    fn check_unique(&mut self, inbound: &[ListenerConfig], outbound: &[ListenerConfig]) {
+        let mut names: HashMap<&str, String> = HashMap::new();
+        let mut addrs: HashMap<SocketAddr, String> = HashMap::new();
+        let all = inbound
+            .iter()
+            .enumerate()
+            .chain(outbound.iter().enumerate());
+        for (index, listener) in all {
+            let here = format!("{}[{index}]", listener.direction);
+            if let Some(first) = names.insert(&listener.name, here.clone()) {
+                self.problem(
+                    &format!("{here}.name"),
+                    format!("{:?} is already used by {first}", listener.name),
+                );
+            }
+            if listener.listen.port() != 0
+                && let Some(first) = addrs.insert(listener.listen, here.clone())
+            {
+                self.problem(
+                    &format!("{here}.listen"),
+                    format!("{} is already used by {first}", listener.listen),
+                );
+            }
+        }
+    }
+}
+
+fn is_domain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [identity]
+        host = "node1"
+        cert = "tls/host.crt"
+        key = "/etc/mtlsd/tls/host.key"
+
+        [trust_domains.mesh]
+        bundle = "tls/mesh-ca.pem"
+        version = "2026-11"
+
+        [trust_domains.mariadb]
+        bundle = ["db-ca-old.pem", "db-ca-new.pem"]
+
+        [[inbound]]
+        name = "grpc-in"
+        listen = "0.0.0.0:7443"
+        upstream = "127.0.0.1:7000"
+        idle_timeout = "1m"
+
+        [[outbound]]
+        name = "db-out"
+        listen = "127.0.0.1:17000"
+        upstream = "db1.cluster.example:7443"
+        max_connections = 64
+    "#;
+
+    fn parse_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+        Config::parse(Path::new("/etc/mtlsd/mtlsd.toml"), text, env)
+    }
+
+    fn problems(text: &str, env: &[(&str, &str)]) -> Vec<ConfigProblem> {
+        match parse_str(text, env) {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    fn keys(problems: &[ConfigProblem]) -> Vec<&str> {
+        problems.iter().map(|p| p.key.as_str()).collect()
+    }
+
+    #[test]
+    fn good_config_is_typed_with_defaults_and_resolved_paths() {
+        let config = parse_str(GOOD, &[]).unwrap();
+        assert_eq!(config.identity.cert, Path::new("/etc/mtlsd/tls/host.crt"));
+        assert_eq!(config.identity.key, Path::new("/etc/mtlsd/tls/host.key"));
+        assert_eq!(config.identity.trust_domain, "mesh");
+        assert_eq!(config.trust_domains["mariadb"].bundle.len(), 2);
+        assert_eq!(
+            config.trust_domains["mesh"].version.as_deref(),
+            Some("2026-11")
+        );
+        assert_eq!(config.admin_listen, "127.0.0.1:9650".parse().unwrap());
+        assert!(!config.allow_tls12);
+        let inbound = &config.inbound[0];
+        assert_eq!(inbound.timeouts.idle, Duration::from_secs(60));
+        assert_eq!(inbound.timeouts.handshake, DEFAULT_HANDSHAKE_TIMEOUT);
+        assert_eq!(inbound.trust_domain, "mesh");
+        let outbound = &config.outbound[0];
+        assert_eq!(outbound.max_connections, 64);
+        assert_eq!(
+            outbound.server_name,
+            Some(ServerName::try_from("db1.cluster.example").unwrap())
+        );
+        let spec = config.material_spec();
+        assert_eq!(spec.uses.len(), 2);
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys_and_is_named_in_problems() {
+        let config = parse_str(
+            GOOD,
+            &[
+                ("MTLSD_ADMIN__LISTEN", "127.0.0.1:9999"),
+                ("MTLSD_TLS__MIN_VERSION", "1.2"),
+                ("MTLSD_TRUST_DOMAINS__MESH__VERSION", "v7"),
+                ("MTLSD_CONFIG", "/ignored/because/it/is/a/cli/flag"),
+                ("OTHER_VAR", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.admin_listen, "127.0.0.1:9999".parse().unwrap());
+        assert!(config.allow_tls12);
+        assert_eq!(config.trust_domains["mesh"].version.as_deref(), Some("v7"));
+
+        let found = problems(GOOD, &[("MTLSD_ADMIN__LISTEN", "nonsense")]);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].from_env.as_deref(), Some("MTLSD_ADMIN__LISTEN"));
+        assert!(found[0].to_string().contains("MTLSD_ADMIN__LISTEN"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = r#"
+            colour = "blue"
+            [identity]
+            cert = "a.crt"
+            trust_domain = "nope"
+            [trust_domains.mesh]
+            bundle = "ca.pem"
+            [[inbound]]
+            name = "in"
+            listen = "localhost:7443"
+            upstream = "10.0.0.9:7000"
+            protocol = "gopher"
+            idle_timeout = "soon"
+            server_name = "x"
+            lsiten = "typo"
+            [[outbound]]
+            name = "in"
+            listen = "0.0.0.0:9000"
+            upstream = "unix:/run/x.sock"
+            max_connections = 0
+        "#;
+        let found = problems(text, &[]);
+        let keys = keys(&found);
+        for expected in [
+            "colour",
+            "inbound[0].lsiten",
+            "identity.key",
+            "identity.trust_domain",
+            "inbound[0].listen",
+            "inbound[0].upstream",
+            "inbound[0].protocol",
+            "inbound[0].idle_timeout",
+            "inbound[0].server_name",
+            "outbound[0].listen",
+            "outbound[0].upstream",
+            "outbound[0].max_connections",
+        ] {
+            assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
+        }
+        let shown = ConfigError::Invalid {
+            path: "/etc/mtlsd/mtlsd.toml".into(),
+            problems: found,
+        }
+        .to_string();
+        assert!(shown.starts_with("/etc/mtlsd/mtlsd.toml: "), "{shown}");
+        assert!(shown.contains("colour: unknown key"), "{shown}");
+    }
+
+    #[test]
+    fn duplicate_names_and_addresses_are_refused() {
+        let text = r#"
+            [identity]
+            cert = "a.crt"
+            key = "a.key"
+            [trust_domains.mesh]
+            bundle = "ca.pem"
+            [[inbound]]
+            name = "a"
+            listen = "127.0.0.1:7443"
+            upstream = "127.0.0.1:1"
+            [[outbound]]
+            name = "a"
+            listen = "127.0.0.1:7443"
+            upstream = "remote:1"
+        "#;
+        let found = problems(text, &[]);
+        assert_eq!(keys(&found), ["outbound[0].name", "outbound[0].listen"]);
+    }
+
+    #[test]
+    fn planned_protocols_are_named_as_not_yet_served() {
+        let text = GOOD.replace("idle_timeout = \"1m\"", "protocol = \"grpc\"");
+        let found = problems(&text, &[]);
+        assert_eq!(keys(&found), ["inbound[0].protocol"]);
+        assert!(found[0].message.contains("not served by this version"));
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file() {
+        let err = parse_str("[identity\ncert = 1", &[]).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        assert!(
+            err.to_string().starts_with("/etc/mtlsd/mtlsd.toml: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn upstream_forms() {
+        let mut v = Validator {
+            problems: Vec::new(),
+            base_dir: PathBuf::from("/etc/mtlsd"),
+            env_keys: HashMap::new(),
+        };
+        assert_eq!(
+            v.upstream("k", "[::1]:80"),
+            Some(Upstream::Tcp {
+                host: "::1".into(),
+                port: 80
+            })
+        );
+        assert_eq!(
+            v.upstream("k", "unix:/run/db.sock"),
+            Some(Upstream::Unix("/run/db.sock".into()))
+        );
+        assert_eq!(v.upstream("k", "::1:80"), None);
+        assert_eq!(v.upstream("k", "host"), None);
+        assert_eq!(v.upstream("k", "host:0"), None);
+        assert_eq!(v.upstream("k", ":80"), None);
+        assert_eq!(v.problems.len(), 4);
+    }
+}
