@@ -2,7 +2,19 @@
 //!
 //! The binary (`main.rs`) is a thin shell over this library so that tests
 //! can run the daemon in-process with ephemeral ports.
+//!
+//! Where things live: [`config`] (the file and its validation), [`daemon`]
+//! (lifecycle), [`listener`] (accept loops and back-pressure),
+//! [`protocols`] (one module per protocol), [`relay`] (moving bytes),
+//! [`reject`] (why peers are refused), [`commands`] (the CLI verbs).
 
 #![forbid(unsafe_code)]
 
+pub mod commands;
 pub mod config;
+pub mod daemon;
+pub mod listener;
+pub mod protocols;
+pub mod reject;
+pub mod relay;
+pub mod upstream;

@@ -13,11 +13,11 @@ use std::time::SystemTime;
 use mtlsd_expiry::{CertFacts, Validity};
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls_pki_types::CertificateDer;
 
 use crate::error::MaterialError;
 use crate::pem::{read_certs, read_key};
-use crate::trust::TrustBundle;
+use crate::trust::{AuthUsage, ChainError, TrustBundle};
 
 /// Where this host's certificate and key live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,78 +197,35 @@ fn check_chain(
     provider: &CryptoProvider,
     now: SystemTime,
 ) -> Vec<MaterialError> {
-    let mut problems = Vec::new();
-    let end_entity = match webpki::EndEntityCert::try_from(&chain[0]) {
-        Ok(cert) => cert,
-        Err(e) => {
-            problems.push(MaterialError::CertificateParse {
-                path: spec.cert.clone(),
-                index: 1,
-                reason: e.to_string(),
-            });
-            return problems;
-        }
-    };
-    let time = UnixTime::since_unix_epoch(
-        now.duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default(),
-    );
-    let intermediates = &chain[1..];
-    let algorithms = provider.signature_verification_algorithms.all;
-    let mut checks = Vec::new();
+    let mut usages = Vec::new();
     if usage.server {
-        checks.push(("server", webpki::KeyUsage::server_auth()));
+        usages.push(AuthUsage::Server);
     }
     if usage.client {
-        checks.push(("client", webpki::KeyUsage::client_auth()));
+        usages.push(AuthUsage::Client);
     }
-    if checks.is_empty() {
+    if usages.is_empty() {
         // No listener uses the identity yet; still prove it chains.
-        checks.push(("server", webpki::KeyUsage::server_auth()));
+        usages.push(AuthUsage::Server);
     }
-    let mut chained = false;
-    for (name, key_usage) in checks {
-        let result = end_entity.verify_for_usage(
-            algorithms,
-            &bundle.roots().roots,
-            intermediates,
-            time,
-            key_usage,
-            None,
-            None,
-        );
-        match result {
-            Ok(_) => chained = true,
-            Err(webpki::Error::RequiredEkuNotFoundContext(_)) => {
-                problems.push(MaterialError::WrongUsage {
+    let mut problems = Vec::new();
+    for usage in usages {
+        match bundle.verify_chain(chain, usage, provider, now) {
+            Ok(()) => {}
+            Err(ChainError::WrongUsage(usage)) => problems.push(MaterialError::WrongUsage {
+                path: spec.cert.clone(),
+                usage: usage.as_str(),
+            }),
+            Err(ChainError::NotChained(reason)) => {
+                problems.push(MaterialError::NotChained {
                     path: spec.cert.clone(),
-                    usage: name,
+                    domain: bundle.name().to_owned(),
+                    reason,
                 });
-            }
-            Err(e) => {
-                if !chained {
-                    problems.push(MaterialError::NotChained {
-                        path: spec.cert.clone(),
-                        domain: bundle.name().to_owned(),
-                        reason: describe_webpki(&e),
-                    });
-                }
                 // The same chain failure would repeat for the other usage.
                 break;
             }
         }
     }
     problems
-}
-
-fn describe_webpki(e: &webpki::Error) -> String {
-    match e {
-        webpki::Error::UnknownIssuer => {
-            "its issuer is not in the bundle (signed by a different CA?)".to_owned()
-        }
-        webpki::Error::InvalidSignatureForPublicKey => {
-            "signature does not verify against the bundle's CA".to_owned()
-        }
-        other => format!("{other:?}"),
-    }
 }

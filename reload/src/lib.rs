@@ -21,6 +21,7 @@ mod trust;
 pub use error::{FoundInstead, MaterialError, MaterialErrors};
 pub use generation::{Generation, MaterialSpec};
 pub use identity::{Identity, IdentitySpec};
+pub use pem::{PemContents, read_pem};
 pub use store::MaterialStore;
 pub use tls::{ClientAuth, TlsSettings, TlsSide, TlsUse, provider};
-pub use trust::{BundleCa, TrustBundle, TrustDomainSpec};
+pub use trust::{AuthUsage, BundleCa, ChainError, TrustBundle, TrustDomainSpec};

@@ -21,10 +21,11 @@ const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The classified contents of one PEM file.
 #[derive(Debug, Default)]
-pub(crate) struct PemContents {
-    pub(crate) certs: Vec<CertificateDer<'static>>,
-    pub(crate) keys: Vec<PrivateKeyDer<'static>>,
-    pub(crate) other: Vec<String>,
+pub struct PemContents {
+    pub certs: Vec<CertificateDer<'static>>,
+    pub keys: Vec<PrivateKeyDer<'static>>,
+    /// Labels of sections that are neither certificates nor private keys.
+    pub other: Vec<String>,
 }
 
 impl PemContents {
@@ -42,7 +43,7 @@ impl PemContents {
 }
 
 /// Reads `path` and sorts its PEM sections.
-pub(crate) fn read_pem(path: &Path) -> Result<PemContents, MaterialError> {
+pub fn read_pem(path: &Path) -> Result<PemContents, MaterialError> {
     let bytes = read_bounded(path)?;
     let mut contents = PemContents::default();
     for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(&bytes) {

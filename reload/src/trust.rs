@@ -12,7 +12,8 @@ use std::time::SystemTime;
 
 use mtlsd_expiry::{CertFacts, Fingerprint, Validity};
 use rustls::RootCertStore;
-use rustls_pki_types::CertificateDer;
+use rustls::crypto::CryptoProvider;
+use rustls_pki_types::{CertificateDer, UnixTime};
 
 use crate::error::MaterialError;
 use crate::pem::read_certs;
@@ -46,10 +47,7 @@ pub struct TrustBundle {
 
 impl TrustBundle {
     /// Reads and checks every file of `spec`, reporting every problem.
-    pub(crate) fn load(
-        spec: &TrustDomainSpec,
-        now: SystemTime,
-    ) -> Result<Self, Vec<MaterialError>> {
+    pub fn load(spec: &TrustDomainSpec, now: SystemTime) -> Result<Self, Vec<MaterialError>> {
         let mut problems = Vec::new();
         let mut cas = Vec::new();
         for path in &spec.bundle {
@@ -147,5 +145,76 @@ impl TrustBundle {
 
     pub fn roots(&self) -> &Arc<RootCertStore> {
         &self.roots
+    }
+}
+
+/// Which end of a TLS handshake a certificate is checked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthUsage {
+    Server,
+    Client,
+}
+
+impl AuthUsage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Server => "server",
+            Self::Client => "client",
+        }
+    }
+}
+
+/// Why a certificate chain does not verify against a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("not usable for {} authentication (its extended key usage does not allow it)", .0.as_str())]
+    WrongUsage(AuthUsage),
+    #[error("{0}")]
+    NotChained(String),
+}
+
+impl TrustBundle {
+    /// Verifies `chain` (leaf first, then intermediates) against this
+    /// bundle for `usage` at `now`, exactly as a handshake would, minus the
+    /// name check.
+    pub fn verify_chain(
+        &self,
+        chain: &[CertificateDer<'_>],
+        usage: AuthUsage,
+        provider: &CryptoProvider,
+        now: SystemTime,
+    ) -> Result<(), ChainError> {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Err(ChainError::NotChained("no certificate".to_owned()));
+        };
+        let end_entity = webpki::EndEntityCert::try_from(leaf)
+            .map_err(|e| ChainError::NotChained(format!("unusable certificate: {e}")))?;
+        let time = UnixTime::since_unix_epoch(
+            now.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default(),
+        );
+        let key_usage = match usage {
+            AuthUsage::Server => webpki::KeyUsage::server_auth(),
+            AuthUsage::Client => webpki::KeyUsage::client_auth(),
+        };
+        match end_entity.verify_for_usage(
+            provider.signature_verification_algorithms.all,
+            &self.roots.roots,
+            intermediates,
+            time,
+            key_usage,
+            None,
+            None,
+        ) {
+            Ok(_) => Ok(()),
+            Err(webpki::Error::RequiredEkuNotFoundContext(_)) => Err(ChainError::WrongUsage(usage)),
+            Err(webpki::Error::UnknownIssuer) => Err(ChainError::NotChained(
+                "its issuer is not in the bundle (signed by a different CA?)".to_owned(),
+            )),
+            Err(webpki::Error::InvalidSignatureForPublicKey) => Err(ChainError::NotChained(
+                "signature does not verify against the bundle's CA".to_owned(),
+            )),
+            Err(other) => Err(ChainError::NotChained(format!("{other:?}"))),
+        }
     }
 }

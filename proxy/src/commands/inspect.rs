@@ -1,0 +1,217 @@
+//! `mtlsd inspect`: what a PEM file holds and whether it chains.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use mtlsd_expiry::{CertFacts, Validity};
+use mtlsd_reload::{AuthUsage, PemContents, TrustBundle, TrustDomainSpec, read_pem};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+pub(super) fn inspect(files: &[PathBuf], bundles: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let now = SystemTime::now();
+    let provider = mtlsd_reload::provider();
+    let mut ok = true;
+
+    let bundle = if bundles.is_empty() {
+        None
+    } else {
+        let spec = TrustDomainSpec {
+            name: "inspect".to_owned(),
+            bundle: bundles.to_vec(),
+            version: None,
+        };
+        match TrustBundle::load(&spec, now) {
+            Ok(bundle) => Some(bundle),
+            Err(problems) => {
+                for problem in problems {
+                    eprintln!("mtlsd inspect: {problem}");
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    };
+
+    let mut read = Vec::new();
+    for file in files {
+        match read_pem(file) {
+            Ok(contents) => read.push((file.as_path(), contents)),
+            Err(e) => {
+                eprintln!("mtlsd inspect: {e}");
+                ok = false;
+            }
+        }
+    }
+    // Every leaf (first certificate of a file), so keys can be matched to it.
+    let leaves: Vec<(&Path, &CertificateDer<'static>)> = read
+        .iter()
+        .filter_map(|(path, contents)| contents.certs.first().map(|c| (*path, c)))
+        .collect();
+
+    for (path, contents) in &read {
+        ok &= show_file(path, contents, bundle.as_ref(), &leaves, &provider, now);
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn show_file(
+    path: &Path,
+    contents: &PemContents,
+    bundle: Option<&TrustBundle>,
+    leaves: &[(&Path, &CertificateDer<'static>)],
+    provider: &rustls::crypto::CryptoProvider,
+    now: SystemTime,
+) -> bool {
+    let mut ok = true;
+    if contents.certs.is_empty() && contents.keys.is_empty() {
+        println!("{}: no certificates or private keys", path.display());
+        return false;
+    }
+    let total = contents.certs.len();
+    for (index, der) in contents.certs.iter().enumerate() {
+        println!("{}: certificate {} of {total}", path.display(), index + 1);
+        let facts = match CertFacts::from_der(der) {
+            Ok(facts) => facts,
+            Err(e) => {
+                println!("  error:       {e}");
+                ok = false;
+                continue;
+            }
+        };
+        print_facts(&facts, now);
+        if index == 0
+            && !facts.is_ca
+            && let Some(bundle) = bundle
+        {
+            ok &= print_chain(&contents.certs, bundle, provider, now);
+        }
+    }
+    for key in &contents.keys {
+        println!("{}: private key ({})", path.display(), key_kind(key));
+        let matching: Vec<String> = leaves
+            .iter()
+            .filter(|(_, cert)| key_matches(cert, key, provider))
+            .map(|(p, _)| p.display().to_string())
+            .collect();
+        if matching.is_empty() {
+            println!("  matches:     no certificate given here");
+        } else {
+            println!("  matches:     {}", matching.join(", "));
+        }
+    }
+    for other in &contents.other {
+        println!("{}: {other} section (ignored)", path.display());
+    }
+    ok
+}
+
+fn print_facts(facts: &CertFacts, now: SystemTime) {
+    println!("  subject:     {}", facts.subject);
+    println!("  issuer:      {}", facts.issuer);
+    println!("  serial:      {}", facts.serial_hex);
+    println!("  sha256:      {}", facts.fingerprint);
+    println!(
+        "  not before:  {}",
+        humantime::format_rfc3339_seconds(facts.not_before)
+    );
+    let window = match facts.validity_at(now) {
+        Validity::Valid => format!("valid, {} left", days(facts.not_after, now)),
+        Validity::Expired => format!("EXPIRED {} ago", days(now, facts.not_after)),
+        Validity::NotYetValid => {
+            format!("NOT YET VALID, starts in {}", days(facts.not_before, now))
+        }
+    };
+    println!(
+        "  not after:   {} ({window})",
+        humantime::format_rfc3339_seconds(facts.not_after)
+    );
+    let sans: Vec<String> = facts.sans.iter().map(ToString::to_string).collect();
+    println!(
+        "  SANs:        {}",
+        if sans.is_empty() {
+            "(none)".to_owned()
+        } else {
+            sans.join(", ")
+        }
+    );
+    println!("  CA:          {}", if facts.is_ca { "yes" } else { "no" });
+    let usage = match (facts.server_auth, facts.client_auth) {
+        (None, None) => "any (no extended key usage)".to_owned(),
+        (server, client) => {
+            let mut u = Vec::new();
+            if server == Some(true) {
+                u.push("server auth");
+            }
+            if client == Some(true) {
+                u.push("client auth");
+            }
+            if u.is_empty() {
+                "neither server nor client auth".to_owned()
+            } else {
+                u.join(", ")
+            }
+        }
+    };
+    println!("  usage:       {usage}");
+}
+
+fn print_chain(
+    chain: &[CertificateDer<'static>],
+    bundle: &TrustBundle,
+    provider: &rustls::crypto::CryptoProvider,
+    now: SystemTime,
+) -> bool {
+    let mut any = false;
+    for usage in [AuthUsage::Server, AuthUsage::Client] {
+        match bundle.verify_chain(chain, usage, provider, now) {
+            Ok(()) => {
+                any = true;
+                println!("  chains:      yes, for {} auth", usage.as_str());
+            }
+            Err(e) => println!("  chains:      no, for {} auth: {e}", usage.as_str()),
+        }
+    }
+    any
+}
+
+fn key_matches(
+    cert: &CertificateDer<'static>,
+    key: &PrivateKeyDer<'static>,
+    provider: &rustls::crypto::CryptoProvider,
+) -> bool {
+    provider
+        .key_provider
+        .load_private_key(key.clone_key())
+        .map(|signing| {
+            CertifiedKey::new(vec![cert.clone()], signing)
+                .keys_match()
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+fn key_kind(key: &PrivateKeyDer<'_>) -> &'static str {
+    match key {
+        PrivateKeyDer::Pkcs8(_) => "PKCS#8",
+        PrivateKeyDer::Pkcs1(_) => "PKCS#1 RSA",
+        PrivateKeyDer::Sec1(_) => "SEC1 EC",
+        _ => "unknown format",
+    }
+}
+
+fn days(later: SystemTime, earlier: SystemTime) -> String {
+    let secs = later
+        .duration_since(earlier)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match secs / 86_400 {
+        0 => format!("{} hours", secs / 3600),
+        1 => "1 day".to_owned(),
+        n => format!("{n} days"),
+    }
+}

@@ -1,0 +1,87 @@
+//! The `mtlsd` command line: one module per verb.
+
+mod check;
+mod dev;
+mod inspect;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::DEFAULT_CONFIG_PATH;
+
+/// Per-host mTLS sidecar: terminates and originates mutual TLS for the
+/// plaintext daemons on this host.
+#[derive(Debug, Parser)]
+#[command(name = "mtlsd", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "MTLSD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (SIGHUP reloads TLS material, SIGTERM drains and exits).
+    Run {
+        /// Configuration file.
+        #[arg(long, short, env = "MTLSD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Validate the configuration and all TLS material exactly as start-up
+    /// would; print every problem; exit 1 if there is any.
+    Check {
+        /// Configuration file.
+        #[arg(long, short, env = "MTLSD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Show what PEM files hold and whether their certificates chain to a
+    /// bundle.
+    Inspect {
+        /// PEM files: certificates, chains, bundles or private keys.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Check each leaf certificate against this CA bundle (repeatable).
+        #[arg(long, short)]
+        bundle: Vec<PathBuf>,
+    },
+    /// Development mode: mint a dev CA and certificates, write a config with
+    /// a demo inbound/outbound pair and an echo upstream, and run it.
+    Dev {
+        /// Where certificates and the generated config go.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// First port of the block the demo uses (echo = base, inbound =
+        /// base+443, outbound = base+80).
+        #[arg(long, default_value_t = 17000)]
+        port_base: u16,
+        /// Throw away the existing dev CA and start over.
+        #[arg(long)]
+        fresh: bool,
+    },
+}
+
+/// Runs the chosen command.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run { config } => run::run(&config).await,
+        Command::Check { config } => check::check(&config),
+        Command::Inspect { files, bundle } => inspect::inspect(&files, &bundle),
+        Command::Dev {
+            state_dir,
+            port_base,
+            fresh,
+        } => dev::dev(state_dir, port_base, fresh).await,
+    }
+}

@@ -1,0 +1,93 @@
+//! Accept loops: one per configured listener.
+//!
+//! Back-pressure is explicit: a listener takes a connection slot *before*
+//! calling accept, so at `max_connections` it simply stops accepting and new
+//! clients wait in the kernel's backlog instead of being accepted and
+//! dropped. Shutdown is designed in: on drain the loop stops, its socket is
+//! closed, and the connections it spawned are tracked until they finish or
+//! the drain deadline forces them closed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mtlsd_reload::MaterialStore;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Direction, ListenerConfig, Protocol};
+use crate::protocols::tcp;
+
+/// What every connection of a listener needs.
+#[derive(Debug)]
+pub struct ListenerContext {
+    pub config: ListenerConfig,
+    pub store: Arc<MaterialStore>,
+}
+
+/// Signals shared by all listeners of one daemon.
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    /// Stop accepting.
+    pub stop_accepting: CancellationToken,
+    /// Close whatever is still open (drain deadline passed).
+    pub force_close: CancellationToken,
+    pub connections: TaskTracker,
+}
+
+/// Binds `config.listen`. Nothing is accepted until [`accept_loop`] runs.
+pub async fn bind(config: &ListenerConfig) -> std::io::Result<TcpListener> {
+    TcpListener::bind(config.listen).await
+}
+
+pub async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerContext>, life: Lifecycle) {
+    let slots = Arc::new(Semaphore::new(ctx.config.max_connections));
+    loop {
+        let slot = tokio::select! {
+            () = life.stop_accepting.cancelled() => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break, // the semaphore is never closed
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            () = life.stop_accepting.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = %ctx.config.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(listener = %ctx.config.name, %peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        let ctx = ctx.clone();
+        let force_close = life.force_close.clone();
+        life.connections.spawn(async move {
+            let serve = serve(ctx, stream, peer);
+            tokio::select! {
+                () = serve => {}
+                () = force_close.cancelled() => {}
+            }
+            drop(slot);
+        });
+    }
+    tracing::debug!(listener = %ctx.config.name, "stopped accepting");
+}
+
+async fn serve(ctx: Arc<ListenerContext>, stream: tokio::net::TcpStream, peer: SocketAddr) {
+    match (ctx.config.protocol, ctx.config.direction) {
+        (Protocol::Tcp, Direction::Inbound) => tcp::serve_inbound(ctx, stream, peer).await,
+        (Protocol::Tcp, Direction::Outbound) => tcp::serve_outbound(ctx, stream, peer).await,
+        (other, _) => {
+            // Validation refuses protocols that are not served yet.
+            tracing::error!(listener = %ctx.config.name, protocol = other.as_str(), "protocol not served");
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! `protocol = "tcp"`: an mTLS tunnel for any byte stream.
+//!
+//! Inbound: accept TLS, require and verify a client certificate against the
+//! listener's trust domain, connect the plaintext upstream, relay.
+//! Outbound: accept plaintext from a local daemon, connect the remote host,
+//! originate TLS with this host's certificate and verify the server's chain
+//! and name, relay.
+//!
+//! Each connection takes one snapshot of the material generation before its
+//! handshake and uses it throughout, so a reload mid-handshake cannot mix
+//! old and new material; connections already established are untouched by
+//! a swap.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::listener::ListenerContext;
+use crate::reject::RejectReason;
+use crate::relay::{RelayError, relay};
+use crate::upstream::{self, UpstreamStream};
+
+/// Serves one connection accepted by an inbound tcp listener.
+pub async fn serve_inbound(ctx: Arc<ListenerContext>, tcp: TcpStream, peer: SocketAddr) {
+    let listener = &ctx.config;
+    let generation = ctx.store.current();
+    let Some(tls_config) = generation.server_config(&listener.name) else {
+        // Config and material are loaded together; this is a bug, not input.
+        tracing::error!(listener = %listener.name, "no TLS server config in the current generation");
+        return;
+    };
+    drop(generation);
+
+    let handshake = TlsAcceptor::from(tls_config).accept(tcp);
+    let tls = match tokio::time::timeout(listener.timeouts.handshake, handshake).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return ctx.refused(peer, RejectReason::classify(&e), &e),
+        Err(_) => {
+            let e = std::io::Error::from(std::io::ErrorKind::TimedOut);
+            return ctx.refused(peer, RejectReason::Timeout, &e);
+        }
+    };
+    let peer_cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|der| mtlsd_expiry::CertFacts::from_der(der).ok());
+    match &peer_cert {
+        Some(facts) => tracing::debug!(
+            listener = %listener.name, %peer, subject = %facts.subject,
+            serial = %facts.serial_hex, "peer verified"
+        ),
+        None => tracing::debug!(listener = %listener.name, %peer, "peer verified"),
+    }
+
+    let upstream = match upstream::connect(&listener.upstream, listener.timeouts.connect).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            tracing::warn!(
+                listener = %listener.name, %peer, upstream = %listener.upstream,
+                error = %e, "cannot reach upstream; closing the peer's connection"
+            );
+            return;
+        }
+    };
+    let idle = listener.timeouts.idle;
+    let result = match upstream {
+        UpstreamStream::Tcp(up) => relay(tls, up, ("peer", "upstream"), idle).await,
+        UpstreamStream::Unix(up) => relay(tls, up, ("peer", "upstream"), idle).await,
+    };
+    ctx.finished(peer, result);
+}
+
+/// Serves one connection accepted by an outbound tcp listener.
+pub async fn serve_outbound(ctx: Arc<ListenerContext>, plain: TcpStream, client: SocketAddr) {
+    let listener = &ctx.config;
+    let generation = ctx.store.current();
+    let Some(tls_config) = generation.client_config(&listener.name) else {
+        tracing::error!(listener = %listener.name, "no TLS client config in the current generation");
+        return;
+    };
+    drop(generation);
+    let Some(server_name) = listener.server_name.clone() else {
+        tracing::error!(listener = %listener.name, "outbound listener without a server name");
+        return;
+    };
+
+    let remote = match upstream::connect(&listener.upstream, listener.timeouts.connect).await {
+        Ok(UpstreamStream::Tcp(tcp)) => tcp,
+        Ok(UpstreamStream::Unix(_)) => {
+            // Validation refuses unix upstreams for outbound listeners.
+            tracing::error!(listener = %listener.name, "outbound listener with a unix upstream");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(
+                listener = %listener.name, %client, upstream = %listener.upstream,
+                error = %e, "cannot reach remote host; closing the local client's connection"
+            );
+            return;
+        }
+    };
+    let remote_addr = remote.peer_addr().ok();
+
+    let handshake = TlsConnector::from(tls_config).connect(server_name, remote);
+    let tls = match tokio::time::timeout(listener.timeouts.handshake, handshake).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let peer = remote_addr.unwrap_or(client);
+            return ctx.refused(peer, RejectReason::classify(&e), &e);
+        }
+        Err(_) => {
+            let e = std::io::Error::from(std::io::ErrorKind::TimedOut);
+            return ctx.refused(remote_addr.unwrap_or(client), RejectReason::Timeout, &e);
+        }
+    };
+
+    let result = relay(plain, tls, ("client", "remote"), listener.timeouts.idle).await;
+    ctx.finished(client, result);
+}
+
+impl ListenerContext {
+    fn refused(&self, peer: SocketAddr, reason: RejectReason, error: &std::io::Error) {
+        tracing::warn!(
+            listener = %self.config.name,
+            direction = %self.config.direction,
+            %peer,
+            reason = reason.as_str(),
+            error = %error,
+            "TLS handshake refused"
+        );
+    }
+
+    fn finished(&self, peer: SocketAddr, result: Result<crate::relay::Transferred, RelayError>) {
+        match result {
+            Ok(moved) => tracing::debug!(
+                listener = %self.config.name, %peer,
+                bytes_in = moved.a_to_b, bytes_out = moved.b_to_a, "connection closed"
+            ),
+            Err(e @ RelayError::Idle(_)) => {
+                tracing::info!(listener = %self.config.name, %peer, reason = %e, "connection closed")
+            }
+            Err(e) => {
+                // A TLS peer refusing our certificate shows up here in TLS 1.3,
+                // where the client's handshake completes before the server
+                // has checked the client certificate.
+                if let RelayError::Io { source, .. } = &e
+                    && RejectReason::classify(source) == RejectReason::PeerRefused
+                {
+                    return self.refused(peer, RejectReason::PeerRefused, source);
+                }
+                tracing::info!(listener = %self.config.name, %peer, error = %e, "connection ended with an error")
+            }
+        }
+    }
+}

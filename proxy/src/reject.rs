@@ -1,0 +1,147 @@
+//! Why a peer was refused, as a small closed set.
+//!
+//! The same value is the `reason` field of the log line, the label on
+//! failure metrics and what tests assert on, so the set stays bounded and
+//! every refusal lands in exactly one class an operator can look up.
+
+use std::fmt;
+use std::io;
+
+use rustls::{CertificateError, Error as TlsError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectReason {
+    /// The chain does not lead to a CA of the listener's trust domain.
+    UnknownCa,
+    Expired,
+    NotYetValid,
+    /// An mTLS listener got a handshake without a client certificate.
+    NoClientCert,
+    /// The server's certificate is not valid for the name we dialled.
+    NameMismatch,
+    /// Some other defect in the presented certificate.
+    BadCertificate,
+    /// The other side refused *us* (sent a fatal alert).
+    PeerRefused,
+    /// The handshake did not finish within the listener's handshake timeout.
+    Timeout,
+    /// Not TLS, a TLS version or cipher we do not allow, garbage, or a
+    /// connection dropped mid-handshake.
+    Protocol,
+}
+
+impl RejectReason {
+    pub const ALL: [Self; 9] = [
+        Self::UnknownCa,
+        Self::Expired,
+        Self::NotYetValid,
+        Self::NoClientCert,
+        Self::NameMismatch,
+        Self::BadCertificate,
+        Self::PeerRefused,
+        Self::Timeout,
+        Self::Protocol,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownCa => "unknown_ca",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::NoClientCert => "no_client_cert",
+            Self::NameMismatch => "name_mismatch",
+            Self::BadCertificate => "bad_certificate",
+            Self::PeerRefused => "peer_refused",
+            Self::Timeout => "timeout",
+            Self::Protocol => "protocol",
+        }
+    }
+
+    /// Classifies an error from a tokio-rustls accept or connect (rustls
+    /// errors travel inside `io::Error`).
+    pub fn classify(err: &io::Error) -> Self {
+        match err.get_ref().and_then(|e| e.downcast_ref::<TlsError>()) {
+            Some(tls) => Self::of_tls(tls),
+            None if err.kind() == io::ErrorKind::TimedOut => Self::Timeout,
+            None => Self::Protocol,
+        }
+    }
+
+    fn of_tls(err: &TlsError) -> Self {
+        match err {
+            TlsError::InvalidCertificate(cert) => match cert {
+                CertificateError::UnknownIssuer | CertificateError::BadSignature => Self::UnknownCa,
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    Self::Expired
+                }
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    Self::NotYetValid
+                }
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => Self::NameMismatch,
+                _ => Self::BadCertificate,
+            },
+            TlsError::NoCertificatesPresented => Self::NoClientCert,
+            TlsError::AlertReceived(_) => Self::PeerRefused,
+            _ => Self::Protocol,
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wrapped(err: TlsError) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, err)
+    }
+
+    #[test]
+    fn rustls_errors_map_to_classes() {
+        let cases = [
+            (
+                TlsError::InvalidCertificate(CertificateError::UnknownIssuer),
+                RejectReason::UnknownCa,
+            ),
+            (
+                TlsError::InvalidCertificate(CertificateError::Expired),
+                RejectReason::Expired,
+            ),
+            (
+                TlsError::InvalidCertificate(CertificateError::NotValidYet),
+                RejectReason::NotYetValid,
+            ),
+            (
+                TlsError::InvalidCertificate(CertificateError::NotValidForName),
+                RejectReason::NameMismatch,
+            ),
+            (
+                TlsError::InvalidCertificate(CertificateError::BadEncoding),
+                RejectReason::BadCertificate,
+            ),
+            (
+                TlsError::NoCertificatesPresented,
+                RejectReason::NoClientCert,
+            ),
+            (
+                TlsError::AlertReceived(rustls::AlertDescription::BadCertificate),
+                RejectReason::PeerRefused,
+            ),
+            (TlsError::DecryptError, RejectReason::Protocol),
+        ];
+        for (err, expected) in cases {
+            assert_eq!(RejectReason::classify(&wrapped(err)), expected);
+        }
+        let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
+        assert_eq!(RejectReason::classify(&eof), RejectReason::Protocol);
+        let names: std::collections::HashSet<_> =
+            RejectReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), RejectReason::ALL.len());
+    }
+}
