@@ -77,11 +77,12 @@ fn env_key(var: &str) -> String {
     var[ENV_PREFIX.len()..].to_lowercase().replace("__", ".")
 }
 
-/// serde_ignored writes sequence indices as plain segments (`inbound.0.x`);
-/// show them the way the file reads (`inbound[0].x`).
+/// serde_ignored writes sequence indices as plain segments (`inbound.0.x`)
+/// and `Option` layers as `?`; show keys the way the file reads
+/// (`inbound[0].x`, `admin.listen`).
 fn dotted(path: &str) -> String {
     let mut out = String::new();
-    for segment in path.split('.') {
+    for segment in path.split('.').filter(|s| *s != "?") {
         if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
             out.push_str(&format!("[{segment}]"));
         } else {
@@ -670,6 +671,7 @@ mod tests {
             colour = "blue"
             [identity]
             cert = "a.crt"
+            hots = "typo"
             trust_domain = "nope"
             [trust_domains.mesh]
             bundle = "ca.pem"
@@ -691,6 +693,7 @@ mod tests {
         let keys = keys(&found);
         for expected in [
             "colour",
+            "identity.hots",
             "inbound[0].lsiten",
             "identity.key",
             "identity.trust_domain",
