@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::listener::{self, Lifecycle, ListenerContext};
+use crate::listener::{self, Lifecycle, ListenerContext, ListenerStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -44,6 +44,7 @@ pub struct DrainOutcome {
 pub struct Running {
     store: Arc<MaterialStore>,
     addrs: BTreeMap<String, SocketAddr>,
+    contexts: BTreeMap<String, Arc<ListenerContext>>,
     life: Lifecycle,
     accept_loops: JoinSet<()>,
 }
@@ -81,6 +82,7 @@ impl Running {
             connections: TaskTracker::new(),
         };
         let mut addrs = BTreeMap::new();
+        let mut contexts = BTreeMap::new();
         let mut accept_loops = JoinSet::new();
         for (listener_config, socket) in bound {
             let addr = socket.local_addr().unwrap_or(listener_config.listen);
@@ -97,12 +99,15 @@ impl Running {
             let ctx = Arc::new(ListenerContext {
                 config: listener_config,
                 store: store.clone(),
+                stats: Default::default(),
             });
+            contexts.insert(ctx.config.name.clone(), ctx.clone());
             accept_loops.spawn(listener::accept_loop(socket, ctx, life.clone()));
         }
         Ok(Self {
             store,
             addrs,
+            contexts,
             life,
             accept_loops,
         })
@@ -111,6 +116,11 @@ impl Running {
     /// The address a listener is bound to (useful with port 0).
     pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
         self.addrs.get(listener).copied()
+    }
+
+    /// A listener's counters.
+    pub fn stats(&self, listener: &str) -> Option<&ListenerStats> {
+        self.contexts.get(listener).map(|ctx| &ctx.stats)
     }
 
     pub fn store(&self) -> &Arc<MaterialStore> {

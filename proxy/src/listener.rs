@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use mtlsd_reload::MaterialStore;
@@ -19,12 +20,41 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Direction, ListenerConfig, Protocol};
 use crate::protocols::tcp;
+use crate::reject::RejectReason;
 
 /// What every connection of a listener needs.
 #[derive(Debug)]
 pub struct ListenerContext {
     pub config: ListenerConfig,
     pub store: Arc<MaterialStore>,
+    pub stats: ListenerStats,
+}
+
+/// Counters for one listener, kept next to the code that counts them.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    handshakes: AtomicU64,
+    refused: [AtomicU64; RejectReason::ALL.len()],
+}
+
+impl ListenerStats {
+    pub(crate) fn handshake_ok(&self) {
+        self.handshakes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn refused(&self, reason: RejectReason) {
+        self.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Completed handshakes.
+    pub fn handshakes(&self) -> u64 {
+        self.handshakes.load(Ordering::Relaxed)
+    }
+
+    /// Refused handshakes for `reason`.
+    pub fn refusals(&self, reason: RejectReason) -> u64 {
+        self.refused[reason as usize].load(Ordering::Relaxed)
+    }
 }
 
 /// Signals shared by all listeners of one daemon.

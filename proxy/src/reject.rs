@@ -10,9 +10,10 @@ use std::io;
 use rustls::{CertificateError, Error as TlsError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(usize)]
 pub enum RejectReason {
     /// The chain does not lead to a CA of the listener's trust domain.
-    UnknownCa,
+    UnknownCa = 0,
     Expired,
     NotYetValid,
     /// An mTLS listener got a handshake without a client certificate.

@@ -42,6 +42,7 @@ pub async fn serve_inbound(ctx: Arc<ListenerContext>, tcp: TcpStream, peer: Sock
             return ctx.refused(peer, RejectReason::Timeout, &e);
         }
     };
+    ctx.stats.handshake_ok();
     let peer_cert = tls
         .get_ref()
         .1
@@ -118,12 +119,14 @@ pub async fn serve_outbound(ctx: Arc<ListenerContext>, plain: TcpStream, client:
         }
     };
 
+    ctx.stats.handshake_ok();
     let result = relay(plain, tls, ("client", "remote"), listener.timeouts.idle).await;
     ctx.finished(client, result);
 }
 
 impl ListenerContext {
     fn refused(&self, peer: SocketAddr, reason: RejectReason, error: &std::io::Error) {
+        self.stats.refused(reason);
         tracing::warn!(
             listener = %self.config.name,
             direction = %self.config.direction,
