@@ -1,0 +1,388 @@
+//! The real `mtlsd` binary: start-up refusals, `check`, `inspect`, `dev`,
+//! signals, drain and systemd readiness.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::time::Duration;
+
+use mtlsd_devca::{CertificateAuthority, LeafSpec};
+use nix::sys::signal::Signal;
+use tokio::net::TcpStream;
+
+use crate::support::process::{MtlsdProcess, run_to_end};
+use crate::support::*;
+
+/// A good single-inbound setup; tests break one thing at a time.
+struct Setup {
+    pki: Pki,
+    host: HostFiles,
+    ca: std::path::PathBuf,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let pki = Pki::new();
+        let host = pki.host("host", &localhost_leaf("host"));
+        let ca = pki.ca_file();
+        Self { pki, host, ca }
+    }
+
+    fn config(&self, upstream: &str, extra: &str) -> std::path::PathBuf {
+        let text = format!(
+            "{}{extra}\n[[inbound]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n",
+            material_toml(&self.host, &self.ca)
+        );
+        self.pki.write("mtlsd.toml", &text, 0o600)
+    }
+}
+
+fn run_args(config: &Path) -> Vec<String> {
+    vec![
+        "run".into(),
+        "--config".into(),
+        config.display().to_string(),
+    ]
+}
+
+#[test]
+fn startup_refuses_each_bad_input_and_names_it() {
+    type Breaker = fn(&Setup) -> (std::path::PathBuf, String);
+    let cases: Vec<(&str, Breaker)> = vec![
+        ("missing certificate file", |s| {
+            std::fs::remove_file(&s.host.cert).unwrap();
+            (
+                s.config("127.0.0.1:9", ""),
+                s.host.cert.display().to_string(),
+            )
+        }),
+        ("garbage PEM", |s| {
+            std::fs::write(&s.host.cert, "-----BEGIN CERTIFICATE-----\n!!!\n").unwrap();
+            (
+                s.config("127.0.0.1:9", ""),
+                s.host.cert.display().to_string(),
+            )
+        }),
+        ("key of another certificate", |s| {
+            let other = s.pki.ca.issue(&localhost_leaf("other")).unwrap();
+            std::fs::write(&s.host.key, other.key_pem).unwrap();
+            (s.config("127.0.0.1:9", ""), "does not match".to_owned())
+        }),
+        ("expired leaf", |s| {
+            let old = s.pki.host("host", &localhost_leaf("host").expired());
+            assert_eq!(old.cert, s.host.cert);
+            (s.config("127.0.0.1:9", ""), "expired at".to_owned())
+        }),
+        ("leaf that does not chain", |s| {
+            let stranger = CertificateAuthority::new("stranger").unwrap();
+            s.pki.host_from(&stranger, "host", &localhost_leaf("host"));
+            (
+                s.config("127.0.0.1:9", ""),
+                "does not chain to trust domain 'mesh'".to_owned(),
+            )
+        }),
+        ("world-readable key", |s| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&s.host.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+            (
+                s.config("127.0.0.1:9", ""),
+                "readable by group or others".to_owned(),
+            )
+        }),
+        ("unknown config key", |s| {
+            (
+                s.config("127.0.0.1:9", "[admin]\nlisen = \"x\"\n"),
+                "admin.lisen: unknown key".to_owned(),
+            )
+        }),
+        ("bad listen address", |s| {
+            let text = format!(
+                "{}[[inbound]]\nname = \"in\"\nlisten = \"127.0.0.1:99999\"\nupstream = \"127.0.0.1:9\"\n",
+                material_toml(&s.host, &s.ca)
+            );
+            (
+                s.pki.write("mtlsd.toml", &text, 0o600),
+                "inbound[0].listen".to_owned(),
+            )
+        }),
+    ];
+    for (what, breaker) in cases {
+        let setup = Setup::new();
+        let (config, expected) = breaker(&setup);
+        let args = run_args(&config);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (status, _, stderr) = run_to_end(&args, Duration::from_secs(20));
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "{what}: exit status; stderr:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(&expected),
+            "{what}: expected {expected:?} in:\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("\"listening\""),
+            "{what}: a listener was bound before refusing:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_exit_codes_and_every_problem_listed() {
+    let setup = Setup::new();
+    let config = setup.config("127.0.0.1:9", "");
+    let config_arg = config.display().to_string();
+    let (status, stdout, stderr) =
+        run_to_end(&["check", "--config", &config_arg], Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains(": ok"), "{stdout}");
+    assert!(stdout.contains("listener   in inbound tcp"), "{stdout}");
+
+    // Two independent material problems: both are listed in one run.
+    setup.pki.host("host", &localhost_leaf("host").expired());
+    std::fs::write(&setup.ca, "not a bundle").unwrap();
+    let (status, _, stderr) =
+        run_to_end(&["check", "--config", &config_arg], Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("expired at"), "{stderr}");
+    assert!(
+        stderr.contains("mesh-ca.pem: no CERTIFICATE block found"),
+        "{stderr}"
+    );
+
+    // Config problems are listed with their keys.
+    let bad = setup.pki.write(
+        "bad.toml",
+        "[identity]\ncert = \"a\"\n[trust_domains.mesh]\n[[outbound]]\nname = \"o\"\nlisten = \"0.0.0.0:1\"\nupstream = \"x:1\"\n",
+        0o600,
+    );
+    let (status, _, stderr) = run_to_end(
+        &["check", "--config", &bad.display().to_string()],
+        Duration::from_secs(20),
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    for key in [
+        "identity.key",
+        "trust_domains.mesh.bundle",
+        "outbound[0].listen",
+    ] {
+        assert!(stderr.contains(key), "missing {key} in:\n{stderr}");
+    }
+
+    let (status, _, stderr) = run_to_end(
+        &["check", "--config", "/nonexistent/mtlsd.toml"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("/nonexistent/mtlsd.toml"), "{stderr}");
+}
+
+#[test]
+fn inspect_reports_facts_and_chain_status() {
+    let setup = Setup::new();
+    let cert = setup.host.cert.display().to_string();
+    let key = setup.host.key.display().to_string();
+    let ca = setup.ca.display().to_string();
+    let (status, stdout, stderr) = run_to_end(
+        &["inspect", &cert, &key, "--bundle", &ca],
+        Duration::from_secs(20),
+    );
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.contains(&format!("serial:      {}", setup.host.issued.serial_hex)),
+        "{stdout}"
+    );
+    assert!(stdout.contains("DNS:localhost, IP:127.0.0.1"), "{stdout}");
+    assert!(
+        stdout.contains("chains:      yes, for server auth"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("matches:     {cert}")), "{stdout}");
+
+    let stranger = CertificateAuthority::new("stranger").unwrap();
+    let other_ca = setup.pki.write("other-ca.pem", stranger.cert_pem(), 0o644);
+    let (status, stdout, _) = run_to_end(
+        &[
+            "inspect",
+            &cert,
+            "--bundle",
+            &other_ca.display().to_string(),
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(status.code(), Some(1));
+    assert!(stdout.contains("chains:      no"), "{stdout}");
+
+    let garbage = setup.pki.write("garbage.pem", "hello", 0o644);
+    let (status, stdout, _) = run_to_end(
+        &["inspect", &garbage.display().to_string()],
+        Duration::from_secs(20),
+    );
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stdout.contains("no certificates or private keys"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_an_open_connection_then_exits_zero() {
+    let setup = Setup::new();
+    let echo = Echo::start().await;
+    let config = setup.config(&echo.addr.to_string(), "");
+    let notify_path = setup.pki.path("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(SOON)).unwrap();
+
+    let args = run_args(&config);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut mtlsd = MtlsdProcess::spawn(&args, &[("NOTIFY_SOCKET", &notify_path)]);
+    let addr = mtlsd.listener_addr("in").await;
+    let ready = receive(&notify);
+    assert!(ready.contains("READY=1"), "{ready}");
+
+    let client = setup.pki.ca.issue(&localhost_leaf("client")).unwrap();
+    let config = client_config(setup.pki.ca.cert_der(), Some(&client));
+    let mut stream = tls_connect(addr, config).await.unwrap();
+    assert_eq!(round_trip(&mut stream, b"before").await.unwrap(), b"before");
+
+    mtlsd.signal(Signal::SIGTERM);
+    let stopping = receive(&notify);
+    assert!(stopping.contains("STOPPING=1"), "{stopping}");
+    // No new connections...
+    eventually("listener closed", || {
+        std::net::TcpStream::connect(addr).is_err()
+    })
+    .await;
+    // ...but the open one still works while draining.
+    assert_eq!(round_trip(&mut stream, b"during").await.unwrap(), b"during");
+    assert!(mtlsd.is_running());
+    drop(stream);
+    let status = mtlsd.exited(SOON).await;
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_deadline_closes_what_is_left_and_still_exits_zero() {
+    let setup = Setup::new();
+    let echo = Echo::start().await;
+    let config = setup.config(&echo.addr.to_string(), "");
+    // material_toml sets a 2 s drain deadline.
+    let args = run_args(&config);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut mtlsd = MtlsdProcess::spawn(&args, &[]);
+    let addr = mtlsd.listener_addr("in").await;
+    let client = setup.pki.ca.issue(&localhost_leaf("client")).unwrap();
+    let mut stream = tls_connect(addr, client_config(setup.pki.ca.cert_der(), Some(&client)))
+        .await
+        .unwrap();
+    assert_eq!(round_trip(&mut stream, b"x").await.unwrap(), b"x");
+
+    let started = std::time::Instant::now();
+    mtlsd.signal(Signal::SIGTERM);
+    let status = mtlsd.exited(SOON).await;
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "exited before the deadline"
+    );
+    mtlsd
+        .wait_for_log("drain deadline passed; closing remaining connections", SOON)
+        .await;
+    assert_no_echo(&mut stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_swaps_in_good_material_and_keeps_the_old_on_bad() {
+    let setup = Setup::new();
+    let echo = Echo::start().await;
+    let config = setup.config(&echo.addr.to_string(), "");
+    let args = run_args(&config);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut mtlsd = MtlsdProcess::spawn(&args, &[]);
+    let addr = mtlsd.listener_addr("in").await;
+    let client = setup.pki.ca.issue(&localhost_leaf("client")).unwrap();
+    let client = client_config(setup.pki.ca.cert_der(), Some(&client));
+    let served_serial = |stream: &tokio_rustls::client::TlsStream<TcpStream>| {
+        let der = stream.get_ref().1.peer_certificates().unwrap()[0].clone();
+        mtlsd_expiry::CertFacts::from_der(&der).unwrap().serial_hex
+    };
+    let first = tls_connect(addr, client.clone()).await.unwrap();
+    assert_eq!(served_serial(&first), setup.host.issued.serial_hex);
+
+    let rotated = setup
+        .pki
+        .host("host", &LeafSpec::new("host", &["localhost"]));
+    mtlsd.signal(Signal::SIGHUP);
+    mtlsd.wait_for_log("TLS material reloaded", SOON).await;
+    let second = tls_connect(addr, client.clone()).await.unwrap();
+    assert_eq!(served_serial(&second), rotated.issued.serial_hex);
+
+    // Half a rotation: a new certificate with the old key is refused.
+    let next = setup.pki.ca.issue(&localhost_leaf("host")).unwrap();
+    std::fs::write(&setup.host.cert, &next.cert_pem).unwrap();
+    mtlsd.signal(Signal::SIGHUP);
+    let rejected = mtlsd
+        .wait_for_log("reload rejected; keeping the current TLS material", SOON)
+        .await;
+    assert!(
+        rejected["problems"]
+            .as_str()
+            .unwrap()
+            .contains("does not match"),
+        "{rejected}"
+    );
+    let third = tls_connect(addr, client).await.unwrap();
+    assert_eq!(served_serial(&third), rotated.issued.serial_hex);
+    mtlsd.signal(Signal::SIGTERM);
+    assert_eq!(mtlsd.exited(SOON).await.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_runs_a_working_pair() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("dev");
+    // A port block unlikely to collide with anything else on the machine.
+    let base = 20000 + (std::process::id() % 20000) as u16;
+    let base_arg = base.to_string();
+    let dir_arg = dir.display().to_string();
+    let mut mtlsd = MtlsdProcess::spawn(
+        &["dev", "--state-dir", &dir_arg, "--port-base", &base_arg],
+        &[],
+    );
+    mtlsd
+        .wait_for_stdout("Ctrl-C drains and stops.", SOON)
+        .await;
+    assert!(
+        mtlsd
+            .stdout_seen
+            .iter()
+            .any(|l| l.contains("openssl s_client"))
+    );
+
+    let mut plain = TcpStream::connect(("127.0.0.1", base + 80)).await.unwrap();
+    assert_eq!(
+        round_trip(&mut plain, b"dev hello").await.unwrap(),
+        b"dev hello"
+    );
+    drop(plain);
+
+    let check = run_to_end(
+        &[
+            "check",
+            "--config",
+            &dir.join("mtlsd.toml").display().to_string(),
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(check.0.code(), Some(0), "{}", check.2);
+
+    mtlsd.signal(Signal::SIGINT);
+    assert_eq!(mtlsd.exited(SOON).await.code(), Some(0));
+}
+
+fn receive(socket: &UnixDatagram) -> String {
+    let mut buf = [0u8; 1024];
+    let n = socket.recv(&mut buf).expect("a notification from mtlsd");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}

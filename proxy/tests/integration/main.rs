@@ -1,0 +1,8 @@
+//! Integration tests for mtlsd: one test binary (each binary links the
+//! whole dependency tree, and CI has two cores).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod cli;
+mod support;
+mod tunnel;
