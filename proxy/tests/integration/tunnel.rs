@@ -371,3 +371,30 @@ async fn tls12_is_refused_unless_opted_in() {
         .unwrap();
     assert_eq!(round_trip(&mut stream, b"v12").await.unwrap(), b"v12");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_are_cut_off_at_the_handshake_timeout() {
+    let pki = Pki::new();
+    let echo = Echo::start().await;
+    let ca = pki.ca_file();
+    let host = pki.host("server", &localhost_leaf("server"));
+    let (server, _) = start_daemon(
+        &pki,
+        "server.toml",
+        &(material_toml(&host, &ca)
+            + &inbound_toml("in", echo.addr, "handshake_timeout = \"300ms\"")),
+    )
+    .await;
+    // Connects, never says a word.
+    let mut silent = TcpStream::connect(server.local_addr("in").unwrap())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1];
+    let n = within("handshake timeout", SOON, silent.read(&mut buf)).await;
+    assert!(matches!(n, Ok(0) | Err(_)));
+    assert_eq!(
+        server.stats("in").unwrap().refusals(RejectReason::Timeout),
+        1
+    );
+    assert_eq!(echo.accepted(), 0);
+}
