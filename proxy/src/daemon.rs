@@ -1,23 +1,29 @@
-//! The daemon's lifecycle: load, bind, serve, drain.
+//! The daemon's lifecycle: load, bind, serve, reload, drain.
 //!
 //! Start-up is all-or-nothing. Material is validated before any socket is
-//! bound, and every listener is bound before any accepts, so a bad file or
-//! a taken port means the process exits with nothing half-started. Shutdown
-//! stops every accept loop first (closing the ports), then waits for open
-//! connections up to the drain deadline, then closes what remains.
+//! bound, and every socket (listeners and admin) is bound before any
+//! accepts, so a bad file or a taken port means the process exits with
+//! nothing half-started. After that, the [`Reloader`] task owns changes.
+//! Shutdown stops every accept loop first (closing the ports), then waits
+//! for open connections up to the drain deadline, then closes what remains.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use mtlsd_reload::{Generation, MaterialErrors, MaterialStore};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::admin;
+use crate::config::{Config, ListenerConfig};
+use crate::connections::ConnectionRegistry;
 use crate::listener::{self, Lifecycle, ListenerContext, ListenerStats};
+use crate::reloading::{AuditLog, ReloadMetrics, ReloadOutcome, ReloadRequest, Reloader, Trigger};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -30,6 +36,20 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("admin endpoint: cannot listen on {addr}: {source}")]
+    AdminBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("audit log {path}: {source}")]
+    Audit {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// How a drain ended.
@@ -39,31 +59,113 @@ pub struct DrainOutcome {
     pub forced: usize,
 }
 
+/// What the data path, the admin endpoint and the reloader share.
+#[derive(Debug)]
+pub struct DaemonState {
+    pub store: Arc<MaterialStore>,
+    pub connections: Arc<ConnectionRegistry>,
+    pub metrics: prometheus::Registry,
+    pub life: Lifecycle,
+    accept_loops: TaskTracker,
+    listeners: Mutex<BTreeMap<String, (SocketAddr, Arc<ListenerContext>)>>,
+}
+
+/// A listener's accept loop, as the reloader holds it.
+#[derive(Debug)]
+pub struct BoundListener {
+    pub ctx: Arc<ListenerContext>,
+    /// Stops this listener only (removal or re-address).
+    pub stop: CancellationToken,
+}
+
+impl DaemonState {
+    fn listeners(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<String, (SocketAddr, Arc<ListenerContext>)>> {
+        // Only inserts, removes and lookups happen under this lock.
+        self.listeners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn new_context(&self, config: ListenerConfig) -> Arc<ListenerContext> {
+        Arc::new(ListenerContext::new(
+            config,
+            self.store.clone(),
+            self.connections.clone(),
+        ))
+    }
+
+    /// Starts accepting on `socket` for `ctx`.
+    pub(crate) fn spawn_listener(
+        &self,
+        socket: TcpListener,
+        ctx: Arc<ListenerContext>,
+        config: &ListenerConfig,
+    ) -> BoundListener {
+        let addr = socket.local_addr().unwrap_or(config.listen);
+        tracing::info!(
+            listener = %config.name,
+            direction = %config.direction,
+            protocol = config.protocol.as_str(),
+            addr = %addr,
+            upstream = %config.upstream,
+            trust_domain = %config.trust_domain,
+            "listening"
+        );
+        self.listeners()
+            .insert(config.name.clone(), (addr, ctx.clone()));
+        let stop = self.life.stop_accepting.child_token();
+        self.accept_loops.spawn(listener::accept_loop(
+            socket,
+            ctx.clone(),
+            self.life.clone(),
+            stop.clone(),
+        ));
+        BoundListener { ctx, stop }
+    }
+
+    pub(crate) fn forget_listener(&self, name: &str) {
+        self.listeners().remove(name);
+    }
+}
+
 /// A started daemon: listeners bound and accepting.
 #[derive(Debug)]
 pub struct Running {
-    store: Arc<MaterialStore>,
-    addrs: BTreeMap<String, SocketAddr>,
-    contexts: BTreeMap<String, Arc<ListenerContext>>,
-    life: Lifecycle,
-    accept_loops: JoinSet<()>,
+    state: Arc<DaemonState>,
+    admin_addr: SocketAddr,
+    reloads: mpsc::Sender<ReloadRequest>,
+    stop_tasks: CancellationToken,
+    tasks: JoinSet<()>,
 }
 
 impl Running {
-    /// Validates the material `config` names, binds every listener, and
+    /// Validates the material `config` names, binds every socket, and
     /// starts accepting. Any failure returns before anything accepts.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
-        let generation = Generation::load(&config.material_spec(), SystemTime::now())?;
-        let store = Arc::new(MaterialStore::new(generation));
-        Self::start_with_store(config, store).await
+        Self::start_with_env(config, std::env::vars().collect()).await
     }
 
-    /// Like [`Running::start`], with material already loaded.
-    pub async fn start_with_store(
+    /// Like [`Running::start`]; `env` is what reloads apply as `MTLSD_`
+    /// overrides when they re-read the config file.
+    pub async fn start_with_env(
         config: &Config,
-        store: Arc<MaterialStore>,
+        env: Vec<(String, String)>,
     ) -> Result<Self, StartError> {
-        let mut bound = Vec::new();
+        let generation = Generation::load(&config.material_spec(), SystemTime::now())?;
+        let store = Arc::new(MaterialStore::new(generation));
+
+        let audit =
+            AuditLog::open(&config.reload.audit_log).map_err(|source| StartError::Audit {
+                path: config.reload.audit_log.clone(),
+                source,
+            })?;
+        let admin_socket = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(|source| StartError::AdminBind {
+                addr: config.admin_listen,
+                source,
+            })?;
+        let mut sockets = Vec::new();
         for listener_config in config.listeners() {
             let socket =
                 listener::bind(listener_config)
@@ -73,85 +175,129 @@ impl Running {
                         addr: listener_config.listen,
                         source,
                     })?;
-            bound.push((listener_config.clone(), socket));
+            sockets.push((listener_config.clone(), socket));
         }
 
-        let life = Lifecycle {
-            stop_accepting: CancellationToken::new(),
-            force_close: CancellationToken::new(),
-            connections: TaskTracker::new(),
-        };
-        let mut addrs = BTreeMap::new();
-        let mut contexts = BTreeMap::new();
-        let mut accept_loops = JoinSet::new();
-        for (listener_config, socket) in bound {
-            let addr = socket.local_addr().unwrap_or(listener_config.listen);
-            tracing::info!(
-                listener = %listener_config.name,
-                direction = %listener_config.direction,
-                protocol = listener_config.protocol.as_str(),
-                addr = %addr,
-                upstream = %listener_config.upstream,
-                trust_domain = %listener_config.trust_domain,
-                "listening"
-            );
-            addrs.insert(listener_config.name.clone(), addr);
-            let ctx = Arc::new(ListenerContext {
-                config: listener_config,
-                store: store.clone(),
-                stats: Default::default(),
-            });
-            contexts.insert(ctx.config.name.clone(), ctx.clone());
-            accept_loops.spawn(listener::accept_loop(socket, ctx, life.clone()));
-        }
-        Ok(Self {
+        let metrics = prometheus::Registry::new();
+        let reload_metrics = ReloadMetrics::register(&metrics)?;
+        let state = Arc::new(DaemonState {
             store,
-            addrs,
-            contexts,
-            life,
-            accept_loops,
+            connections: Arc::new(ConnectionRegistry::default()),
+            metrics,
+            life: Lifecycle {
+                stop_accepting: CancellationToken::new(),
+                force_close: CancellationToken::new(),
+                connections: TaskTracker::new(),
+            },
+            accept_loops: TaskTracker::new(),
+            listeners: Mutex::new(BTreeMap::new()),
+        });
+        let mut bound = BTreeMap::new();
+        for (listener_config, socket) in sockets {
+            let ctx = state.new_context(listener_config.clone());
+            bound.insert(
+                listener_config.name.clone(),
+                state.spawn_listener(socket, ctx, &listener_config),
+            );
+        }
+
+        let stop_tasks = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let (reloads, requests) = mpsc::channel(16);
+        let reloader = Reloader::new(
+            state.clone(),
+            config.clone(),
+            bound,
+            audit,
+            reload_metrics,
+            env,
+        );
+        tasks.spawn(reloader.run(requests, stop_tasks.clone()));
+
+        let admin_addr = admin_socket.local_addr().unwrap_or(config.admin_listen);
+        tracing::info!(addr = %admin_addr, "admin endpoint listening");
+        tasks.spawn(admin::serve(
+            admin_socket,
+            admin::AdminState {
+                daemon: state.clone(),
+                reloads: reloads.clone(),
+            },
+            stop_tasks.clone(),
+        ));
+
+        Ok(Self {
+            state,
+            admin_addr,
+            reloads,
+            stop_tasks,
+            tasks,
         })
     }
 
     /// The address a listener is bound to (useful with port 0).
     pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
-        self.addrs.get(listener).copied()
+        self.state.listeners().get(listener).map(|(addr, _)| *addr)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     /// A listener's counters.
-    pub fn stats(&self, listener: &str) -> Option<&ListenerStats> {
-        self.contexts.get(listener).map(|ctx| &ctx.stats)
+    pub fn stats(&self, listener: &str) -> Option<Arc<ListenerStats>> {
+        self.state
+            .listeners()
+            .get(listener)
+            .map(|(_, ctx)| ctx.stats.clone())
     }
 
     pub fn store(&self) -> &Arc<MaterialStore> {
-        &self.store
+        &self.state.store
     }
 
     /// Connections currently open across all listeners.
     pub fn open_connections(&self) -> usize {
-        self.life.connections.len()
+        self.state.life.connections.len()
+    }
+
+    /// Runs one reload attempt and returns its outcome.
+    pub async fn reload(&self, trigger: Trigger) -> Option<ReloadOutcome> {
+        let (reply, outcome) = oneshot::channel();
+        self.reloads
+            .send(ReloadRequest {
+                trigger,
+                reply: Some(reply),
+            })
+            .await
+            .ok()?;
+        outcome.await.ok()
     }
 
     /// Stops accepting, waits up to `deadline` for open connections, then
     /// closes the rest.
     pub async fn drain(mut self, deadline: Duration) -> DrainOutcome {
-        self.life.stop_accepting.cancel();
-        while self.accept_loops.join_next().await.is_some() {}
-        self.life.connections.close();
-        let open = self.life.connections.len();
+        let life = self.state.life.clone();
+        life.stop_accepting.cancel();
+        self.stop_tasks.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        // Once no accept loop runs, no connection can be added.
+        self.state.accept_loops.close();
+        self.state.accept_loops.wait().await;
+        life.connections.close();
+        let open = life.connections.len();
         if open > 0 {
             tracing::info!(open, ?deadline, "draining open connections");
         }
-        let forced = match tokio::time::timeout(deadline, self.life.connections.wait()).await {
+        let forced = match tokio::time::timeout(deadline, life.connections.wait()).await {
             Ok(()) => 0,
             Err(_) => {
-                let forced = self.life.connections.len();
+                let forced = life.connections.len();
                 tracing::warn!(
                     forced,
                     "drain deadline passed; closing remaining connections"
                 );
-                self.life.force_close.cancel();
-                self.life.connections.wait().await;
+                life.force_close.cancel();
+                life.connections.wait().await;
                 forced
             }
         };

@@ -10,11 +10,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod commands;
 pub mod config;
+pub mod connections;
 pub mod daemon;
 pub mod listener;
 pub mod protocols;
 pub mod reject;
 pub mod relay;
+pub mod reloading;
 pub mod upstream;

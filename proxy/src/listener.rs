@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use mtlsd_reload::MaterialStore;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -19,15 +20,63 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Direction, ListenerConfig, Protocol};
+use crate::connections::ConnectionRegistry;
 use crate::protocols::tcp;
 use crate::reject::RejectReason;
 
-/// What every connection of a listener needs.
+/// What every connection of a listener needs. The listener's settings can
+/// be swapped by a reload; each connection takes one snapshot of them.
 #[derive(Debug)]
 pub struct ListenerContext {
-    pub config: ListenerConfig,
+    pub config: ArcSwap<ListenerConfig>,
     pub store: Arc<MaterialStore>,
-    pub stats: ListenerStats,
+    pub stats: Arc<ListenerStats>,
+    pub connections: Arc<ConnectionRegistry>,
+    /// One permit per connection that may be open at once.
+    slots: Arc<Semaphore>,
+}
+
+impl ListenerContext {
+    pub fn new(
+        config: ListenerConfig,
+        store: Arc<MaterialStore>,
+        connections: Arc<ConnectionRegistry>,
+    ) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(config.max_connections)),
+            config: ArcSwap::from_pointee(config),
+            store,
+            stats: Arc::default(),
+            connections,
+        }
+    }
+
+    pub fn name(&self) -> String {
+        self.config.load().name.clone()
+    }
+
+    /// Applies new settings to connections accepted from now on. A lower
+    /// `max_connections` takes effect as open connections close.
+    pub fn update(&self, next: ListenerConfig) {
+        let old = self.config.load().max_connections;
+        let new = next.max_connections;
+        if new > old {
+            self.slots.add_permits(new - old);
+        } else if new < old {
+            let mut owed = old - new;
+            owed -= self.slots.forget_permits(owed);
+            if owed > 0 {
+                // Take the rest back as connections finish.
+                let slots = self.slots.clone();
+                tokio::spawn(async move {
+                    if let Ok(permits) = slots.acquire_many(owed as u32).await {
+                        permits.forget();
+                    }
+                });
+            }
+        }
+        self.config.store(Arc::new(next));
+    }
 }
 
 /// Counters for one listener, kept next to the code that counts them.
@@ -72,30 +121,38 @@ pub async fn bind(config: &ListenerConfig) -> std::io::Result<TcpListener> {
     TcpListener::bind(config.listen).await
 }
 
-pub async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerContext>, life: Lifecycle) {
-    let slots = Arc::new(Semaphore::new(ctx.config.max_connections));
+/// Accepts until `stop` (this listener removed) or the daemon stops.
+pub async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<ListenerContext>,
+    life: Lifecycle,
+    stop: CancellationToken,
+) {
+    let name = ctx.name();
     loop {
         let slot = tokio::select! {
+            () = stop.cancelled() => break,
             () = life.stop_accepting.cancelled() => break,
-            slot = slots.clone().acquire_owned() => match slot {
+            slot = ctx.slots.clone().acquire_owned() => match slot {
                 Ok(slot) => slot,
                 Err(_) => break, // the semaphore is never closed
             },
         };
         let (stream, peer) = tokio::select! {
+            () = stop.cancelled() => break,
             () = life.stop_accepting.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(listener = %ctx.config.name, error = %e, "accept failed");
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
         if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(listener = %ctx.config.name, %peer, error = %e, "cannot set TCP_NODELAY");
+            tracing::debug!(listener = %name, %peer, error = %e, "cannot set TCP_NODELAY");
         }
         let ctx = ctx.clone();
         let force_close = life.force_close.clone();
@@ -108,16 +165,21 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerContext>, life:
             drop(slot);
         });
     }
-    tracing::debug!(listener = %ctx.config.name, "stopped accepting");
+    tracing::debug!(listener = %name, "stopped accepting");
 }
 
 async fn serve(ctx: Arc<ListenerContext>, stream: tokio::net::TcpStream, peer: SocketAddr) {
-    match (ctx.config.protocol, ctx.config.direction) {
-        (Protocol::Tcp, Direction::Inbound) => tcp::serve_inbound(ctx, stream, peer).await,
-        (Protocol::Tcp, Direction::Outbound) => tcp::serve_outbound(ctx, stream, peer).await,
+    let config = ctx.config.load_full();
+    match (config.protocol, config.direction) {
+        (Protocol::Tcp, Direction::Inbound) => {
+            tcp::serve_inbound(&ctx, &config, stream, peer).await
+        }
+        (Protocol::Tcp, Direction::Outbound) => {
+            tcp::serve_outbound(&ctx, &config, stream, peer).await
+        }
         (other, _) => {
             // Validation refuses protocols that are not served yet.
-            tracing::error!(listener = %ctx.config.name, protocol = other.as_str(), "protocol not served");
+            tracing::error!(listener = %config.name, protocol = other.as_str(), "protocol not served");
         }
     }
 }

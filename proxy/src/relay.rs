@@ -30,6 +30,8 @@ pub struct Transferred {
 pub enum RelayError {
     #[error("no data in either direction for {0:?}")]
     Idle(Duration),
+    #[error("peer no longer verifies under the current trust bundle")]
+    NoLongerTrusted,
     #[error("{side} side: {source}")]
     Io {
         side: &'static str,

@@ -52,6 +52,7 @@ struct Ports {
     echo: u16,
     inbound: u16,
     outbound: u16,
+    admin: u16,
 }
 
 impl Ports {
@@ -64,6 +65,7 @@ impl Ports {
             echo: base,
             inbound: at(443)?,
             outbound: at(80)?,
+            admin: at(90)?,
         })
     }
 }
@@ -121,6 +123,9 @@ fn config_text(dir: &Path, ports: &Ports) -> String {
         r#"# Written by `mtlsd dev`; regenerated on every run.
 state_dir = "{d}"
 
+[admin]
+listen = "127.0.0.1:{admin}"
+
 [identity]
 cert = "{d}/host.crt"
 key = "{d}/host.key"
@@ -146,6 +151,7 @@ server_name = "localhost"
         inbound = ports.inbound,
         outbound = ports.outbound,
         echo = ports.echo,
+        admin = ports.admin,
     )
 }
 

@@ -1,8 +1,10 @@
 //! The `mtlsd` command line: one module per verb.
 
+mod admin_client;
 mod check;
 mod dev;
 mod inspect;
+mod reload;
 mod run;
 
 use std::path::PathBuf;
@@ -46,6 +48,17 @@ pub enum Command {
         #[arg(long, short, env = "MTLSD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Ask the running daemon to reload now and wait for the outcome: exit 0
+    /// when applied or unchanged, 1 when rejected (the reason is printed),
+    /// 3 when no daemon answers. Used by systemd's ExecReload.
+    Reload {
+        /// Admin address of the daemon (default: admin.listen from the config).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// Configuration file, read only to find the admin address.
+        #[arg(long, short, env = "MTLSD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
     /// Show what PEM files hold and whether their certificates chain to a
     /// bundle.
     Inspect {
@@ -63,7 +76,7 @@ pub enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
         /// First port of the block the demo uses (echo = base, inbound =
-        /// base+443, outbound = base+80).
+        /// base+443, outbound = base+80, admin = base+90).
         #[arg(long, default_value_t = 17000)]
         port_base: u16,
         /// Throw away the existing dev CA and start over.
@@ -77,11 +90,19 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config } => run::run(&config).await,
         Command::Check { config } => check::check(&config),
+        Command::Reload { admin, config } => reload::reload(admin, &config).await,
         Command::Inspect { files, bundle } => inspect::inspect(&files, &bundle),
         Command::Dev {
             state_dir,
             port_base,
             fresh,
         } => dev::dev(state_dir, port_base, fresh).await,
+    }
+}
+
+/// Sends `states` to systemd when running under it (NOTIFY_SOCKET set).
+pub(crate) fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "cannot notify systemd");
     }
 }

@@ -1,18 +1,16 @@
 //! `mtlsd run`: the daemon.
 
-use std::path::Path;
-use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::SystemTime;
-
 use anyhow::Context;
 use futures_util::StreamExt;
-use mtlsd_reload::{Generation, MaterialStore};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_tokio::Signals;
+use std::path::Path;
+use std::process::ExitCode;
 
+use super::notify_systemd;
 use crate::config::Config;
 use crate::daemon::Running;
+use crate::reloading::Trigger;
 
 pub(super) async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path).context("invalid configuration")?;
@@ -27,16 +25,12 @@ pub(super) async fn serve(config: &Config, on_ready: impl FnOnce()) -> anyhow::R
     let mut signals =
         Signals::new([SIGHUP, SIGTERM, SIGINT]).context("cannot install signal handlers")?;
 
-    let spec = config.material_spec();
-    let generation = Generation::load(&spec, SystemTime::now())
-        .context("cannot start: TLS material is not usable")?;
-    let store = Arc::new(MaterialStore::new(generation));
-    let running = Running::start_with_store(config, store.clone())
+    let running = Running::start_with_env(config, std::env::vars().collect())
         .await
         .context("cannot start")?;
 
-    let identity = store.current().identity().leaf().clone();
-    notify(&[
+    let identity = running.store().current().identity().leaf().clone();
+    notify_systemd(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&format!(
             "serving {} listeners as {}",
@@ -55,7 +49,10 @@ pub(super) async fn serve(config: &Config, on_ready: impl FnOnce()) -> anyhow::R
 
     while let Some(signal) = signals.next().await {
         match signal {
-            SIGHUP => reload_material(&store, &spec),
+            // The reloader logs, audits and counts the outcome.
+            SIGHUP => {
+                let _ = running.reload(Trigger::Sighup).await;
+            }
             _ => {
                 tracing::info!(
                     signal,
@@ -65,34 +62,10 @@ pub(super) async fn serve(config: &Config, on_ready: impl FnOnce()) -> anyhow::R
             }
         }
     }
-    notify(&[sd_notify::NotifyState::Stopping]);
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
     let outcome = running.drain(config.drain_timeout).await;
     tracing::info!(forced_closed = outcome.forced, "stopped");
     Ok(ExitCode::SUCCESS)
-}
-
-/// Validate-then-swap of the TLS material; the previous generation stays
-/// if anything is wrong.
-fn reload_material(store: &MaterialStore, spec: &mtlsd_reload::MaterialSpec) {
-    match Generation::load(spec, SystemTime::now()) {
-        Ok(next) => {
-            let serial = next.identity().leaf().serial_hex.clone();
-            let number = store.publish(next);
-            tracing::info!(trigger = "sighup", generation = number, serial = %serial, "TLS material reloaded");
-        }
-        Err(problems) => tracing::error!(
-            trigger = "sighup",
-            generation = store.current().number(),
-            problems = %problems,
-            "reload rejected; keeping the current TLS material"
-        ),
-    }
-}
-
-fn notify(states: &[sd_notify::NotifyState<'_>]) {
-    if let Err(e) = sd_notify::notify(states) {
-        tracing::warn!(error = %e, "cannot notify systemd");
-    }
 }
 
 fn warn_about_insecure_settings(config: &Config) {
@@ -100,5 +73,12 @@ fn warn_about_insecure_settings(config: &Config) {
         tracing::warn!(
             "identity.insecure_key_permissions is on: a group- or world-readable private key will be accepted"
         );
+    }
+    for listener in config.listeners() {
+        if listener.direction == crate::config::Direction::Outbound
+            && !listener.listen.ip().is_loopback()
+        {
+            tracing::warn!(listener = %listener.name, "insecure_allow_remote_clients is on: this outbound listener accepts plaintext from the network");
+        }
     }
 }

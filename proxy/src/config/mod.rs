@@ -27,6 +27,8 @@ use rustls_pki_types::ServerName;
 
 /// Where `mtlsd run` and `mtlsd check` look when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/mtlsd/mtlsd.toml";
+/// Where the admin endpoint listens unless `admin.listen` says otherwise.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9650";
 /// Environment variables with this prefix override config keys.
 pub const ENV_PREFIX: &str = "MTLSD_";
 /// Environment variables the CLI itself reads; they are not config keys.
@@ -45,8 +47,26 @@ pub struct Config {
     pub allow_tls12: bool,
     pub drain_timeout: Duration,
     pub state_dir: PathBuf,
+    pub reload: ReloadConfig,
     pub inbound: Vec<ListenerConfig>,
     pub outbound: Vec<ListenerConfig>,
+}
+
+/// `[reload]`: how changes are picked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadConfig {
+    /// Watch the directories of every material file and of the config.
+    pub watch: bool,
+    /// Quiet time after the last file event before reloading; also the
+    /// delay before retrying a rejected file-triggered reload.
+    pub settle: Duration,
+    /// Also check periodically (off when absent).
+    pub interval: Option<Duration>,
+    /// How long a connection whose peer no longer verifies may continue
+    /// after a trust change.
+    pub drain_grace: Duration,
+    /// JSON lines, one per reload attempt; appended, never truncated.
+    pub audit_log: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +246,61 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         validate::parse(path, text, env)
+    }
+
+    /// Every file whose change should trigger a reload.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![
+            self.source.clone(),
+            self.identity.cert.clone(),
+            self.identity.key.clone(),
+        ];
+        files.extend(
+            self.trust_domains
+                .values()
+                .flat_map(|d| d.bundle.iter().cloned()),
+        );
+        files.extend(self.inventory.iter().cloned());
+        files
+    }
+
+    /// Takes what `next` may change while running and keeps the rest of
+    /// `self`. Returns the configuration to run with and one message per
+    /// change that was refused.
+    pub fn apply_live(&self, next: Config) -> (Config, Vec<String>) {
+        let mut effective = next;
+        let mut refused = Vec::new();
+        let restart = "cannot change while running; restart mtlsd to apply it";
+        if effective.admin_listen != self.admin_listen {
+            refused.push(format!("admin.listen: {restart}"));
+            effective.admin_listen = self.admin_listen;
+        }
+        if effective.state_dir != self.state_dir {
+            refused.push(format!("state_dir: {restart}"));
+            effective.state_dir = self.state_dir.clone();
+        }
+        if effective.reload.audit_log != self.reload.audit_log {
+            refused.push(format!("reload.audit_log: {restart}"));
+            effective.reload.audit_log = self.reload.audit_log.clone();
+        }
+        for list in [&mut effective.inbound, &mut effective.outbound] {
+            for listener in list.iter_mut() {
+                let Some(old) = self.listeners().find(|l| l.name == listener.name) else {
+                    continue;
+                };
+                if old.direction != listener.direction || old.protocol != listener.protocol {
+                    refused.push(format!(
+                        "listener '{}': direction and protocol cannot change while running \
+                         (kept {} {}); give the new listener a new name to replace it",
+                        listener.name,
+                        old.direction,
+                        old.protocol.as_str()
+                    ));
+                    *listener = old.clone();
+                }
+            }
+        }
+        (effective, refused)
     }
 
     /// Every listener, inbound first.

@@ -19,6 +19,7 @@ pub(crate) struct RawConfig {
     pub(crate) admin: Option<RawAdmin>,
     pub(crate) tls: Option<RawTls>,
     pub(crate) shutdown: Option<RawShutdown>,
+    pub(crate) reload: Option<RawReload>,
     pub(crate) state_dir: Option<String>,
     #[serde(default)]
     pub(crate) inbound: Vec<RawListener>,
@@ -62,6 +63,15 @@ pub(crate) struct RawAdmin {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawTls {
     pub(crate) min_version: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawReload {
+    pub(crate) watch: Option<bool>,
+    pub(crate) settle: Option<String>,
+    pub(crate) interval: Option<String>,
+    pub(crate) drain_grace: Option<String>,
+    pub(crate) audit_log: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

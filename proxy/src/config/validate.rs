@@ -10,10 +10,10 @@ use rustls_pki_types::ServerName;
 use super::raw::{OneOrMany, RawConfig, RawListener};
 use super::{
     CLI_ENV_VARS, Config, ConfigError, ConfigProblem, Direction, ENV_PREFIX, IdentityConfig,
-    ListenerConfig, Protocol, Timeouts, TrustDomainConfig, Upstream,
+    ListenerConfig, Protocol, ReloadConfig, Timeouts, TrustDomainConfig, Upstream,
 };
 
-const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9650";
+use super::DEFAULT_ADMIN_LISTEN;
 const DEFAULT_STATE_DIR: &str = "/var/lib/mtlsd";
 const DEFAULT_TRUST_DOMAIN: &str = "mesh";
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -21,6 +21,8 @@ const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
+const DEFAULT_RELOAD_SETTLE: Duration = Duration::from_millis(250);
+const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(30);
 
 pub(super) fn parse(
     path: &Path,
@@ -248,6 +250,8 @@ impl Validator {
             )
             .unwrap_or_default();
 
+        let reload = self.reload(raw.reload.unwrap_or_default(), &state_dir);
+
         let identity_domain = identity
             .as_ref()
             .map(|i| i.trust_domain.clone())
@@ -279,9 +283,29 @@ impl Validator {
             allow_tls12,
             drain_timeout,
             state_dir,
+            reload,
             inbound,
             outbound,
         })
+    }
+
+    fn reload(&mut self, raw: super::raw::RawReload, state_dir: &Path) -> ReloadConfig {
+        let interval = raw
+            .interval
+            .map(|text| self.duration("reload.interval", Some(text), Duration::ZERO));
+        ReloadConfig {
+            watch: raw.watch.unwrap_or(true),
+            settle: self.duration("reload.settle", raw.settle, DEFAULT_RELOAD_SETTLE),
+            interval: interval.filter(|d| !d.is_zero()),
+            drain_grace: self.duration("reload.drain_grace", raw.drain_grace, DEFAULT_DRAIN_GRACE),
+            audit_log: self
+                .path_or_default("reload.audit_log", raw.audit_log)
+                .unwrap_or_else(|| state_dir.join("audit.jsonl")),
+        }
+    }
+
+    fn path_or_default(&mut self, key: &str, value: Option<String>) -> Option<PathBuf> {
+        value.and_then(|v| self.path(key, Some(v)))
     }
 
     fn identity(

@@ -12,19 +12,25 @@
 //! a swap.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+
+use mtlsd_reload::AuthUsage;
 
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use crate::config::ListenerConfig;
 use crate::listener::ListenerContext;
 use crate::reject::RejectReason;
 use crate::relay::{RelayError, relay};
 use crate::upstream::{self, UpstreamStream};
 
 /// Serves one connection accepted by an inbound tcp listener.
-pub async fn serve_inbound(ctx: Arc<ListenerContext>, tcp: TcpStream, peer: SocketAddr) {
-    let listener = &ctx.config;
+pub async fn serve_inbound(
+    ctx: &ListenerContext,
+    listener: &ListenerConfig,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
     let generation = ctx.store.current();
     let Some(tls_config) = generation.server_config(&listener.name) else {
         // Config and material are loaded together; this is a bug, not input.
@@ -36,19 +42,29 @@ pub async fn serve_inbound(ctx: Arc<ListenerContext>, tcp: TcpStream, peer: Sock
     let handshake = TlsAcceptor::from(tls_config).accept(tcp);
     let tls = match tokio::time::timeout(listener.timeouts.handshake, handshake).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return ctx.refused(peer, RejectReason::classify(&e), &e),
+        Ok(Err(e)) => return ctx.refused(listener, peer, RejectReason::classify(&e), &e),
         Err(_) => {
             let e = std::io::Error::from(std::io::ErrorKind::TimedOut);
-            return ctx.refused(peer, RejectReason::Timeout, &e);
+            return ctx.refused(listener, peer, RejectReason::Timeout, &e);
         }
     };
     ctx.stats.handshake_ok();
-    let peer_cert = tls
+    let chain = tls
         .get_ref()
         .1
         .peer_certificates()
-        .and_then(|chain| chain.first())
+        .unwrap_or_default()
+        .to_vec();
+    let peer_cert = chain
+        .first()
         .and_then(|der| mtlsd_expiry::CertFacts::from_der(der).ok());
+    let registration = ctx.connections.register(
+        &listener.name,
+        &listener.trust_domain,
+        peer,
+        AuthUsage::Client,
+        chain,
+    );
     match &peer_cert {
         Some(facts) => tracing::debug!(
             listener = %listener.name, %peer, subject = %facts.subject,
@@ -68,16 +84,26 @@ pub async fn serve_inbound(ctx: Arc<ListenerContext>, tcp: TcpStream, peer: Sock
         }
     };
     let idle = listener.timeouts.idle;
-    let result = match upstream {
-        UpstreamStream::Tcp(up) => relay(tls, up, ("peer", "upstream"), idle).await,
-        UpstreamStream::Unix(up) => relay(tls, up, ("peer", "upstream"), idle).await,
+    let relayed = async {
+        match upstream {
+            UpstreamStream::Tcp(up) => relay(tls, up, ("peer", "upstream"), idle).await,
+            UpstreamStream::Unix(up) => relay(tls, up, ("peer", "upstream"), idle).await,
+        }
     };
-    ctx.finished(peer, result);
+    let result = tokio::select! {
+        result = relayed => result,
+        () = registration.closed_by_policy() => Err(RelayError::NoLongerTrusted),
+    };
+    ctx.finished(listener, peer, result);
 }
 
 /// Serves one connection accepted by an outbound tcp listener.
-pub async fn serve_outbound(ctx: Arc<ListenerContext>, plain: TcpStream, client: SocketAddr) {
-    let listener = &ctx.config;
+pub async fn serve_outbound(
+    ctx: &ListenerContext,
+    listener: &ListenerConfig,
+    plain: TcpStream,
+    client: SocketAddr,
+) {
     let generation = ctx.store.current();
     let Some(tls_config) = generation.client_config(&listener.name) else {
         tracing::error!(listener = %listener.name, "no TLS client config in the current generation");
@@ -111,25 +137,48 @@ pub async fn serve_outbound(ctx: Arc<ListenerContext>, plain: TcpStream, client:
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let peer = remote_addr.unwrap_or(client);
-            return ctx.refused(peer, RejectReason::classify(&e), &e);
+            return ctx.refused(listener, peer, RejectReason::classify(&e), &e);
         }
         Err(_) => {
             let e = std::io::Error::from(std::io::ErrorKind::TimedOut);
-            return ctx.refused(remote_addr.unwrap_or(client), RejectReason::Timeout, &e);
+            let peer = remote_addr.unwrap_or(client);
+            return ctx.refused(listener, peer, RejectReason::Timeout, &e);
         }
     };
 
     ctx.stats.handshake_ok();
-    let result = relay(plain, tls, ("client", "remote"), listener.timeouts.idle).await;
-    ctx.finished(client, result);
+    let chain = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .unwrap_or_default()
+        .to_vec();
+    let registration = ctx.connections.register(
+        &listener.name,
+        &listener.trust_domain,
+        remote_addr.unwrap_or(client),
+        AuthUsage::Server,
+        chain,
+    );
+    let result = tokio::select! {
+        result = relay(plain, tls, ("client", "remote"), listener.timeouts.idle) => result,
+        () = registration.closed_by_policy() => Err(RelayError::NoLongerTrusted),
+    };
+    ctx.finished(listener, client, result);
 }
 
 impl ListenerContext {
-    fn refused(&self, peer: SocketAddr, reason: RejectReason, error: &std::io::Error) {
+    fn refused(
+        &self,
+        listener: &ListenerConfig,
+        peer: SocketAddr,
+        reason: RejectReason,
+        error: &std::io::Error,
+    ) {
         self.stats.refused(reason);
         tracing::warn!(
-            listener = %self.config.name,
-            direction = %self.config.direction,
+            listener = %listener.name,
+            direction = %listener.direction,
             %peer,
             reason = reason.as_str(),
             error = %error,
@@ -137,14 +186,19 @@ impl ListenerContext {
         );
     }
 
-    fn finished(&self, peer: SocketAddr, result: Result<crate::relay::Transferred, RelayError>) {
+    fn finished(
+        &self,
+        listener: &ListenerConfig,
+        peer: SocketAddr,
+        result: Result<crate::relay::Transferred, RelayError>,
+    ) {
         match result {
             Ok(moved) => tracing::debug!(
-                listener = %self.config.name, %peer,
+                listener = %listener.name, %peer,
                 bytes_in = moved.a_to_b, bytes_out = moved.b_to_a, "connection closed"
             ),
-            Err(e @ RelayError::Idle(_)) => {
-                tracing::info!(listener = %self.config.name, %peer, reason = %e, "connection closed")
+            Err(e @ (RelayError::Idle(_) | RelayError::NoLongerTrusted)) => {
+                tracing::info!(listener = %listener.name, %peer, reason = %e, "connection closed")
             }
             Err(e) => {
                 // A TLS peer refusing our certificate shows up here in TLS 1.3,
@@ -153,9 +207,9 @@ impl ListenerContext {
                 if let RelayError::Io { source, .. } = &e
                     && RejectReason::classify(source) == RejectReason::PeerRefused
                 {
-                    return self.refused(peer, RejectReason::PeerRefused, source);
+                    return self.refused(listener, peer, RejectReason::PeerRefused, source);
                 }
-                tracing::info!(listener = %self.config.name, %peer, error = %e, "connection ended with an error")
+                tracing::info!(listener = %listener.name, %peer, error = %e, "connection ended with an error")
             }
         }
     }

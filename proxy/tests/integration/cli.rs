@@ -90,8 +90,8 @@ fn startup_refuses_each_bad_input_and_names_it() {
         }),
         ("unknown config key", |s| {
             (
-                s.config("127.0.0.1:9", "[admin]\nlisen = \"x\"\n"),
-                "admin.lisen: unknown key".to_owned(),
+                s.config("127.0.0.1:9", "[tls]\nmin_versoin = \"1.3\"\n"),
+                "tls.min_versoin: unknown key".to_owned(),
             )
         }),
         ("bad listen address", |s| {
@@ -296,7 +296,8 @@ async fn drain_deadline_closes_what_is_left_and_still_exits_zero() {
 async fn sighup_swaps_in_good_material_and_keeps_the_old_on_bad() {
     let setup = Setup::new();
     let echo = Echo::start().await;
-    let config = setup.config(&echo.addr.to_string(), "");
+    // File watching off: this is about the signal path alone.
+    let config = setup.config(&echo.addr.to_string(), "[reload]\nwatch = false\n");
     let args = run_args(&config);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut mtlsd = MtlsdProcess::spawn(&args, &[]);
@@ -314,7 +315,9 @@ async fn sighup_swaps_in_good_material_and_keeps_the_old_on_bad() {
         .pki
         .host("host", &LeafSpec::new("host", &["localhost"]));
     mtlsd.signal(Signal::SIGHUP);
-    mtlsd.wait_for_log("TLS material reloaded", SOON).await;
+    mtlsd
+        .wait_for_log_where("TLS material reloaded", |l| l["trigger"] == "sighup", SOON)
+        .await;
     let second = tls_connect(addr, client.clone()).await.unwrap();
     assert_eq!(served_serial(&second), rotated.issued.serial_hex);
 

@@ -87,9 +87,12 @@ pub fn localhost_leaf(cn: &str) -> LeafSpec {
 }
 
 /// The `[identity]` and `[trust_domains.mesh]` sections.
+/// Also puts the state dir (audit log) next to the material and the admin
+/// endpoint on an ephemeral port, so daemons in one test never collide.
 pub fn material_toml(host: &HostFiles, ca_file: &Path) -> String {
+    let state_dir = host.cert.parent().unwrap().join("state");
     format!(
-        "[identity]\ncert = {:?}\nkey = {:?}\n\n[trust_domains.mesh]\nbundle = {:?}\n\n[shutdown]\ndrain_timeout = \"2s\"\n\n",
+        "state_dir = {state_dir:?}\n\n[identity]\ncert = {:?}\nkey = {:?}\n\n[trust_domains.mesh]\nbundle = {:?}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[shutdown]\ndrain_timeout = \"2s\"\n\n",
         host.cert, host.key, ca_file
     )
 }

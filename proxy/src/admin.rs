@@ -1,0 +1,122 @@
+//! The admin endpoint (loopback by default): health, metrics, and the
+//! synchronous reload that `mtlsd reload` and systemd's `ExecReload` use.
+//!
+//! Routes: `GET /healthz`, `GET /metrics` (Prometheus text), `POST /reload`
+//! (JSON outcome; 200 when applied or unchanged, 422 when rejected).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::DaemonState;
+use crate::reloading::{ReloadRequest, ReloadResult, Trigger};
+
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    pub daemon: Arc<DaemonState>,
+    pub reloads: mpsc::Sender<ReloadRequest>,
+}
+
+pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| handle(state.clone(), request));
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                result = connection => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "admin connection ended with an error");
+                    }
+                }
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+async fn handle(state: AdminState, request: Request<Incoming>) -> Result<Reply, Infallible> {
+    Ok(match (request.method(), request.uri().path()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/metrics") => metrics(&state),
+        (&Method::POST, "/reload") => reload(&state).await,
+        (_, "/healthz" | "/metrics" | "/reload") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    })
+}
+
+fn metrics(state: &AdminState) -> Reply {
+    let families = state.daemon.metrics.gather();
+    match prometheus::TextEncoder::new().encode_to_string(&families) {
+        Ok(body) => Response::builder()
+            .header(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n")),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+    }
+}
+
+async fn reload(state: &AdminState) -> Reply {
+    let (reply, outcome) = oneshot::channel();
+    let request = ReloadRequest {
+        trigger: Trigger::Admin,
+        reply: Some(reply),
+    };
+    if state.reloads.send(request).await.is_err() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    let Ok(outcome) = outcome.await else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    };
+    let status = match outcome.result {
+        ReloadResult::Rejected => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::OK,
+    };
+    match serde_json::to_vec(&outcome) {
+        Ok(body) => Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n")),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Reply {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

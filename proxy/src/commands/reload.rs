@@ -1,0 +1,49 @@
+//! `mtlsd reload`: a synchronous reload for systemd's ExecReload.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+
+use http::{Method, StatusCode};
+
+use super::admin_client::{self, AdminError};
+
+/// Exit code when no daemon answered.
+const NOT_RUNNING: u8 = 3;
+
+pub(super) async fn reload(admin: Option<SocketAddr>, config: &Path) -> anyhow::Result<ExitCode> {
+    let addr = admin_client::resolve(admin, config);
+    let (status, body) = match admin_client::call(addr, Method::POST, "/reload").await {
+        Ok(reply) => reply,
+        Err(e @ AdminError::Unreachable { .. }) => {
+            eprintln!("mtlsd reload: {e}");
+            return Ok(ExitCode::from(NOT_RUNNING));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let outcome: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| anyhow::anyhow!("unexpected answer from {addr} ({status}): {e}"))?;
+    let result = outcome["result"].as_str().unwrap_or("unknown");
+    let generation = outcome["generation"].as_u64().unwrap_or(0);
+    match status {
+        StatusCode::OK => {
+            println!("reload {result}: generation {generation}");
+            print_refused(&outcome);
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            let reason = outcome["reason"].as_str().unwrap_or("no reason given");
+            eprintln!("mtlsd reload: rejected, still serving generation {generation}: {reason}");
+            print_refused(&outcome);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn print_refused(outcome: &serde_json::Value) {
+    for refused in outcome["refused"].as_array().into_iter().flatten() {
+        if let Some(text) = refused.as_str() {
+            eprintln!("  not applied: {text}");
+        }
+    }
+}
