@@ -4,5 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod cli;
+mod reload;
 mod support;
 mod tunnel;
