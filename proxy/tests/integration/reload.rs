@@ -625,13 +625,15 @@ async fn mtlsd_reload_exit_codes() {
         + "[reload]\nwatch = false\n"
         + &inbound_toml("in", echo.addr, "");
     let config = pki.write("server.toml", &toml, 0o600);
-    let mut daemon = MtlsdProcess::spawn(
-        &args_for(&config)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-        &[],
-    );
+    let notify_path = pki.path("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(SOON)).unwrap();
+    let args = args_for(&config);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut daemon = MtlsdProcess::spawn(&args, &[("NOTIFY_SOCKET", &notify_path)]);
+    let mut note = [0u8; 512];
+    let n = notify.recv(&mut note).unwrap();
+    assert!(String::from_utf8_lossy(&note[..n]).contains("READY=1"));
     let admin = daemon.wait_for_log("admin endpoint listening", SOON).await["addr"]
         .as_str()
         .unwrap()
@@ -648,6 +650,13 @@ async fn mtlsd_reload_exit_codes() {
         stdout.contains("reload unchanged: generation 1"),
         "{stdout}"
     );
+    // systemd hears about the reload: RELOADING=1 with a timestamp, then READY=1.
+    let n = notify.recv(&mut note).unwrap();
+    let reloading = String::from_utf8_lossy(&note[..n]).into_owned();
+    assert!(reloading.contains("RELOADING=1"), "{reloading}");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    let n = notify.recv(&mut note).unwrap();
+    assert!(String::from_utf8_lossy(&note[..n]).contains("READY=1"));
 
     rotate(&pki, &files, "next");
     let (status, stdout, _) = reload(admin.clone()).await.unwrap();
