@@ -718,3 +718,23 @@ async fn file_events_without_changes_are_counted_but_not_audited() {
     assert_eq!(server.store().current().number(), 1);
     assert_eq!(http_get(admin, "/nope").await.0, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_check_picks_up_changes_without_watching() {
+    let pki = Pki::new();
+    let ca = pki.ca_file();
+    let echo = Echo::start().await;
+    let files = pki.host("server", &localhost_leaf("server"));
+    let toml = material_toml(&files, &ca)
+        + "[reload]\nwatch = false\ninterval = \"200ms\"\n"
+        + &inbound_toml("in", echo.addr, "");
+    let (server, config) = start_daemon(&pki, "server.toml", &toml).await;
+    let addr = server.local_addr("in").unwrap();
+    let client = client_config_for(&pki);
+    let next = rotate(&pki, &files, "timer");
+    wait_for_serial(addr, &client, &next.serial_hex).await;
+    let audit = std::fs::read_to_string(&config.reload.audit_log).unwrap();
+    let last: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    assert_eq!(last["trigger"], "timer");
+    assert_eq!(last["result"], "applied");
+}
