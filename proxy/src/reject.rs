@@ -7,6 +7,7 @@
 use std::fmt;
 use std::io;
 
+use mtlsd_reload::PolicyRejection;
 use rustls::{CertificateError, Error as TlsError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -29,10 +30,18 @@ pub enum RejectReason {
     /// Not TLS, a TLS version or cipher we do not allow, garbage, or a
     /// connection dropped mid-handshake.
     Protocol,
+    /// The chain verifies, but no SAN belongs to an inventory host.
+    SanNotInInventory,
+    /// The SANs point at more than one inventory host.
+    AmbiguousHost,
+    /// The peer's host holds no role this listener (or route) allows.
+    RoleNotAllowed,
+    /// The certificate's serial is listed as revoked in the inventory.
+    Revoked,
 }
 
 impl RejectReason {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 13] = [
         Self::UnknownCa,
         Self::Expired,
         Self::NotYetValid,
@@ -42,6 +51,10 @@ impl RejectReason {
         Self::PeerRefused,
         Self::Timeout,
         Self::Protocol,
+        Self::SanNotInInventory,
+        Self::AmbiguousHost,
+        Self::RoleNotAllowed,
+        Self::Revoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +68,19 @@ impl RejectReason {
             Self::PeerRefused => "peer_refused",
             Self::Timeout => "timeout",
             Self::Protocol => "protocol",
+            Self::SanNotInInventory => "san_not_in_inventory",
+            Self::AmbiguousHost => "ambiguous_host",
+            Self::RoleNotAllowed => "role_not_allowed",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    /// The class of a handshake failure, preferring what the policy
+    /// verifier recorded (the rustls error only says "access denied").
+    pub fn of_handshake(err: &io::Error, policy: Option<PolicyRejection>) -> Self {
+        match policy {
+            Some(policy) => Self::from(policy),
+            None => Self::classify(err),
         }
     }
 
@@ -80,11 +106,23 @@ impl RejectReason {
                 }
                 CertificateError::NotValidForName
                 | CertificateError::NotValidForNameContext { .. } => Self::NameMismatch,
+                CertificateError::Revoked => Self::Revoked,
                 _ => Self::BadCertificate,
             },
             TlsError::NoCertificatesPresented => Self::NoClientCert,
             TlsError::AlertReceived(_) => Self::PeerRefused,
             _ => Self::Protocol,
+        }
+    }
+}
+
+impl From<PolicyRejection> for RejectReason {
+    fn from(policy: PolicyRejection) -> Self {
+        match policy {
+            PolicyRejection::SanNotInInventory => Self::SanNotInInventory,
+            PolicyRejection::AmbiguousHost => Self::AmbiguousHost,
+            PolicyRejection::RoleNotAllowed => Self::RoleNotAllowed,
+            PolicyRejection::Revoked => Self::Revoked,
         }
     }
 }

@@ -81,6 +81,23 @@ pub enum MaterialError {
         subject: String,
         reason: String,
     },
+    #[error("{path}: {field}: {reason}")]
+    Inventory {
+        path: PathBuf,
+        field: String,
+        reason: String,
+    },
+    #[error(
+        "{cert}: certificate does not carry the SANs the inventory gives host '{host}': \
+         missing {}", missing.join(", ")
+    )]
+    OwnSansMissing {
+        cert: PathBuf,
+        host: String,
+        missing: Vec<String>,
+    },
+    #[error("identity.host '{host}' is not a host in the inventory {inventory}")]
+    HostNotInInventory { host: String, inventory: PathBuf },
     #[error("trust domain '{domain}' is not defined")]
     UnknownTrustDomain { domain: String },
     #[error("cannot build TLS configuration for '{listener}': {reason}")]

@@ -12,18 +12,66 @@ use std::time::SystemTime;
 
 use rustls::{ClientConfig, ServerConfig};
 
+use std::path::PathBuf;
+
+use mtlsd_expiry::CertFacts;
+
 use crate::error::{MaterialError, MaterialErrors};
 use crate::identity::{Identity, IdentitySpec, RequiredUsage};
+use crate::inventory::{InventoryHost, PolicyRejection, RoleInventory};
 use crate::tls::{self, TlsSettings, TlsSide, TlsUse};
 use crate::trust::{TrustBundle, TrustDomainSpec};
+use crate::verify::PolicyCheck;
 
 /// Everything needed to load a generation: paths and intended uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaterialSpec {
     pub identity: IdentitySpec,
     pub trust_domains: Vec<TrustDomainSpec>,
+    /// The role inventory; without it peers are checked by chain only.
+    pub inventory: Option<PathBuf>,
     pub settings: TlsSettings,
     pub uses: Vec<TlsUse>,
+}
+
+/// A verified peer.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity {
+    pub facts: CertFacts,
+    /// The inventory host, when an inventory is configured.
+    pub host: Option<InventoryHost>,
+}
+
+/// This host's certificate must carry every SAN the inventory lists for
+/// it, or peers would refuse it as `san_not_in_inventory`.
+fn self_check(identity: &Identity, inventory: &RoleInventory, host: &str) -> Vec<MaterialError> {
+    let Some(entry) = inventory.host(host) else {
+        return vec![MaterialError::HostNotInInventory {
+            host: host.to_owned(),
+            inventory: inventory.path().to_owned(),
+        }];
+    };
+    let mine: Vec<String> = identity
+        .leaf()
+        .sans
+        .iter()
+        .map(|san| san.to_string().to_ascii_lowercase())
+        .collect();
+    let missing: Vec<String> = entry
+        .sans
+        .iter()
+        .map(ToString::to_string)
+        .filter(|san| !mine.contains(&san.to_ascii_lowercase()))
+        .collect();
+    if missing.is_empty() {
+        Vec::new()
+    } else {
+        vec![MaterialError::OwnSansMissing {
+            cert: identity.spec().cert.clone(),
+            host: host.to_owned(),
+            missing,
+        }]
+    }
 }
 
 /// One validated set of material with its TLS configs.
@@ -34,6 +82,7 @@ pub struct Generation {
     spec: MaterialSpec,
     identity: Arc<Identity>,
     bundles: BTreeMap<String, Arc<TrustBundle>>,
+    inventory: Option<Arc<RoleInventory>>,
     servers: HashMap<String, Arc<ServerConfig>>,
     clients: HashMap<String, Arc<ClientConfig>>,
 }
@@ -92,9 +141,26 @@ impl Generation {
             }
         };
 
+        let inventory = match &spec.inventory {
+            None => None,
+            Some(path) => match RoleInventory::load(path) {
+                Ok(inventory) => Some(Arc::new(inventory)),
+                Err(errors) => {
+                    problems.extend(errors);
+                    None
+                }
+            },
+        };
+
         let Some(identity) = identity.filter(|_| problems.is_empty()) else {
             return Err(MaterialErrors(problems));
         };
+        if let (Some(inventory), Some(host)) = (&inventory, &spec.identity.host) {
+            problems.extend(self_check(&identity, inventory, host));
+        }
+        if !problems.is_empty() {
+            return Err(MaterialErrors(problems));
+        }
 
         let mut servers = HashMap::new();
         let mut clients = HashMap::new();
@@ -102,18 +168,23 @@ impl Generation {
             let Some(bundle) = bundles.get(&u.trust_domain) else {
                 continue; // reported above
             };
+            let check = PolicyCheck {
+                inventory: inventory.clone(),
+                policy: u.policy.clone(),
+            };
             let built = match &u.side {
                 TlsSide::Server { client_auth, alpn } => {
-                    tls::server_config(&identity, bundle, *client_auth, alpn, spec.settings).map(
-                        |config| {
+                    tls::server_config(&identity, bundle, *client_auth, alpn, spec.settings, check)
+                        .map(|config| {
                             servers.insert(u.name.clone(), config);
-                        },
-                    )
+                        })
                 }
                 TlsSide::Client { alpn } => {
-                    tls::client_config(&identity, bundle, alpn, spec.settings).map(|config| {
-                        clients.insert(u.name.clone(), config);
-                    })
+                    tls::client_config(&identity, bundle, alpn, spec.settings, check).map(
+                        |config| {
+                            clients.insert(u.name.clone(), config);
+                        },
+                    )
                 }
             };
             if let Err(e) = built {
@@ -133,9 +204,34 @@ impl Generation {
             spec: spec.clone(),
             identity,
             bundles,
+            inventory,
             servers,
             clients,
         })
+    }
+
+    /// The role inventory, when one is configured.
+    pub fn inventory(&self) -> Option<&Arc<RoleInventory>> {
+        self.inventory.as_ref()
+    }
+
+    /// Who a verified peer is: its certificate facts and, with an
+    /// inventory, its host and roles. Used after the handshake (also for
+    /// resumed sessions, which skip the verifiers) to label logs and to
+    /// pass the identity on.
+    pub fn identify_peer(
+        &self,
+        chain: &[rustls_pki_types::CertificateDer<'_>],
+    ) -> Result<PeerIdentity, PolicyRejection> {
+        let facts = chain
+            .first()
+            .and_then(|der| CertFacts::from_der(der).ok())
+            .ok_or(PolicyRejection::SanNotInInventory)?;
+        let host = match &self.inventory {
+            None => None,
+            Some(inventory) => Some(inventory.identify(&facts)?.clone()),
+        };
+        Ok(PeerIdentity { facts, host })
     }
 
     /// 1 for the material loaded at start-up, +1 for each published swap.
@@ -217,6 +313,7 @@ mod tests {
                     cert: self.write("host.crt", &issued.cert_pem),
                     key: self.write("host.key", &issued.key_pem),
                     trust_domain: "mesh".into(),
+                    host: None,
                     insecure_key_permissions: false,
                 },
                 trust_domains: vec![TrustDomainSpec {
@@ -224,6 +321,7 @@ mod tests {
                     bundle: vec![self.write("mesh-ca.pem", self.ca.cert_pem())],
                     version: Some("v1".into()),
                 }],
+                inventory: None,
                 settings: TlsSettings::default(),
                 uses: vec![
                     TlsUse {
@@ -233,11 +331,13 @@ mod tests {
                             client_auth: ClientAuth::Required,
                             alpn: vec![],
                         },
+                        policy: Default::default(),
                     },
                     TlsUse {
                         name: "out".into(),
                         trust_domain: "mesh".into(),
                         side: TlsSide::Client { alpn: vec![] },
+                        policy: Default::default(),
                     },
                 ],
             }
@@ -467,6 +567,33 @@ mod tests {
         assert_ne!(
             before.identity().leaf().fingerprint,
             after.identity().leaf().fingerprint
+        );
+    }
+
+    #[test]
+    fn own_certificate_must_cover_its_inventory_sans() {
+        let fx = Fixture::new();
+        let inventory = fx.write(
+            "inventory.toml",
+            "cluster = \"t\"\n[hosts.node1]\nsans = [\"DNS:node1.example\", \"IP:127.0.0.1\"]\nroles = [\"db\"]\n[hosts.node2]\nsans = [\"DNS:node2.example\"]\nroles = [\"db\"]\n",
+        );
+        let mut spec = fx.spec(&host_leaf());
+        spec.inventory = Some(inventory);
+        spec.identity.host = Some("node1".into());
+        let generation = Generation::load(&spec, SystemTime::now()).unwrap();
+        assert_eq!(generation.inventory().unwrap().cluster(), "t");
+
+        spec.identity.host = Some("node2".into());
+        let found = problems(&spec);
+        assert!(
+            matches!(found.as_slice(), [MaterialError::OwnSansMissing { missing, .. }] if missing == &["DNS:node2.example"]),
+            "{found:?}"
+        );
+        spec.identity.host = Some("node9".into());
+        let found = problems(&spec);
+        assert!(
+            matches!(found.as_slice(), [MaterialError::HostNotInInventory { .. }]),
+            "{found:?}"
         );
     }
 }

@@ -27,6 +27,8 @@ pub struct IdentitySpec {
     pub key: PathBuf,
     /// The trust domain whose bundle the leaf must chain to.
     pub trust_domain: String,
+    /// This host's name in the role inventory.
+    pub host: Option<String>,
     /// Accept a key file readable by group or others. Off by default.
     pub insecure_key_permissions: bool,
 }

@@ -13,15 +13,19 @@
 mod error;
 mod generation;
 mod identity;
+mod inventory;
 mod pem;
 mod store;
 mod tls;
 mod trust;
+mod verify;
 
 pub use error::{FoundInstead, MaterialError, MaterialErrors};
-pub use generation::{Generation, MaterialSpec};
+pub use generation::{Generation, MaterialSpec, PeerIdentity};
 pub use identity::{Identity, IdentitySpec};
+pub use inventory::{InventoryHost, PolicyRejection, RoleInventory};
 pub use pem::{PemContents, read_pem};
 pub use store::MaterialStore;
 pub use tls::{ClientAuth, TlsSettings, TlsSide, TlsUse, provider};
 pub use trust::{AuthUsage, BundleCa, ChainError, TrustBundle, TrustDomainSpec};
+pub use verify::{PeerPolicy, observe};

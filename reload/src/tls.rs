@@ -11,6 +11,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::SingleCertAndKey;
@@ -18,6 +19,7 @@ use rustls::{ClientConfig, ServerConfig, SupportedProtocolVersion};
 
 use crate::identity::Identity;
 use crate::trust::TrustBundle;
+use crate::verify::{PeerPolicy, PolicyCheck, PolicyClientVerifier, PolicyServerVerifier};
 
 /// Whether a server-side use asks peers for a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +50,8 @@ pub struct TlsUse {
     pub name: String,
     pub trust_domain: String,
     pub side: TlsSide,
+    /// Checked during the handshake, after the chain.
+    pub policy: PeerPolicy,
 }
 
 /// Settings shared by every config.
@@ -82,9 +86,10 @@ pub(crate) fn server_config(
     client_auth: ClientAuth,
     alpn: &[Vec<u8>],
     settings: TlsSettings,
+    check: PolicyCheck,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = provider();
-    let verifier = match client_auth {
+    let webpki = match client_auth {
         ClientAuth::None => WebPkiClientVerifier::no_client_auth(),
         ClientAuth::Required => {
             WebPkiClientVerifier::builder_with_provider(bundle.roots().clone(), provider.clone())
@@ -97,6 +102,13 @@ pub(crate) fn server_config(
                 .build()
                 .map_err(|e| rustls::Error::General(e.to_string()))?
         }
+    };
+    let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = match client_auth {
+        ClientAuth::None => webpki,
+        _ => Arc::new(PolicyClientVerifier {
+            inner: webpki,
+            check,
+        }),
     };
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(settings))?
@@ -113,10 +125,21 @@ pub(crate) fn client_config(
     bundle: &TrustBundle,
     alpn: &[Vec<u8>],
     settings: TlsSettings,
+    check: PolicyCheck,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
-    let mut config = ClientConfig::builder_with_provider(provider())
+    let provider = provider();
+    let webpki =
+        WebPkiServerVerifier::builder_with_provider(bundle.roots().clone(), provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(settings))?
-        .with_root_certificates(bundle.roots().clone())
+        .dangerous()
+        // Not dangerous: the webpki verifier runs first, the policy after it.
+        .with_custom_certificate_verifier(Arc::new(PolicyServerVerifier {
+            inner: webpki,
+            check,
+        }))
         .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(
             identity.certified_key().clone(),
         )));

@@ -14,14 +14,15 @@
 mod raw;
 mod validate;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use mtlsd_reload::ClientAuth;
 use mtlsd_reload::{
-    ClientAuth, IdentitySpec, MaterialSpec, TlsSettings, TlsSide, TlsUse, TrustDomainSpec,
+    IdentitySpec, MaterialSpec, PeerPolicy, TlsSettings, TlsSide, TlsUse, TrustDomainSpec,
 };
 use rustls_pki_types::ServerName;
 
@@ -114,6 +115,15 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// ALPN protocols offered on the TLS side.
+    pub fn alpn(self, direction: Direction) -> Vec<Vec<u8>> {
+        match (self, direction) {
+            (Self::Grpc, _) => vec![b"h2".to_vec()],
+            (Self::Http, Direction::Inbound) => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            _ => Vec::new(),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Tcp => "tcp",
@@ -168,6 +178,33 @@ pub struct ListenerConfig {
     /// Accepting pauses (the kernel backlog holds new clients) while this
     /// many connections are open.
     pub max_connections: usize,
+    /// Inbound: the roles a peer's inventory host must hold one of
+    /// (`allow_roles`). Outbound: the roles the server we dial must hold
+    /// one of (`expect_roles`). `None`: any inventory host.
+    pub roles: Option<BTreeSet<String>>,
+    /// Inbound: whether peers must present a certificate. Only http
+    /// listeners may make it optional or turn it off.
+    pub client_auth: ClientAuth,
+    /// grpc inbound: per service or method rules; the first match wins,
+    /// and calls no rule matches fall back to `roles`.
+    pub routes: Vec<Route>,
+}
+
+/// One gRPC authorization rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// As written: `/pkg.Service/Method` or `/pkg.Service/*`.
+    pub path: String,
+    pub service: String,
+    /// `None` matches every method of the service.
+    pub method: Option<String>,
+    pub allow_roles: BTreeSet<String>,
+}
+
+impl Route {
+    pub fn matches(&self, service: &str, method: &str) -> bool {
+        self.service == service && self.method.as_deref().is_none_or(|m| m == method)
+    }
 }
 
 /// Why a configuration could not be used.
@@ -315,8 +352,10 @@ impl Config {
                 cert: self.identity.cert.clone(),
                 key: self.identity.key.clone(),
                 trust_domain: self.identity.trust_domain.clone(),
+                host: self.identity.host.clone(),
                 insecure_key_permissions: self.identity.insecure_key_permissions,
             },
+            inventory: self.inventory.clone(),
             trust_domains: self
                 .trust_domains
                 .iter()
@@ -336,10 +375,21 @@ impl Config {
                     trust_domain: listener.trust_domain.clone(),
                     side: match listener.direction {
                         Direction::Inbound => TlsSide::Server {
-                            client_auth: ClientAuth::Required,
-                            alpn: Vec::new(),
+                            client_auth: listener.client_auth,
+                            alpn: listener.protocol.alpn(Direction::Inbound),
                         },
-                        Direction::Outbound => TlsSide::Client { alpn: Vec::new() },
+                        Direction::Outbound => TlsSide::Client {
+                            alpn: listener.protocol.alpn(Direction::Outbound),
+                        },
+                    },
+                    policy: PeerPolicy {
+                        // L7 inbound listeners answer a role refusal with a
+                        // protocol-level error (gRPC status, HTTP 403), so
+                        // their handshake only identifies the peer.
+                        roles: match (listener.direction, listener.protocol) {
+                            (Direction::Inbound, Protocol::Grpc | Protocol::Http) => None,
+                            _ => listener.roles.clone(),
+                        },
                     },
                 })
                 .collect(),

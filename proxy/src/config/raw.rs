@@ -96,4 +96,15 @@ pub(crate) struct RawListener {
     pub(crate) max_connections: Option<u64>,
     pub(crate) insecure_allow_remote_clients: Option<bool>,
     pub(crate) insecure_remote_upstream: Option<bool>,
+    pub(crate) allow_roles: Option<Vec<String>>,
+    pub(crate) expect_roles: Option<Vec<String>>,
+    pub(crate) client_auth: Option<String>,
+    pub(crate) routes: Option<Vec<RawRoute>>,
+}
+
+/// `[[inbound.routes]]` of a grpc listener.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawRoute {
+    pub(crate) path: Option<String>,
+    pub(crate) allow_roles: Option<Vec<String>>,
 }

@@ -1,6 +1,6 @@
 //! From the raw tree to a typed [`Config`], collecting every problem.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,8 +9,9 @@ use rustls_pki_types::ServerName;
 
 use super::raw::{OneOrMany, RawConfig, RawListener};
 use super::{
-    CLI_ENV_VARS, Config, ConfigError, ConfigProblem, Direction, ENV_PREFIX, IdentityConfig,
-    ListenerConfig, Protocol, ReloadConfig, Timeouts, TrustDomainConfig, Upstream,
+    CLI_ENV_VARS, ClientAuth, Config, ConfigError, ConfigProblem, Direction, ENV_PREFIX,
+    IdentityConfig, ListenerConfig, Protocol, ReloadConfig, Route, Timeouts, TrustDomainConfig,
+    Upstream,
 };
 
 use super::DEFAULT_ADMIN_LISTEN;
@@ -217,6 +218,12 @@ impl Validator {
         let inventory = raw
             .inventory
             .and_then(|inv| self.path("inventory.path", inv.path));
+        if inventory.is_some() && identity.as_ref().is_some_and(|i| i.host.is_none()) {
+            self.problem(
+                "identity.host",
+                "is required with [inventory]: this host's name in the inventory".to_owned(),
+            );
+        }
         let admin_listen = {
             let text = raw
                 .admin
@@ -261,7 +268,14 @@ impl Validator {
             .into_iter()
             .enumerate()
             .filter_map(|(i, l)| {
-                self.listener(Direction::Inbound, i, l, &trust_domains, &identity_domain)
+                self.listener(
+                    Direction::Inbound,
+                    i,
+                    l,
+                    &trust_domains,
+                    &identity_domain,
+                    inventory.is_some(),
+                )
             })
             .collect::<Vec<_>>();
         let outbound = raw
@@ -269,7 +283,14 @@ impl Validator {
             .into_iter()
             .enumerate()
             .filter_map(|(i, l)| {
-                self.listener(Direction::Outbound, i, l, &trust_domains, &identity_domain)
+                self.listener(
+                    Direction::Outbound,
+                    i,
+                    l,
+                    &trust_domains,
+                    &identity_domain,
+                    inventory.is_some(),
+                )
             })
             .collect::<Vec<_>>();
         self.check_unique(&inbound, &outbound);
@@ -344,6 +365,7 @@ impl Validator {
         raw: RawListener,
         trust_domains: &BTreeMap<String, TrustDomainConfig>,
         identity_domain: &str,
+        has_inventory: bool,
     ) -> Option<ListenerConfig> {
         let key = |field: &str| format!("{direction}[{index}].{field}");
 
@@ -448,12 +470,23 @@ impl Validator {
 
         let protocol = match raw.protocol.as_deref().unwrap_or("tcp") {
             "tcp" => Some(Protocol::Tcp),
-            other @ ("grpc" | "http" | "mariadb") => {
+            "grpc" => Some(Protocol::Grpc),
+            "http" if direction == Direction::Inbound => Some(Protocol::Http),
+            "http" => {
+                self.problem(
+                    &key("protocol"),
+                    "http mode is for inbound listeners (the API and exporters); carry \
+                     outbound HTTP with protocol = \"tcp\""
+                        .to_owned(),
+                );
+                None
+            }
+            other @ "mariadb" => {
                 self.problem(
                     &key("protocol"),
                     format!(
                         "protocol '{other}' is planned but not served by this version of \
-                         mtlsd; only 'tcp' is available"
+                         mtlsd; tcp, grpc and http are available"
                     ),
                 );
                 None
@@ -490,6 +523,97 @@ impl Validator {
                 DEFAULT_CONNECT_TIMEOUT,
             ),
         };
+        if let (Some(Upstream::Unix(_)), Some(Protocol::Grpc | Protocol::Http)) =
+            (&upstream, protocol)
+        {
+            self.problem(
+                &key("upstream"),
+                "grpc and http listeners forward to host:port; unix sockets are served by \
+                 tcp listeners"
+                    .to_owned(),
+            );
+        }
+        let roles_key = match direction {
+            Direction::Inbound => "allow_roles",
+            Direction::Outbound => "expect_roles",
+        };
+        let (roles_raw, wrong_roles) = match direction {
+            Direction::Inbound => (raw.allow_roles, raw.expect_roles.map(|_| "expect_roles")),
+            Direction::Outbound => (raw.expect_roles, raw.allow_roles.map(|_| "allow_roles")),
+        };
+        if let Some(wrong) = wrong_roles {
+            self.problem(
+                &key(wrong),
+                format!("{direction} listeners use {roles_key}, not {wrong}"),
+            );
+        }
+        let roles = roles_raw.map(|list| self.roles(&key(roles_key), list, has_inventory));
+        let client_auth = match (raw.client_auth.as_deref(), direction, protocol) {
+            (None | Some("required"), _, _) => ClientAuth::Required,
+            (Some(mode @ ("optional" | "none")), Direction::Inbound, Some(Protocol::Http)) => {
+                if mode == "optional" {
+                    ClientAuth::Optional
+                } else {
+                    ClientAuth::None
+                }
+            }
+            (Some("optional" | "none"), _, _) => {
+                self.problem(
+                    &key("client_auth"),
+                    "only inbound http listeners may accept peers without a certificate".to_owned(),
+                );
+                ClientAuth::Required
+            }
+            (Some(other), _, _) => {
+                self.problem(
+                    &key("client_auth"),
+                    format!("{other:?}: expected \"required\", \"optional\" or \"none\""),
+                );
+                ClientAuth::Required
+            }
+        };
+        if client_auth != ClientAuth::Required && roles.is_some() {
+            self.problem(
+                &key("allow_roles"),
+                "needs client_auth = \"required\" (anonymous peers hold no role)".to_owned(),
+            );
+        }
+        let mut routes = Vec::new();
+        if let Some(raw_routes) = raw.routes {
+            if direction != Direction::Inbound || protocol != Some(Protocol::Grpc) {
+                self.problem(
+                    &key("routes"),
+                    "only inbound grpc listeners have routes".to_owned(),
+                );
+            }
+            for (r, route) in raw_routes.into_iter().enumerate() {
+                let route_key = |f: &str| format!("{direction}[{index}].routes[{r}].{f}");
+                let path = self.required(&route_key("path"), route.path);
+                let allow = self
+                    .required(&route_key("allow_roles"), route.allow_roles)
+                    .map(|list| self.roles(&route_key("allow_roles"), list, has_inventory));
+                let parsed = path.as_deref().and_then(|p| {
+                    let parsed = parse_route_path(p);
+                    if parsed.is_none() {
+                        self.problem(
+                            &route_key("path"),
+                            format!("{p:?}: write /package.Service/Method or /package.Service/*"),
+                        );
+                    }
+                    parsed
+                });
+                if let (Some(path), Some((service, method)), Some(allow_roles)) =
+                    (path, parsed, allow)
+                {
+                    routes.push(Route {
+                        path,
+                        service,
+                        method,
+                        allow_roles,
+                    });
+                }
+            }
+        }
         let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
         if max_connections == 0 || max_connections > 1_000_000 {
             self.problem(
@@ -508,7 +632,23 @@ impl Validator {
             server_name,
             timeouts,
             max_connections: usize::try_from(max_connections).ok()?,
+            roles,
+            client_auth,
+            routes,
         })
+    }
+
+    fn roles(&mut self, key: &str, list: Vec<String>, has_inventory: bool) -> BTreeSet<String> {
+        if !has_inventory {
+            self.problem(
+                key,
+                "roles come from the role inventory; set [inventory] path".to_owned(),
+            );
+        }
+        if list.is_empty() {
+            self.problem(key, "must name at least one role".to_owned());
+        }
+        list.into_iter().collect()
     }
 
     fn upstream(&mut self, key: &str, text: &str) -> Option<Upstream> {
@@ -575,6 +715,25 @@ impl Validator {
                 );
             }
         }
+    }
+}
+
+/// `/pkg.Service/Method` → (`pkg.Service`, Some(`Method`));
+/// `/pkg.Service/*` → (`pkg.Service`, None).
+fn parse_route_path(path: &str) -> Option<(String, Option<String>)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    let ident = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+    };
+    if !ident(service) {
+        return None;
+    }
+    match method {
+        "*" => Some((service.to_owned(), None)),
+        m if ident(m) && !m.contains('.') => Some((service.to_owned(), Some(m.to_owned()))),
+        _ => None,
     }
 }
 
@@ -764,7 +923,7 @@ mod tests {
 
     #[test]
     fn planned_protocols_are_named_as_not_yet_served() {
-        let text = GOOD.replace("idle_timeout = \"1m\"", "protocol = \"grpc\"");
+        let text = GOOD.replace("idle_timeout = \"1m\"", "protocol = \"mariadb\"");
         let found = problems(&text, &[]);
         assert_eq!(keys(&found), ["inbound[0].protocol"]);
         assert!(found[0].message.contains("not served by this version"));

@@ -13,7 +13,7 @@
 
 use std::net::SocketAddr;
 
-use mtlsd_reload::AuthUsage;
+use mtlsd_reload::{AuthUsage, observe};
 
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -39,10 +39,12 @@ pub async fn serve_inbound(
     };
     drop(generation);
 
-    let handshake = TlsAcceptor::from(tls_config).accept(tcp);
+    let handshake = observe(TlsAcceptor::from(tls_config).accept(tcp));
     let tls = match tokio::time::timeout(listener.timeouts.handshake, handshake).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return ctx.refused(listener, peer, RejectReason::classify(&e), &e),
+        Ok((Ok(tls), _)) => tls,
+        Ok((Err(e), policy)) => {
+            return ctx.refused(listener, peer, RejectReason::of_handshake(&e, policy), &e);
+        }
         Err(_) => {
             let e = std::io::Error::from(std::io::ErrorKind::TimedOut);
             return ctx.refused(listener, peer, RejectReason::Timeout, &e);
@@ -132,12 +134,12 @@ pub async fn serve_outbound(
     };
     let remote_addr = remote.peer_addr().ok();
 
-    let handshake = TlsConnector::from(tls_config).connect(server_name, remote);
+    let handshake = observe(TlsConnector::from(tls_config).connect(server_name, remote));
     let tls = match tokio::time::timeout(listener.timeouts.handshake, handshake).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
+        Ok((Ok(tls), _)) => tls,
+        Ok((Err(e), policy)) => {
             let peer = remote_addr.unwrap_or(client);
-            return ctx.refused(listener, peer, RejectReason::classify(&e), &e);
+            return ctx.refused(listener, peer, RejectReason::of_handshake(&e, policy), &e);
         }
         Err(_) => {
             let e = std::io::Error::from(std::io::ErrorKind::TimedOut);

@@ -1,0 +1,459 @@
+//! The role inventory: which hosts make up the cluster, the SANs each
+//! host's certificate carries, and the roles each host holds.
+//!
+//! A chain that verifies only proves "signed by our CA". The inventory
+//! turns that into "this is db1, and db1 holds `database`": a verified
+//! certificate must map, through any of its SANs, to exactly one host.
+//! Revoked serials are listed here too, so revocation reloads with the
+//! rest of the material and needs no CRL distribution.
+//!
+//! ```toml
+//! cluster = "prod"
+//!
+//! [hosts.db1]
+//! sans = ["DNS:db1.prod.example", "IP:10.0.0.11"]
+//! roles = ["database"]
+//!
+//! [[revoked]]
+//! serial = "5f3a9c0e21"
+//! note = "hv3 key lost"
+//! ```
+//!
+//! YAML with the same shape is accepted for files ending in `.yaml`/`.yml`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use mtlsd_expiry::{CertFacts, Fingerprint, SubjectAltName};
+use serde::Deserialize;
+
+use crate::error::MaterialError;
+
+/// Why a verified peer was still refused by the inventory or policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PolicyRejection {
+    /// None of the certificate's SANs belongs to an inventory host.
+    SanNotInInventory,
+    /// The SANs point at more than one host.
+    AmbiguousHost,
+    /// The host holds none of the roles this listener (or route) allows.
+    RoleNotAllowed,
+    /// The certificate's serial is listed as revoked.
+    Revoked,
+}
+
+impl PolicyRejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SanNotInInventory => "san_not_in_inventory",
+            Self::AmbiguousHost => "ambiguous_host",
+            Self::RoleNotAllowed => "role_not_allowed",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
+impl fmt::Display for PolicyRejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One host of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InventoryHost {
+    pub name: String,
+    pub sans: Vec<SubjectAltName>,
+    pub roles: BTreeSet<String>,
+}
+
+/// A validated inventory.
+#[derive(Debug)]
+pub struct RoleInventory {
+    path: PathBuf,
+    cluster: String,
+    hosts: BTreeMap<String, InventoryHost>,
+    by_san: HashMap<SubjectAltName, String>,
+    revoked: BTreeMap<String, Option<String>>,
+    fingerprint: Fingerprint,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawInventory {
+    cluster: Option<String>,
+    #[serde(default)]
+    hosts: BTreeMap<String, RawHost>,
+    #[serde(default)]
+    revoked: Vec<RawRevoked>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawHost {
+    sans: Option<Vec<String>>,
+    roles: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawRevoked {
+    serial: Option<String>,
+    note: Option<String>,
+}
+
+impl RoleInventory {
+    /// Reads and validates `path`, reporting every problem with its host
+    /// and field.
+    pub fn load(path: &Path) -> Result<Self, Vec<MaterialError>> {
+        let problem = |field: &str, reason: String| MaterialError::Inventory {
+            path: path.to_owned(),
+            field: field.to_owned(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|source| {
+            vec![MaterialError::Read {
+                path: path.to_owned(),
+                source,
+            }]
+        })?;
+        let text = String::from_utf8(bytes.clone())
+            .map_err(|_| vec![problem("(file)", "is not UTF-8 text".to_owned())])?;
+        let format = match path.extension().and_then(|e| e.to_str()) {
+            Some("yaml" | "yml") => config::FileFormat::Yaml,
+            _ => config::FileFormat::Toml,
+        };
+        let merged = config::Config::builder()
+            .add_source(config::File::from_str(&text, format))
+            .build()
+            .map_err(|e| vec![problem("(file)", e.to_string())])?;
+        let mut unknown = Vec::new();
+        let raw: RawInventory =
+            serde_ignored::deserialize(merged, |key| unknown.push(key.to_string()))
+                .map_err(|e| vec![problem("(file)", e.to_string())])?;
+
+        let mut problems: Vec<MaterialError> = unknown
+            .iter()
+            .map(|key| problem(&key.replace(".?", ""), "unknown key".to_owned()))
+            .collect();
+        let cluster = raw.cluster.unwrap_or_default();
+        if cluster.trim().is_empty() {
+            problems.push(problem(
+                "cluster",
+                "is required (the cluster's name)".to_owned(),
+            ));
+        }
+        if raw.hosts.is_empty() {
+            problems.push(problem("hosts", "lists no host".to_owned()));
+        }
+
+        let mut hosts = BTreeMap::new();
+        let mut by_san: HashMap<SubjectAltName, String> = HashMap::new();
+        for (name, host) in raw.hosts {
+            let field = |f: &str| format!("hosts.{name}.{f}");
+            let mut sans = Vec::new();
+            match host.sans {
+                None => problems.push(problem(&field("sans"), "is required".to_owned())),
+                Some(list) if list.is_empty() => problems.push(problem(
+                    &field("sans"),
+                    "must name at least one SAN".to_owned(),
+                )),
+                Some(list) => {
+                    for (i, text) in list.iter().enumerate() {
+                        match parse_san(text) {
+                            Ok(san) => {
+                                if let Some(other) = by_san.get(&san)
+                                    && other != &name
+                                {
+                                    problems.push(problem(
+                                        &format!("hosts.{name}.sans[{i}]"),
+                                        format!("{text:?} is also claimed by host '{other}'"),
+                                    ));
+                                }
+                                by_san.insert(san.clone(), name.clone());
+                                sans.push(san);
+                            }
+                            Err(reason) => problems.push(problem(
+                                &format!("hosts.{name}.sans[{i}]"),
+                                format!("{text:?}: {reason}"),
+                            )),
+                        }
+                    }
+                }
+            }
+            let roles: BTreeSet<String> = host.roles.unwrap_or_default().into_iter().collect();
+            if roles.is_empty() {
+                problems.push(problem(
+                    &field("roles"),
+                    "must name at least one role".to_owned(),
+                ));
+            }
+            for role in &roles {
+                if !is_role_name(role) {
+                    problems.push(problem(
+                        &field("roles"),
+                        format!("{role:?}: roles use lowercase letters, digits, '-' and '_'"),
+                    ));
+                }
+            }
+            hosts.insert(
+                name.clone(),
+                InventoryHost {
+                    name: name.clone(),
+                    sans,
+                    roles,
+                },
+            );
+        }
+
+        let mut revoked = BTreeMap::new();
+        for (i, entry) in raw.revoked.into_iter().enumerate() {
+            match entry.serial.map(|s| normalize_serial(&s)) {
+                Some(Ok(serial)) => {
+                    revoked.insert(serial, entry.note);
+                }
+                Some(Err(reason)) => {
+                    problems.push(problem(&format!("revoked[{i}].serial"), reason))
+                }
+                None => problems.push(problem(
+                    &format!("revoked[{i}].serial"),
+                    "is required".to_owned(),
+                )),
+            }
+        }
+
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            cluster,
+            hosts,
+            by_san,
+            revoked,
+            fingerprint: Fingerprint::of(&bytes),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    pub fn hosts(&self) -> impl Iterator<Item = &InventoryHost> {
+        self.hosts.values()
+    }
+
+    pub fn host(&self, name: &str) -> Option<&InventoryHost> {
+        self.hosts.get(name)
+    }
+
+    /// SHA-256 of the file as read.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    pub fn is_revoked(&self, serial_hex: &str) -> bool {
+        self.revoked.contains_key(serial_hex)
+    }
+
+    /// Maps a verified certificate to its host: a revoked serial, no match,
+    /// or SANs of more than one host are refusals.
+    pub fn identify(&self, cert: &CertFacts) -> Result<&InventoryHost, PolicyRejection> {
+        if self.is_revoked(&cert.serial_hex) {
+            return Err(PolicyRejection::Revoked);
+        }
+        let matched: BTreeSet<&String> = cert
+            .sans
+            .iter()
+            .filter_map(|san| self.by_san.get(&normalize(san)))
+            .collect();
+        let mut matched = matched.into_iter();
+        match (matched.next(), matched.next()) {
+            (None, _) => Err(PolicyRejection::SanNotInInventory),
+            (Some(_), Some(_)) => Err(PolicyRejection::AmbiguousHost),
+            (Some(host), None) => self
+                .hosts
+                .get(host)
+                .ok_or(PolicyRejection::SanNotInInventory),
+        }
+    }
+}
+
+/// `DNS:name`, `IP:addr`, `URI:uri`; without a prefix, an IP address or a
+/// DNS name (or a URI when it contains `://`).
+fn parse_san(text: &str) -> Result<SubjectAltName, String> {
+    let (kind, value) = match text.split_once(':') {
+        Some((kind @ ("DNS" | "IP" | "URI"), value)) => (kind, value),
+        _ if text.contains("://") => ("URI", text),
+        _ if text.parse::<IpAddr>().is_ok() => ("IP", text),
+        _ => ("DNS", text),
+    };
+    let san = match kind {
+        "IP" => SubjectAltName::Ip(value.parse().map_err(|_| "not an IP address".to_owned())?),
+        "URI" => {
+            if !value.contains(':') || value.chars().any(char::is_whitespace) {
+                return Err("not a URI".to_owned());
+            }
+            SubjectAltName::Uri(value.to_owned())
+        }
+        _ => {
+            let valid = !value.is_empty()
+                && value.len() <= 253
+                && value.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*')
+                });
+            if !valid {
+                return Err("not a valid DNS name (use DNS:, IP: or URI: prefixes)".to_owned());
+            }
+            SubjectAltName::Dns(value.to_owned())
+        }
+    };
+    Ok(normalize(&san))
+}
+
+/// DNS names compare case-insensitively and without a trailing dot.
+fn normalize(san: &SubjectAltName) -> SubjectAltName {
+    match san {
+        SubjectAltName::Dns(name) => {
+            SubjectAltName::Dns(name.trim_end_matches('.').to_ascii_lowercase())
+        }
+        other => other.clone(),
+    }
+}
+
+fn normalize_serial(text: &str) -> Result<String, String> {
+    let hex: String = text
+        .trim()
+        .trim_start_matches("0x")
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{text:?} is not a hexadecimal serial (as `mtlsd inspect` prints it)"
+        ));
+    }
+    let trimmed = hex.trim_start_matches('0');
+    Ok(if trimmed.is_empty() {
+        "0".to_owned()
+    } else {
+        trimmed.to_owned()
+    })
+}
+
+fn is_role_name(role: &str) -> bool {
+    !role.is_empty()
+        && role
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mtlsd_devca::{CertificateAuthority, LeafSpec};
+
+    fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    const GOOD: &str = r#"
+        cluster = "test"
+        [hosts.db1]
+        sans = ["DNS:db1.test", "IP:10.0.0.11"]
+        roles = ["database"]
+        [hosts.api1]
+        sans = ["api1.test", "10.0.0.21", "URI:spiffe://test/api1"]
+        roles = ["api", "monitoring"]
+        [[revoked]]
+        serial = "0A:BC"
+        note = "lost"
+    "#;
+
+    fn facts(sans: &[&str], serial: u64) -> CertFacts {
+        let ca = CertificateAuthority::new("inv ca").unwrap();
+        let leaf = ca
+            .issue(&LeafSpec::new("peer", sans).serial(serial))
+            .unwrap();
+        CertFacts::from_der(&leaf.cert_der).unwrap()
+    }
+
+    #[test]
+    fn identifies_by_any_san_type_and_refuses_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = RoleInventory::load(&write(&dir, "inv.toml", GOOD)).unwrap();
+        assert_eq!(inv.cluster(), "test");
+        let host = |sans: &[&str]| inv.identify(&facts(sans, 77)).map(|h| h.name.clone());
+        assert_eq!(host(&["DB1.test."]), Ok("db1".into()));
+        assert_eq!(host(&["other.test", "10.0.0.11"]), Ok("db1".into()));
+        assert_eq!(host(&["spiffe://test/api1"]), Ok("api1".into()));
+        assert_eq!(
+            host(&["nobody.test"]),
+            Err(PolicyRejection::SanNotInInventory)
+        );
+        assert_eq!(
+            host(&["db1.test", "api1.test"]),
+            Err(PolicyRejection::AmbiguousHost)
+        );
+        assert_eq!(
+            inv.identify(&facts(&["db1.test"], 0xabc))
+                .map(|h| h.name.clone()),
+            Err(PolicyRejection::Revoked)
+        );
+    }
+
+    #[test]
+    fn yaml_is_accepted_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml =
+            "cluster: y\nhosts:\n  db1:\n    sans: [\"DNS:db1.test\"]\n    roles: [database]\n";
+        let inv = RoleInventory::load(&write(&dir, "inv.yaml", yaml)).unwrap();
+        assert_eq!(inv.host("db1").unwrap().roles.len(), 1);
+    }
+
+    #[test]
+    fn every_problem_names_host_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"
+            colour = "x"
+            [hosts.a]
+            sans = ["DNS:shared.test", "IP:999.1.1.1"]
+            roles = []
+            [hosts.b]
+            sans = ["shared.test", "bad name"]
+            roles = ["Web"]
+            flavour = 1
+            [[revoked]]
+            serial = "xyz"
+        "#;
+        let problems = RoleInventory::load(&write(&dir, "inv.toml", text)).unwrap_err();
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        for expected in [
+            "colour: unknown key",
+            "hosts.b.flavour: unknown key",
+            "cluster: is required",
+            "hosts.a.sans[1]",
+            "hosts.a.roles: must name at least one role",
+            "hosts.b.sans[0]: \"shared.test\" is also claimed by host 'a'",
+            "hosts.b.sans[1]",
+            "hosts.b.roles: \"Web\"",
+            "revoked[0].serial",
+        ] {
+            assert!(
+                shown.iter().any(|s| s.contains(expected)),
+                "missing {expected:?} in {shown:#?}"
+            );
+        }
+        assert!(shown.iter().all(|s| s.contains("inv.toml")), "{shown:#?}");
+    }
+}

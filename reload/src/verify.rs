@@ -1,0 +1,191 @@
+//! Peer verification: the chain first (webpki, against the listener's
+//! trust bundle), then the inventory — the certificate must identify
+//! exactly one host, not be revoked, and that host must hold an allowed
+//! role.
+//!
+//! A policy refusal fails the handshake with an `access_denied` alert
+//! (`certificate_revoked` for a revoked serial), which is all the peer
+//! learns. mtlsd itself needs the precise class for its logs and counters,
+//! but rustls hands back only the alert-level error; so the verifier also
+//! records the class in a task-local slot that the connection's task reads
+//! after the handshake ([`observe`]). The verifier runs inside the
+//! handshake future, so the slot is that connection's own.
+
+use std::cell::Cell;
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+
+use mtlsd_expiry::CertFacts;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::inventory::{PolicyRejection, RoleInventory};
+
+tokio::task_local! {
+    static VERDICT: Cell<Option<PolicyRejection>>;
+}
+
+/// Runs a handshake future and returns, with its output, the policy class
+/// of a refusal the verifiers made during it (if any).
+pub async fn observe<F: Future>(handshake: F) -> (F::Output, Option<PolicyRejection>) {
+    VERDICT
+        .scope(Cell::new(None), async move {
+            let output = handshake.await;
+            (output, VERDICT.with(Cell::get))
+        })
+        .await
+}
+
+fn record(rejection: PolicyRejection) {
+    // Outside `observe` there is nobody to tell; the error still fails the
+    // handshake.
+    let _ = VERDICT.try_with(|slot| slot.set(Some(rejection)));
+}
+
+/// Which peers a use accepts beyond a verifying chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerPolicy {
+    /// The peer's inventory host must hold one of these roles. `None`
+    /// means any inventory host (or, without an inventory, any chain).
+    pub roles: Option<BTreeSet<String>>,
+}
+
+/// The inventory-and-role part of verification.
+#[derive(Debug, Clone)]
+pub(crate) struct PolicyCheck {
+    pub(crate) inventory: Option<Arc<RoleInventory>>,
+    pub(crate) policy: PeerPolicy,
+}
+
+impl PolicyCheck {
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), Error> {
+        let Some(inventory) = &self.inventory else {
+            return Ok(());
+        };
+        let facts = CertFacts::from_der(end_entity)
+            .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let refuse = |rejection: PolicyRejection| {
+            record(rejection);
+            Error::InvalidCertificate(match rejection {
+                PolicyRejection::Revoked => CertificateError::Revoked,
+                _ => CertificateError::ApplicationVerificationFailure,
+            })
+        };
+        let host = inventory.identify(&facts).map_err(refuse)?;
+        if let Some(roles) = &self.policy.roles
+            && host.roles.is_disjoint(roles)
+        {
+            return Err(refuse(PolicyRejection::RoleNotAllowed));
+        }
+        Ok(())
+    }
+}
+
+/// Client certificates: webpki chain, then policy.
+#[derive(Debug)]
+pub(crate) struct PolicyClientVerifier {
+    pub(crate) inner: Arc<dyn ClientCertVerifier>,
+    pub(crate) check: PolicyCheck,
+}
+
+impl ClientCertVerifier for PolicyClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        self.check.check(end_entity)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Server certificates: webpki chain and name, then policy.
+#[derive(Debug)]
+pub(crate) struct PolicyServerVerifier {
+    pub(crate) inner: Arc<dyn ServerCertVerifier>,
+    pub(crate) check: PolicyCheck,
+}
+
+impl ServerCertVerifier for PolicyServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        self.check.check(end_entity)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
