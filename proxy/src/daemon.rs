@@ -91,6 +91,7 @@ impl DaemonState {
             config,
             self.store.clone(),
             self.connections.clone(),
+            self.life.stop_accepting.clone(),
         ))
     }
 

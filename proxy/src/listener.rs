@@ -21,7 +21,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Direction, ListenerConfig, Protocol};
 use crate::connections::ConnectionRegistry;
-use crate::protocols::tcp;
+use crate::protocols::pool::PoolSlot;
+use crate::protocols::{grpc, http, tcp};
 use crate::reject::RejectReason;
 
 /// What every connection of a listener needs. The listener's settings can
@@ -32,6 +33,10 @@ pub struct ListenerContext {
     pub store: Arc<MaterialStore>,
     pub stats: Arc<ListenerStats>,
     pub connections: Arc<ConnectionRegistry>,
+    /// Pooled upstream clients of the L7 modes.
+    pub pool: PoolSlot,
+    /// Cancelled when the daemon starts draining (L7 modes send GOAWAY).
+    pub draining: CancellationToken,
     /// One permit per connection that may be open at once.
     slots: Arc<Semaphore>,
 }
@@ -41,8 +46,11 @@ impl ListenerContext {
         config: ListenerConfig,
         store: Arc<MaterialStore>,
         connections: Arc<ConnectionRegistry>,
+        draining: CancellationToken,
     ) -> Self {
         Self {
+            pool: PoolSlot::default(),
+            draining,
             slots: Arc::new(Semaphore::new(config.max_connections)),
             config: ArcSwap::from_pointee(config),
             store,
@@ -84,6 +92,8 @@ impl ListenerContext {
 pub struct ListenerStats {
     handshakes: AtomicU64,
     refused: [AtomicU64; RejectReason::ALL.len()],
+    authz_allowed: AtomicU64,
+    authz_denied: AtomicU64,
 }
 
 impl ListenerStats {
@@ -93,6 +103,22 @@ impl ListenerStats {
 
     pub(crate) fn refused(&self, reason: RejectReason) {
         self.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn authz_allowed(&self) {
+        self.authz_allowed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn authz_denied(&self) {
+        self.authz_denied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests (gRPC calls, HTTP requests) allowed and denied by policy.
+    pub fn authz(&self) -> (u64, u64) {
+        (
+            self.authz_allowed.load(Ordering::Relaxed),
+            self.authz_denied.load(Ordering::Relaxed),
+        )
     }
 
     /// Completed handshakes.
@@ -176,6 +202,15 @@ async fn serve(ctx: Arc<ListenerContext>, stream: tokio::net::TcpStream, peer: S
         }
         (Protocol::Tcp, Direction::Outbound) => {
             tcp::serve_outbound(&ctx, &config, stream, peer).await
+        }
+        (Protocol::Grpc, Direction::Inbound) => {
+            grpc::serve_inbound(ctx, config, stream, peer).await
+        }
+        (Protocol::Grpc, Direction::Outbound) => {
+            grpc::serve_outbound(ctx, config, stream, peer).await
+        }
+        (Protocol::Http, Direction::Inbound) => {
+            http::serve_inbound(ctx, config, stream, peer).await
         }
         (other, _) => {
             // Validation refuses protocols that are not served yet.

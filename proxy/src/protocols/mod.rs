@@ -1,5 +1,10 @@
 //! One module per protocol, each readable top-down from accept to close.
-//! Shared pieces (TLS handshakes, upstream connects, the relay, rejection
-//! classes) are called from here, never copied.
+//! Shared pieces (TLS handshakes, upstream connects, the relay, identity
+//! headers, rejection classes) are called from here, never copied.
 
+pub mod grpc;
+pub mod handshake;
+pub mod http;
+pub mod identity_headers;
+pub mod pool;
 pub mod tcp;

@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod cli;
+mod grpc;
+mod http;
 mod identity;
 mod reload;
 mod support;

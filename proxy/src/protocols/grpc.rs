@@ -1,0 +1,352 @@
+//! `protocol = "grpc"`: HTTP/2 on both legs, with per-method policy.
+//!
+//! Inbound: TLS with ALPN h2; each call is authorized against the first
+//! matching route (`/pkg.Service/Method`, `/pkg.Service/*`) or else the
+//! listener's `allow_roles`; a refusal is a real gRPC answer (status 7
+//! PERMISSION_DENIED naming the rule), never a reset. Allowed calls go to
+//! the local daemon over pooled h2c with the verified identity as headers
+//! (incoming ones are stripped). An unreachable daemon is status 14
+//! UNAVAILABLE; a `grpc-timeout` that passes while waiting for it is
+//! status 4 DEADLINE_EXCEEDED (the header is also passed on).
+//!
+//! Outbound: h2c from the local daemon, pooled h2 over mTLS to the remote
+//! host. Bodies stream through in both directions, frame by frame, so
+//! HTTP/2 flow control reaches end to end and a slow consumer slows the
+//! producer instead of filling mtlsd's memory. On drain, or when a peer
+//! stops verifying after a trust change, connections get a GOAWAY.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mtlsd_reload::{AuthUsage, PeerIdentity};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use super::handshake;
+use super::identity_headers;
+use super::pool::upstream_uri;
+use crate::config::ListenerConfig;
+use crate::listener::ListenerContext;
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// gRPC status codes mtlsd answers with itself.
+mod code {
+    pub(super) const DEADLINE_EXCEEDED: u16 = 4;
+    pub(super) const PERMISSION_DENIED: u16 = 7;
+    pub(super) const UNIMPLEMENTED: u16 = 12;
+    pub(super) const UNAVAILABLE: u16 = 14;
+}
+
+struct Inbound {
+    ctx: Arc<ListenerContext>,
+    listener: Arc<ListenerConfig>,
+    identity: Option<PeerIdentity>,
+    peer: SocketAddr,
+}
+
+/// Serves one connection accepted by an inbound grpc listener.
+pub async fn serve_inbound(
+    ctx: Arc<ListenerContext>,
+    listener: Arc<ListenerConfig>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
+    let Some(accepted) = handshake::accept(&ctx, &listener, tcp, peer).await else {
+        return;
+    };
+    if accepted.tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+        tracing::warn!(listener = %listener.name, %peer, "peer did not negotiate h2 (ALPN); closing");
+        return;
+    }
+    let registration = ctx.connections.register(
+        &listener.name,
+        &listener.trust_domain,
+        peer,
+        AuthUsage::Client,
+        accepted.chain,
+    );
+    let state = Arc::new(Inbound {
+        ctx: ctx.clone(),
+        listener: listener.clone(),
+        identity: accepted.identity,
+        peer,
+    });
+    let service = service_fn(move |request| handle_inbound(state.clone(), request));
+    serve_h2(&ctx, accepted.tls, service, registration.closed_by_policy()).await;
+}
+
+async fn handle_inbound(
+    state: Arc<Inbound>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let listener = &state.listener;
+    let Some((service, method)) = split_path(request.uri().path()) else {
+        return Ok(grpc_error(code::UNIMPLEMENTED, "not a gRPC method path"));
+    };
+    if let Err(why) = authorize(listener, state.identity.as_ref(), service, method) {
+        state.ctx.stats.authz_denied();
+        tracing::warn!(
+            listener = %listener.name, peer = %state.peer,
+            host = state.identity.as_ref().and_then(|i| i.host.as_ref()).map(|h| h.name.as_str()).unwrap_or("-"),
+            path = request.uri().path(), reason = "role_not_allowed", %why,
+            "gRPC call refused"
+        );
+        return Ok(grpc_error(code::PERMISSION_DENIED, &why));
+    }
+    state.ctx.stats.authz_allowed();
+
+    let (mut parts, body) = request.into_parts();
+    identity_headers::strip(&mut parts.headers);
+    if let Some(identity) = &state.identity {
+        identity_headers::set(&mut parts.headers, identity);
+    }
+    let Some(uri) = upstream_uri("http", &listener.upstream, parts.uri.path_and_query()) else {
+        return Ok(grpc_error(code::UNAVAILABLE, "upstream is not host:port"));
+    };
+    parts.uri = uri;
+    let deadline = grpc_timeout(&parts.headers);
+    let client = state.ctx.pool.plain(listener, true);
+    forward(
+        client.request(Request::from_parts(parts, body)),
+        deadline,
+        "local daemon",
+    )
+    .await
+}
+
+struct Outbound {
+    ctx: Arc<ListenerContext>,
+    listener: Arc<ListenerConfig>,
+    client: SocketAddr,
+}
+
+/// Serves one connection accepted by an outbound grpc listener.
+pub async fn serve_outbound(
+    ctx: Arc<ListenerContext>,
+    listener: Arc<ListenerConfig>,
+    plain: TcpStream,
+    client: SocketAddr,
+) {
+    let state = Arc::new(Outbound {
+        ctx: ctx.clone(),
+        listener,
+        client,
+    });
+    let service = service_fn(move |request| handle_outbound(state.clone(), request));
+    serve_h2(&ctx, plain, service, std::future::pending()).await;
+}
+
+async fn handle_outbound(
+    state: Arc<Outbound>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let listener = &state.listener;
+    let (mut parts, body) = request.into_parts();
+    let Some(uri) = upstream_uri("https", &listener.upstream, parts.uri.path_and_query()) else {
+        return Ok(grpc_error(code::UNAVAILABLE, "upstream is not host:port"));
+    };
+    parts.uri = uri;
+    let deadline = grpc_timeout(&parts.headers);
+    let generation = state.ctx.store.current().number();
+    let client = state
+        .ctx
+        .pool
+        .remote(&state.ctx, listener, generation, state.client);
+    forward(
+        client.request(Request::from_parts(parts, body)),
+        deadline,
+        "remote host",
+    )
+    .await
+}
+
+/// Serves HTTP/2 on `io` until the peer leaves; on drain or `closed`, sends
+/// GOAWAY and lets in-flight calls finish.
+async fn serve_h2<I, S>(
+    ctx: &ListenerContext,
+    io: I,
+    service: S,
+    closed: impl std::future::Future<Output = ()>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::pin!(closed);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = ctx.draining.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+        () = &mut closed => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
+    }
+}
+
+/// Sends the request on; maps failures to gRPC statuses.
+async fn forward(
+    request: impl std::future::Future<
+        Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>,
+    >,
+    deadline: Option<Duration>,
+    what: &str,
+) -> Result<Response<Body>, Infallible> {
+    let response = match deadline {
+        Some(deadline) => match tokio::time::timeout(deadline, request).await {
+            Ok(response) => response,
+            Err(_) => {
+                return Ok(grpc_error(
+                    code::DEADLINE_EXCEEDED,
+                    &format!("deadline passed waiting for the {what}"),
+                ));
+            }
+        },
+        None => request.await,
+    };
+    Ok(match response {
+        Ok(response) => response.map(BodyExt::boxed),
+        Err(e) => {
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            tracing::warn!(error = %e, cause = %cause, "cannot reach the {what}");
+            grpc_error(
+                code::UNAVAILABLE,
+                &format!("mtlsd cannot reach the {what}: {cause}"),
+            )
+        }
+    })
+}
+
+/// Checks the call against the first matching route, else the listener's
+/// roles. `Err` explains the refusal for the caller.
+fn authorize(
+    listener: &ListenerConfig,
+    identity: Option<&PeerIdentity>,
+    service: &str,
+    method: &str,
+) -> Result<(), String> {
+    let (rule, roles) = match listener.routes.iter().find(|r| r.matches(service, method)) {
+        Some(route) => (format!("route {}", route.path), Some(&route.allow_roles)),
+        None => ("listener allow_roles".to_owned(), listener.roles.as_ref()),
+    };
+    let Some(roles) = roles else {
+        return Ok(());
+    };
+    let allowed = roles.iter().cloned().collect::<Vec<_>>().join(", ");
+    match identity.and_then(|i| i.host.as_ref()) {
+        Some(host) if !host.roles.is_disjoint(roles) => Ok(()),
+        Some(host) => Err(format!(
+            "host '{}' (roles: {}) may not call /{service}/{method}: {rule} allows roles [{allowed}]",
+            host.name,
+            host.roles.iter().cloned().collect::<Vec<_>>().join(", "),
+        )),
+        None => Err(format!(
+            "caller is not an inventory host; {rule} allows roles [{allowed}]"
+        )),
+    }
+}
+
+/// `/pkg.Service/Method` → (`pkg.Service`, `Method`).
+fn split_path(path: &str) -> Option<(&str, &str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/'))
+        .then_some((service, method))
+}
+
+/// `grpc-timeout: 250m` → 250 ms. Malformed values are ignored (the
+/// upstream sees them and decides).
+fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// A trailers-only gRPC response: HTTP 200 with the status in the headers.
+pub fn grpc_error(status: u16, message: &str) -> Response<Body> {
+    let mut response = Response::new(
+        Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(status));
+    if let Ok(value) = HeaderValue::from_str(&percent_encode(message)) {
+        headers.insert("grpc-message", value);
+    }
+    response
+}
+
+/// gRPC's grpc-message encoding: printable ASCII except '%' stays.
+fn percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_timeouts_parse_and_garbage_is_ignored() {
+        assert_eq!(split_path("/a.B/C"), Some(("a.B", "C")));
+        assert_eq!(split_path("/a.B/"), None);
+        assert_eq!(split_path("/a/b/c"), None);
+        assert_eq!(split_path("nope"), None);
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-timeout", HeaderValue::from_static("250m"));
+        assert_eq!(grpc_timeout(&headers), Some(Duration::from_millis(250)));
+        for bad in ["", "m", "12x", "99999999999H", "-1S"] {
+            headers.insert("grpc-timeout", HeaderValue::from_str(bad).unwrap());
+            assert_eq!(grpc_timeout(&headers), None, "{bad}");
+        }
+        assert_eq!(percent_encode("50% über"), "50%25 %C3%BCber");
+    }
+}

@@ -1,0 +1,85 @@
+//! The verified peer identity, handed to the local daemon as headers.
+//!
+//! mtlsd is the only party allowed to say who the peer is: every incoming
+//! header in the `x-mtlsd-` namespace and every `x-forwarded-client-cert`
+//! is removed before mtlsd sets its own, so a client cannot forge them.
+
+use http::{HeaderMap, HeaderValue};
+use mtlsd_reload::PeerIdentity;
+
+pub const PEER_HOST: &str = "x-mtlsd-peer-host";
+pub const PEER_ROLES: &str = "x-mtlsd-peer-roles";
+pub const FORWARDED_CLIENT_CERT: &str = "x-forwarded-client-cert";
+
+/// Removes every identity header a client may have sent.
+pub fn strip(headers: &mut HeaderMap) {
+    let forged: Vec<_> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            name.starts_with("x-mtlsd-") || name == FORWARDED_CLIENT_CERT
+        })
+        .cloned()
+        .collect();
+    for name in forged {
+        headers.remove(&name);
+    }
+}
+
+/// Sets the headers for a verified peer.
+pub fn set(headers: &mut HeaderMap, identity: &PeerIdentity) {
+    if let Some(host) = &identity.host {
+        if let Ok(value) = HeaderValue::from_str(&host.name) {
+            headers.insert(PEER_HOST, value);
+        }
+        let roles: Vec<&str> = host.roles.iter().map(String::as_str).collect();
+        if let Ok(value) = HeaderValue::from_str(&roles.join(",")) {
+            headers.insert(PEER_ROLES, value);
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(&forwarded_client_cert(identity)) {
+        headers.insert(FORWARDED_CLIENT_CERT, value);
+    }
+}
+
+/// Envoy-style: `Hash=<sha256 hex>;Subject="…";DNS=…;URI=…`.
+fn forwarded_client_cert(identity: &PeerIdentity) -> String {
+    let facts = &identity.facts;
+    let mut value = format!("Hash={}", facts.fingerprint.to_hex());
+    let subject: String = facts
+        .subject
+        .chars()
+        .filter(|c| c.is_ascii() && !c.is_ascii_control())
+        .collect::<String>()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"");
+    value.push_str(&format!(";Subject=\"{subject}\""));
+    for san in &facts.sans {
+        match san {
+            mtlsd_expiry::SubjectAltName::Dns(name) => value.push_str(&format!(";DNS={name}")),
+            mtlsd_expiry::SubjectAltName::Uri(uri) => value.push_str(&format!(";URI={uri}")),
+            _ => {}
+        }
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_removes_every_forgeable_header_in_any_case() {
+        let mut headers = HeaderMap::new();
+        headers.insert("X-Mtlsd-Peer-Host", HeaderValue::from_static("admin"));
+        headers.insert("x-mtlsd-anything", HeaderValue::from_static("x"));
+        headers.append(
+            "X-Forwarded-Client-Cert",
+            HeaderValue::from_static("Hash=evil"),
+        );
+        headers.insert("content-type", HeaderValue::from_static("application/grpc"));
+        strip(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("content-type"));
+    }
+}

@@ -1,0 +1,336 @@
+//! grpc mode end to end with real tonic services: a tonic client on the
+//! "api1" host dials its outbound grpc listener in h2c; mtlsd carries the
+//! calls over mTLS to the "server" host's inbound grpc listener, which
+//! authorizes each call and hands it to a tonic server in h2c.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mtlsd::daemon::Running;
+use mtlsd_devca::LeafSpec;
+use mtlsd_testsvc::EchoClient;
+use mtlsd_testsvc::proto::{Msg, StreamRequest};
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::support::*;
+
+const INVENTORY: &str = r#"
+cluster = "grpc-test"
+
+[hosts.server]
+sans = ["DNS:server.test"]
+roles = ["database"]
+
+[hosts.api1]
+sans = ["DNS:api1.test"]
+roles = ["api"]
+
+[hosts.hv1]
+sans = ["DNS:hv1.test"]
+roles = ["hypervisor"]
+"#;
+
+/// The server host's inbound grpc listener in front of `upstream`.
+const SERVER_RULES: &str = r#"protocol = "grpc"
+allow_roles = ["api", "hypervisor"]
+[[inbound.routes]]
+path = "/mtlsd.test.Echo/DeleteThing"
+allow_roles = ["admin"]
+[[inbound.routes]]
+path = "/mtlsd.test.Echo/Slow"
+allow_roles = ["api"]
+"#;
+
+struct Cluster {
+    pki: Pki,
+    server: Running,
+}
+
+fn host_toml(pki: &Pki, host: &str, files: &HostFiles) -> String {
+    let inventory = pki.write("inventory.toml", INVENTORY, 0o644);
+    material_toml(files, &pki.ca_file()).replacen(
+        "[identity]\n",
+        &format!("[inventory]\npath = {inventory:?}\n\n[identity]\nhost = {host:?}\n"),
+        1,
+    )
+}
+
+impl Cluster {
+    async fn start(upstream: SocketAddr) -> Self {
+        let pki = Pki::new();
+        let files = pki.host(
+            "server",
+            &LeafSpec::new("server", &["server.test", "localhost", "127.0.0.1"]),
+        );
+        let toml =
+            host_toml(&pki, "server", &files) + &inbound_toml("db-grpc", upstream, SERVER_RULES);
+        let (server, _) = start_daemon(&pki, "server.toml", &toml).await;
+        Self { pki, server }
+    }
+
+    /// Starts a client host `host` with an outbound grpc listener to the
+    /// server host and returns a tonic channel through it.
+    async fn client(&self, host: &str) -> (Running, EchoClient<Channel>) {
+        let files = self
+            .pki
+            .host(host, &LeafSpec::new(host, &[&format!("{host}.test")]));
+        let toml = host_toml(&self.pki, host, &files)
+            + &outbound_toml(
+                "to-db",
+                self.server.local_addr("db-grpc").unwrap(),
+                "localhost",
+                "protocol = \"grpc\"\nexpect_roles = [\"database\"]",
+            );
+        let (daemon, _) = start_daemon(&self.pki, &format!("{host}.toml"), &toml).await;
+        let channel =
+            Channel::from_shared(format!("http://{}", daemon.local_addr("to-db").unwrap()))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+        let client = EchoClient::new(channel)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024);
+        (daemon, client)
+    }
+}
+
+fn msg(payload: &[u8]) -> Msg {
+    Msg {
+        payload: payload.to_vec(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_shape_crosses_the_pair() {
+    let cluster = Cluster::start(mtlsd_testsvc::serve().await).await;
+    let (_api1, mut client) = cluster.client("api1").await;
+
+    let reply = client.unary(msg(b"hello")).await.unwrap().into_inner();
+    assert_eq!(reply.payload, b"hello");
+
+    let mut stream = client
+        .server_stream(StreamRequest {
+            count: 100,
+            size: 1000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut received = 0;
+    while let Some(item) = stream.message().await.unwrap() {
+        assert_eq!(item.payload.len(), 1000);
+        received += 1;
+    }
+    assert_eq!(received, 100);
+
+    let outbound = tokio_stream::iter((0..100).map(|_| msg(&[7u8; 500])));
+    let reply = client.client_stream(outbound).await.unwrap().into_inner();
+    assert_eq!(reply.payload, b"100 messages, 50000 bytes");
+
+    let outbound = tokio_stream::iter((0..100u8).map(|i| msg(&[i; 10])));
+    let mut replies = client.bidi(outbound).await.unwrap().into_inner();
+    let mut seen = 0u8;
+    while let Some(item) = replies.message().await.unwrap() {
+        assert_eq!(item.payload, vec![seen; 10]);
+        seen += 1;
+    }
+    assert_eq!(seen, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sixteen_mebibyte_message_round_trips() {
+    let cluster = Cluster::start(mtlsd_testsvc::serve().await).await;
+    let (_api1, mut client) = cluster.client("api1").await;
+    let payload = pseudo_random(16 * 1024 * 1024, 16);
+    let reply = client.unary(msg(&payload)).await.unwrap().into_inner();
+    assert!(
+        reply.payload == payload,
+        "16 MiB payload changed in transit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_streams() {
+    let cluster = Cluster::start(mtlsd_testsvc::serve().await).await;
+    let (_api1, client) = cluster.client("api1").await;
+    let calls = (0..1000u32).map(|i| {
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            // Each call waits 100 ms upstream, so they overlap.
+            client
+                .slow(StreamRequest {
+                    count: 100,
+                    size: i,
+                })
+                .await
+        })
+    });
+    let results = within(
+        "1000 calls",
+        Duration::from_secs(60),
+        futures_join_all(calls),
+    )
+    .await;
+    let failed: Vec<_> = results
+        .into_iter()
+        .filter_map(|r| r.unwrap().err())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} calls failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+}
+
+async fn futures_join_all<T>(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<Result<T, tokio::task::JoinError>> {
+    let mut out = Vec::new();
+    for handle in handles.collect::<Vec<_>>() {
+        out.push(handle.await);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_rules_deny_with_permission_denied_naming_the_rule() {
+    let cluster = Cluster::start(mtlsd_testsvc::serve().await).await;
+    let (_api1, mut api) = cluster.client("api1").await;
+    let status = api.delete_thing(msg(b"x")).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("route /mtlsd.test.Echo/DeleteThing allows roles [admin]"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("host 'api1'"),
+        "{}",
+        status.message()
+    );
+    // Unary is allowed for api by the listener's roles.
+    api.unary(msg(b"ok")).await.unwrap();
+
+    // hv1 may call what the listener allows, but not Slow (api only).
+    let (_hv1, mut hv) = cluster.client("hv1").await;
+    hv.unary(msg(b"ok")).await.unwrap();
+    let status = hv
+        .slow(StreamRequest { count: 0, size: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let stats = cluster.server.stats("db-grpc").unwrap();
+    assert_eq!(stats.authz().1, 2, "two denials counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_headers_are_set_by_mtlsd_and_forged_ones_dropped() {
+    let cluster = Cluster::start(mtlsd_testsvc::serve().await).await;
+    let (_api1, mut client) = cluster.client("api1").await;
+    let mut request = tonic::Request::new(msg(b""));
+    let metadata = request.metadata_mut();
+    metadata.insert("x-mtlsd-peer-host", "server".parse().unwrap());
+    metadata.insert("x-mtlsd-peer-roles", "admin".parse().unwrap());
+    metadata.insert("x-forwarded-client-cert", "Hash=forged".parse().unwrap());
+    let report =
+        String::from_utf8(client.headers(request).await.unwrap().into_inner().payload).unwrap();
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines.len(), 3, "{report}");
+    assert!(lines.contains(&"x-mtlsd-peer-host=api1"), "{report}");
+    assert!(lines.contains(&"x-mtlsd-peer-roles=api"), "{report}");
+    let api1_cert = std::fs::read_to_string(cluster.pki.path("api1.crt")).unwrap();
+    let der = rustls_pki_types::pem::PemObject::from_pem_slice(api1_cert.as_bytes()).unwrap();
+    let expected_hash = mtlsd_expiry::Fingerprint::of(&der_bytes(der)).to_hex();
+    assert!(
+        report.contains(&format!(
+            "x-forwarded-client-cert=Hash={expected_hash};Subject=\""
+        )),
+        "{report}"
+    );
+    assert!(report.contains(";DNS=api1.test"), "{report}");
+    assert!(!report.contains("forged"), "{report}");
+}
+
+fn der_bytes(der: rustls_pki_types::CertificateDer<'static>) -> Vec<u8> {
+    der.as_ref().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_upstream_is_unavailable() {
+    // Nothing listens on the upstream port.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let cluster = Cluster::start(closed).await;
+    let (_api1, mut client) = cluster.client("api1").await;
+    let status = client.unary(msg(b"x")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("mtlsd cannot reach the local daemon"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_timeout_is_honoured() {
+    use http_body_util::{BodyExt, Full};
+    use prost::Message;
+
+    let cluster = Cluster::start(mtlsd_testsvc::serve().await).await;
+    let (api1, _) = cluster.client("api1").await;
+    // A raw h2c client: tonic would enforce grpc-timeout itself, and this
+    // must show that mtlsd does.
+    let tcp = tokio::net::TcpStream::connect(api1.local_addr("to-db").unwrap())
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let message = StreamRequest {
+        count: 3000,
+        size: 0,
+    }
+    .encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    let request = http::Request::post("http://server.test/mtlsd.test.Echo/Slow")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "200m")
+        .body(Full::new(bytes::Bytes::from(frame)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let response = within("response", SOON, sender.send_request(request))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    let status = response.headers().get("grpc-status").cloned();
+    let message = response.headers().get("grpc-message").cloned();
+    let _ = response.into_body().collect().await;
+    assert_eq!(status.unwrap(), "4", "grpc-message: {message:?}");
+    assert!(
+        message
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("deadline passed")
+    );
+}
