@@ -7,7 +7,7 @@
 use std::fmt;
 use std::io;
 
-use mtlsd_reload::PolicyRejection;
+use mtlsd_reload::{PolicyRejection, Verdict};
 use rustls::{CertificateError, Error as TlsError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -77,9 +77,9 @@ impl RejectReason {
 
     /// The class of a handshake failure, preferring what the policy
     /// verifier recorded (the rustls error only says "access denied").
-    pub fn of_handshake(err: &io::Error, policy: Option<PolicyRejection>) -> Self {
-        match policy {
-            Some(policy) => Self::from(policy),
+    pub fn of_handshake(err: &io::Error, verdict: Option<&Verdict>) -> Self {
+        match verdict {
+            Some(verdict) => Self::from(verdict.rejection),
             None => Self::classify(err),
         }
     }

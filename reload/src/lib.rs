@@ -28,4 +28,4 @@ pub use pem::{PemContents, read_pem};
 pub use store::MaterialStore;
 pub use tls::{ClientAuth, TlsSettings, TlsSide, TlsUse, provider};
 pub use trust::{AuthUsage, BundleCa, ChainError, TrustBundle, TrustDomainSpec};
-pub use verify::{PeerPolicy, observe};
+pub use verify::{PeerPolicy, Verdict, observe};

@@ -11,7 +11,7 @@
 //! after the handshake ([`observe`]). The verifier runs inside the
 //! handshake future, so the slot is that connection's own.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
@@ -25,24 +25,32 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use crate::inventory::{PolicyRejection, RoleInventory};
 
 tokio::task_local! {
-    static VERDICT: Cell<Option<PolicyRejection>>;
+    static VERDICT: RefCell<Option<Verdict>>;
 }
 
-/// Runs a handshake future and returns, with its output, the policy class
-/// of a refusal the verifiers made during it (if any).
-pub async fn observe<F: Future>(handshake: F) -> (F::Output, Option<PolicyRejection>) {
+/// Why the policy refused a peer, and what its certificate claimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub rejection: PolicyRejection,
+    /// The certificate's SANs as `DNS:…`, `IP:…`, `URI:…`.
+    pub sans: Vec<String>,
+}
+
+/// Runs a handshake future and returns, with its output, the verdict of a
+/// refusal the policy verifiers made during it (if any).
+pub async fn observe<F: Future>(handshake: F) -> (F::Output, Option<Verdict>) {
     VERDICT
-        .scope(Cell::new(None), async move {
+        .scope(RefCell::new(None), async move {
             let output = handshake.await;
-            (output, VERDICT.with(Cell::get))
+            (output, VERDICT.with(|slot| slot.borrow_mut().take()))
         })
         .await
 }
 
-fn record(rejection: PolicyRejection) {
+fn record(verdict: Verdict) {
     // Outside `observe` there is nobody to tell; the error still fails the
     // handshake.
-    let _ = VERDICT.try_with(|slot| slot.set(Some(rejection)));
+    let _ = VERDICT.try_with(|slot| *slot.borrow_mut() = Some(verdict));
 }
 
 /// Which peers a use accepts beyond a verifying chain.
@@ -68,7 +76,10 @@ impl PolicyCheck {
         let facts = CertFacts::from_der(end_entity)
             .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
         let refuse = |rejection: PolicyRejection| {
-            record(rejection);
+            record(Verdict {
+                rejection,
+                sans: facts.sans.iter().map(ToString::to_string).collect(),
+            });
             Error::InvalidCertificate(match rejection {
                 PolicyRejection::Revoked => CertificateError::Revoked,
                 _ => CertificateError::ApplicationVerificationFailure,

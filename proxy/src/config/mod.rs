@@ -193,17 +193,31 @@ pub struct ListenerConfig {
 /// One gRPC authorization rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    /// As written: `/pkg.Service/Method` or `/pkg.Service/*`.
+    /// As written: `/pkg.Service/Method`, `/pkg.Service/Prefix*` or
+    /// `/pkg.Service/*`.
     pub path: String,
     pub service: String,
-    /// `None` matches every method of the service.
-    pub method: Option<String>,
+    pub method: MethodPattern,
     pub allow_roles: BTreeSet<String>,
+}
+
+/// Which methods of a service a route covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MethodPattern {
+    Any,
+    Exact(String),
+    /// `Delete*`: every method whose name starts with `Delete`.
+    Prefix(String),
 }
 
 impl Route {
     pub fn matches(&self, service: &str, method: &str) -> bool {
-        self.service == service && self.method.as_deref().is_none_or(|m| m == method)
+        self.service == service
+            && match &self.method {
+                MethodPattern::Any => true,
+                MethodPattern::Exact(m) => m == method,
+                MethodPattern::Prefix(p) => method.starts_with(p.as_str()),
+            }
     }
 }
 

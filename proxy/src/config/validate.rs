@@ -10,8 +10,8 @@ use rustls_pki_types::ServerName;
 use super::raw::{OneOrMany, RawConfig, RawListener};
 use super::{
     CLI_ENV_VARS, ClientAuth, Config, ConfigError, ConfigProblem, Direction, ENV_PREFIX,
-    IdentityConfig, ListenerConfig, Protocol, ReloadConfig, Route, Timeouts, TrustDomainConfig,
-    Upstream,
+    IdentityConfig, ListenerConfig, MethodPattern, Protocol, ReloadConfig, Route, Timeouts,
+    TrustDomainConfig, Upstream,
 };
 
 use super::DEFAULT_ADMIN_LISTEN;
@@ -597,7 +597,10 @@ impl Validator {
                     if parsed.is_none() {
                         self.problem(
                             &route_key("path"),
-                            format!("{p:?}: write /package.Service/Method or /package.Service/*"),
+                            format!(
+                                "{p:?}: write /package.Service/Method, \
+                                 /package.Service/Prefix* or /package.Service/*"
+                            ),
                         );
                     }
                     parsed
@@ -718,23 +721,27 @@ impl Validator {
     }
 }
 
-/// `/pkg.Service/Method` → (`pkg.Service`, Some(`Method`));
-/// `/pkg.Service/*` → (`pkg.Service`, None).
-fn parse_route_path(path: &str) -> Option<(String, Option<String>)> {
+/// `/pkg.Service/Method`, `/pkg.Service/Prefix*` and `/pkg.Service/*`.
+fn parse_route_path(path: &str) -> Option<(String, MethodPattern)> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     let ident = |s: &str| {
         !s.is_empty()
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
     };
+    let method_name = |m: &str| ident(m) && !m.contains('.');
     if !ident(service) {
         return None;
     }
-    match method {
-        "*" => Some((service.to_owned(), None)),
-        m if ident(m) && !m.contains('.') => Some((service.to_owned(), Some(m.to_owned()))),
-        _ => None,
-    }
+    let pattern = match method {
+        "*" => MethodPattern::Any,
+        m => match m.strip_suffix('*') {
+            Some(prefix) if method_name(prefix) => MethodPattern::Prefix(prefix.to_owned()),
+            None if method_name(m) => MethodPattern::Exact(m.to_owned()),
+            _ => return None,
+        },
+    };
+    Some((service.to_owned(), pattern))
 }
 
 fn is_domain_name(name: &str) -> bool {
@@ -937,6 +944,27 @@ mod tests {
             err.to_string().starts_with("/etc/mtlsd/mtlsd.toml: "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn route_patterns() {
+        assert_eq!(
+            parse_route_path("/a.B/Delete*"),
+            Some(("a.B".into(), MethodPattern::Prefix("Delete".into())))
+        );
+        assert_eq!(
+            parse_route_path("/a.B/*"),
+            Some(("a.B".into(), MethodPattern::Any))
+        );
+        assert_eq!(
+            parse_route_path("/a.B/Get"),
+            Some(("a.B".into(), MethodPattern::Exact("Get".into())))
+        );
+        for bad in [
+            "a.B/Get", "/a.B", "/a.B/", "/a.B/G*t", "/a B/Get", "/a.B/x.y", "/*/Get",
+        ] {
+            assert_eq!(parse_route_path(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use std::io;
 use std::net::SocketAddr;
 
-use mtlsd_reload::{PeerIdentity, observe};
+use mtlsd_reload::{PeerIdentity, Verdict, observe};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
@@ -45,19 +45,14 @@ pub async fn accept(
     let handshake = observe(TlsAcceptor::from(tls_config).accept(tcp));
     let tls = match tokio::time::timeout(listener.timeouts.handshake, handshake).await {
         Ok((Ok(tls), _)) => tls,
-        Ok((Err(e), policy)) => {
-            refused(
-                ctx,
-                listener,
-                peer,
-                RejectReason::of_handshake(&e, policy),
-                &e,
-            );
+        Ok((Err(e), verdict)) => {
+            let reason = RejectReason::of_handshake(&e, verdict.as_ref());
+            refused(ctx, listener, peer, reason, &e, verdict.as_ref());
             return None;
         }
         Err(_) => {
             let e = io::Error::from(io::ErrorKind::TimedOut);
-            refused(ctx, listener, peer, RejectReason::Timeout, &e);
+            refused(ctx, listener, peer, RejectReason::Timeout, &e, None);
             return None;
         }
     };
@@ -75,7 +70,7 @@ pub async fn accept(
             Ok(identity) => Some(identity),
             Err(policy) => {
                 let e = io::Error::other(format!("peer refused by policy: {policy}"));
-                refused(ctx, listener, peer, RejectReason::from(policy), &e);
+                refused(ctx, listener, peer, RejectReason::from(policy), &e, None);
                 return None;
             }
         }
@@ -135,38 +130,37 @@ pub async fn connect(
             ctx.stats.handshake_ok();
             Ok(tls)
         }
-        Ok((Err(e), policy)) => {
-            refused(
-                ctx,
-                listener,
-                remote_addr,
-                RejectReason::of_handshake(&e, policy),
-                &e,
-            );
+        Ok((Err(e), verdict)) => {
+            let reason = RejectReason::of_handshake(&e, verdict.as_ref());
+            refused(ctx, listener, remote_addr, reason, &e, verdict.as_ref());
             Err(e)
         }
         Err(_) => {
             let e = io::Error::from(io::ErrorKind::TimedOut);
-            refused(ctx, listener, remote_addr, RejectReason::Timeout, &e);
+            refused(ctx, listener, remote_addr, RejectReason::Timeout, &e, None);
             Err(e)
         }
     }
 }
 
-/// Logs and counts one refused handshake.
+/// Logs and counts one refused handshake. With a policy verdict, the
+/// line carries the SANs the refused certificate claimed.
 pub fn refused(
     ctx: &ListenerContext,
     listener: &ListenerConfig,
     peer: SocketAddr,
     reason: RejectReason,
     error: &io::Error,
+    verdict: Option<&Verdict>,
 ) {
     ctx.stats.refused(reason);
+    let sans = verdict.map(|v| v.sans.join(", ")).unwrap_or_default();
     tracing::warn!(
         listener = %listener.name,
         direction = %listener.direction,
         %peer,
         reason = reason.as_str(),
+        sans = %sans,
         error = %error,
         "TLS handshake refused"
     );

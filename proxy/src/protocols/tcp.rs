@@ -119,7 +119,14 @@ fn finished(
             if let RelayError::Io { source, .. } = &e
                 && RejectReason::classify(source) == RejectReason::PeerRefused
             {
-                return handshake::refused(ctx, listener, peer, RejectReason::PeerRefused, source);
+                return handshake::refused(
+                    ctx,
+                    listener,
+                    peer,
+                    RejectReason::PeerRefused,
+                    source,
+                    None,
+                );
             }
             tracing::info!(listener = %listener.name, %peer, error = %e, "connection ended with an error")
         }

@@ -35,7 +35,7 @@ roles = ["hypervisor"]
 const SERVER_RULES: &str = r#"protocol = "grpc"
 allow_roles = ["api", "hypervisor"]
 [[inbound.routes]]
-path = "/mtlsd.test.Echo/DeleteThing"
+path = "/mtlsd.test.Echo/Delete*"
 allow_roles = ["admin"]
 [[inbound.routes]]
 path = "/mtlsd.test.Echo/Slow"
@@ -204,7 +204,7 @@ async fn route_rules_deny_with_permission_denied_naming_the_rule() {
     assert!(
         status
             .message()
-            .contains("route /mtlsd.test.Echo/DeleteThing allows roles [admin]"),
+            .contains("route /mtlsd.test.Echo/Delete* allows roles [admin]"),
         "{}",
         status.message()
     );
@@ -333,4 +333,24 @@ async fn grpc_timeout_is_honoured() {
             .unwrap()
             .contains("deadline passed")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_lets_in_flight_calls_finish() {
+    let cluster = Cluster::start(mtlsd_testsvc::serve().await).await;
+    let (_api1, client) = cluster.client("api1").await;
+    let mut slow_client = client.clone();
+    let in_flight = tokio::spawn(async move {
+        slow_client
+            .slow(StreamRequest {
+                count: 700,
+                size: 0,
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The server host drains: GOAWAY to its peers, in-flight calls finish.
+    let drained = within("drain", SOON, cluster.server.drain(Duration::from_secs(5))).await;
+    assert_eq!(drained.forced, 0, "the in-flight call had to be cut");
+    in_flight.await.unwrap().unwrap();
 }

@@ -204,3 +204,32 @@ fn start_up_refuses_a_certificate_missing_its_inventory_sans() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("missing DNS:server.test"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusal_log_line_names_class_peer_and_sans() {
+    use crate::support::process::MtlsdProcess;
+    let pki = Pki::new();
+    let echo = Echo::start().await;
+    let server_files = pki.host(
+        "server",
+        &LeafSpec::new("server", &["server.test", "localhost", "127.0.0.1"]),
+    );
+    let toml = identity_toml(&pki, "server", &server_files)
+        + &inbound_toml("in", echo.addr, "allow_roles = [\"api\"]");
+    let config = pki.write("server.toml", &toml, 0o600);
+    let config = config.display().to_string();
+    let mut daemon = MtlsdProcess::spawn(&["run", "--config", &config], &[]);
+    let addr = daemon.listener_addr("in").await;
+    let db1 = pki.ca.issue(&LeafSpec::new("db1", &["db1.test"])).unwrap();
+    if let Ok(mut stream) = tls_connect(addr, client_config(pki.ca.cert_der(), Some(&db1))).await {
+        assert_no_echo(&mut stream).await;
+    }
+    let line = daemon.wait_for_log("TLS handshake refused", SOON).await;
+    assert_eq!(line["reason"], "role_not_allowed", "{line}");
+    assert_eq!(line["sans"], "DNS:db1.test", "{line}");
+    assert!(
+        line["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{line}"
+    );
+    assert_eq!(line["listener"], "in");
+}

@@ -532,8 +532,10 @@ async fn removed_ca_can_neither_resume_nor_reconnect_and_its_connections_close()
     replace_atomically(&bundle, pki.ca.cert_pem(), 0o644);
     let outcome = server.reload(Trigger::Admin).await.unwrap();
     assert_eq!(outcome.result, ReloadResult::Applied);
-    assert_eq!(
-        outcome.closing, 1,
+    // The established connection at least; the resumed one, just dropped,
+    // may not have unregistered yet.
+    assert!(
+        outcome.closing >= 1,
         "the established old-CA connection is doomed"
     );
 
