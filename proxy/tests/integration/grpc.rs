@@ -354,3 +354,44 @@ async fn drain_lets_in_flight_calls_finish() {
     assert_eq!(drained.forced, 0, "the in-flight call had to be cut");
     in_flight.await.unwrap().unwrap();
 }
+
+/// Resident set size of this process (upstream, both daemons and the
+/// client all live here), from /proc.
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_does_not_make_mtlsd_buffer_the_stream() {
+    let cluster = Cluster::start(mtlsd_testsvc::serve().await).await;
+    let (_api1, mut client) = cluster.client("api1").await;
+    // 256 MiB on offer in 64 KiB messages.
+    let mut stream = client
+        .server_stream(StreamRequest {
+            count: 4096,
+            size: 64 * 1024,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().unwrap();
+    let before = rss_bytes();
+    // Stop reading. Flow control must stop the producer within a few
+    // windows instead of mtlsd buffering the rest.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let grown = rss_bytes().saturating_sub(before);
+    assert!(
+        grown < 48 * 1024 * 1024,
+        "RSS grew by {} MiB while the reader stalled",
+        grown / (1024 * 1024)
+    );
+    // The stream still works after the stall.
+    for _ in 0..10 {
+        assert_eq!(
+            stream.message().await.unwrap().unwrap().payload.len(),
+            64 * 1024
+        );
+    }
+}
