@@ -10,6 +10,8 @@
 
 mod facts;
 mod fingerprint;
+mod state;
 
 pub use facts::{CertFacts, FactsError, SubjectAltName, Validity};
 pub use fingerprint::Fingerprint;
+pub use state::{ExpiryState, ExpiryWindows};

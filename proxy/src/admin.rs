@@ -1,8 +1,11 @@
 //! The admin endpoint (loopback by default): health, metrics, and the
 //! synchronous reload that `mtlsd reload` and systemd's `ExecReload` use.
 //!
-//! Routes: `GET /healthz`, `GET /metrics` (Prometheus text), `POST /reload`
-//! (JSON outcome; 200 when applied or unchanged, 422 when rejected).
+//! Routes: `GET /healthz` (the process answers), `GET /readyz` (listeners
+//! bound, not draining, identity within its validity window), `GET
+//! /metrics` (Prometheus text), `GET /status` (JSON: what `mtlsd status`
+//! shows), `POST /reload` (JSON outcome; 200 when applied or unchanged,
+//! 422 when rejected).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -62,9 +65,17 @@ type Reply = Response<Full<Bytes>>;
 async fn handle(state: AdminState, request: Request<Incoming>) -> Result<Reply, Infallible> {
     Ok(match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => match crate::status::readiness(&state.daemon) {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("not ready: {why}\n"),
+            ),
+        },
         (&Method::GET, "/metrics") => metrics(&state),
+        (&Method::GET, "/status") => json(StatusCode::OK, &crate::status::status(&state.daemon)),
         (&Method::POST, "/reload") => reload(&state).await,
-        (_, "/healthz" | "/metrics" | "/reload") => {
+        (_, "/healthz" | "/readyz" | "/metrics" | "/status" | "/reload") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -101,7 +112,11 @@ async fn reload(state: &AdminState) -> Reply {
         ReloadResult::Rejected => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::OK,
     };
-    match serde_json::to_vec(&outcome) {
+    json(status, &outcome)
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Reply {
+    match serde_json::to_vec(value) {
         Ok(body) => Response::builder()
             .status(status)
             .header(header::CONTENT_TYPE, "application/json")

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -20,9 +21,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin;
-use crate::config::{Config, ListenerConfig};
+use crate::config::{Config, ExpiryConfig, ListenerConfig};
 use crate::connections::ConnectionRegistry;
 use crate::listener::{self, Lifecycle, ListenerContext, ListenerStats};
+use crate::metrics::{RequestMetrics, StateCollector};
+use crate::peers::PeerBook;
 use crate::reloading::{AuditLog, ReloadMetrics, ReloadOutcome, ReloadRequest, Reloader, Trigger};
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +67,14 @@ pub struct DrainOutcome {
 pub struct DaemonState {
     pub store: Arc<MaterialStore>,
     pub connections: Arc<ConnectionRegistry>,
+    pub peers: Arc<PeerBook>,
     pub metrics: prometheus::Registry,
+    pub request_metrics: Arc<RequestMetrics>,
+    /// Set once every listener accepts; cleared when draining starts.
+    pub ready: AtomicBool,
+    pub started_at: SystemTime,
+    expiry: Mutex<ExpiryConfig>,
+    last_reload: Mutex<Option<(SystemTime, ReloadOutcome)>>,
     pub life: Lifecycle,
     accept_loops: TaskTracker,
     listeners: Mutex<BTreeMap<String, (SocketAddr, Arc<ListenerContext>)>>,
@@ -91,8 +101,51 @@ impl DaemonState {
             config,
             self.store.clone(),
             self.connections.clone(),
+            self.peers.clone(),
+            self.request_metrics.clone(),
             self.life.stop_accepting.clone(),
         ))
+    }
+
+    /// Every listener's name and counters.
+    pub fn listener_stats(&self) -> Vec<(String, Arc<ListenerStats>)> {
+        self.listeners()
+            .iter()
+            .map(|(name, (_, ctx))| (name.clone(), ctx.stats.clone()))
+            .collect()
+    }
+
+    /// Every listener: name, bound address, settings, counters.
+    pub fn listener_views(&self) -> Vec<(String, SocketAddr, Arc<ListenerContext>)> {
+        self.listeners()
+            .iter()
+            .map(|(name, (addr, ctx))| (name.clone(), *addr, ctx.clone()))
+            .collect()
+    }
+
+    pub fn expiry_windows(&self) -> mtlsd_expiry::ExpiryWindows {
+        self.expiry_config().windows
+    }
+
+    pub fn expiry_config(&self) -> ExpiryConfig {
+        *self.expiry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn set_expiry_config(&self, config: ExpiryConfig) {
+        *self.expiry.lock().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+
+    pub(crate) fn record_reload(&self, outcome: &ReloadOutcome) {
+        *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((SystemTime::now(), outcome.clone()));
+    }
+
+    /// When the last reload attempt ran and what it did.
+    pub fn last_reload(&self) -> Option<(SystemTime, ReloadOutcome)> {
+        self.last_reload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Starts accepting on `socket` for `ctx`.
@@ -181,10 +234,17 @@ impl Running {
 
         let metrics = prometheus::Registry::new();
         let reload_metrics = ReloadMetrics::register(&metrics)?;
+        let request_metrics = Arc::new(RequestMetrics::register(&metrics)?);
         let state = Arc::new(DaemonState {
             store,
             connections: Arc::new(ConnectionRegistry::default()),
+            peers: Arc::new(PeerBook::default()),
             metrics,
+            request_metrics,
+            ready: AtomicBool::new(false),
+            started_at: SystemTime::now(),
+            expiry: Mutex::new(config.expiry),
+            last_reload: Mutex::new(None),
             life: Lifecycle {
                 stop_accepting: CancellationToken::new(),
                 force_close: CancellationToken::new(),
@@ -193,6 +253,9 @@ impl Running {
             accept_loops: TaskTracker::new(),
             listeners: Mutex::new(BTreeMap::new()),
         });
+        state
+            .metrics
+            .register(Box::new(StateCollector::new(Arc::downgrade(&state))?))?;
         let mut bound = BTreeMap::new();
         for (listener_config, socket) in sockets {
             let ctx = state.new_context(listener_config.clone());
@@ -226,6 +289,9 @@ impl Running {
             stop_tasks.clone(),
         ));
 
+        tasks.spawn(crate::expiry_watch::run(state.clone(), stop_tasks.clone()));
+        state.ready.store(true, Ordering::SeqCst);
+
         Ok(Self {
             state,
             admin_addr,
@@ -256,6 +322,10 @@ impl Running {
         &self.state.store
     }
 
+    pub fn state(&self) -> &Arc<DaemonState> {
+        &self.state
+    }
+
     /// Connections currently open across all listeners.
     pub fn open_connections(&self) -> usize {
         self.state.life.connections.len()
@@ -278,6 +348,7 @@ impl Running {
     /// closes the rest.
     pub async fn drain(mut self, deadline: Duration) -> DrainOutcome {
         let life = self.state.life.clone();
+        self.state.ready.store(false, Ordering::SeqCst);
         life.stop_accepting.cancel();
         self.stop_tasks.cancel();
         while self.tasks.join_next().await.is_some() {}

@@ -21,6 +21,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Direction, ListenerConfig, Protocol};
 use crate::connections::ConnectionRegistry;
+use crate::metrics::RequestMetrics;
+use crate::peers::PeerBook;
 use crate::protocols::pool::PoolSlot;
 use crate::protocols::{grpc, http, tcp};
 use crate::reject::RejectReason;
@@ -33,6 +35,8 @@ pub struct ListenerContext {
     pub store: Arc<MaterialStore>,
     pub stats: Arc<ListenerStats>,
     pub connections: Arc<ConnectionRegistry>,
+    pub peers: Arc<PeerBook>,
+    pub metrics: Arc<RequestMetrics>,
     /// Pooled upstream clients of the L7 modes.
     pub pool: PoolSlot,
     /// Cancelled when the daemon starts draining (L7 modes send GOAWAY).
@@ -46,9 +50,13 @@ impl ListenerContext {
         config: ListenerConfig,
         store: Arc<MaterialStore>,
         connections: Arc<ConnectionRegistry>,
+        peers: Arc<PeerBook>,
+        metrics: Arc<RequestMetrics>,
         draining: CancellationToken,
     ) -> Self {
         Self {
+            peers,
+            metrics,
             pool: PoolSlot::default(),
             draining,
             slots: Arc::new(Semaphore::new(config.max_connections)),
@@ -92,8 +100,22 @@ impl ListenerContext {
 pub struct ListenerStats {
     handshakes: AtomicU64,
     refused: [AtomicU64; RejectReason::ALL.len()],
-    authz_allowed: AtomicU64,
-    authz_denied: AtomicU64,
+    connections_total: AtomicU64,
+    connections_active: AtomicU64,
+    /// From the remote side (the TLS side), on the wire.
+    pub(crate) bytes_received: AtomicU64,
+    /// To the remote side, on the wire.
+    pub(crate) bytes_sent: AtomicU64,
+}
+
+/// Counts a connection as active until dropped.
+#[derive(Debug)]
+pub struct ActiveConnection(Arc<ListenerStats>);
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        self.0.connections_active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl ListenerStats {
@@ -105,20 +127,31 @@ impl ListenerStats {
         self.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn authz_allowed(&self) {
-        self.authz_allowed.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn connection_opened(self: &Arc<Self>) -> ActiveConnection {
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+        self.connections_active.fetch_add(1, Ordering::Relaxed);
+        ActiveConnection(self.clone())
     }
 
-    pub(crate) fn authz_denied(&self) {
-        self.authz_denied.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Requests (gRPC calls, HTTP requests) allowed and denied by policy.
-    pub fn authz(&self) -> (u64, u64) {
+    /// Connections accepted so far, and open now.
+    pub fn connections(&self) -> (u64, u64) {
         (
-            self.authz_allowed.load(Ordering::Relaxed),
-            self.authz_denied.load(Ordering::Relaxed),
+            self.connections_total.load(Ordering::Relaxed),
+            self.connections_active.load(Ordering::Relaxed),
         )
+    }
+
+    /// Bytes received from and sent to the remote side so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.bytes_received.load(Ordering::Relaxed),
+            self.bytes_sent.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Refused handshakes of every class.
+    pub fn total_refusals(&self) -> u64 {
+        self.refused.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
     /// Completed handshakes.
@@ -182,7 +215,9 @@ pub async fn accept_loop(
         }
         let ctx = ctx.clone();
         let force_close = life.force_close.clone();
+        let active = ctx.stats.connection_opened();
         life.connections.spawn(async move {
+            let _active = active;
             let serve = serve(ctx, stream, peer);
             tokio::select! {
                 () = serve => {}

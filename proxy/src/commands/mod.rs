@@ -6,6 +6,7 @@ mod dev;
 mod inspect;
 mod reload;
 mod run;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +41,20 @@ pub enum Command {
         /// Configuration file.
         #[arg(long, short, env = "MTLSD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+    },
+    /// Show what a running daemon serves: material per trust domain,
+    /// last reload, listeners and their counters, peers seen. Exit 3 when
+    /// no daemon answers.
+    Status {
+        /// Admin address of the daemon (default: admin.listen from the config).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// Configuration file, read only to find the admin address.
+        #[arg(long, short, env = "MTLSD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Print the JSON the daemon sends instead of tables.
+        #[arg(long)]
+        json: bool,
     },
     /// Validate the configuration and all TLS material exactly as start-up
     /// would; print every problem; exit 1 if there is any.
@@ -91,6 +106,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { config } => run::run(&config).await,
         Command::Check { config } => check::check(&config),
         Command::Reload { admin, config } => reload::reload(admin, &config).await,
+        Command::Status {
+            admin,
+            config,
+            json,
+        } => status::status(admin, &config, json).await,
         Command::Inspect { files, bundle } => inspect::inspect(&files, &bundle),
         Command::Dev {
             state_dir,

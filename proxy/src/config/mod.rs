@@ -49,8 +49,20 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub state_dir: PathBuf,
     pub reload: ReloadConfig,
+    pub expiry: ExpiryConfig,
     pub inbound: Vec<ListenerConfig>,
     pub outbound: Vec<ListenerConfig>,
+}
+
+/// `[expiry]`: when certificates need attention, and how often to say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpiryConfig {
+    pub windows: mtlsd_expiry::ExpiryWindows,
+    /// How often certificate states are re-evaluated.
+    pub check_interval: Duration,
+    /// While a certificate stays in a warning state, its event repeats this
+    /// often (a change of state is reported at once).
+    pub repeat: Duration,
 }
 
 /// `[reload]`: how changes are picked up.

@@ -20,6 +20,7 @@ pub(crate) struct RawConfig {
     pub(crate) tls: Option<RawTls>,
     pub(crate) shutdown: Option<RawShutdown>,
     pub(crate) reload: Option<RawReload>,
+    pub(crate) expiry: Option<RawExpiry>,
     pub(crate) state_dir: Option<String>,
     #[serde(default)]
     pub(crate) inbound: Vec<RawListener>,
@@ -72,6 +73,14 @@ pub(crate) struct RawReload {
     pub(crate) interval: Option<String>,
     pub(crate) drain_grace: Option<String>,
     pub(crate) audit_log: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawExpiry {
+    pub(crate) warning: Option<String>,
+    pub(crate) critical: Option<String>,
+    pub(crate) check_interval: Option<String>,
+    pub(crate) repeat: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,8 +10,8 @@ use rustls_pki_types::ServerName;
 use super::raw::{OneOrMany, RawConfig, RawListener};
 use super::{
     CLI_ENV_VARS, ClientAuth, Config, ConfigError, ConfigProblem, Direction, ENV_PREFIX,
-    IdentityConfig, ListenerConfig, MethodPattern, Protocol, ReloadConfig, Route, Timeouts,
-    TrustDomainConfig, Upstream,
+    ExpiryConfig, IdentityConfig, ListenerConfig, MethodPattern, Protocol, ReloadConfig, Route,
+    Timeouts, TrustDomainConfig, Upstream,
 };
 
 use super::DEFAULT_ADMIN_LISTEN;
@@ -258,6 +258,7 @@ impl Validator {
             .unwrap_or_default();
 
         let reload = self.reload(raw.reload.unwrap_or_default(), &state_dir);
+        let expiry = self.expiry(raw.expiry.unwrap_or_default());
 
         let identity_domain = identity
             .as_ref()
@@ -305,6 +306,7 @@ impl Validator {
             drain_timeout,
             state_dir,
             reload,
+            expiry,
             inbound,
             outbound,
         })
@@ -322,6 +324,29 @@ impl Validator {
             audit_log: self
                 .path_or_default("reload.audit_log", raw.audit_log)
                 .unwrap_or_else(|| state_dir.join("audit.jsonl")),
+        }
+    }
+
+    fn expiry(&mut self, raw: super::raw::RawExpiry) -> ExpiryConfig {
+        let defaults = mtlsd_expiry::ExpiryWindows::default();
+        let windows = mtlsd_expiry::ExpiryWindows {
+            warning: self.duration("expiry.warning", raw.warning, defaults.warning),
+            critical: self.duration("expiry.critical", raw.critical, defaults.critical),
+        };
+        if windows.critical > windows.warning {
+            self.problem(
+                "expiry.critical",
+                "must not be longer than expiry.warning".to_owned(),
+            );
+        }
+        ExpiryConfig {
+            windows,
+            check_interval: self.duration(
+                "expiry.check_interval",
+                raw.check_interval,
+                Duration::from_secs(60),
+            ),
+            repeat: self.duration("expiry.repeat", raw.repeat, Duration::from_secs(24 * 3600)),
         }
     }
 

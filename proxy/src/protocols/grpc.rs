@@ -36,6 +36,7 @@ use super::identity_headers;
 use super::pool::upstream_uri;
 use crate::config::ListenerConfig;
 use crate::listener::ListenerContext;
+use crate::metrics::RequestMetrics;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -93,8 +94,17 @@ async fn handle_inbound(
     let Some((service, method)) = split_path(request.uri().path()) else {
         return Ok(grpc_error(code::UNIMPLEMENTED, "not a gRPC method path"));
     };
-    if let Err(why) = authorize(listener, state.identity.as_ref(), service, method) {
-        state.ctx.stats.authz_denied();
+    let started = std::time::Instant::now();
+    let (rule, decision) = authorize(listener, state.identity.as_ref(), service, method);
+    let metrics = &state.ctx.metrics;
+    metrics.authz(&listener.name, &rule, decision.is_ok());
+    if let Err(why) = decision {
+        metrics.grpc_request(
+            &listener.name,
+            &rule,
+            code::PERMISSION_DENIED,
+            started.elapsed(),
+        );
         tracing::warn!(
             listener = %listener.name, peer = %state.peer,
             host = state.identity.as_ref().and_then(|i| i.host.as_ref()).map(|h| h.name.as_str()).unwrap_or("-"),
@@ -103,7 +113,6 @@ async fn handle_inbound(
         );
         return Ok(grpc_error(code::PERMISSION_DENIED, &why));
     }
-    state.ctx.stats.authz_allowed();
 
     let (mut parts, body) = request.into_parts();
     identity_headers::strip(&mut parts.headers);
@@ -116,12 +125,108 @@ async fn handle_inbound(
     parts.uri = uri;
     let deadline = grpc_timeout(&parts.headers);
     let client = state.ctx.pool.plain(listener, true);
-    forward(
+    let response = forward(
         client.request(Request::from_parts(parts, body)),
         deadline,
         "local daemon",
     )
-    .await
+    .await;
+    Ok(observed(
+        response,
+        state.ctx.metrics.clone(),
+        &listener.name,
+        rule,
+        started,
+    ))
+}
+
+/// Wraps the response so its grpc-status (headers for trailers-only
+/// answers, else trailers) and duration are counted when it ends.
+fn observed(
+    response: Result<Response<Body>, Infallible>,
+    metrics: Arc<RequestMetrics>,
+    listener: &str,
+    rule: String,
+    started: std::time::Instant,
+) -> Response<Body> {
+    let Ok(response) = response;
+    let status = grpc_status(response.headers());
+    response.map(|body| {
+        ObservedBody {
+            inner: body,
+            metrics,
+            listener: listener.to_owned(),
+            rule,
+            started,
+            status,
+            recorded: false,
+        }
+        .boxed()
+    })
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<u16> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+struct ObservedBody {
+    inner: Body,
+    metrics: Arc<RequestMetrics>,
+    listener: String,
+    rule: String,
+    started: std::time::Instant,
+    status: Option<u16>,
+    recorded: bool,
+}
+
+impl ObservedBody {
+    fn record(&mut self) {
+        if !self.recorded {
+            self.recorded = true;
+            // No status by the end: the stream was cut (CANCELLED).
+            let status = self.status.unwrap_or(1);
+            self.metrics
+                .grpc_request(&self.listener, &self.rule, status, self.started.elapsed());
+        }
+    }
+}
+
+impl hyper::body::Body for ObservedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(status) = grpc_status(trailers)
+                {
+                    self.status = Some(status);
+                }
+            }
+            std::task::Poll::Ready(None) => self.record(),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        self.record();
+    }
 }
 
 struct Outbound {
@@ -242,22 +347,31 @@ async fn forward(
 }
 
 /// Checks the call against the first matching route, else the listener's
-/// roles. `Err` explains the refusal for the caller.
+/// roles. Returns the rule that decided (a route's path, or "default") and
+/// the decision; `Err` explains the refusal for the caller.
 fn authorize(
     listener: &ListenerConfig,
     identity: Option<&PeerIdentity>,
     service: &str,
     method: &str,
-) -> Result<(), String> {
-    let (rule, roles) = match listener.routes.iter().find(|r| r.matches(service, method)) {
-        Some(route) => (format!("route {}", route.path), Some(&route.allow_roles)),
-        None => ("listener allow_roles".to_owned(), listener.roles.as_ref()),
+) -> (String, Result<(), String>) {
+    let (rule, label, roles) = match listener.routes.iter().find(|r| r.matches(service, method)) {
+        Some(route) => (
+            format!("route {}", route.path),
+            route.path.clone(),
+            Some(&route.allow_roles),
+        ),
+        None => (
+            "listener allow_roles".to_owned(),
+            "default".to_owned(),
+            listener.roles.as_ref(),
+        ),
     };
     let Some(roles) = roles else {
-        return Ok(());
+        return (label, Ok(()));
     };
     let allowed = roles.iter().cloned().collect::<Vec<_>>().join(", ");
-    match identity.and_then(|i| i.host.as_ref()) {
+    let decision = match identity.and_then(|i| i.host.as_ref()) {
         Some(host) if !host.roles.is_disjoint(roles) => Ok(()),
         Some(host) => Err(format!(
             "host '{}' (roles: {}) may not call /{service}/{method}: {rule} allows roles [{allowed}]",
@@ -267,7 +381,8 @@ fn authorize(
         None => Err(format!(
             "caller is not an inventory host; {rule} allows roles [{allowed}]"
         )),
-    }
+    };
+    (label, decision)
 }
 
 /// `/pkg.Service/Method` → (`pkg.Service`, `Method`).

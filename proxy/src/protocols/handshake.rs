@@ -15,13 +15,14 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
 use crate::config::ListenerConfig;
+use crate::counting::CountingIo;
 use crate::listener::ListenerContext;
 use crate::reject::RejectReason;
 
 /// An accepted TLS connection and who is on the other end.
 #[derive(Debug)]
 pub struct Accepted {
-    pub tls: server::TlsStream<TcpStream>,
+    pub tls: server::TlsStream<CountingIo<TcpStream>>,
     /// `None` when the listener does not require a certificate and the peer
     /// sent none.
     pub identity: Option<PeerIdentity>,
@@ -42,6 +43,7 @@ pub async fn accept(
         tracing::error!(listener = %listener.name, "no TLS server config in the current generation");
         return None;
     };
+    let tcp = CountingIo::new(tcp, ctx.stats.clone());
     let handshake = observe(TlsAcceptor::from(tls_config).accept(tcp));
     let tls = match tokio::time::timeout(listener.timeouts.handshake, handshake).await {
         Ok((Ok(tls), _)) => tls,
@@ -76,6 +78,7 @@ pub async fn accept(
         }
     };
     ctx.stats.handshake_ok();
+    record_peer(ctx, identity.as_ref());
     match &identity {
         Some(id) => tracing::debug!(
             listener = %listener.name, %peer,
@@ -98,7 +101,7 @@ pub async fn connect(
     ctx: &ListenerContext,
     listener: &ListenerConfig,
     client_addr: SocketAddr,
-) -> io::Result<client::TlsStream<TcpStream>> {
+) -> io::Result<client::TlsStream<CountingIo<TcpStream>>> {
     let generation = ctx.store.current();
     let tls_config = generation
         .client_config(&listener.name)
@@ -124,10 +127,15 @@ pub async fn connect(
         }
     };
     let remote_addr = remote.peer_addr().unwrap_or(client_addr);
+    let remote = CountingIo::new(remote, ctx.stats.clone());
     let handshake = observe(TlsConnector::from(tls_config).connect(server_name, remote));
     match tokio::time::timeout(listener.timeouts.handshake, handshake).await {
         Ok((Ok(tls), _)) => {
             ctx.stats.handshake_ok();
+            let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+            if let Ok(identity) = ctx.store.current().identify_peer(chain) {
+                record_peer(ctx, Some(&identity));
+            }
             Ok(tls)
         }
         Ok((Err(e), verdict)) => {
@@ -140,6 +148,21 @@ pub async fn connect(
             refused(ctx, listener, remote_addr, RejectReason::Timeout, &e, None);
             Err(e)
         }
+    }
+}
+
+/// Notes a verified inventory host in the peer book.
+fn record_peer(ctx: &ListenerContext, identity: Option<&PeerIdentity>) {
+    if let Some(identity) = identity
+        && let Some(host) = &identity.host
+    {
+        let roles: Vec<String> = host.roles.iter().cloned().collect();
+        ctx.peers.saw(
+            &host.name,
+            &roles,
+            &identity.facts,
+            std::time::SystemTime::now(),
+        );
     }
 }
 

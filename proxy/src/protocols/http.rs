@@ -96,8 +96,11 @@ async fn handle(
     if let Some(roles) = &listener.roles {
         let host = state.identity.as_ref().and_then(|i| i.host.as_ref());
         let allowed = host.is_some_and(|h| !h.roles.is_disjoint(roles));
+        state
+            .ctx
+            .metrics
+            .authz(&listener.name, "allow_roles", allowed);
         if !allowed {
-            state.ctx.stats.authz_denied();
             tracing::warn!(
                 listener = %listener.name, peer = %state.peer,
                 host = host.map(|h| h.name.as_str()).unwrap_or("-"),
@@ -110,7 +113,6 @@ async fn handle(
             ));
         }
     }
-    state.ctx.stats.authz_allowed();
 
     // The Host the client asked for, before the URI is rewritten.
     let original_host = request.headers().get(header::HOST).cloned().or_else(|| {

@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::config::{ListenerConfig, Upstream};
+use crate::counting::CountingIo;
 use crate::listener::ListenerContext;
 use crate::protocols::handshake;
 
@@ -148,7 +149,7 @@ impl tower_service::Service<Uri> for RemoteConnector {
 
 /// A TLS stream that tells hyper whether ALPN chose h2.
 #[derive(Debug)]
-pub struct TlsConnection(TlsStream<TcpStream>);
+pub struct TlsConnection(TlsStream<CountingIo<TcpStream>>);
 
 impl Connection for TlsConnection {
     fn connected(&self) -> Connected {

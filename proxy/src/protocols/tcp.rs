@@ -77,7 +77,7 @@ pub async fn serve_outbound(
     let Ok(tls) = handshake::connect(ctx, listener, client).await else {
         return;
     };
-    let remote = tls.get_ref().0.peer_addr().unwrap_or(client);
+    let remote = tls.get_ref().0.get_ref().peer_addr().unwrap_or(client);
     let chain = tls
         .get_ref()
         .1

@@ -495,6 +495,13 @@ impl Reloader {
 
     fn finish(&mut self, outcome: &ReloadOutcome) {
         self.metrics.observe(outcome);
+        self.state.record_reload(outcome);
+        self.state.set_expiry_config(self.config.expiry);
+        if let Some(inventory) = self.state.store.current().inventory() {
+            self.state
+                .peers
+                .retain_hosts(|host| inventory.host(host).is_some());
+        }
         let audited = outcome.trigger.explicit() || outcome.result != ReloadResult::Unchanged;
         if audited {
             self.audit.record(outcome);

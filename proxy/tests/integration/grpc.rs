@@ -224,8 +224,39 @@ async fn route_rules_deny_with_permission_denied_naming_the_rule() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
-    let stats = cluster.server.stats("db-grpc").unwrap();
-    assert_eq!(stats.authz().1, 2, "two denials counted");
+    let (_, metrics) = http_get(cluster.server.admin_addr(), "/metrics").await;
+    for rule in ["/mtlsd.test.Echo/Delete*", "/mtlsd.test.Echo/Slow"] {
+        let labels = [
+            ("listener", "db-grpc"),
+            ("rule", rule),
+            ("decision", "deny"),
+        ];
+        assert_eq!(
+            metric(&metrics, "mtlsd_authz_decisions_total", &labels),
+            Some(1.0),
+            "{metrics}"
+        );
+        let labels = [
+            ("listener", "db-grpc"),
+            ("rule", rule),
+            ("grpc_status", "PERMISSION_DENIED"),
+        ];
+        assert_eq!(
+            metric(&metrics, "mtlsd_grpc_requests_total", &labels),
+            Some(1.0),
+            "{metrics}"
+        );
+    }
+    let labels = [
+        ("listener", "db-grpc"),
+        ("rule", "default"),
+        ("grpc_status", "OK"),
+    ];
+    assert_eq!(
+        metric(&metrics, "mtlsd_grpc_requests_total", &labels),
+        Some(2.0),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -256,7 +256,17 @@ async fn exporters_require_a_certificate_and_the_monitoring_role() {
     .await
     .unwrap();
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(stats.authz().1, 1);
+    let (_, metrics) = http_get(setup.daemon.admin_addr(), "/metrics").await;
+    let denied = [
+        ("listener", "metrics"),
+        ("rule", "allow_roles"),
+        ("decision", "deny"),
+    ];
+    assert_eq!(
+        metric(&metrics, "mtlsd_authz_decisions_total", &denied),
+        Some(1.0),
+        "{metrics}"
+    );
 
     // prom1 holds monitoring.
     let prom1 = setup.cert("prom1");

@@ -282,3 +282,60 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// The value of the series `name` whose labels include all of `labels`,
+/// from a Prometheus text exposition.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (series_name, label_text) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if series_name != name {
+            continue;
+        }
+        let present: Vec<(String, String)> = label_text
+            .split("\",")
+            .filter(|p| !p.is_empty())
+            .filter_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                Some((k.to_owned(), v.trim_matches('"').to_owned()))
+            })
+            .collect();
+        let all = labels
+            .iter()
+            .all(|(k, v)| present.iter().any(|(pk, pv)| pk == k && pv == v));
+        if all {
+            return value.parse().ok();
+        }
+    }
+    None
+}
+
+/// Runs `promtool check metrics` on `text`. promtool comes from
+/// scripts/install-promtool (the test command runs it first); a missing
+/// promtool fails the test rather than skipping the check.
+pub fn promtool_check_metrics(text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool not found: run scripts/install-promtool (scripts/test-all does)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- metrics ---\n{text}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

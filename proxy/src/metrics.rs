@@ -1,0 +1,373 @@
+//! Prometheus metrics, prefix `mtlsd_`.
+//!
+//! Two kinds. Per-request figures (authorization decisions, gRPC requests
+//! and their latency) are live vectors incremented where the request is
+//! handled. Everything that describes *state* — loaded certificates and
+//! their expiry, trust bundles, peers, and the per-listener counters the
+//! data path keeps as plain atomics — is rendered at scrape time from the
+//! current state by [`StateCollector`], so a series disappears the moment
+//! the thing it describes does (a removed CA, a host dropped from the
+//! inventory) and the data path never touches a metrics lock.
+//!
+//! Label sets are bounded by configuration: listener names, trust domains,
+//! loaded certificates, inventory hosts, route patterns, reason classes,
+//! gRPC status names.
+
+use std::sync::Weak;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mtlsd_expiry::{CertFacts, ExpiryState, Fingerprint};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+use crate::daemon::DaemonState;
+use crate::reject::RejectReason;
+
+/// Per-request metrics, shared by every listener.
+#[derive(Debug)]
+pub struct RequestMetrics {
+    authz: IntCounterVec,
+    grpc_requests: IntCounterVec,
+    grpc_duration: HistogramVec,
+}
+
+impl RequestMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let authz = IntCounterVec::new(
+            Opts::new(
+                "mtlsd_authz_decisions_total",
+                "Authorization decisions per request (gRPC call or HTTP request), by listener, matched rule and decision.",
+            ),
+            &["listener", "rule", "decision"],
+        )?;
+        let grpc_requests = IntCounterVec::new(
+            Opts::new(
+                "mtlsd_grpc_requests_total",
+                "gRPC requests by listener, matched rule and grpc-status of the response.",
+            ),
+            &["listener", "rule", "grpc_status"],
+        )?;
+        let grpc_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "mtlsd_grpc_request_duration_seconds",
+                "Time from a gRPC request's headers to the end of its response, by listener and matched rule.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["listener", "rule"],
+        )?;
+        registry.register(Box::new(authz.clone()))?;
+        registry.register(Box::new(grpc_requests.clone()))?;
+        registry.register(Box::new(grpc_duration.clone()))?;
+        Ok(Self {
+            authz,
+            grpc_requests,
+            grpc_duration,
+        })
+    }
+
+    pub fn authz(&self, listener: &str, rule: &str, allowed: bool) {
+        let decision = if allowed { "allow" } else { "deny" };
+        self.authz
+            .with_label_values(&[listener, rule, decision])
+            .inc();
+    }
+
+    pub fn grpc_request(&self, listener: &str, rule: &str, status: u16, elapsed: Duration) {
+        self.grpc_requests
+            .with_label_values(&[listener, rule, grpc_status_name(status)])
+            .inc();
+        self.grpc_duration
+            .with_label_values(&[listener, rule])
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// gRPC status code names, as the label values read.
+pub fn grpc_status_name(code: u16) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
+    }
+}
+
+/// The short fingerprint used as a label: the first 8 bytes in hex.
+pub fn short_fingerprint(fingerprint: Fingerprint) -> String {
+    fingerprint.to_hex()[..16].to_owned()
+}
+
+/// Renders state as metrics at scrape time.
+#[derive(Debug)]
+pub struct StateCollector {
+    state: Weak<DaemonState>,
+    descs: Vec<Desc>,
+}
+
+impl StateCollector {
+    pub fn new(state: Weak<DaemonState>) -> prometheus::Result<Self> {
+        let template = StateMetrics::new()?;
+        let descs = template
+            .all()
+            .iter()
+            .flat_map(|c| c.desc())
+            .cloned()
+            .collect();
+        Ok(Self { state, descs })
+    }
+}
+
+impl Collector for StateCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Some(state) = self.state.upgrade() else {
+            return Vec::new();
+        };
+        let Ok(metrics) = StateMetrics::new() else {
+            return Vec::new();
+        };
+        metrics.fill(&state, SystemTime::now());
+        metrics.all().iter().flat_map(|c| c.collect()).collect()
+    }
+}
+
+struct StateMetrics {
+    build_info: IntGaugeVec,
+    not_after: GaugeVec,
+    not_before: GaugeVec,
+    expiry_state: IntGaugeVec,
+    bundle_info: IntGaugeVec,
+    peer_not_after: GaugeVec,
+    peer_last_handshake: GaugeVec,
+    handshakes: IntCounterVec,
+    failures: IntCounterVec,
+    connections_active: IntGaugeVec,
+    connections_total: IntCounterVec,
+    received: IntCounterVec,
+    sent: IntCounterVec,
+}
+
+impl StateMetrics {
+    fn new() -> prometheus::Result<Self> {
+        let cert = &["trust_domain", "kind", "fingerprint"];
+        Ok(Self {
+            build_info: IntGaugeVec::new(
+                Opts::new(
+                    "mtlsd_build_info",
+                    "Always 1; the labels name the running build.",
+                ),
+                &["version", "rustls_version"],
+            )?,
+            not_after: GaugeVec::new(
+                Opts::new(
+                    "mtlsd_cert_not_after_timestamp_seconds",
+                    "Unix time after which a loaded certificate (identity or CA of a trust bundle) is no longer valid.",
+                ),
+                cert,
+            )?,
+            not_before: GaugeVec::new(
+                Opts::new(
+                    "mtlsd_cert_not_before_timestamp_seconds",
+                    "Unix time before which a loaded certificate is not yet valid.",
+                ),
+                cert,
+            )?,
+            expiry_state: IntGaugeVec::new(
+                Opts::new(
+                    "mtlsd_cert_expiry_state",
+                    "1 for the expiry state each loaded certificate is in (ok, warning, critical, expired, not_yet_valid), 0 for the others.",
+                ),
+                &["trust_domain", "kind", "fingerprint", "state"],
+            )?,
+            bundle_info: IntGaugeVec::new(
+                Opts::new(
+                    "mtlsd_trust_bundle_info",
+                    "Always 1; one series per loaded trust bundle with its fingerprint and operator-supplied version.",
+                ),
+                &["trust_domain", "fingerprint", "version"],
+            )?,
+            peer_not_after: GaugeVec::new(
+                Opts::new(
+                    "mtlsd_peer_cert_not_after_timestamp_seconds",
+                    "Earliest not-after of the certificates an inventory host presented to us in the last day.",
+                ),
+                &["host"],
+            )?,
+            peer_last_handshake: GaugeVec::new(
+                Opts::new(
+                    "mtlsd_peer_last_handshake_timestamp_seconds",
+                    "Unix time of the last successful handshake with an inventory host, in either direction.",
+                ),
+                &["host"],
+            )?,
+            handshakes: IntCounterVec::new(
+                Opts::new(
+                    "mtlsd_handshakes_total",
+                    "TLS handshakes attempted, successful or not, by listener.",
+                ),
+                &["listener"],
+            )?,
+            failures: IntCounterVec::new(
+                Opts::new(
+                    "mtlsd_handshake_failures_total",
+                    "TLS handshakes that failed or were refused, by listener and reason class.",
+                ),
+                &["listener", "reason"],
+            )?,
+            connections_active: IntGaugeVec::new(
+                Opts::new(
+                    "mtlsd_connections_active",
+                    "Connections open now, by listener.",
+                ),
+                &["listener"],
+            )?,
+            connections_total: IntCounterVec::new(
+                Opts::new(
+                    "mtlsd_connections_total",
+                    "Connections accepted, by listener.",
+                ),
+                &["listener"],
+            )?,
+            received: IntCounterVec::new(
+                Opts::new(
+                    "mtlsd_received_bytes_total",
+                    "Bytes received from the remote side, by listener.",
+                ),
+                &["listener"],
+            )?,
+            sent: IntCounterVec::new(
+                Opts::new(
+                    "mtlsd_sent_bytes_total",
+                    "Bytes sent to the remote side, by listener.",
+                ),
+                &["listener"],
+            )?,
+        })
+    }
+
+    fn all(&self) -> [&dyn Collector; 13] {
+        [
+            &self.build_info,
+            &self.not_after,
+            &self.not_before,
+            &self.expiry_state,
+            &self.bundle_info,
+            &self.peer_not_after,
+            &self.peer_last_handshake,
+            &self.handshakes,
+            &self.failures,
+            &self.connections_active,
+            &self.connections_total,
+            &self.received,
+            &self.sent,
+        ]
+    }
+
+    fn fill(&self, state: &DaemonState, now: SystemTime) {
+        self.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), RUSTLS_VERSION])
+            .set(1);
+        let windows = state.expiry_windows();
+        let generation = state.store.current();
+        let identity = generation.identity();
+        let cert = |domain: &str, kind: &str, facts: &CertFacts| {
+            let fp = short_fingerprint(facts.fingerprint);
+            let labels = [domain, kind, fp.as_str()];
+            self.not_after
+                .with_label_values(&labels)
+                .set(facts.not_after_unix() as f64);
+            self.not_before
+                .with_label_values(&labels)
+                .set(facts.not_before_unix() as f64);
+            let current = ExpiryState::of(facts, now, windows);
+            for s in ExpiryState::ALL {
+                self.expiry_state
+                    .with_label_values(&[domain, kind, fp.as_str(), s.as_str()])
+                    .set(i64::from(s == current));
+            }
+        };
+        cert(&identity.spec().trust_domain, "identity", identity.leaf());
+        for (domain, bundle) in generation.bundles() {
+            self.bundle_info
+                .with_label_values(&[
+                    domain.as_str(),
+                    short_fingerprint(bundle.fingerprint()).as_str(),
+                    bundle.version().unwrap_or(""),
+                ])
+                .set(1);
+            for ca in bundle.cas() {
+                cert(domain, "ca", &ca.facts);
+            }
+        }
+        for peer in state.peers.snapshot() {
+            if generation
+                .inventory()
+                .is_some_and(|inv| inv.host(&peer.host).is_some())
+            {
+                self.peer_not_after
+                    .with_label_values(&[peer.host.as_str()])
+                    .set(unix(peer.earliest_not_after));
+                self.peer_last_handshake
+                    .with_label_values(&[peer.host.as_str()])
+                    .set(unix(peer.last_handshake));
+            }
+        }
+        for (name, stats) in state.listener_stats() {
+            let refusals = stats.total_refusals();
+            self.handshakes
+                .with_label_values(&[name.as_str()])
+                .inc_by(stats.handshakes() + refusals);
+            for reason in RejectReason::ALL {
+                let count = stats.refusals(reason);
+                if count > 0 {
+                    self.failures
+                        .with_label_values(&[name.as_str(), reason.as_str()])
+                        .inc_by(count);
+                }
+            }
+            let (total, active) = stats.connections();
+            self.connections_total
+                .with_label_values(&[name.as_str()])
+                .inc_by(total);
+            self.connections_active
+                .with_label_values(&[name.as_str()])
+                .set(i64::try_from(active).unwrap_or(i64::MAX));
+            let (received, sent) = stats.bytes();
+            self.received
+                .with_label_values(&[name.as_str()])
+                .inc_by(received);
+            self.sent.with_label_values(&[name.as_str()]).inc_by(sent);
+        }
+    }
+}
+
+/// The rustls version this binary was built with (from Cargo.lock, pinned).
+const RUSTLS_VERSION: &str = "0.23";
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as f64)
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,349 @@
+//! Metrics, expiry events, readiness and `mtlsd status` against live
+//! daemons.
+
+use std::time::Duration;
+
+use mtlsd::metrics::short_fingerprint;
+use mtlsd_devca::{CertificateAuthority, LeafSpec, OffsetDateTime};
+use mtlsd_expiry::CertFacts;
+
+use crate::support::process::{MtlsdProcess, run_to_end};
+use crate::support::*;
+
+const INVENTORY: &str = r#"
+cluster = "obs"
+
+[hosts.server]
+sans = ["DNS:server.test"]
+roles = ["database"]
+
+[hosts.api1]
+sans = ["DNS:api1.test"]
+roles = ["api"]
+"#;
+
+fn with_inventory(pki: &Pki, toml: String) -> String {
+    let inventory = pki.write("inventory.toml", INVENTORY, 0o644);
+    toml.replacen(
+        "[identity]\n",
+        &format!("[inventory]\npath = {inventory:?}\n\n[identity]\nhost = \"server\"\n"),
+        1,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_carry_real_expiry_of_every_ca_and_peer_and_pass_promtool() {
+    let pki = Pki::new();
+    let echo = Echo::start().await;
+    // A bundle of three CAs; the host and its peer use the first.
+    let second = CertificateAuthority::new("second CA").unwrap();
+    let third = CertificateAuthority::with_validity(
+        "third CA",
+        OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
+        OffsetDateTime::from_unix_timestamp(2_100_000_000).unwrap(),
+    )
+    .unwrap();
+    let bundle = pki.write(
+        "bundle.pem",
+        &format!(
+            "{}{}{}",
+            pki.ca.cert_pem(),
+            second.cert_pem(),
+            third.cert_pem()
+        ),
+        0o644,
+    );
+    let files = pki.host(
+        "server",
+        &LeafSpec::new("server", &["server.test", "localhost", "127.0.0.1"]),
+    );
+    let toml =
+        with_inventory(&pki, material_toml(&files, &bundle)) + &inbound_toml("in", echo.addr, "");
+    let (server, _) = start_daemon(&pki, "server.toml", &toml).await;
+    let admin = server.admin_addr();
+    let addr = server.local_addr("in").unwrap();
+
+    let (_, before) = http_get(admin, "/metrics").await;
+    assert_eq!(
+        metric(
+            &before,
+            "mtlsd_peer_cert_not_after_timestamp_seconds",
+            &[("host", "api1")]
+        ),
+        None
+    );
+
+    // api1 connects; a stranger is refused.
+    let api1 = pki
+        .ca
+        .issue(&LeafSpec::new("api1", &["api1.test"]))
+        .unwrap();
+    let mut stream = tls_connect(addr, client_config(pki.ca.cert_der(), Some(&api1)))
+        .await
+        .unwrap();
+    assert_eq!(round_trip(&mut stream, b"hi").await.unwrap(), b"hi");
+    let stranger = CertificateAuthority::new("stranger")
+        .unwrap()
+        .issue(&localhost_leaf("x"))
+        .unwrap();
+    if let Ok(mut s) = tls_connect(addr, client_config(pki.ca.cert_der(), Some(&stranger))).await {
+        assert_no_echo(&mut s).await;
+    }
+    let stats = server.stats("in").unwrap();
+    eventually("refusal counted", || stats.total_refusals() == 1).await;
+
+    let (status, text) = http_get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    promtool_check_metrics(&text);
+
+    for ca in [&pki.ca, &second, &third] {
+        let facts = CertFacts::from_der(ca.cert_der()).unwrap();
+        let labels = [
+            ("trust_domain", "mesh"),
+            ("kind", "ca"),
+            ("fingerprint", &short_fingerprint(facts.fingerprint)),
+        ];
+        assert_eq!(
+            metric(&text, "mtlsd_cert_not_after_timestamp_seconds", &labels),
+            Some(facts.not_after_unix() as f64),
+            "{}",
+            facts.subject
+        );
+        assert_eq!(
+            metric(&text, "mtlsd_cert_not_before_timestamp_seconds", &labels),
+            Some(facts.not_before_unix() as f64)
+        );
+    }
+    let third_facts = CertFacts::from_der(third.cert_der()).unwrap();
+    assert_eq!(third_facts.not_after_unix(), 2_100_000_000);
+    let identity = CertFacts::from_der(&files.issued.cert_der).unwrap();
+    let id_labels = [
+        ("kind", "identity"),
+        ("fingerprint", &short_fingerprint(identity.fingerprint)),
+    ];
+    assert_eq!(
+        metric(&text, "mtlsd_cert_not_after_timestamp_seconds", &id_labels),
+        Some(identity.not_after_unix() as f64)
+    );
+    let ok_state = [id_labels[0], id_labels[1], ("state", "ok")];
+    assert_eq!(
+        metric(&text, "mtlsd_cert_expiry_state", &ok_state),
+        Some(1.0)
+    );
+    let api1_facts = CertFacts::from_der(&api1.cert_der).unwrap();
+    assert_eq!(
+        metric(
+            &text,
+            "mtlsd_peer_cert_not_after_timestamp_seconds",
+            &[("host", "api1")]
+        ),
+        Some(api1_facts.not_after_unix() as f64)
+    );
+    assert!(
+        metric(
+            &text,
+            "mtlsd_peer_last_handshake_timestamp_seconds",
+            &[("host", "api1")]
+        )
+        .unwrap()
+            > 1.7e9
+    );
+    assert_eq!(
+        metric(&text, "mtlsd_handshakes_total", &[("listener", "in")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "mtlsd_handshake_failures_total",
+            &[("listener", "in"), ("reason", "unknown_ca")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "mtlsd_connections_total", &[("listener", "in")]),
+        Some(2.0)
+    );
+    assert!(metric(&text, "mtlsd_received_bytes_total", &[("listener", "in")]).unwrap() > 0.0);
+    assert!(metric(&text, "mtlsd_sent_bytes_total", &[("listener", "in")]).unwrap() > 0.0);
+    assert_eq!(
+        metric(
+            &text,
+            "mtlsd_trust_bundle_info",
+            &[("trust_domain", "mesh")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "mtlsd_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(metric(&text, "mtlsd_material_generation", &[]), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_three_days_from_expiry_is_a_warning_logged_once() {
+    let pki = Pki::new();
+    let echo = Echo::start().await;
+    let now = OffsetDateTime::now_utc();
+    let files = pki.host(
+        "server",
+        &localhost_leaf("server").validity(
+            now - Duration::from_secs(86_400),
+            now + Duration::from_secs(3 * 86_400),
+        ),
+    );
+    let toml = material_toml(&files, &pki.ca_file())
+        + "[expiry]\nwarning = \"7days\"\ncritical = \"1day\"\ncheck_interval = \"100ms\"\nrepeat = \"1h\"\n"
+        + &inbound_toml("in", echo.addr, "");
+    let config = pki.write("server.toml", &toml, 0o600);
+    let config = config.display().to_string();
+    let mut daemon = MtlsdProcess::spawn(&["run", "--config", &config], &[]);
+    let admin = daemon.wait_for_log("admin endpoint listening", SOON).await["addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let event = daemon
+        .wait_for_log("certificate needs attention", SOON)
+        .await;
+    assert_eq!(event["state"], "warning", "{event}");
+    assert_eq!(event["level"], "WARN", "{event}");
+    assert_eq!(event["kind"], "identity", "{event}");
+    assert_eq!(event["serial"], files.issued.serial_hex.as_str(), "{event}");
+    assert!(
+        event["source"].as_str().unwrap().ends_with("server.crt"),
+        "{event}"
+    );
+    // Many checks later, still one event (the repeat interval is an hour).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (_, text) = http_get(admin, "/metrics").await;
+    assert_eq!(
+        metric(
+            &text,
+            "mtlsd_cert_expiry_state",
+            &[("kind", "identity"), ("state", "warning")]
+        ),
+        Some(1.0)
+    );
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    daemon.exited(SOON).await;
+    daemon.drain();
+    let events = daemon
+        .stderr_seen
+        .iter()
+        .filter(|l| l.contains("certificate needs attention"))
+        .count();
+    assert_eq!(events, 1, "{:#?}", daemon.stderr_seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_turns_false_when_the_identity_expires_and_healthz_stays_true() {
+    let pki = Pki::new();
+    let echo = Echo::start().await;
+    let now = OffsetDateTime::now_utc();
+    let files = pki.host(
+        "server",
+        &localhost_leaf("server")
+            .validity(now - Duration::from_secs(60), now + Duration::from_secs(3)),
+    );
+    let toml = material_toml(&files, &pki.ca_file()) + &inbound_toml("in", echo.addr, "");
+    let (server, _) = start_daemon(&pki, "server.toml", &toml).await;
+    let admin = server.admin_addr();
+    assert_eq!(
+        http_get(admin, "/readyz").await,
+        (200, "ready\n".to_owned())
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (status, body) = http_get(admin, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("expired"), "{body}");
+    assert_eq!(http_get(admin, "/healthz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_a_live_daemon_and_says_when_none_runs() {
+    let pki = Pki::new();
+    let echo = Echo::start().await;
+    let files = pki.host(
+        "server",
+        &LeafSpec::new("server", &["server.test", "localhost", "127.0.0.1"]),
+    );
+    let toml = with_inventory(&pki, material_toml(&files, &pki.ca_file())).replace(
+        "[trust_domains.mesh]\n",
+        "[trust_domains.mesh]\nversion = \"2026-11\"\n",
+    ) + &inbound_toml("in", echo.addr, "");
+    let config = pki.write("server.toml", &toml, 0o600);
+    let config = config.display().to_string();
+    let mut daemon = MtlsdProcess::spawn(&["run", "--config", &config], &[]);
+    let addr = daemon.listener_addr("in").await;
+    let admin = daemon.wait_for_log("admin endpoint listening", SOON).await["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let api1 = pki
+        .ca
+        .issue(&LeafSpec::new("api1", &["api1.test"]))
+        .unwrap();
+    let mut stream = tls_connect(addr, client_config(pki.ca.cert_der(), Some(&api1)))
+        .await
+        .unwrap();
+    assert_eq!(round_trip(&mut stream, b"x").await.unwrap(), b"x");
+
+    let status = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_to_end(&args, Duration::from_secs(20))
+        })
+    };
+    let (code, table, stderr) = status(vec!["status".into(), "--admin".into(), admin.clone()])
+        .await
+        .unwrap();
+    assert_eq!(code.code(), Some(0), "{stderr}");
+    assert!(table.contains("ready, generation 1"), "{table}");
+    assert!(
+        table.contains(&format!("serial {}", files.issued.serial_hex)),
+        "{table}"
+    );
+    assert!(table.contains("trust     mesh version 2026-11"), "{table}");
+    assert!(table.contains("inventory cluster obs, 2 hosts"), "{table}");
+    assert!(
+        table.lines().any(|l| l.starts_with("in ")
+            && l.contains("inbound")
+            && l.contains(&addr.to_string())),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("api1") && l.contains("api") && l.contains(" ok")),
+        "{table}"
+    );
+
+    let (code, json, _) = status(vec![
+        "status".into(),
+        "--admin".into(),
+        admin.clone(),
+        "--json".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["identity"]["serial"], files.issued.serial_hex.as_str());
+    assert_eq!(json["peers"][0]["host"], "api1");
+    assert_eq!(json["listeners"][0]["handshakes"], 1);
+    assert_eq!(json["last_reload"]["trigger"], "startup");
+
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    daemon.exited(SOON).await;
+    let (code, _, stderr) = status(vec!["status".into(), "--admin".into(), admin])
+        .await
+        .unwrap();
+    assert_eq!(code.code(), Some(3));
+    assert!(stderr.contains("no mtlsd answered"), "{stderr}");
+}
