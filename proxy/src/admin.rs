@@ -27,11 +27,16 @@ use crate::reloading::{ReloadRequest, ReloadResult, Trigger};
 pub struct AdminState {
     pub daemon: Arc<DaemonState>,
     pub reloads: mpsc::Sender<ReloadRequest>,
+    /// Serve over mTLS (`[admin] tls = true`).
+    pub tls: bool,
 }
+
+/// How long an admin client may take to finish its TLS handshake.
+const ADMIN_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationToken) {
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -45,18 +50,59 @@ pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationT
         let state = state.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| handle(state.clone(), request));
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                result = connection => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "admin connection ended with an error");
+            let serve = async {
+                if state.tls {
+                    if let Some(tls) = accept_tls(&state, stream, peer).await {
+                        serve_http(state.clone(), tls).await;
                     }
+                } else {
+                    serve_http(state.clone(), stream).await;
                 }
+            };
+            tokio::select! {
+                () = serve => {}
                 () = stop.cancelled() => {}
             }
         });
+    }
+}
+
+async fn serve_http<I>(state: AdminState, io: I)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| handle(state.clone(), request));
+    let connection =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "admin connection ended with an error");
+    }
+}
+
+/// The admin endpoint's mTLS handshake: this host's identity, clients of
+/// the admin trust domain holding an allowed role.
+async fn accept_tls(
+    state: &AdminState,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    let config = state
+        .daemon
+        .store
+        .current()
+        .server_config(crate::config::ADMIN_TLS_USE)?;
+    let handshake = mtlsd_reload::observe(tokio_rustls::TlsAcceptor::from(config).accept(stream));
+    match tokio::time::timeout(ADMIN_HANDSHAKE_TIMEOUT, handshake).await {
+        Ok((Ok(tls), _)) => Some(tls),
+        Ok((Err(e), verdict)) => {
+            let reason = crate::reject::RejectReason::of_handshake(&e, verdict.as_ref());
+            tracing::warn!(%peer, reason = reason.as_str(), error = %e, "admin TLS handshake refused");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(%peer, reason = "timeout", "admin TLS handshake refused");
+            None
+        }
     }
 }
 

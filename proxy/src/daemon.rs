@@ -279,12 +279,13 @@ impl Running {
         tasks.spawn(reloader.run(requests, stop_tasks.clone()));
 
         let admin_addr = admin_socket.local_addr().unwrap_or(config.admin_listen);
-        tracing::info!(addr = %admin_addr, "admin endpoint listening");
+        tracing::info!(addr = %admin_addr, tls = config.admin_tls.is_some(), "admin endpoint listening");
         tasks.spawn(admin::serve(
             admin_socket,
             admin::AdminState {
                 daemon: state.clone(),
                 reloads: reloads.clone(),
+                tls: config.admin_tls.is_some(),
             },
             stop_tasks.clone(),
         ));

@@ -12,8 +12,9 @@ use super::admin_client::{self, AdminError};
 const NOT_RUNNING: u8 = 3;
 
 pub(super) async fn reload(admin: Option<SocketAddr>, config: &Path) -> anyhow::Result<ExitCode> {
-    let addr = admin_client::resolve(admin, config);
-    let (status, body) = match admin_client::call(addr, Method::POST, "/reload").await {
+    let target = admin_client::resolve(admin, config)?;
+    let addr = target.addr;
+    let (status, body) = match admin_client::call(&target, Method::POST, "/reload").await {
         Ok(reply) => reply,
         Err(e @ AdminError::Unreachable { .. }) => {
             eprintln!("mtlsd reload: {e}");

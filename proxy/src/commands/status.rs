@@ -18,8 +18,9 @@ pub(super) async fn status(
     config: &Path,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let addr = admin_client::resolve(admin, config);
-    let (code, body) = match admin_client::call(addr, Method::GET, "/status").await {
+    let target = admin_client::resolve(admin, config)?;
+    let addr = target.addr;
+    let (code, body) = match admin_client::call(&target, Method::GET, "/status").await {
         Ok(reply) => reply,
         Err(e @ AdminError::Unreachable { .. }) => {
             eprintln!("mtlsd status: {e}");

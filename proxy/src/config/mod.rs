@@ -45,6 +45,8 @@ pub struct Config {
     pub trust_domains: BTreeMap<String, TrustDomainConfig>,
     pub inventory: Option<PathBuf>,
     pub admin_listen: SocketAddr,
+    /// mTLS on the admin endpoint; `None` serves plain HTTP (loopback).
+    pub admin_tls: Option<AdminTls>,
     pub allow_tls12: bool,
     pub drain_timeout: Duration,
     pub state_dir: PathBuf,
@@ -53,6 +55,21 @@ pub struct Config {
     pub inbound: Vec<ListenerConfig>,
     pub outbound: Vec<ListenerConfig>,
 }
+
+/// `[admin] tls = true`: the admin endpoint requires a client certificate
+/// of `trust_domain` whose inventory host holds one of `roles`
+/// (default `monitoring`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTls {
+    pub trust_domain: String,
+    pub roles: Option<BTreeSet<String>>,
+}
+
+/// The name the admin endpoint's TLS config has in a generation; listener
+/// names cannot contain parentheses, so it never collides.
+pub const ADMIN_TLS_USE: &str = "(admin)";
+/// The name of the client-side config `mtlsd status`/`reload` use.
+pub const ADMIN_CLIENT_TLS_USE: &str = "(admin client)";
 
 /// `[expiry]`: when certificates need attention, and how often to say so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -338,6 +355,12 @@ impl Config {
             refused.push(format!("admin.listen: {restart}"));
             effective.admin_listen = self.admin_listen;
         }
+        if effective.admin_tls != self.admin_tls {
+            refused.push(format!(
+                "admin.tls, admin.trust_domain, admin.allow_roles: {restart}"
+            ));
+            effective.admin_tls = self.admin_tls.clone();
+        }
         if effective.state_dir != self.state_dir {
             refused.push(format!("state_dir: {restart}"));
             effective.state_dir = self.state_dir.clone();
@@ -418,7 +441,34 @@ impl Config {
                         },
                     },
                 })
+                .chain(self.admin_tls.as_ref().map(|admin| TlsUse {
+                    name: ADMIN_TLS_USE.to_owned(),
+                    trust_domain: admin.trust_domain.clone(),
+                    side: TlsSide::Server {
+                        client_auth: ClientAuth::Required,
+                        alpn: vec![b"http/1.1".to_vec()],
+                    },
+                    policy: PeerPolicy {
+                        roles: admin.roles.clone(),
+                    },
+                }))
                 .collect(),
         }
+    }
+
+    /// What `mtlsd status`/`reload` load to talk to an mTLS admin endpoint:
+    /// this host's identity, as a client of the admin trust domain.
+    pub fn admin_client_spec(&self) -> Option<MaterialSpec> {
+        let admin = self.admin_tls.as_ref()?;
+        let mut spec = self.material_spec();
+        spec.uses = vec![TlsUse {
+            name: ADMIN_CLIENT_TLS_USE.to_owned(),
+            trust_domain: admin.trust_domain.clone(),
+            side: TlsSide::Client {
+                alpn: vec![b"http/1.1".to_vec()],
+            },
+            policy: PeerPolicy::default(),
+        }];
+        Some(spec)
     }
 }

@@ -59,6 +59,9 @@ pub(crate) struct RawInventory {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawAdmin {
     pub(crate) listen: Option<String>,
+    pub(crate) tls: Option<bool>,
+    pub(crate) trust_domain: Option<String>,
+    pub(crate) allow_roles: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

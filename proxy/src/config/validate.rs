@@ -9,7 +9,7 @@ use rustls_pki_types::ServerName;
 
 use super::raw::{OneOrMany, RawConfig, RawListener};
 use super::{
-    CLI_ENV_VARS, ClientAuth, Config, ConfigError, ConfigProblem, Direction, ENV_PREFIX,
+    AdminTls, CLI_ENV_VARS, ClientAuth, Config, ConfigError, ConfigProblem, Direction, ENV_PREFIX,
     ExpiryConfig, IdentityConfig, ListenerConfig, MethodPattern, Protocol, ReloadConfig, Route,
     Timeouts, TrustDomainConfig, Upstream,
 };
@@ -224,12 +224,45 @@ impl Validator {
                 "is required with [inventory]: this host's name in the inventory".to_owned(),
             );
         }
+        let admin = raw.admin.unwrap_or_default();
         let admin_listen = {
-            let text = raw
-                .admin
-                .and_then(|a| a.listen)
+            let text = admin
+                .listen
                 .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.to_owned());
             self.socket_addr("admin.listen", &text)
+        };
+        let admin_domain = admin.trust_domain.unwrap_or_else(|| {
+            identity
+                .as_ref()
+                .map(|i| i.trust_domain.clone())
+                .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned())
+        });
+        if !trust_domains.is_empty() && !trust_domains.contains_key(&admin_domain) {
+            self.problem(
+                "admin.trust_domain",
+                format!("trust domain '{admin_domain}' is not defined under [trust_domains]"),
+            );
+        }
+        let admin_tls = if admin.tls.unwrap_or(false) {
+            let roles = match admin.allow_roles {
+                Some(list) => Some(self.roles("admin.allow_roles", list, inventory.is_some())),
+                // Without an inventory there are no roles: any certificate
+                // of the trust domain may read the admin endpoint.
+                None if inventory.is_some() => Some(BTreeSet::from(["monitoring".to_owned()])),
+                None => None,
+            };
+            Some(AdminTls {
+                trust_domain: admin_domain,
+                roles,
+            })
+        } else {
+            if admin.allow_roles.is_some() {
+                self.problem(
+                    "admin.allow_roles",
+                    "only applies with admin.tls = true".to_owned(),
+                );
+            }
+            None
         };
         let allow_tls12 = match raw.tls.and_then(|t| t.min_version).as_deref() {
             None | Some("1.3") => false,
@@ -302,6 +335,7 @@ impl Validator {
             trust_domains,
             inventory,
             admin_listen: admin_listen?,
+            admin_tls,
             allow_tls12,
             drain_timeout,
             state_dir,

@@ -347,3 +347,83 @@ async fn status_shows_a_live_daemon_and_says_when_none_runs() {
     assert_eq!(code.code(), Some(3));
     assert!(stderr.contains("no mtlsd answered"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_over_mtls_admits_only_allowed_roles() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let echo = Echo::start().await;
+    let inventory = pki.write(
+        "inventory.toml",
+        "cluster = \"obs\"\n[hosts.server]\nsans = [\"DNS:server.test\"]\nroles = [\"database\"]\n\
+         [hosts.prom1]\nsans = [\"DNS:prom1.test\"]\nroles = [\"monitoring\"]\n\
+         [hosts.api1]\nsans = [\"DNS:api1.test\"]\nroles = [\"api\"]\n",
+        0o644,
+    );
+    let files = pki.host(
+        "server",
+        &LeafSpec::new("server", &["server.test", "localhost", "127.0.0.1"]),
+    );
+    let toml = material_toml(&files, &pki.ca_file())
+        .replacen(
+            "[identity]\n",
+            &format!("[inventory]\npath = {inventory:?}\n\n[identity]\nhost = \"server\"\n"),
+            1,
+        )
+        .replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n",
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntls = true\nallow_roles = [\"monitoring\", \"database\"]\n",
+        )
+        + &inbound_toml("in", echo.addr, "");
+    let (server, config) = start_daemon(&pki, "server.toml", &toml).await;
+    let admin = server.admin_addr();
+
+    let scrape = |host: &'static str| {
+        let cert = pki
+            .ca
+            .issue(&LeafSpec::new(host, &[&format!("{host}.test")]))
+            .unwrap();
+        let client = client_config(pki.ca.cert_der(), Some(&cert));
+        async move {
+            let mut tls = tls_connect(admin, client).await?;
+            tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await?;
+            let mut response = String::new();
+            tls.read_to_string(&mut response).await?;
+            Ok::<_, std::io::Error>(response)
+        }
+    };
+    let response = scrape("prom1").await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("mtlsd_build_info"));
+    assert!(scrape("api1").await.is_err(), "api1 lacks the role");
+    // Plain HTTP gets no answer from an mTLS endpoint.
+    let (status, _) = within("plain request", SOON, async {
+        let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let _ = tcp
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        let mut buf = Vec::new();
+        let _ = tcp.read_to_end(&mut buf).await;
+        (String::from_utf8_lossy(&buf).into_owned(), ())
+    })
+    .await;
+    assert!(!status.contains("200 OK"), "{status}");
+
+    // mtlsd status authenticates with this host's own certificate.
+    let args = [
+        "status".to_owned(),
+        "--admin".to_owned(),
+        admin.to_string(),
+        "--config".to_owned(),
+        config.source.display().to_string(),
+    ];
+    let (code, table, stderr) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_to_end(&args, Duration::from_secs(20))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code.code(), Some(0), "{stderr}");
+    assert!(table.contains("ready, generation 1"), "{table}");
+}
