@@ -24,7 +24,7 @@ use crate::connections::ConnectionRegistry;
 use crate::metrics::RequestMetrics;
 use crate::peers::PeerBook;
 use crate::protocols::pool::PoolSlot;
-use crate::protocols::{grpc, http, tcp};
+use crate::protocols::{grpc, http, mariadb, tcp};
 use crate::reject::RejectReason;
 
 /// What every connection of a listener needs. The listener's settings can
@@ -246,6 +246,12 @@ async fn serve(ctx: Arc<ListenerContext>, stream: tokio::net::TcpStream, peer: S
         }
         (Protocol::Http, Direction::Inbound) => {
             http::serve_inbound(ctx, config, stream, peer).await
+        }
+        (Protocol::Mariadb, Direction::Inbound) => {
+            mariadb::serve_inbound(&ctx, &config, stream, peer).await
+        }
+        (Protocol::Mariadb, Direction::Outbound) => {
+            mariadb::serve_outbound(&ctx, &config, stream, peer).await
         }
         (other, _) => {
             // Validation refuses protocols that are not served yet.

@@ -179,8 +179,8 @@ impl Generation {
                             servers.insert(u.name.clone(), config);
                         })
                 }
-                TlsSide::Client { alpn } => {
-                    tls::client_config(&identity, bundle, alpn, spec.settings, check).map(
+                TlsSide::Client { alpn, verify } => {
+                    tls::client_config(&identity, bundle, alpn, spec.settings, check, *verify).map(
                         |config| {
                             clients.insert(u.name.clone(), config);
                         },
@@ -336,7 +336,10 @@ mod tests {
                     TlsUse {
                         name: "out".into(),
                         trust_domain: "mesh".into(),
-                        side: TlsSide::Client { alpn: vec![] },
+                        side: TlsSide::Client {
+                            alpn: vec![],
+                            verify: Default::default(),
+                        },
                         policy: Default::default(),
                     },
                 ],

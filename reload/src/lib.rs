@@ -26,6 +26,6 @@ pub use identity::{Identity, IdentitySpec};
 pub use inventory::{InventoryHost, PolicyRejection, RoleInventory};
 pub use pem::{PemContents, read_pem};
 pub use store::MaterialStore;
-pub use tls::{ClientAuth, TlsSettings, TlsSide, TlsUse, provider};
+pub use tls::{ClientAuth, ServerVerification, TlsSettings, TlsSide, TlsUse, provider};
 pub use trust::{AuthUsage, BundleCa, ChainError, TrustBundle, TrustDomainSpec};
 pub use verify::{PeerPolicy, Verdict, observe};

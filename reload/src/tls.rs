@@ -19,7 +19,10 @@ use rustls::{ClientConfig, ServerConfig, SupportedProtocolVersion};
 
 use crate::identity::Identity;
 use crate::trust::TrustBundle;
-use crate::verify::{PeerPolicy, PolicyCheck, PolicyClientVerifier, PolicyServerVerifier};
+use crate::verify::{
+    AnyNameVerifier, NoVerification, PeerPolicy, PolicyCheck, PolicyClientVerifier,
+    PolicyServerVerifier,
+};
 
 /// Whether a server-side use asks peers for a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +44,22 @@ pub enum TlsSide {
         alpn: Vec<Vec<u8>>,
     },
     /// Originate TLS (outbound listeners), presenting the host identity.
-    Client { alpn: Vec<Vec<u8>> },
+    Client {
+        alpn: Vec<Vec<u8>>,
+        verify: ServerVerification,
+    },
+}
+
+/// How much of the server's certificate an outbound use checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ServerVerification {
+    /// Chain to the trust bundle and valid for the server name.
+    #[default]
+    Full,
+    /// Chain to the trust bundle; any name (databases addressed by IP).
+    CaOnly,
+    /// Nothing: only under an `insecure_`-named option.
+    InsecureNone,
 }
 
 /// One place that needs a TLS config: a listener, keyed by its name.
@@ -126,12 +144,18 @@ pub(crate) fn client_config(
     alpn: &[Vec<u8>],
     settings: TlsSettings,
     check: PolicyCheck,
+    verify: ServerVerification,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
     let provider = provider();
-    let webpki =
+    let webpki: Arc<dyn rustls::client::danger::ServerCertVerifier> =
         WebPkiServerVerifier::builder_with_provider(bundle.roots().clone(), provider.clone())
             .build()
             .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let webpki: Arc<dyn rustls::client::danger::ServerCertVerifier> = match verify {
+        ServerVerification::Full => webpki,
+        ServerVerification::CaOnly => Arc::new(AnyNameVerifier { inner: webpki }),
+        ServerVerification::InsecureNone => Arc::new(NoVerification { inner: webpki }),
+    };
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(settings))?
         .dangerous()

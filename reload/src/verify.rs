@@ -56,6 +56,10 @@ fn record(verdict: Verdict) {
 /// Which peers a use accepts beyond a verifying chain.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerPolicy {
+    /// The peer must be an inventory host (when an inventory is loaded).
+    /// Peers of other trust domains — an operator's database, say — are
+    /// not inventory hosts and are checked by chain alone.
+    pub identify: bool,
     /// The peer's inventory host must hold one of these roles. `None`
     /// means any inventory host (or, without an inventory, any chain).
     pub roles: Option<BTreeSet<String>>,
@@ -73,6 +77,9 @@ impl PolicyCheck {
         let Some(inventory) = &self.inventory else {
             return Ok(());
         };
+        if !self.policy.identify && self.policy.roles.is_none() {
+            return Ok(());
+        }
         let facts = CertFacts::from_der(end_entity)
             .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
         let refuse = |rejection: PolicyRejection| {
@@ -176,6 +183,103 @@ impl ServerCertVerifier for PolicyServerVerifier {
         )?;
         self.check.check(end_entity)?;
         Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Chain only: a name mismatch is forgiven, nothing else. webpki checks the
+/// chain before the name, so a `NotValidForName` error means the chain
+/// verified.
+#[derive(Debug)]
+pub(crate) struct AnyNameVerifier {
+    pub(crate) inner: Arc<dyn ServerCertVerifier>,
+}
+
+impl ServerCertVerifier for AnyNameVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Accepts any server certificate (the handshake signature is still
+/// checked, so the server holds the key of what it presented). Only built
+/// when an `insecure_`-named option asks for it.
+#[derive(Debug)]
+pub(crate) struct NoVerification {
+    pub(crate) inner: Arc<dyn ServerCertVerifier>,
+}
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

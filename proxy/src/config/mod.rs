@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use mtlsd_reload::ClientAuth;
+pub use mtlsd_reload::ServerVerification;
 use mtlsd_reload::{
     IdentitySpec, MaterialSpec, PeerPolicy, TlsSettings, TlsSide, TlsUse, TrustDomainSpec,
 };
@@ -217,6 +218,8 @@ pub struct ListenerConfig {
     /// grpc inbound: per service or method rules; the first match wins,
     /// and calls no rule matches fall back to `roles`.
     pub routes: Vec<Route>,
+    /// Outbound: how the server's certificate is checked.
+    pub server_verify: ServerVerification,
 }
 
 /// One gRPC authorization rule.
@@ -429,9 +432,11 @@ impl Config {
                         },
                         Direction::Outbound => TlsSide::Client {
                             alpn: listener.protocol.alpn(Direction::Outbound),
+                            verify: listener.server_verify,
                         },
                     },
                     policy: PeerPolicy {
+                        identify: listener.trust_domain == self.identity.trust_domain,
                         // L7 inbound listeners answer a role refusal with a
                         // protocol-level error (gRPC status, HTTP 403), so
                         // their handshake only identifies the peer.
@@ -449,6 +454,7 @@ impl Config {
                         alpn: vec![b"http/1.1".to_vec()],
                     },
                     policy: PeerPolicy {
+                        identify: admin.trust_domain == self.identity.trust_domain,
                         roles: admin.roles.clone(),
                     },
                 }))
@@ -466,6 +472,7 @@ impl Config {
             trust_domain: admin.trust_domain.clone(),
             side: TlsSide::Client {
                 alpn: vec![b"http/1.1".to_vec()],
+                verify: ServerVerification::Full,
             },
             policy: PeerPolicy::default(),
         }];

@@ -112,6 +112,8 @@ pub(crate) struct RawListener {
     pub(crate) expect_roles: Option<Vec<String>>,
     pub(crate) client_auth: Option<String>,
     pub(crate) routes: Option<Vec<RawRoute>>,
+    pub(crate) server_verify: Option<String>,
+    pub(crate) insecure_skip_verify: Option<bool>,
 }
 
 /// `[[inbound.routes]]` of a grpc listener.

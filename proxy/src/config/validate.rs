@@ -11,7 +11,7 @@ use super::raw::{OneOrMany, RawConfig, RawListener};
 use super::{
     AdminTls, CLI_ENV_VARS, ClientAuth, Config, ConfigError, ConfigProblem, Direction, ENV_PREFIX,
     ExpiryConfig, IdentityConfig, ListenerConfig, MethodPattern, Protocol, ReloadConfig, Route,
-    Timeouts, TrustDomainConfig, Upstream,
+    ServerVerification, Timeouts, TrustDomainConfig, Upstream,
 };
 
 use super::DEFAULT_ADMIN_LISTEN;
@@ -540,16 +540,7 @@ impl Validator {
                 );
                 None
             }
-            other @ "mariadb" => {
-                self.problem(
-                    &key("protocol"),
-                    format!(
-                        "protocol '{other}' is planned but not served by this version of \
-                         mtlsd; tcp, grpc and http are available"
-                    ),
-                );
-                None
-            }
+            "mariadb" => Some(Protocol::Mariadb),
             other => {
                 self.problem(
                     &key("protocol"),
@@ -581,6 +572,39 @@ impl Validator {
                 raw.connect_timeout,
                 DEFAULT_CONNECT_TIMEOUT,
             ),
+        };
+        let server_verify = match (
+            direction,
+            raw.server_verify.as_deref(),
+            raw.insecure_skip_verify.unwrap_or(false),
+        ) {
+            (Direction::Outbound, _, true) => {
+                if raw.server_verify.is_some() {
+                    self.problem(
+                        &key("insecure_skip_verify"),
+                        "contradicts server_verify; keep one".to_owned(),
+                    );
+                }
+                ServerVerification::InsecureNone
+            }
+            (Direction::Outbound, None | Some("verify_full"), false) => ServerVerification::Full,
+            (Direction::Outbound, Some("verify_ca"), false) => ServerVerification::CaOnly,
+            (Direction::Outbound, Some(other), false) => {
+                self.problem(
+                    &key("server_verify"),
+                    format!("{other:?}: expected \"verify_full\" (default) or \"verify_ca\""),
+                );
+                ServerVerification::Full
+            }
+            (Direction::Inbound, _, _) => {
+                if raw.server_verify.is_some() || raw.insecure_skip_verify.is_some() {
+                    self.problem(
+                        &key("server_verify"),
+                        "server verification applies to outbound listeners".to_owned(),
+                    );
+                }
+                ServerVerification::Full
+            }
         };
         if let (Some(Upstream::Unix(_)), Some(Protocol::Grpc | Protocol::Http)) =
             (&upstream, protocol)
@@ -697,6 +721,7 @@ impl Validator {
             roles,
             client_auth,
             routes,
+            server_verify,
         })
     }
 
@@ -989,10 +1014,14 @@ mod tests {
 
     #[test]
     fn planned_protocols_are_named_as_not_yet_served() {
-        let text = GOOD.replace("idle_timeout = \"1m\"", "protocol = \"mariadb\"");
+        let text = GOOD.replace("idle_timeout = \"1m\"", "protocol = \"smtp\"");
         let found = problems(&text, &[]);
         assert_eq!(keys(&found), ["inbound[0].protocol"]);
-        assert!(found[0].message.contains("not served by this version"));
+        assert!(
+            found[0].message.contains("unknown protocol"),
+            "{}",
+            found[0].message
+        );
     }
 
     #[test]

@@ -102,16 +102,6 @@ pub async fn connect(
     listener: &ListenerConfig,
     client_addr: SocketAddr,
 ) -> io::Result<client::TlsStream<CountingIo<TcpStream>>> {
-    let generation = ctx.store.current();
-    let tls_config = generation
-        .client_config(&listener.name)
-        .ok_or_else(|| io::Error::other(format!("no TLS client config for '{}'", listener.name)))?;
-    let server_name = listener
-        .server_name
-        .clone()
-        .ok_or_else(|| io::Error::other("outbound listener without a server name"))?;
-    drop(generation);
-
     let remote = match crate::upstream::connect(&listener.upstream, listener.timeouts.connect).await
     {
         Ok(crate::upstream::UpstreamStream::Tcp(tcp)) => tcp,
@@ -126,6 +116,27 @@ pub async fn connect(
             return Err(e);
         }
     };
+    handshake_over(ctx, listener, remote, client_addr).await
+}
+
+/// Runs the client side of the handshake on an already connected socket
+/// (MariaDB upgrades a connection that spoke plaintext first).
+pub async fn handshake_over(
+    ctx: &ListenerContext,
+    listener: &ListenerConfig,
+    remote: TcpStream,
+    client_addr: SocketAddr,
+) -> io::Result<client::TlsStream<CountingIo<TcpStream>>> {
+    let generation = ctx.store.current();
+    let tls_config = generation
+        .client_config(&listener.name)
+        .ok_or_else(|| io::Error::other(format!("no TLS client config for '{}'", listener.name)))?;
+    let server_name = listener
+        .server_name
+        .clone()
+        .ok_or_else(|| io::Error::other("outbound listener without a server name"))?;
+    drop(generation);
+
     let remote_addr = remote.peer_addr().unwrap_or(client_addr);
     let remote = CountingIo::new(remote, ctx.stats.clone());
     let handshake = observe(TlsConnector::from(tls_config).connect(server_name, remote));

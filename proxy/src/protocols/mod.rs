@@ -6,5 +6,6 @@ pub mod grpc;
 pub mod handshake;
 pub mod http;
 pub mod identity_headers;
+pub mod mariadb;
 pub mod pool;
 pub mod tcp;

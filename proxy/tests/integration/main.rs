@@ -7,6 +7,7 @@ mod cli;
 mod grpc;
 mod http;
 mod identity;
+mod mariadb;
 mod observability;
 mod reload;
 mod support;

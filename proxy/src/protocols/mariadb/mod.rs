@@ -1,0 +1,419 @@
+//! `protocol = "mariadb"`: MariaDB's TLS is negotiated inside its own
+//! protocol, so mtlsd speaks the start of it.
+//!
+//! Outbound (upgrade): a local plaintext client talks to mtlsd; mtlsd hides
+//! CLIENT_SSL from it, sends the server the SSLRequest built from the
+//! client's own capabilities, completes TLS (verify_full by default), and
+//! forwards the client's HandshakeResponse over TLS. Inbound (terminate):
+//! mtlsd advertises CLIENT_SSL, requires the client's SSLRequest (a
+//! plaintext response gets an ERR), completes mTLS with the listener's
+//! policy, and forwards the response to the local server in plaintext.
+//!
+//! Until the server's OK or ERR ends the connection phase, both directions
+//! are relayed concurrently (auth plugins send several packets back to
+//! back) with sequence ids shifted by the packet mtlsd added or removed;
+//! after it, bytes are copied untouched. Auth data is bound to the
+//! greeting's nonce, not to TLS, so mtlsd never needs a password.
+//! Malformed or oversized connection-phase bytes close the connection with
+//! an ERR where the client can still read one; lengths are checked before
+//! anything is allocated.
+
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::BytesMut;
+use mtlsd_reload::AuthUsage;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use self::wire::{Message, WireError};
+use super::handshake;
+use crate::config::ListenerConfig;
+use crate::listener::ListenerContext;
+use crate::reject::RejectReason;
+use crate::relay::relay;
+use crate::upstream::{self, UpstreamStream};
+
+/// ER_ACCESS_DENIED_ERROR: the client must use TLS with a certificate.
+const ERR_ACCESS: (u16, &[u8; 5]) = (1045, b"28000");
+/// ER_UNKNOWN_ERROR: mtlsd cannot make a secure connection for the client.
+const ERR_UNSECURE: (u16, &[u8; 5]) = (1105, b"HY000");
+
+fn err(kind: (u16, &[u8; 5]), message: &str) -> Vec<u8> {
+    wire::err_payload(kind.0, kind.1, message)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PhaseError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Reads whole messages from a stream, keeping what it read past one.
+struct Reader<R> {
+    inner: R,
+    buf: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin> Reader<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            buf: BytesMut::with_capacity(4096),
+        }
+    }
+
+    async fn message(&mut self) -> Result<Message, PhaseError> {
+        loop {
+            if let Some(message) = wire::take_message(&mut self.buf, wire::MAX_PHASE_MESSAGE)? {
+                return Ok(message);
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return Err(WireError::Closed.into());
+            }
+        }
+    }
+}
+
+/// Reads exactly one message without reading past it (before a TLS
+/// handshake on the same socket, nothing may be consumed early).
+async fn read_exact_message<R: AsyncRead + Unpin>(io: &mut R) -> Result<Message, PhaseError> {
+    let mut header = [0u8; 4];
+    io.read_exact(&mut header).await.map_err(closed)?;
+    let len = usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
+    if len > wire::MAX_PHASE_MESSAGE || len == wire::MAX_CHUNK {
+        return Err(WireError::TooLarge(len).into());
+    }
+    let mut payload = vec![0u8; len];
+    io.read_exact(&mut payload).await.map_err(closed)?;
+    Ok(Message {
+        seq: header[3],
+        payload,
+        packets: 1,
+    })
+}
+
+fn closed(e: std::io::Error) -> PhaseError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        WireError::Closed.into()
+    } else {
+        e.into()
+    }
+}
+
+async fn send<W: AsyncWrite + Unpin>(io: &mut W, seq: u8, payload: &[u8]) -> std::io::Result<()> {
+    io.write_all(&wire::encode(seq, payload)).await?;
+    io.flush().await
+}
+
+/// Serves one connection on an outbound mariadb listener (upgrade).
+pub async fn serve_outbound(
+    ctx: &ListenerContext,
+    listener: &ListenerConfig,
+    mut client: TcpStream,
+    client_addr: SocketAddr,
+) {
+    let phase = async {
+        let mut server =
+            match upstream::connect(&listener.upstream, listener.timeouts.connect).await? {
+                UpstreamStream::Tcp(tcp) => tcp,
+                UpstreamStream::Unix(_) => {
+                    return Err(PhaseError::Refused(
+                        "outbound listener with a unix upstream".to_owned(),
+                    ));
+                }
+            };
+        let mut greeting = read_exact_message(&mut server).await?;
+        if greeting.first_byte() == Some(0xFF) {
+            // The server refused us outright (host blocked, too many
+            // connections): pass its ERR on.
+            send(&mut client, greeting.seq, &greeting.payload).await?;
+            return Err(PhaseError::Refused(
+                "the server answered with an ERR".to_owned(),
+            ));
+        }
+        if !wire::greeting_offers_tls(&greeting.payload)? {
+            let message =
+                "mtlsd: the MariaDB server does not offer TLS; refusing to continue in plaintext";
+            send(&mut client, 0, &err(ERR_UNSECURE, message)).await?;
+            return Err(PhaseError::Refused(message.to_owned()));
+        }
+        wire::set_greeting_tls(&mut greeting.payload, false)?;
+        send(&mut client, greeting.seq, &greeting.payload).await?;
+
+        let mut client_reader = Reader::new(client);
+        let mut response = client_reader.message().await?;
+        if wire::response_caps(&response.payload)? & wire::CLIENT_SSL != 0 {
+            let message = "mtlsd: TLS between a local client and mtlsd is not supported in upgrade \
+                           mode; connect without TLS (mtlsd encrypts the connection to the server)";
+            send(
+                &mut client_reader.inner,
+                response.seq.wrapping_add(1),
+                &err(ERR_UNSECURE, message),
+            )
+            .await?;
+            return Err(PhaseError::Refused(message.to_owned()));
+        }
+        send(
+            &mut server,
+            response.seq,
+            &wire::ssl_request_from(&response.payload)?,
+        )
+        .await?;
+        let mut tls = handshake::handshake_over(ctx, listener, server, client_addr)
+            .await
+            .map_err(|e| PhaseError::Refused(format!("TLS to the server failed: {e}")))?;
+        response.seq = response.seq.wrapping_add(1);
+        send(&mut tls, response.seq, &response.payload).await?;
+        Ok((client_reader, tls))
+    };
+    let (client_reader, tls) = match tokio::time::timeout(listener.timeouts.handshake, phase).await
+    {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(e)) => return phase_failed(ctx, listener, client_addr, &e),
+        Err(_) => return phase_timeout(ctx, listener, client_addr),
+    };
+    let chain = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .unwrap_or_default()
+        .to_vec();
+    let registration = ctx.connections.register(
+        &listener.name,
+        &listener.trust_domain,
+        client_addr,
+        AuthUsage::Server,
+        chain,
+    );
+    // Client → server +1 (mtlsd added the SSLRequest), server → client −1.
+    let relayed = finish_and_relay(client_reader, Reader::new(tls), 1, listener);
+    tokio::select! {
+        result = relayed => log_end(listener, client_addr, result),
+        () = registration.closed_by_policy() => {
+            tracing::info!(listener = %listener.name, peer = %client_addr, "connection closed: peer no longer verifies");
+        }
+    }
+}
+
+/// Serves one connection on an inbound mariadb listener (terminate).
+pub async fn serve_inbound(
+    ctx: &ListenerContext,
+    listener: &ListenerConfig,
+    mut client: TcpStream,
+    peer: SocketAddr,
+) {
+    let before_tls = async {
+        let upstream = upstream::connect(&listener.upstream, listener.timeouts.connect).await?;
+        let mut server: Box<dyn Stream> = match upstream {
+            UpstreamStream::Tcp(tcp) => Box::new(tcp),
+            UpstreamStream::Unix(unix) => Box::new(unix),
+        };
+        let mut greeting = read_exact_message(&mut server).await?;
+        if greeting.first_byte() == Some(0xFF) {
+            send(&mut client, greeting.seq, &greeting.payload).await?;
+            return Err(PhaseError::Refused(
+                "the local server answered with an ERR".to_owned(),
+            ));
+        }
+        wire::set_greeting_tls(&mut greeting.payload, true)?;
+        send(&mut client, greeting.seq, &greeting.payload).await?;
+        let request = read_exact_message(&mut client).await?;
+        let is_ssl_request = request.payload.len() == wire::SSL_REQUEST_LEN
+            && wire::response_caps(&request.payload)? & wire::CLIENT_SSL != 0;
+        if !is_ssl_request {
+            let message = "mtlsd: this server requires TLS with a client certificate";
+            send(
+                &mut client,
+                request.seq.wrapping_add(1),
+                &err(ERR_ACCESS, message),
+            )
+            .await?;
+            return Err(PhaseError::Refused("client did not request TLS".to_owned()));
+        }
+        Ok((client, server))
+    };
+    let (client, server) = match tokio::time::timeout(listener.timeouts.handshake, before_tls).await
+    {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(e)) => return phase_failed(ctx, listener, peer, &e),
+        Err(_) => return phase_timeout(ctx, listener, peer),
+    };
+    // The TLS handshake starts right after the SSLRequest; nothing past it
+    // was read from the socket.
+    let Some(accepted) = handshake::accept(ctx, listener, client, peer).await else {
+        return;
+    };
+    let registration = ctx.connections.register(
+        &listener.name,
+        &listener.trust_domain,
+        peer,
+        AuthUsage::Client,
+        accepted.chain.clone(),
+    );
+    let after_tls = async {
+        let mut client_reader = Reader::new(accepted.tls);
+        let mut server = server;
+        let mut response = client_reader.message().await?;
+        wire::set_response_tls(&mut response.payload, false)?;
+        send(&mut server, response.seq.wrapping_sub(1), &response.payload).await?;
+        Ok::<_, PhaseError>((client_reader, server))
+    };
+    let (client_reader, server) =
+        match tokio::time::timeout(listener.timeouts.handshake, after_tls).await {
+            Ok(Ok(streams)) => streams,
+            Ok(Err(e)) => return phase_failed(ctx, listener, peer, &e),
+            Err(_) => return phase_timeout(ctx, listener, peer),
+        };
+    // Client → server −1 (mtlsd removed the SSLRequest), server → client +1.
+    let relayed = finish_and_relay(client_reader, Reader::new(server), -1, listener);
+    tokio::select! {
+        result = relayed => log_end(listener, peer, result),
+        () = registration.closed_by_policy() => {
+            tracing::info!(listener = %listener.name, %peer, "connection closed: peer no longer verifies");
+        }
+    }
+}
+
+/// Any byte stream mtlsd relays.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Relays the rest of the connection phase in both directions at once,
+/// shifting client → server sequence ids by `client_delta` (and the other
+/// way by its negation) until the server's OK/ERR, then copies bytes.
+async fn finish_and_relay<C, S>(
+    client: Reader<C>,
+    server: Reader<S>,
+    client_delta: i8,
+    listener: &ListenerConfig,
+) -> Result<(), PhaseError>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let Reader {
+        inner: client,
+        buf: client_buf,
+    } = client;
+    let Reader {
+        inner: server,
+        buf: server_buf,
+    } = server;
+    let (client_r, mut client_w) = tokio::io::split(client);
+    let (server_r, mut server_w) = tokio::io::split(server);
+    let mut client_r = Reader {
+        inner: client_r,
+        buf: client_buf,
+    };
+    let mut server_r = Reader {
+        inner: server_r,
+        buf: server_buf,
+    };
+    let done = AtomicBool::new(false);
+    let done_notify = Notify::new();
+
+    let server_to_client = async {
+        loop {
+            let message = server_r.message().await?;
+            let ends = message.ends_connection_phase();
+            if ends {
+                // Set before the client can see OK and send a command.
+                done.store(true, Ordering::SeqCst);
+            }
+            let seq = message.seq.wrapping_add_signed(-client_delta);
+            client_w
+                .write_all(&wire::encode(seq, &message.payload))
+                .await?;
+            client_w.flush().await?;
+            if ends {
+                done_notify.notify_one();
+                return Ok::<_, PhaseError>(());
+            }
+        }
+    };
+    let client_to_server = async {
+        loop {
+            while !done.load(Ordering::SeqCst) {
+                let Some(message) = wire::take_message(&mut client_r.buf, wire::MAX_PHASE_MESSAGE)?
+                else {
+                    break;
+                };
+                let seq = message.seq.wrapping_add_signed(client_delta);
+                server_w
+                    .write_all(&wire::encode(seq, &message.payload))
+                    .await?;
+                server_w.flush().await?;
+            }
+            if done.load(Ordering::SeqCst) {
+                return Ok::<_, PhaseError>(());
+            }
+            // Reading is cancel-safe: bytes stay in the buffer.
+            tokio::select! {
+                read = client_r.inner.read_buf(&mut client_r.buf) => {
+                    if read? == 0 {
+                        return Err(WireError::Closed.into());
+                    }
+                }
+                () = done_notify.notified() => return Ok(()),
+            }
+        }
+    };
+    tokio::try_join!(server_to_client, client_to_server)?;
+
+    // Past the connection phase: whatever is buffered is commands and
+    // results, passed on untouched.
+    if !client_r.buf.is_empty() {
+        server_w.write_all(&client_r.buf).await?;
+    }
+    if !server_r.buf.is_empty() {
+        client_w.write_all(&server_r.buf).await?;
+    }
+    let client = client_r.inner.unsplit(client_w);
+    let server = server_r.inner.unsplit(server_w);
+    relay(client, server, ("client", "server"), listener.timeouts.idle)
+        .await
+        .map(|_| ())
+        .map_err(|e| PhaseError::Io(std::io::Error::other(e.to_string())))
+}
+
+fn phase_failed(
+    ctx: &ListenerContext,
+    listener: &ListenerConfig,
+    peer: SocketAddr,
+    error: &PhaseError,
+) {
+    match error {
+        // TLS refusals were logged and counted by the handshake.
+        PhaseError::Refused(reason) if reason.starts_with("TLS to the server failed") => {}
+        PhaseError::Refused(reason) => {
+            tracing::warn!(listener = %listener.name, %peer, reason = %reason, "MariaDB connection refused");
+            ctx.stats.refused(RejectReason::Protocol);
+        }
+        other => {
+            let e = std::io::Error::other(other.to_string());
+            handshake::refused(ctx, listener, peer, RejectReason::Protocol, &e, None);
+        }
+    }
+}
+
+fn phase_timeout(ctx: &ListenerContext, listener: &ListenerConfig, peer: SocketAddr) {
+    let e = std::io::Error::other("MariaDB connection phase did not finish in time");
+    handshake::refused(ctx, listener, peer, RejectReason::Timeout, &e, None);
+}
+
+fn log_end(listener: &ListenerConfig, peer: SocketAddr, result: Result<(), PhaseError>) {
+    match result {
+        Ok(()) => tracing::debug!(listener = %listener.name, %peer, "MariaDB connection closed"),
+        Err(e) => {
+            tracing::info!(listener = %listener.name, %peer, error = %e, "MariaDB connection ended")
+        }
+    }
+}
