@@ -396,3 +396,41 @@ async fn terminate_requires_tls_from_the_client_and_forwards_to_the_local_server
     let stderr = String::from_utf8_lossy(&plain.stderr);
     assert!(stderr.contains("requires TLS"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_pair_carries_mariadb_in_a_tcp_tunnel() {
+    // Third option: outbound tcp on the client host, inbound tcp on the
+    // database host, the local server reached over its unix socket.
+    let setup = Setup::new();
+    let files = setup.pki.host("db-host", &localhost_leaf("db-host"));
+    let socket = setup.db.socket();
+    let toml = material_toml(&files, &setup.pki.ca_file())
+        + &format!(
+            "[[inbound]]\nname = \"db-tunnel\"\nlisten = \"127.0.0.1:0\"\nupstream = \"unix:{}\"\n",
+            socket.display()
+        );
+    let (db_host, _) = start_daemon(&setup.pki, "db-host.toml", &toml).await;
+    let client_files = setup.pki.host("app-host", &localhost_leaf("app-host"));
+    let toml = material_toml(&client_files, &setup.pki.ca_file())
+        + &outbound_toml(
+            "db",
+            db_host.local_addr("db-tunnel").unwrap(),
+            "localhost",
+            "",
+        );
+    let (app_host, _) = start_daemon(&setup.pki, "app-host.toml", &toml).await;
+    let entry = app_host.local_addr("db").unwrap();
+    let out = blocking(move || {
+        client(
+            entry,
+            "app",
+            "app-secret",
+            &["--skip-ssl"],
+            "SELECT CURRENT_USER()",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok(&out).contains("app@%"));
+    assert_eq!(db_host.stats("db-tunnel").unwrap().handshakes(), 1);
+}
