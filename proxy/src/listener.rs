@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use mtlsd_reload::AuthUsage;
 use mtlsd_reload::MaterialStore;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Direction, ListenerConfig, Protocol};
-use crate::connections::ConnectionRegistry;
+use crate::connections::{ConnectionRegistry, Registration};
 use crate::metrics::RequestMetrics;
 use crate::peers::PeerBook;
 use crate::protocols::pool::PoolSlot;
@@ -69,6 +70,19 @@ impl ListenerContext {
 
     pub fn name(&self) -> String {
         self.config.load().name.clone()
+    }
+
+    /// Registers an established connection's verified peer, so a trust
+    /// change can re-verify it; dropping the registration unregisters.
+    pub fn register(
+        &self,
+        listener: &ListenerConfig,
+        peer: SocketAddr,
+        usage: AuthUsage,
+        chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    ) -> Registration<'_> {
+        self.connections
+            .register(&listener.name, &listener.trust_domain, peer, usage, chain)
     }
 
     /// Applies new settings to connections accepted from now on. A lower

@@ -69,13 +69,7 @@ pub async fn serve_inbound(
         tracing::warn!(listener = %listener.name, %peer, "peer did not negotiate h2 (ALPN); closing");
         return;
     }
-    let registration = ctx.connections.register(
-        &listener.name,
-        &listener.trust_domain,
-        peer,
-        AuthUsage::Client,
-        accepted.chain,
-    );
+    let registration = ctx.register(&listener, peer, AuthUsage::Client, accepted.chain);
     let state = Arc::new(Inbound {
         ctx: ctx.clone(),
         listener: listener.clone(),

@@ -47,15 +47,8 @@ pub async fn serve_inbound(
     let Some(accepted) = handshake::accept(&ctx, &listener, tcp, peer).await else {
         return;
     };
-    let registration = (!accepted.chain.is_empty()).then(|| {
-        ctx.connections.register(
-            &listener.name,
-            &listener.trust_domain,
-            peer,
-            AuthUsage::Client,
-            accepted.chain.clone(),
-        )
-    });
+    let registration = (!accepted.chain.is_empty())
+        .then(|| ctx.register(&listener, peer, AuthUsage::Client, accepted.chain.clone()));
     let state = Arc::new(Inbound {
         ctx: ctx.clone(),
         listener: listener.clone(),

@@ -34,13 +34,7 @@ pub async fn serve_inbound(
     let Some(accepted) = handshake::accept(ctx, listener, tcp, peer).await else {
         return;
     };
-    let registration = ctx.connections.register(
-        &listener.name,
-        &listener.trust_domain,
-        peer,
-        AuthUsage::Client,
-        accepted.chain,
-    );
+    let registration = ctx.register(listener, peer, AuthUsage::Client, accepted.chain);
 
     let upstream = match upstream::connect(&listener.upstream, listener.timeouts.connect).await {
         Ok(upstream) => upstream,
@@ -84,13 +78,7 @@ pub async fn serve_outbound(
         .peer_certificates()
         .unwrap_or_default()
         .to_vec();
-    let registration = ctx.connections.register(
-        &listener.name,
-        &listener.trust_domain,
-        remote,
-        AuthUsage::Server,
-        chain,
-    );
+    let registration = ctx.register(listener, remote, AuthUsage::Server, chain);
     let result = tokio::select! {
         result = relay(plain, tls, ("client", "remote"), listener.timeouts.idle) => result,
         () = registration.closed_by_policy() => Err(RelayError::NoLongerTrusted),

@@ -98,24 +98,21 @@ impl Setup {
     async fn start() -> Self {
         let pki = Pki::new();
         let upstream = start_upstream().await;
-        let inventory = pki.write("inventory.toml", INVENTORY, 0o644);
         let files = pki.host(
             "api1",
             &LeafSpec::new("api1", &["api1.test", "localhost", "127.0.0.1"]),
         );
-        let toml = material_toml(&files, &pki.ca_file()).replacen(
-            "[identity]\n",
-            &format!("[inventory]\npath = {inventory:?}\n\n[identity]\nhost = \"api1\"\n"),
-            1,
-        ) + &inbound_toml(
-            "api",
-            upstream,
-            "protocol = \"http\"\nclient_auth = \"optional\"",
-        ) + &inbound_toml(
-            "metrics",
-            upstream,
-            "protocol = \"http\"\nallow_roles = [\"monitoring\"]",
-        );
+        let toml = inventory_material_toml(&pki, INVENTORY, "api1", &files)
+            + &inbound_toml(
+                "api",
+                upstream,
+                "protocol = \"http\"\nclient_auth = \"optional\"",
+            )
+            + &inbound_toml(
+                "metrics",
+                upstream,
+                "protocol = \"http\"\nallow_roles = [\"monitoring\"]",
+            );
         let (daemon, _) = start_daemon(&pki, "mtlsd.toml", &toml).await;
         Self {
             api: daemon.local_addr("api").unwrap(),

@@ -29,12 +29,7 @@ note = "key lost"
 "#;
 
 fn identity_toml(pki: &Pki, host: &str, files: &HostFiles) -> String {
-    let inventory = pki.write("inventory.toml", INVENTORY, 0o644);
-    material_toml(files, &pki.ca_file()).replacen(
-        "[identity]\n",
-        &format!("[inventory]\npath = {inventory:?}\n\n[identity]\nhost = {host:?}\n"),
-        1,
-    )
+    inventory_material_toml(pki, INVENTORY, host, files)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

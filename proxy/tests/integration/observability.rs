@@ -22,13 +22,8 @@ sans = ["DNS:api1.test"]
 roles = ["api"]
 "#;
 
-fn with_inventory(pki: &Pki, toml: String) -> String {
-    let inventory = pki.write("inventory.toml", INVENTORY, 0o644);
-    toml.replacen(
-        "[identity]\n",
-        &format!("[inventory]\npath = {inventory:?}\n\n[identity]\nhost = \"server\"\n"),
-        1,
-    )
+fn with_server_inventory(pki: &Pki, toml: String) -> String {
+    with_inventory(pki, INVENTORY, "server", toml)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,8 +52,8 @@ async fn metrics_carry_real_expiry_of_every_ca_and_peer_and_pass_promtool() {
         "server",
         &LeafSpec::new("server", &["server.test", "localhost", "127.0.0.1"]),
     );
-    let toml =
-        with_inventory(&pki, material_toml(&files, &bundle)) + &inbound_toml("in", echo.addr, "");
+    let toml = with_server_inventory(&pki, material_toml(&files, &bundle))
+        + &inbound_toml("in", echo.addr, "");
     let (server, _) = start_daemon(&pki, "server.toml", &toml).await;
     let admin = server.admin_addr();
     let addr = server.local_addr("in").unwrap();
@@ -273,7 +268,7 @@ async fn status_shows_a_live_daemon_and_says_when_none_runs() {
         "server",
         &LeafSpec::new("server", &["server.test", "localhost", "127.0.0.1"]),
     );
-    let toml = with_inventory(&pki, material_toml(&files, &pki.ca_file())).replace(
+    let toml = with_server_inventory(&pki, material_toml(&files, &pki.ca_file())).replace(
         "[trust_domains.mesh]\n",
         "[trust_domains.mesh]\nversion = \"2026-11\"\n",
     ) + &inbound_toml("in", echo.addr, "");
@@ -353,23 +348,14 @@ async fn admin_over_mtls_admits_only_allowed_roles() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let pki = Pki::new();
     let echo = Echo::start().await;
-    let inventory = pki.write(
-        "inventory.toml",
-        "cluster = \"obs\"\n[hosts.server]\nsans = [\"DNS:server.test\"]\nroles = [\"database\"]\n\
-         [hosts.prom1]\nsans = [\"DNS:prom1.test\"]\nroles = [\"monitoring\"]\n\
-         [hosts.api1]\nsans = [\"DNS:api1.test\"]\nroles = [\"api\"]\n",
-        0o644,
-    );
+    let inventory = "cluster = \"obs\"\n[hosts.server]\nsans = [\"DNS:server.test\"]\nroles = [\"database\"]\n\
+                     [hosts.prom1]\nsans = [\"DNS:prom1.test\"]\nroles = [\"monitoring\"]\n\
+                     [hosts.api1]\nsans = [\"DNS:api1.test\"]\nroles = [\"api\"]\n";
     let files = pki.host(
         "server",
         &LeafSpec::new("server", &["server.test", "localhost", "127.0.0.1"]),
     );
-    let toml = material_toml(&files, &pki.ca_file())
-        .replacen(
-            "[identity]\n",
-            &format!("[inventory]\npath = {inventory:?}\n\n[identity]\nhost = \"server\"\n"),
-            1,
-        )
+    let toml = inventory_material_toml(&pki, inventory, "server", &files)
         .replace(
             "[admin]\nlisten = \"127.0.0.1:0\"\n",
             "[admin]\nlisten = \"127.0.0.1:0\"\ntls = true\nallow_roles = [\"monitoring\", \"database\"]\n",

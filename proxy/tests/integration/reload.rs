@@ -700,12 +700,14 @@ async fn file_events_without_changes_are_counted_but_not_audited() {
 
     // Rewrite the certificate with the very same bytes.
     std::fs::write(&files.cert, &files.issued.cert_pem).unwrap();
-    let unchanged = "mtlsd_reload_attempts_total{result=\"unchanged\",trigger=\"inotify\"} 1";
+    // One write may arrive as more than one settled event under load; any
+    // number of unchanged attempts is fine, none may swap or be audited.
+    let unchanged = [("result", "unchanged"), ("trigger", "inotify")];
     let deadline = tokio::time::Instant::now() + SOON;
     loop {
         let (status, metrics) = http_get(admin, "/metrics").await;
         assert_eq!(status, 200);
-        if metrics.contains(unchanged) {
+        if metric(&metrics, "mtlsd_reload_attempts_total", &unchanged).is_some_and(|n| n >= 1.0) {
             assert!(metrics.contains("mtlsd_material_generation 1"), "{metrics}");
             break;
         }

@@ -186,13 +186,7 @@ pub async fn serve_outbound(
         .peer_certificates()
         .unwrap_or_default()
         .to_vec();
-    let registration = ctx.connections.register(
-        &listener.name,
-        &listener.trust_domain,
-        client_addr,
-        AuthUsage::Server,
-        chain,
-    );
+    let registration = ctx.register(listener, client_addr, AuthUsage::Server, chain);
     // Client → server +1 (mtlsd added the SSLRequest), server → client −1.
     let relayed = finish_and_relay(client_reader, Reader::new(tls), 1, listener);
     tokio::select! {
@@ -251,13 +245,7 @@ pub async fn serve_inbound(
     let Some(accepted) = handshake::accept(ctx, listener, client, peer).await else {
         return;
     };
-    let registration = ctx.connections.register(
-        &listener.name,
-        &listener.trust_domain,
-        peer,
-        AuthUsage::Client,
-        accepted.chain.clone(),
-    );
+    let registration = ctx.register(listener, peer, AuthUsage::Client, accepted.chain.clone());
     let after_tls = async {
         let mut client_reader = Reader::new(accepted.tls);
         let mut server = server;

@@ -97,6 +97,28 @@ pub fn material_toml(host: &HostFiles, ca_file: &Path) -> String {
     )
 }
 
+/// `material_toml` for inventory host `host`, with `inventory` (TOML text)
+/// written next to the material and named in `[inventory]`.
+pub fn inventory_material_toml(
+    pki: &Pki,
+    inventory: &str,
+    host: &str,
+    files: &HostFiles,
+) -> String {
+    with_inventory(pki, inventory, host, material_toml(files, &pki.ca_file()))
+}
+
+/// Adds `[inventory]` (written from `inventory`) and `identity.host` to a
+/// config built by [`material_toml`].
+pub fn with_inventory(pki: &Pki, inventory: &str, host: &str, toml: String) -> String {
+    let path = pki.write("inventory.toml", inventory, 0o644);
+    toml.replacen(
+        "[identity]\n",
+        &format!("[inventory]\npath = {path:?}\n\n[identity]\nhost = {host:?}\n"),
+        1,
+    )
+}
+
 /// One `[[inbound]]` table on an ephemeral port.
 pub fn inbound_toml(name: &str, upstream: SocketAddr, extra: &str) -> String {
     format!(
