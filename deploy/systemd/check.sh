@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# Checks the mtlsd systemd unit without needing systemd as PID 1.
+#
+#   deploy/systemd/check.sh [UNIT_FILE]        (default: mtlsd.service beside this script)
+#
+# 1. `systemd-analyze verify` prints nothing. verify insists that every
+#    Exec*= binary exists and that the units the service depends on
+#    (sysinit.target, network-online.target, ...) can be loaded. So the
+#    unit is verified inside a throw-away root (--root=): a copy of this
+#    machine's /usr/lib/systemd/system, the unit under test in
+#    etc/systemd/system, and a stub executable at the unit's own ExecStart
+#    path. The unit text itself is not rewritten, and nothing is installed
+#    on this machine.
+# 2. `systemd-analyze security --offline=yes` scores the unit at most
+#    MAX_EXPOSURE (2.0).
+# 3. A real run of mtlsd under strace stays inside the unit's sandbox:
+#    every system call made by `mtlsd check`, `mtlsd dev` (start-up, a
+#    mTLS round trip, a reload, SIGTERM drain) and `mtlsd reload` is allowed
+#    by the unit's SystemCallFilter= lines, every socket() family is listed
+#    in RestrictAddressFamilies=, and no mapping is writable and executable
+#    at once (MemoryDenyWriteExecute=). This stands in for running the
+#    unit under a real systemd, which test machines do not have. It needs
+#    the mtlsd binary: MTLSD_BIN, default target/debug/mtlsd of this
+#    repository; without one this step is reported as skipped.
+#
+# Environment: MTLSD_BIN (see 3), MAX_EXPOSURE (2.0), CHECK_PORT_BASE
+# (27300; the traced run uses it, +80, +90 and +443 on 127.0.0.1),
+# CHECK_KEEP=1 keeps the work directory. MTLSD_BIN is removed from the
+# environment before mtlsd runs: mtlsd reads every MTLSD_* variable as a
+# config override and would refuse the unknown key "bin".
+#
+# Installs systemd (for systemd-analyze) and strace with apt-get when they
+# are missing and it runs as root. Exits non-zero on any failure.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+unit="${1:-$here/mtlsd.service}"
+bin="${MTLSD_BIN:-$repo/target/debug/mtlsd}"
+unset MTLSD_BIN
+max_exposure="${MAX_EXPOSURE:-2.0}"
+port_base="${CHECK_PORT_BASE:-27300}"
+
+failures=0
+pass() { printf 'PASS  %s\n' "$*"; }
+fail() { printf 'FAIL  %s\n' "$*"; failures=$((failures + 1)); }
+
+apt_updated=""
+need() {
+    # need COMMAND PACKAGE
+    command -v "$1" >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: '$1' is missing; install the Debian package '$2'" >&2
+        exit 1
+    fi
+    if [ -z "$apt_updated" ]; then
+        apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+
+need systemd-analyze systemd
+
+[ -f "$unit" ] || { echo "error: no unit file at $unit" >&2; exit 1; }
+name="$(basename "$unit")"
+
+work="$(mktemp -d /tmp/mtlsd-unit-check.XXXXXX)"
+tracer_pid=""
+daemon_pid=""
+cleanup() {
+    # strace -o FILE blocks fatal signals, so the traced mtlsd is signalled
+    # itself; strace exits with it.
+    if [ -n "$daemon_pid" ]; then
+        kill "$daemon_pid" 2>/dev/null || true
+    fi
+    if [ -n "$tracer_pid" ]; then
+        wait "$tracer_pid" 2>/dev/null || true
+    fi
+    [ -n "${CHECK_KEEP:-}" ] || rm -rf "$work"
+}
+trap cleanup EXIT
+
+# --- 1. systemd-analyze verify ------------------------------------------
+root="$work/root"
+mkdir -p "$root/etc/systemd/system" "$root/usr/lib/systemd"
+units_dir=/usr/lib/systemd/system
+[ -d "$units_dir" ] || units_dir=/lib/systemd/system
+cp -a "$units_dir" "$root/usr/lib/systemd/system"
+cp "$unit" "$root/etc/systemd/system/$name"
+# Every Exec*= command path (without the -@:+! prefixes) gets a stub.
+mapfile -t exec_paths < <(sed -n 's/^Exec[A-Za-z]*=[-@:+!]*\([^ ]*\).*/\1/p' "$unit" | sort -u)
+for path in "${exec_paths[@]}"; do
+    mkdir -p "$root$(dirname "$path")"
+    printf '#!/bin/sh\nexit 0\n' >"$root$path"
+    chmod 0755 "$root$path"
+done
+verify_out="$(systemd-analyze verify --root="$root" "$name" 2>&1)" && verify_rc=0 || verify_rc=$?
+if [ "$verify_rc" -eq 0 ] && [ -z "$verify_out" ]; then
+    pass "systemd-analyze verify $name printed nothing"
+else
+    fail "systemd-analyze verify $name (exit $verify_rc):"
+    printf '      %s\n' "$verify_out"
+fi
+
+# --- 2. systemd-analyze security -----------------------------------------
+security_out="$(systemd-analyze security --offline=yes "$root/etc/systemd/system/$name" 2>&1)" || true
+score="$(printf '%s\n' "$security_out" |
+    sed -n 's/.*Overall exposure level for [^:]*: \([0-9][0-9.]*\).*/\1/p' | tail -1)"
+if [ -z "$score" ]; then
+    fail "systemd-analyze security printed no exposure level:"
+    printf '      %s\n' "$security_out"
+elif awk -v s="$score" -v m="$max_exposure" 'BEGIN { exit !(s <= m) }'; then
+    pass "systemd-analyze security --offline=yes: exposure $score (limit $max_exposure)"
+else
+    fail "systemd-analyze security --offline=yes: exposure $score is above $max_exposure"
+    printf '%s\n' "$security_out" | grep -E '^✗' | sed 's/^/      /'
+fi
+
+# --- 3. a real run stays inside the sandbox ------------------------------
+expand_group() {
+    # Prints the system calls of one name or @group, recursively.
+    case "$1" in
+    @*)
+        systemd-analyze syscall-filter "$1" | sed '1,2d; s/^ *//; /^#/d; /^$/d' |
+            while read -r entry; do expand_group "$entry"; done
+        ;;
+    *) printf '%s\n' "$1" ;;
+    esac
+}
+
+if [ ! -x "$bin" ]; then
+    printf 'SKIP  sandbox audit: no mtlsd binary at %s (set MTLSD_BIN)\n' "$bin"
+else
+    need strace strace
+    allow="$work/allow.txt"
+    deny="$work/deny.txt"
+    : >"$allow"
+    : >"$deny"
+    while read -r line; do
+        case "$line" in
+        "") ;;
+        "~"*) for g in ${line#\~}; do expand_group "$g" >>"$deny"; done ;;
+        *) for g in $line; do expand_group "$g" >>"$allow"; done ;;
+        esac
+    done < <(sed -n 's/^SystemCallFilter=//p' "$unit")
+    sort -u -o "$allow" "$allow"
+    sort -u -o "$deny" "$deny"
+    effective="$work/effective.txt"
+    comm -23 "$allow" "$deny" >"$effective"
+    families="$(sed -n 's/^RestrictAddressFamilies=//p' "$unit" | tr ' ' '\n' | sort -u)"
+
+    state="$work/dev"
+    trace="$work/trace"
+    admin="127.0.0.1:$((port_base + 90))"
+    strace -f -qq -o "$trace.dev" "$bin" dev --state-dir "$state" \
+        --port-base "$port_base" >"$work/dev.log" 2>&1 &
+    tracer_pid=$!
+    # The traced mtlsd is the child of strace that runs the binary (strace
+    # also forks a short-lived child of its own while starting).
+    real_bin="$(readlink -f "$bin")"
+    for _ in $(seq 1 300); do
+        if [ -z "$daemon_pid" ]; then
+            for pid in $(pgrep -P "$tracer_pid" || true); do
+                [ "$(readlink -f "/proc/$pid/exe" 2>/dev/null)" = "$real_bin" ] && daemon_pid="$pid"
+            done
+        fi
+        [ -n "$daemon_pid" ] && grep -q 'mtlsd dev is running' "$work/dev.log" && break
+        sleep 0.1
+    done
+    ok=1
+    # mtlsd check and mtlsd reload run under the same filter (ExecStartPre=,
+    # ExecReload=).
+    strace -f -qq -o "$trace.check" "$bin" check --config "$state/mtlsd.toml" >/dev/null 2>&1 || ok=0
+    reply="$(exec 3<>"/dev/tcp/127.0.0.1/$((port_base + 80))" && echo audit-ping >&3 && head -1 <&3)" || ok=0
+    [ "$reply" = "audit-ping" ] || ok=0
+    strace -f -qq -o "$trace.reload" "$bin" reload --admin "$admin" >/dev/null 2>&1 || ok=0
+    kill -TERM "$daemon_pid" 2>/dev/null || ok=0
+    wait "$tracer_pid" || ok=0
+    tracer_pid=""
+    daemon_pid=""
+    if [ "$ok" -ne 1 ]; then
+        fail "sandbox audit: the traced run did not work (round trip, check or reload failed); log:"
+        sed 's/^/      /' "$work/dev.log"
+    else
+        cat "$trace".* >"$trace.all"
+        sed -n 's/^[0-9]\{1,\} \{1,\}\([a-z0-9_]\{1,\}\)(.*/\1/p' "$trace.all" | sort -u >"$work/used.txt"
+        outside="$(comm -23 "$work/used.txt" "$effective" | tr '\n' ' ')"
+        if [ -z "$outside" ]; then
+            pass "sandbox audit: all $(wc -l <"$work/used.txt") system calls used are allowed by SystemCallFilter="
+        else
+            fail "sandbox audit: system calls outside SystemCallFilter=: $outside"
+        fi
+        used_families="$(grep -o 'socket(AF_[A-Z0-9]*' "$trace.all" | sed 's/socket(//' | sort -u)"
+        bad_families="$(comm -23 <(printf '%s\n' "$used_families") <(printf '%s\n' "$families") | tr '\n' ' ')"
+        if [ -z "$bad_families" ]; then
+            pass "sandbox audit: socket families used ($(printf '%s' "$used_families" | tr '\n' ' ')) are in RestrictAddressFamilies="
+        else
+            fail "sandbox audit: socket families outside RestrictAddressFamilies=: $bad_families"
+        fi
+        if grep -qE 'PROT_WRITE\|PROT_EXEC|PROT_EXEC\|PROT_WRITE' "$trace.all"; then
+            fail "sandbox audit: a writable and executable mapping was made (MemoryDenyWriteExecute=)"
+        else
+            pass "sandbox audit: no writable+executable mapping (MemoryDenyWriteExecute=)"
+        fi
+    fi
+fi
+
+if [ "$failures" -eq 0 ]; then
+    echo "unit check: all passed"
+else
+    echo "unit check: $failures failed"
+    exit 1
+fi
