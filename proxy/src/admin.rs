@@ -53,10 +53,10 @@ pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationT
             let serve = async {
                 if state.tls {
                     if let Some(tls) = accept_tls(&state, stream, peer).await {
-                        serve_http(state.clone(), tls).await;
+                        serve_http(state.clone(), tls, peer).await;
                     }
                 } else {
-                    serve_http(state.clone(), stream).await;
+                    serve_http(state.clone(), stream, peer).await;
                 }
             };
             tokio::select! {
@@ -67,11 +67,11 @@ pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationT
     }
 }
 
-async fn serve_http<I>(state: AdminState, io: I)
+async fn serve_http<I>(state: AdminState, io: I, peer: std::net::SocketAddr)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |request| handle(state.clone(), request));
+    let service = service_fn(move |request| handle(state.clone(), request, peer));
     let connection =
         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
     if let Err(e) = connection.await {
@@ -108,8 +108,20 @@ async fn accept_tls(
 
 type Reply = Response<Full<Bytes>>;
 
-async fn handle(state: AdminState, request: Request<Incoming>) -> Result<Reply, Infallible> {
+async fn handle(
+    state: AdminState,
+    request: Request<Incoming>,
+    peer: std::net::SocketAddr,
+) -> Result<Reply, Infallible> {
     Ok(match (request.method(), request.uri().path()) {
+        // Without mTLS, only this host may change what runs.
+        (&Method::POST, "/reload") if !state.tls && !peer.ip().is_loopback() => {
+            tracing::warn!(%peer, "admin reload refused: not from loopback and admin TLS is off");
+            text(
+                StatusCode::FORBIDDEN,
+                "reload is only accepted from loopback (or over admin TLS)\n",
+            )
+        }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => match crate::status::readiness(&state.daemon) {
             Ok(()) => text(StatusCode::OK, "ready\n"),
