@@ -63,6 +63,9 @@ pub struct PeerPolicy {
     /// The peer's inventory host must hold one of these roles. `None`
     /// means any inventory host (or, without an inventory, any chain).
     pub roles: Option<BTreeSet<String>>,
+    /// This inventory host passes whatever its roles (the admin endpoint
+    /// admits the daemon's own certificate: `mtlsd status` and `reload`).
+    pub also_host: Option<String>,
 }
 
 /// The inventory-and-role part of verification.
@@ -95,6 +98,7 @@ impl PolicyCheck {
         let host = inventory.identify(&facts).map_err(refuse)?;
         if let Some(roles) = &self.policy.roles
             && host.roles.is_disjoint(roles)
+            && self.policy.also_host.as_deref() != Some(host.name.as_str())
         {
             return Err(refuse(PolicyRejection::RoleNotAllowed));
         }

@@ -58,8 +58,9 @@ pub struct Config {
 }
 
 /// `[admin] tls = true`: the admin endpoint requires a client certificate
-/// of `trust_domain` whose inventory host holds one of `roles`
-/// (default `monitoring`).
+/// of `trust_domain` whose inventory host holds one of `roles` (default
+/// `monitoring`) or is this host itself (so `mtlsd status` and `reload`
+/// work with the host's own certificate).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminTls {
     pub trust_domain: String,
@@ -444,6 +445,7 @@ impl Config {
                             (Direction::Inbound, Protocol::Grpc | Protocol::Http) => None,
                             _ => listener.roles.clone(),
                         },
+                        also_host: None,
                     },
                 })
                 .chain(self.admin_tls.as_ref().map(|admin| TlsUse {
@@ -456,6 +458,7 @@ impl Config {
                     policy: PeerPolicy {
                         identify: admin.trust_domain == self.identity.trust_domain,
                         roles: admin.roles.clone(),
+                        also_host: self.identity.host.clone(),
                     },
                 }))
                 .collect(),
