@@ -6,8 +6,15 @@
 
 #![forbid(unsafe_code)]
 
+mod chart;
+mod compare;
+mod load;
+mod procfs;
 mod reload;
+mod report;
 mod support;
+mod systems;
+mod upstream;
 
 use std::path::PathBuf;
 
@@ -35,6 +42,41 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// mtlsd side by side with HAProxy, nginx and stunnel (and no proxy):
+    /// latency, max rate, bulk, new connections, memory; reload under
+    /// load for mtlsd. Writes <out-dir>/<date>.{json,md,png}.
+    Compare {
+        /// Short runs, one repetition: a smoke check.
+        #[arg(long)]
+        quick: bool,
+        /// Repetitions of every figure (default 5, 1 with --quick).
+        #[arg(long)]
+        reps: Option<usize>,
+        #[arg(long, default_value = "bench/results")]
+        out_dir: PathBuf,
+        /// Only these systems (comma-separated: direct,mtlsd,haproxy,nginx,stunnel).
+        #[arg(long, value_delimiter = ',')]
+        systems: Vec<String>,
+        /// Only these figure groups (comma-separated: memory,latency,rate,
+        /// bulk,connections,handshakes,reload).
+        #[arg(long, value_delimiter = ',')]
+        figures: Vec<String>,
+        /// Connections held open for the memory figure.
+        #[arg(long)]
+        held: Option<usize>,
+        /// Names the files (default: today, UTC).
+        #[arg(long)]
+        date: Option<String>,
+        #[arg(long, default_value = "/usr/sbin/haproxy")]
+        haproxy: PathBuf,
+        #[arg(long, default_value = "/usr/sbin/nginx")]
+        nginx: PathBuf,
+        #[arg(long, default_value = "/usr/bin/stunnel4")]
+        stunnel: PathBuf,
+    },
+    /// Internal: the upstream servers `compare` runs in a child process.
+    #[command(hide = true)]
+    Upstream,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -49,6 +91,56 @@ async fn main() -> anyhow::Result<()> {
                 std::fs::write(&out, text + "\n")?;
             }
         }
+        Command::Compare {
+            quick,
+            reps,
+            out_dir,
+            systems,
+            figures,
+            held,
+            date,
+            haproxy,
+            nginx,
+            stunnel,
+        } => {
+            let bins = systems::Binaries {
+                mtlsd: cli.mtlsd.clone(),
+                haproxy,
+                nginx,
+                stunnel,
+            };
+            let mut params = compare::Params::new(quick, reps);
+            if let Some(held) = held {
+                params.held_connections = held.max(1);
+            }
+            if !systems.is_empty() {
+                params.systems = systems;
+            }
+            if !figures.is_empty() {
+                if let Some(bad) = figures
+                    .iter()
+                    .find(|f| !compare::GROUPS.contains(&f.as_str()))
+                {
+                    anyhow::bail!(
+                        "unknown figure group {bad:?}; known: {}",
+                        compare::GROUPS.join(",")
+                    );
+                }
+                params.figures = figures;
+            }
+            let date = date.unwrap_or_else(|| {
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()[..10]
+                    .to_owned()
+            });
+            std::fs::create_dir_all(&out_dir)?;
+            let base = compare::run(&bins, &params, &out_dir, &date).await?;
+            println!(
+                "{}",
+                std::fs::read_to_string(base.with_extension("md")).unwrap_or_default()
+            );
+            eprintln!("wrote {}.{{json,md,png}}", base.display());
+        }
+        Command::Upstream => upstream::serve().await?,
     }
     Ok(())
 }

@@ -47,6 +47,7 @@ pub(crate) async fn echo() -> anyhow::Result<SocketAddr> {
 }
 
 /// A running `mtlsd run`, killed on drop.
+#[derive(Debug)]
 pub(crate) struct Daemon {
     child: Child,
     pub(crate) listeners: Vec<(String, SocketAddr)>,
@@ -69,11 +70,14 @@ impl Daemon {
         let stderr = child.stderr.take().context("stderr")?;
         let mut lines = std::io::BufReader::new(stderr).lines();
         let mut listeners = Vec::new();
+        let mut seen = Vec::new();
         loop {
             let Some(line) = lines.next() else {
-                bail!("mtlsd exited before it was ready");
+                bail!("mtlsd exited before it was ready:\n{}", seen.join("\n"));
             };
-            let line: serde_json::Value = serde_json::from_str(&line?).unwrap_or_default();
+            let line = line?;
+            seen.push(line.clone());
+            let line: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             match line["message"].as_str() {
                 Some("listening") => {
                     let name = line["listener"].as_str().unwrap_or_default().to_owned();
