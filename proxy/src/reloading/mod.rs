@@ -195,6 +195,11 @@ pub struct Reloader {
     audit: AuditLog,
     metrics: ReloadMetrics,
     env: Vec<(String, String)>,
+    /// Registered in `new`, before the daemon reports ready, so a change
+    /// made right after start-up is never missed.
+    watcher: Option<watch::DirWatcher>,
+    changed_tx: mpsc::Sender<()>,
+    changed_rx: mpsc::Receiver<()>,
 }
 
 impl fmt::Debug for Reloader {
@@ -218,7 +223,8 @@ impl Reloader {
         let config_fingerprint = std::fs::read(&config.source)
             .ok()
             .map(|text| Fingerprint::of(&text));
-        let reloader = Self {
+        let (changed_tx, changed_rx) = mpsc::channel::<()>(1);
+        let mut reloader = Self {
             state,
             config,
             config_fingerprint,
@@ -226,7 +232,11 @@ impl Reloader {
             audit,
             metrics,
             env,
+            watcher: None,
+            changed_tx,
+            changed_rx,
         };
+        reloader.watcher = reloader.start_watcher(reloader.changed_tx.clone());
         let current = reloader.state.store.current();
         let startup = ReloadOutcome {
             trigger: Trigger::Startup,
@@ -237,7 +247,6 @@ impl Reloader {
             refused: Vec::new(),
             closing: 0,
         };
-        let mut reloader = reloader;
         reloader.finish(&startup);
         reloader
     }
@@ -248,8 +257,9 @@ impl Reloader {
         mut requests: mpsc::Receiver<ReloadRequest>,
         stop: CancellationToken,
     ) {
-        let (changed_tx, mut changed_rx) = mpsc::channel::<()>(1);
-        let mut watcher = self.start_watcher(changed_tx.clone());
+        let changed_tx = self.changed_tx.clone();
+        let mut changed_rx = std::mem::replace(&mut self.changed_rx, mpsc::channel(1).1);
+        let mut watcher = self.watcher.take();
         let mut timer = self.config.reload.interval.map(tokio::time::interval);
         if let Some(timer) = &mut timer {
             timer.reset(); // the first tick is not immediate
