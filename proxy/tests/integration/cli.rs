@@ -345,8 +345,16 @@ async fn sighup_swaps_in_good_material_and_keeps_the_old_on_bad() {
 async fn dev_mode_runs_a_working_pair() {
     let state = tempfile::tempdir().unwrap();
     let dir = state.path().join("dev");
-    // A port block unlikely to collide with anything else on the machine.
-    let base = 20000 + (std::process::id() % 20000) as u16;
+    // A port block whose four ports (echo, outbound, admin, inbound) are
+    // free right now.
+    let base = (0..200u16)
+        .map(|i| 20000 + ((std::process::id() as u16 % 200) + i) % 200 * 100)
+        .find(|base| {
+            [0u16, 80, 90, 443]
+                .iter()
+                .all(|offset| std::net::TcpListener::bind(("127.0.0.1", base + offset)).is_ok())
+        })
+        .expect("a free port block");
     let base_arg = base.to_string();
     let dir_arg = dir.display().to_string();
     let mut mtlsd = MtlsdProcess::spawn(
