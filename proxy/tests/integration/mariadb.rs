@@ -40,6 +40,10 @@ impl MariaDb {
         let cert = write("server.crt", &server.cert_pem);
         let key = write("server.key", &server.key_pem);
         let ca = write("client-ca.pem", client_ca.cert_pem());
+        // Several tests start servers at once; installing data directories
+        // one at a time keeps mariadb-install-db from tripping over load.
+        static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let serial = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
         let install = Command::new("mariadb-install-db")
             .args([
                 "--no-defaults",
@@ -55,6 +59,7 @@ impl MariaDb {
             "{}",
             String::from_utf8_lossy(&install.stderr)
         );
+        drop(serial);
         let port = free_port();
         let child = Command::new("mariadbd")
             .arg("--no-defaults")
