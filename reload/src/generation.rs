@@ -179,13 +179,22 @@ impl Generation {
                             servers.insert(u.name.clone(), config);
                         })
                 }
-                TlsSide::Client { alpn, verify } => {
-                    tls::client_config(&identity, bundle, alpn, spec.settings, check, *verify).map(
-                        |config| {
-                            clients.insert(u.name.clone(), config);
-                        },
-                    )
-                }
+                TlsSide::Client {
+                    alpn,
+                    verify,
+                    present_certificate,
+                } => tls::client_config(
+                    &identity,
+                    bundle,
+                    alpn,
+                    spec.settings,
+                    check,
+                    *verify,
+                    *present_certificate,
+                )
+                .map(|config| {
+                    clients.insert(u.name.clone(), config);
+                }),
             };
             if let Err(e) = built {
                 problems.push(MaterialError::TlsConfig {
@@ -339,6 +348,7 @@ mod tests {
                         side: TlsSide::Client {
                             alpn: vec![],
                             verify: Default::default(),
+                            present_certificate: true,
                         },
                         policy: Default::default(),
                     },

@@ -43,10 +43,12 @@ pub enum TlsSide {
         client_auth: ClientAuth,
         alpn: Vec<Vec<u8>>,
     },
-    /// Originate TLS (outbound listeners), presenting the host identity.
+    /// Originate TLS (outbound listeners), presenting the host identity
+    /// when the server asks for a certificate and `present_certificate`.
     Client {
         alpn: Vec<Vec<u8>>,
         verify: ServerVerification,
+        present_certificate: bool,
     },
 }
 
@@ -145,6 +147,7 @@ pub(crate) fn client_config(
     settings: TlsSettings,
     check: PolicyCheck,
     verify: ServerVerification,
+    present_certificate: bool,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
     let provider = provider();
     let webpki: Arc<dyn rustls::client::danger::ServerCertVerifier> =
@@ -156,17 +159,21 @@ pub(crate) fn client_config(
         ServerVerification::CaOnly => Arc::new(AnyNameVerifier { inner: webpki }),
         ServerVerification::InsecureNone => Arc::new(NoVerification { inner: webpki }),
     };
-    let mut config = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(settings))?
         .dangerous()
         // Not dangerous: the webpki verifier runs first, the policy after it.
         .with_custom_certificate_verifier(Arc::new(PolicyServerVerifier {
             inner: webpki,
             check,
-        }))
-        .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(
+        }));
+    let mut config = if present_certificate {
+        builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(
             identity.certified_key().clone(),
-        )));
+        )))
+    } else {
+        builder.with_no_client_auth()
+    };
     config.alpn_protocols = alpn.to_vec();
     Ok(Arc::new(config))
 }

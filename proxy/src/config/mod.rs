@@ -221,6 +221,10 @@ pub struct ListenerConfig {
     pub routes: Vec<Route>,
     /// Outbound: how the server's certificate is checked.
     pub server_verify: ServerVerification,
+    /// Outbound: offer the host certificate when the server asks for one.
+    /// Only an outbound mariadb listener may turn it off (a stock server
+    /// whose CA list does not include the mesh CA); mesh peers require it.
+    pub present_certificate: bool,
 }
 
 /// One gRPC authorization rule.
@@ -434,6 +438,7 @@ impl Config {
                         Direction::Outbound => TlsSide::Client {
                             alpn: listener.protocol.alpn(Direction::Outbound),
                             verify: listener.server_verify,
+                            present_certificate: listener.present_certificate,
                         },
                     },
                     policy: PeerPolicy {
@@ -476,6 +481,7 @@ impl Config {
             side: TlsSide::Client {
                 alpn: vec![b"http/1.1".to_vec()],
                 verify: ServerVerification::Full,
+                present_certificate: true,
             },
             policy: PeerPolicy::default(),
         }];

@@ -114,6 +114,7 @@ pub(crate) struct RawListener {
     pub(crate) routes: Option<Vec<RawRoute>>,
     pub(crate) server_verify: Option<String>,
     pub(crate) insecure_skip_verify: Option<bool>,
+    pub(crate) present_certificate: Option<bool>,
 }
 
 /// `[[inbound.routes]]` of a grpc listener.

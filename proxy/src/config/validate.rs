@@ -700,6 +700,17 @@ impl Validator {
                 }
             }
         }
+        let present_certificate = raw.present_certificate.unwrap_or(true);
+        if !present_certificate
+            && (direction != Direction::Outbound || protocol != Some(Protocol::Mariadb))
+        {
+            self.problem(
+                &key("present_certificate"),
+                "only an outbound mariadb listener can withhold the host certificate; \
+                 mesh peers require it"
+                    .to_owned(),
+            );
+        }
         let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
         if max_connections == 0 || max_connections > 1_000_000 {
             self.problem(
@@ -722,6 +733,7 @@ impl Validator {
             client_auth,
             routes,
             server_verify,
+            present_certificate,
         })
     }
 
@@ -1013,7 +1025,7 @@ mod tests {
     }
 
     #[test]
-    fn planned_protocols_are_named_as_not_yet_served() {
+    fn unknown_protocols_are_named() {
         let text = GOOD.replace("idle_timeout = \"1m\"", "protocol = \"smtp\"");
         let found = problems(&text, &[]);
         assert_eq!(keys(&found), ["inbound[0].protocol"]);
@@ -1021,6 +1033,28 @@ mod tests {
             found[0].message.contains("unknown protocol"),
             "{}",
             found[0].message
+        );
+    }
+
+    #[test]
+    fn only_an_outbound_mariadb_listener_can_withhold_the_certificate() {
+        let mariadb = GOOD.replace(
+            "max_connections = 64",
+            "protocol = \"mariadb\"\ntrust_domain = \"mariadb\"\npresent_certificate = false",
+        );
+        let config = parse_str(&mariadb, &[]).unwrap();
+        assert!(!config.outbound[0].present_certificate);
+        assert!(config.inbound[0].present_certificate);
+
+        let tcp = GOOD.replace("max_connections = 64", "present_certificate = false");
+        let found = problems(&tcp, &[]);
+        assert_eq!(keys(&found), ["outbound[0].present_certificate"]);
+        assert!(found[0].message.contains("mesh peers require it"));
+
+        let inbound = GOOD.replace("idle_timeout = \"1m\"", "present_certificate = false");
+        assert_eq!(
+            keys(&problems(&inbound, &[])),
+            ["inbound[0].present_certificate"]
         );
     }
 

@@ -200,6 +200,76 @@ impl Setup {
     }
 }
 
+/// Inventory for the terminate tests: db-host serves, remote-client is an
+/// api host, batch has no role the listener allows.
+const INVENTORY: &str = r#"
+cluster = "test"
+
+[hosts.db-host]
+sans = ["DNS:db-host.test"]
+roles = ["database"]
+
+[hosts.remote-client]
+sans = ["DNS:localhost"]
+roles = ["api"]
+
+[hosts.batch]
+sans = ["DNS:batch.test"]
+roles = ["batch"]
+"#;
+
+impl Setup {
+    /// A database host with an inbound mariadb listener in front of the
+    /// server's unix socket; with `allow_roles`, identities come from
+    /// [`INVENTORY`].
+    async fn terminate_host(&self, allow_roles: Option<&str>) -> mtlsd::daemon::Running {
+        let files = self.pki.host(
+            "db-host",
+            &LeafSpec::new("db-host", &["db-host.test", "localhost", "127.0.0.1"]),
+        );
+        let mut toml = material_toml(&files, &self.pki.ca_file());
+        if allow_roles.is_some() {
+            toml = with_inventory(&self.pki, INVENTORY, "db-host", toml);
+        }
+        toml += &format!(
+            "[[inbound]]\nname = \"mariadb-in\"\nlisten = \"127.0.0.1:0\"\nupstream = \"unix:{}\"\nprotocol = \"mariadb\"\n{}\n",
+            self.db.socket().display(),
+            allow_roles
+                .map(|roles| format!("allow_roles = {roles}"))
+                .unwrap_or_default()
+        );
+        start_daemon(&self.pki, "db-host.toml", &toml).await.0
+    }
+
+    /// `mariadb` CLI options for TLS to a terminate listener with the
+    /// certificate of `host` (issued for `sans`).
+    fn tls_client_args(&self, host: &str, sans: &[&str]) -> Vec<String> {
+        let files = self.pki.host(host, &LeafSpec::new(host, sans));
+        vec![
+            "--ssl".to_owned(),
+            format!("--ssl-ca={}", self.pki.ca_file().display()),
+            format!("--ssl-cert={}", files.cert.display()),
+            format!("--ssl-key={}", files.key.display()),
+        ]
+    }
+}
+
+/// [`client`] with owned options, off the async runtime.
+async fn client_with(
+    entry: SocketAddr,
+    user: &'static str,
+    password: &'static str,
+    args: Vec<String>,
+    sql: &'static str,
+) -> Output {
+    blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        client(entry, user, password, &args, sql)
+    })
+    .await
+    .unwrap()
+}
+
 fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> tokio::task::JoinHandle<T> {
@@ -353,41 +423,17 @@ async fn a_server_certificate_from_the_wrong_ca_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminate_requires_tls_from_the_client_and_forwards_to_the_local_server() {
     let setup = Setup::new();
-    let files = setup.pki.host(
-        "db-host",
-        &LeafSpec::new("db-host", &["db-host.test", "localhost", "127.0.0.1"]),
-    );
-    let socket = setup.db.socket();
-    let toml = material_toml(&files, &setup.pki.ca_file())
-        + &format!(
-            "[[inbound]]\nname = \"mariadb-in\"\nlisten = \"127.0.0.1:0\"\nupstream = \"unix:{}\"\nprotocol = \"mariadb\"\n",
-            socket.display()
-        );
-    let (host, _) = start_daemon(&setup.pki, "db-host.toml", &toml).await;
+    let host = setup.terminate_host(None).await;
     let entry = host.local_addr("mariadb-in").unwrap();
-
-    let client_files = setup
-        .pki
-        .host("remote-client", &localhost_leaf("remote-client"));
-    let ca = setup.pki.ca_file();
-    let tls_args = [
-        "--ssl".to_owned(),
-        format!("--ssl-ca={}", ca.display()),
-        format!("--ssl-cert={}", client_files.cert.display()),
-        format!("--ssl-key={}", client_files.key.display()),
-    ];
-    let out = blocking(move || {
-        let args: Vec<&str> = tls_args.iter().map(String::as_str).collect();
-        client(
-            entry,
-            "app",
-            "app-secret",
-            &args,
-            "SELECT CURRENT_USER(), 40 + 2",
-        )
-    })
-    .await
-    .unwrap();
+    let tls_args = setup.tls_client_args("remote-client", &["localhost"]);
+    let out = client_with(
+        entry,
+        "app",
+        "app-secret",
+        tls_args,
+        "SELECT CURRENT_USER(), 40 + 2",
+    )
+    .await;
     let out = ok(&out);
     assert!(out.contains("app@%") && out.contains("42"), "{out}");
 
@@ -438,4 +484,198 @@ async fn the_sidecar_pair_carries_mariadb_in_a_tcp_tunnel() {
     .unwrap();
     assert!(ok(&out).contains("app@%"));
     assert_eq!(db_host.stats("db-tunnel").unwrap().handshakes(), 1);
+}
+
+/// mysql_async over TCP to `entry` (never the server's unix socket, which
+/// would bypass mtlsd).
+fn driver_opts(entry: SocketAddr, user: &str, password: &str) -> mysql_async::OptsBuilder {
+    mysql_async::OptsBuilder::default()
+        .ip_or_hostname(entry.ip().to_string())
+        .tcp_port(entry.port())
+        .prefer_socket(false)
+        .user(Some(user))
+        .pass(Some(password))
+        .db_name(Some("t"))
+}
+
+/// `SHOW STATUS` value for this session, or "" when the row is missing.
+async fn session_status(conn: &mut mysql_async::Conn, name: &str) -> String {
+    use mysql_async::prelude::Queryable;
+    let row: Option<(String, String)> = conn
+        .query_first(format!("SHOW STATUS LIKE '{name}'"))
+        .await
+        .unwrap();
+    row.map(|(_, value)| value).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_driver_gets_tls_through_upgrade_and_can_change_user() {
+    use mysql_async::prelude::Queryable;
+    let setup = Setup::new();
+    let host = setup.upgrade_host(&setup.db_ca, "").await;
+    let entry = host.local_addr("db").unwrap();
+
+    let mut conn = mysql_async::Conn::new(driver_opts(entry, "app", "app-secret"))
+        .await
+        .expect("mysql_async through mtlsd");
+    assert!(
+        session_status(&mut conn, "Ssl_cipher")
+            .await
+            .starts_with("TLS_"),
+        "the driver's session is not encrypted on the server"
+    );
+    // The binary protocol (prepared statements) crosses untouched.
+    let sum: Option<u64> = conn
+        .exec_first("SELECT SUM(seq) FROM seq_1_to_1000 WHERE seq > ?", (10,))
+        .await
+        .unwrap();
+    assert_eq!(sum, Some((11..=1000).sum()));
+
+    // COM_CHANGE_USER to an ed25519 user: the server answers with an auth
+    // switch inside the established TLS session, past the connection phase.
+    conn.change_user(
+        mysql_async::ChangeUserOpts::new()
+            .with_user(Some("edu".into()))
+            .with_pass(Some("edu-secret".into())),
+    )
+    .await
+    .expect("COM_CHANGE_USER to the ed25519 user");
+    let who: Option<String> = conn.query_first("SELECT CURRENT_USER()").await.unwrap();
+    assert_eq!(who.as_deref(), Some("edu@%"));
+    assert!(
+        session_status(&mut conn, "Ssl_cipher")
+            .await
+            .starts_with("TLS_")
+    );
+
+    // A wrong password on change-user is the server's refusal, relayed.
+    let wrong = conn
+        .change_user(
+            mysql_async::ChangeUserOpts::new()
+                .with_user(Some("app".into()))
+                .with_pass(Some("wrong".into())),
+        )
+        .await;
+    let wrong = wrong.expect_err("change-user with a wrong password worked");
+    assert!(wrong.to_string().contains("Access denied"), "{wrong}");
+    drop(conn);
+
+    // A fresh connection still works after the failed change-user.
+    let mut again = mysql_async::Conn::new(driver_opts(entry, "app", "app-secret"))
+        .await
+        .unwrap();
+    let one: Option<u8> = again.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1));
+    again.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compression_passes_through_both_modes() {
+    use mysql_async::prelude::Queryable;
+    let setup = Setup::new();
+
+    // Upgrade: the driver asks for CLIENT_COMPRESS; the SSLRequest mtlsd
+    // builds carries it, and the compressed stream is copied as bytes.
+    let host = setup.upgrade_host(&setup.db_ca, "").await;
+    let entry = host.local_addr("db").unwrap();
+    let mut conn = mysql_async::Conn::new(
+        driver_opts(entry, "app", "app-secret").compression(mysql_async::Compression::fast()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(session_status(&mut conn, "Compression").await, "ON");
+    assert!(
+        session_status(&mut conn, "Ssl_cipher")
+            .await
+            .starts_with("TLS_")
+    );
+    let rows: Vec<u64> = conn.query("SELECT seq FROM seq_1_to_100000").await.unwrap();
+    assert_eq!(rows.len(), 100_000);
+    assert_eq!(rows.iter().sum::<u64>(), 100_000 * 100_001 / 2);
+    conn.disconnect().await.unwrap();
+
+    // Terminate: the mariadb CLI with --compress and TLS to mtlsd.
+    let db_host = setup.terminate_host(None).await;
+    let entry = db_host.local_addr("mariadb-in").unwrap();
+    let mut args = setup.tls_client_args("remote-client", &["localhost"]);
+    args.push("--compress".to_owned());
+    let out = client_with(
+        entry,
+        "app",
+        "app-secret",
+        args,
+        "SHOW STATUS LIKE 'Compression'; SELECT SUM(seq) FROM seq_1_to_100000",
+    )
+    .await;
+    let out = ok(&out);
+    assert!(out.contains("Compression\tON"), "{out}");
+    assert!(out.contains("5000050000"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_listener_can_withhold_the_host_certificate() {
+    let setup = Setup::new();
+    let host = setup
+        .upgrade_host(&setup.db_ca, "present_certificate = false")
+        .await;
+    let entry = host.local_addr("db").unwrap();
+    let plain_user = blocking(move || {
+        client(
+            entry,
+            "app",
+            "app-secret",
+            &[],
+            "SHOW STATUS LIKE 'Ssl_cipher'",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok(&plain_user).contains("TLS_"));
+    // Without a client certificate a REQUIRE X509 user is the server's
+    // to refuse, which proves none was sent.
+    let x509 = blocking(move || client(entry, "certified", "cert-secret", &[], "SELECT 1"))
+        .await
+        .unwrap();
+    assert!(!x509.status.success(), "REQUIRE X509 without a certificate");
+    let stderr = String::from_utf8_lossy(&x509.stderr);
+    assert!(stderr.contains("Access denied"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_admits_only_inventory_hosts_with_an_allowed_role() {
+    let setup = Setup::new();
+    let host = setup.terminate_host(Some("[\"api\"]")).await;
+    let entry = host.local_addr("mariadb-in").unwrap();
+    let stats = host.stats("mariadb-in").unwrap();
+
+    let api = client_with(
+        entry,
+        "app",
+        "app-secret",
+        setup.tls_client_args("remote-client", &["localhost"]),
+        "SELECT CURRENT_USER()",
+    )
+    .await;
+    assert!(ok(&api).contains("app@%"));
+
+    let cases = [
+        ("batch", "batch.test", RejectReason::RoleNotAllowed),
+        ("stranger", "stranger.test", RejectReason::SanNotInInventory),
+    ];
+    for (name, san, reason) in cases {
+        let out = client_with(
+            entry,
+            "app",
+            "app-secret",
+            setup.tls_client_args(name, &[san]),
+            "SELECT 1",
+        )
+        .await;
+        assert!(!out.status.success(), "{name} got through");
+        eventually(&format!("{name} counted as {reason}"), || {
+            stats.refusals(reason) == 1
+        })
+        .await;
+    }
+    assert_eq!(stats.handshakes(), 1);
 }
