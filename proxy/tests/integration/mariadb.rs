@@ -413,6 +413,11 @@ async fn a_server_certificate_from_the_wrong_ca_is_refused() {
         !out.status.success(),
         "query went through a server from the wrong CA"
     );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("TLS to the MariaDB server failed") && stderr.contains("UnknownIssuer"),
+        "the client was not told why: {stderr}"
+    );
     let stats = host.stats("db").unwrap();
     eventually("unknown_ca counted", || {
         stats.refusals(RejectReason::UnknownCa) == 1

@@ -167,9 +167,24 @@ pub async fn serve_outbound(
             &wire::ssl_request_from(&response.payload)?,
         )
         .await?;
-        let mut tls = handshake::handshake_over(ctx, listener, server, client_addr)
-            .await
-            .map_err(|e| PhaseError::Refused(format!("TLS to the server failed: {e}")))?;
+        let mut tls = match handshake::handshake_over(ctx, listener, server, client_addr).await {
+            Ok(tls) => tls,
+            Err(e) => {
+                // The client waits for the server's answer to its response:
+                // tell it why there will be none.
+                let message =
+                    format!("mtlsd: TLS to the MariaDB server failed: {e} (see the mtlsd log)");
+                let _ = send(
+                    &mut client_reader.inner,
+                    response.seq.wrapping_add(1),
+                    &err(ERR_UNSECURE, &message),
+                )
+                .await;
+                return Err(PhaseError::Refused(format!(
+                    "TLS to the server failed: {e}"
+                )));
+            }
+        };
         response.seq = response.seq.wrapping_add(1);
         send(&mut tls, response.seq, &response.payload).await?;
         Ok((client_reader, tls))
