@@ -15,9 +15,18 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-/// One chunk per direction: a full TLS record, so TLS → plain moves whole
-/// records per read.
-const CHUNK: usize = 16 * 1024;
+/// Most of a sidecar's connections wait far more than they move bytes, so
+/// a direction starts with a small buffer; memory per held connection is
+/// a goal (issue 7). The buffer is never zeroed: only the pages a read
+/// writes become resident.
+const SMALL_CHUNK: usize = 2 * 1024;
+/// A read that fills the small buffer means bulk traffic: the direction
+/// grows to a full TLS record, so TLS → plain moves whole records per read.
+const LARGE_CHUNK: usize = 16 * 1024;
+/// After this many reads in a row that would have fit the small buffer,
+/// a grown direction returns to it (hysteresis, so a stream of mixed reads
+/// does not reallocate every time).
+const SHRINK_AFTER_SMALL_READS: u32 = 8;
 
 /// Bytes moved in each direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -95,19 +104,64 @@ where
         side: to_name,
         source,
     };
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = ChunkBuffer::new();
     let mut total = 0u64;
     loop {
-        let n = from.read(&mut buf).await.map_err(read_err)?;
+        let n = from.read_buf(buf.empty()).await.map_err(read_err)?;
         if n == 0 {
             to.shutdown().await.map_err(write_err)?;
             return Ok(total);
         }
+        buf.filled(n);
         activity.touch();
-        to.write_all(&buf[..n]).await.map_err(write_err)?;
+        to.write_all(buf.data()).await.map_err(write_err)?;
         to.flush().await.map_err(write_err)?;
         activity.touch();
         total += n as u64;
+    }
+}
+
+/// One direction's buffer, sized to the traffic it sees.
+struct ChunkBuffer {
+    bytes: Vec<u8>,
+    small_reads: u32,
+}
+
+impl ChunkBuffer {
+    fn new() -> Self {
+        Self {
+            bytes: Vec::with_capacity(SMALL_CHUNK),
+            small_reads: 0,
+        }
+    }
+
+    /// Empty, with room for one read of the current chunk size.
+    fn empty(&mut self) -> &mut Vec<u8> {
+        self.bytes.clear();
+        &mut self.bytes
+    }
+
+    /// Records a read of `n` bytes and picks the size of the next one.
+    fn filled(&mut self, n: usize) {
+        let capacity = self.bytes.capacity();
+        if n >= capacity && capacity < LARGE_CHUNK {
+            self.small_reads = 0;
+            self.bytes.reserve_exact(LARGE_CHUNK - self.bytes.len());
+        } else if capacity > SMALL_CHUNK && n <= SMALL_CHUNK {
+            self.small_reads += 1;
+            if self.small_reads >= SHRINK_AFTER_SMALL_READS {
+                self.small_reads = 0;
+                let mut small = Vec::with_capacity(SMALL_CHUNK.max(n));
+                small.extend_from_slice(&self.bytes);
+                self.bytes = small;
+            }
+        } else {
+            self.small_reads = 0;
+        }
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.bytes
     }
 }
 
@@ -187,5 +241,63 @@ mod tests {
         // ...then go quiet.
         let err = relay.await.unwrap().unwrap_err();
         assert!(matches!(err, RelayError::Idle(_)), "{err}");
+    }
+
+    #[test]
+    fn a_direction_grows_for_bulk_and_shrinks_when_quiet() {
+        let mut buf = ChunkBuffer::new();
+        assert_eq!(buf.empty().capacity(), SMALL_CHUNK);
+
+        // A read that fills the small buffer: bulk, grow, keep the bytes.
+        buf.empty().extend(std::iter::repeat_n(7u8, SMALL_CHUNK));
+        buf.filled(SMALL_CHUNK);
+        assert!(buf.bytes.capacity() >= LARGE_CHUNK);
+        assert_eq!(buf.data(), &[7u8; SMALL_CHUNK][..]);
+
+        // Large reads keep it large; a few small ones do not shrink it.
+        for _ in 0..SHRINK_AFTER_SMALL_READS - 1 {
+            buf.empty().push(1);
+            buf.filled(1);
+        }
+        buf.empty().extend(std::iter::repeat_n(2u8, LARGE_CHUNK));
+        buf.filled(LARGE_CHUNK);
+        assert!(buf.bytes.capacity() >= LARGE_CHUNK);
+
+        // Enough small reads in a row: back to the small buffer, bytes kept.
+        for i in 0..SHRINK_AFTER_SMALL_READS {
+            buf.empty().extend_from_slice(b"hi");
+            buf.filled(2);
+            let shrunk = i + 1 == SHRINK_AFTER_SMALL_READS;
+            assert_eq!(buf.bytes.capacity() == SMALL_CHUNK, shrunk, "read {i}");
+            assert_eq!(buf.data(), b"hi");
+        }
+    }
+
+    #[tokio::test]
+    async fn bulk_through_the_relay_arrives_intact() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, proxy_a) = duplex(256 * 1024);
+        let (proxy_b, mut server) = duplex(256 * 1024);
+        let relay = tokio::spawn(relay(proxy_a, proxy_b, ("a", "b"), Duration::from_secs(5)));
+        let sent: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let expected = sent.clone();
+        let (mut client_read, mut client_write) = tokio::io::split(client);
+        let writer = tokio::spawn(async move {
+            // Mixed sizes: small writes, then bulk, then small again.
+            for chunk in sent.chunks(100).take(50) {
+                client_write.write_all(chunk).await.unwrap();
+            }
+            client_write.write_all(&sent[5000..]).await.unwrap();
+            client_write.shutdown().await.unwrap();
+        });
+        let mut received = Vec::new();
+        server.read_to_end(&mut received).await.unwrap();
+        writer.await.unwrap();
+        assert!(received == expected, "bytes changed in the relay");
+        server.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        client_read.read_to_end(&mut rest).await.unwrap();
+        let moved = relay.await.unwrap().unwrap();
+        assert_eq!(moved.a_to_b, 3_000_000);
     }
 }
