@@ -69,16 +69,7 @@ pub(super) async fn serve(config: &Config, on_ready: impl FnOnce()) -> anyhow::R
 }
 
 fn warn_about_insecure_settings(config: &Config) {
-    if config.identity.insecure_key_permissions {
-        tracing::warn!(
-            "identity.insecure_key_permissions is on: a group- or world-readable private key will be accepted"
-        );
-    }
-    for listener in config.listeners() {
-        if listener.direction == crate::config::Direction::Outbound
-            && !listener.listen.ip().is_loopback()
-        {
-            tracing::warn!(listener = %listener.name, "insecure_allow_remote_clients is on: this outbound listener accepts plaintext from the network");
-        }
+    for setting in config.insecure_settings() {
+        tracing::warn!("{setting}");
     }
 }

@@ -470,6 +470,50 @@ impl Config {
         }
     }
 
+    /// Settings in force that weaken one of mtlsd's guarantees, one line
+    /// each: warned at start-up and after every reload that applies, so
+    /// they never go unnoticed in the log.
+    pub fn insecure_settings(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        if self.identity.insecure_key_permissions {
+            found.push(
+                "identity.insecure_key_permissions is on: a group- or world-readable private key \
+                 is accepted"
+                    .to_owned(),
+            );
+        }
+        for listener in self.listeners() {
+            let name = &listener.name;
+            match listener.direction {
+                Direction::Outbound if !listener.listen.ip().is_loopback() => found.push(format!(
+                    "listener '{name}': insecure_allow_remote_clients is on: it accepts \
+                     plaintext from the network and dials out with this host's identity"
+                )),
+                Direction::Inbound => {
+                    if let Upstream::Tcp { host, .. } = &listener.upstream
+                        && !validate::is_loopback_host(host)
+                    {
+                        found.push(format!(
+                            "listener '{name}': insecure_remote_upstream is on: plaintext to \
+                             {} crosses the network",
+                            listener.upstream
+                        ));
+                    }
+                }
+                Direction::Outbound => {}
+            }
+            if listener.server_verify == ServerVerification::InsecureNone
+                && listener.direction == Direction::Outbound
+            {
+                found.push(format!(
+                    "listener '{name}': insecure_skip_verify is on: the server's certificate \
+                     is not checked at all"
+                ));
+            }
+        }
+        found
+    }
+
     /// What `mtlsd status`/`reload` load to talk to an mTLS admin endpoint:
     /// this host's identity, as a client of the admin trust domain.
     pub fn admin_client_spec(&self) -> Option<MaterialSpec> {

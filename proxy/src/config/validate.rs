@@ -847,7 +847,7 @@ fn is_domain_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-fn is_loopback_host(host: &str) -> bool {
+pub(crate) fn is_loopback_host(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<IpAddr>()
@@ -1056,6 +1056,21 @@ mod tests {
             keys(&problems(&inbound, &[])),
             ["inbound[0].present_certificate"]
         );
+    }
+
+    #[test]
+    fn insecure_settings_are_listed_by_listener() {
+        assert!(parse_str(GOOD, &[]).unwrap().insecure_settings().is_empty());
+        let text = GOOD
+            .replace("max_connections = 64", "insecure_skip_verify = true")
+            .replace(
+                "upstream = \"127.0.0.1:7000\"",
+                "upstream = \"10.0.0.5:7000\"\ninsecure_remote_upstream = true",
+            );
+        let found = parse_str(&text, &[]).unwrap().insecure_settings();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("listener 'grpc-in': insecure_remote_upstream"));
+        assert!(found[1].starts_with("listener 'db-out': insecure_skip_verify"));
     }
 
     #[test]

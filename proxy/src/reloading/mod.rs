@@ -490,6 +490,9 @@ impl Reloader {
         } else {
             0
         };
+        for setting in next_config.insecure_settings() {
+            tracing::warn!("{setting}");
+        }
         self.config = next_config;
         self.config_fingerprint = Some(config_fingerprint);
         ReloadOutcome {

@@ -684,3 +684,94 @@ async fn terminate_admits_only_inventory_hosts_with_an_allowed_role() {
     }
     assert_eq!(stats.handshakes(), 1);
 }
+
+/// Reads one packet: (sequence id, payload).
+async fn read_packet(stream: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header).await.unwrap();
+    let len = usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).await.unwrap();
+    (header[3], payload)
+}
+
+/// The ERR packet's message text, from its payload.
+fn err_text(payload: &[u8]) -> String {
+    assert_eq!(payload.first(), Some(&0xFF), "not an ERR packet");
+    // 0xFF, 2-byte code, '#', 5-byte state, message.
+    String::from_utf8_lossy(&payload[9..]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_that_stalls_mid_authentication_gets_an_err_at_the_deadline() {
+    use tokio::io::AsyncWriteExt;
+    let setup = Setup::new();
+    let host = setup
+        .upgrade_host(&setup.db_ca, "handshake_timeout = \"2s\"")
+        .await;
+    let entry = host.local_addr("db").unwrap();
+    let mut stream = tokio::net::TcpStream::connect(entry).await.unwrap();
+    let (greeting_seq, _) = read_packet(&mut stream).await;
+
+    // HandshakeResponse41 for the ed25519 user, claiming the native
+    // password plugin: the server answers with an auth switch, which this
+    // client then never answers.
+    let caps: u32 = 0x1 | 0x200 | 0x8000 | 0x8_0000; // long password, 4.1, secure conn, plugin auth
+    let mut response = Vec::new();
+    response.extend_from_slice(&caps.to_le_bytes());
+    response.extend_from_slice(&(16u32 << 20).to_le_bytes());
+    response.push(0x21);
+    response.extend_from_slice(&[0u8; 23]);
+    response.extend_from_slice(b"edu\0");
+    response.push(20);
+    response.extend_from_slice(&[0x5A; 20]);
+    response.extend_from_slice(b"mysql_native_password\0");
+    let len = u32::try_from(response.len()).unwrap().to_le_bytes();
+    let mut packet = vec![len[0], len[1], len[2], greeting_seq + 1];
+    packet.extend_from_slice(&response);
+    stream.write_all(&packet).await.unwrap();
+
+    let (switch_seq, switch) = read_packet(&mut stream).await;
+    assert_eq!(switch.first(), Some(&0xFE), "expected an auth switch");
+    assert_eq!(switch_seq, greeting_seq + 2);
+    let started = Instant::now();
+    let (err_seq, err) = read_packet(&mut stream).await;
+    let text = err_text(&err);
+    assert!(text.contains("did not finish within 2s"), "{text}");
+    // The client reads it as the server's next packet.
+    assert_eq!(err_seq, switch_seq + 1);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let stats = host.stats("db").unwrap();
+    eventually("the stalled login counted as a timeout", || {
+        stats.refusals(RejectReason::Timeout) == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_login_packet_gets_an_err_and_is_counted() {
+    use tokio::io::AsyncWriteExt;
+    let setup = Setup::new();
+    let host = setup.upgrade_host(&setup.db_ca, "").await;
+    let entry = host.local_addr("db").unwrap();
+    let mut stream = tokio::net::TcpStream::connect(entry).await.unwrap();
+    let (greeting_seq, _) = read_packet(&mut stream).await;
+    // Announces 8 MiB; mtlsd must refuse before reading or allocating it.
+    stream
+        .write_all(&[0x00, 0x00, 0x80, greeting_seq + 1, 1, 2, 3])
+        .await
+        .unwrap();
+    let (seq, err) = read_packet(&mut stream).await;
+    assert_eq!(seq, greeting_seq + 2);
+    let text = err_text(&err);
+    assert!(
+        text.contains("malformed MariaDB connection phase"),
+        "{text}"
+    );
+    let stats = host.stats("db").unwrap();
+    eventually("the oversized packet counted as a protocol refusal", || {
+        stats.refusals(RejectReason::Protocol) == 1
+    })
+    .await;
+}

@@ -21,13 +21,14 @@
 pub mod wire;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use bytes::BytesMut;
 use mtlsd_reload::AuthUsage;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use self::wire::{Message, WireError};
 use super::handshake;
@@ -54,6 +55,56 @@ enum PhaseError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Refused(String),
+    #[error("the connection phase did not finish within {0:?}")]
+    Timeout(std::time::Duration),
+    /// Past the connection phase: the byte copy ended with an error.
+    #[error(transparent)]
+    Relay(#[from] crate::relay::RelayError),
+}
+
+impl PhaseError {
+    /// The text of the ERR mtlsd sends the client when a phase fails for
+    /// this reason, if one is worth sending (refusals send their own).
+    fn client_message(&self) -> Option<String> {
+        match self {
+            Self::Wire(WireError::Closed) | Self::Refused(_) | Self::Relay(_) => None,
+            Self::Wire(e) => Some(format!(
+                "mtlsd: malformed MariaDB connection phase ({e}); see the mtlsd log"
+            )),
+            Self::Io(_) => Some(
+                "mtlsd: the connection to the MariaDB server failed during login; see the mtlsd log"
+                    .to_owned(),
+            ),
+            Self::Timeout(limit) => Some(format!(
+                "mtlsd: the MariaDB login did not finish within {limit:?}"
+            )),
+        }
+    }
+}
+
+/// The sequence id the client expects on the next packet it reads, kept
+/// up to date while the connection phase is relayed, so an ERR mtlsd sends
+/// in the middle of it is one the client accepts.
+#[derive(Debug, Default)]
+struct ClientSeq(AtomicU8);
+
+impl ClientSeq {
+    fn after(&self, seq: u8, packets: u8) {
+        self.0.store(seq.wrapping_add(packets), Ordering::SeqCst);
+    }
+
+    fn next(&self) -> u8 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Best effort: tells the client why its connection is about to close.
+async fn tell_client<W: AsyncWrite + Unpin>(client: &mut W, seq: &ClientSeq, error: &PhaseError) {
+    if let Some(message) = error.client_message() {
+        let payload = err(ERR_UNSECURE, &message);
+        let sent = send(client, seq.next(), &payload);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sent).await;
+    }
 }
 
 /// Reads whole messages from a stream, keeping what it read past one.
@@ -120,7 +171,10 @@ pub async fn serve_outbound(
     mut client: TcpStream,
     client_addr: SocketAddr,
 ) {
+    let deadline = Instant::now() + listener.timeouts.handshake;
+    let seq = ClientSeq::default();
     let phase = async {
+        let client = &mut client;
         let mut server =
             match upstream::connect(&listener.upstream, listener.timeouts.connect).await? {
                 UpstreamStream::Tcp(tcp) => tcp,
@@ -134,7 +188,7 @@ pub async fn serve_outbound(
         if greeting.first_byte() == Some(0xFF) {
             // The server refused us outright (host blocked, too many
             // connections): pass its ERR on.
-            send(&mut client, greeting.seq, &greeting.payload).await?;
+            send(client, greeting.seq, &greeting.payload).await?;
             return Err(PhaseError::Refused(
                 "the server answered with an ERR".to_owned(),
             ));
@@ -142,20 +196,23 @@ pub async fn serve_outbound(
         if !wire::greeting_offers_tls(&greeting.payload)? {
             let message =
                 "mtlsd: the MariaDB server does not offer TLS; refusing to continue in plaintext";
-            send(&mut client, 0, &err(ERR_UNSECURE, message)).await?;
+            send(client, 0, &err(ERR_UNSECURE, message)).await?;
             return Err(PhaseError::Refused(message.to_owned()));
         }
         wire::set_greeting_tls(&mut greeting.payload, false)?;
-        send(&mut client, greeting.seq, &greeting.payload).await?;
+        send(client, greeting.seq, &greeting.payload).await?;
+        // The client answers with greeting + 1 and then expects + 2.
+        seq.after(greeting.seq, 2);
 
         let mut client_reader = Reader::new(client);
         let mut response = client_reader.message().await?;
+        seq.after(response.seq, response.packets);
         if wire::response_caps(&response.payload)? & wire::CLIENT_SSL != 0 {
             let message = "mtlsd: TLS between a local client and mtlsd is not supported in upgrade \
                            mode; connect without TLS (mtlsd encrypts the connection to the server)";
             send(
                 &mut client_reader.inner,
-                response.seq.wrapping_add(1),
+                seq.next(),
                 &err(ERR_UNSECURE, message),
             )
             .await?;
@@ -176,7 +233,7 @@ pub async fn serve_outbound(
                     format!("mtlsd: TLS to the MariaDB server failed: {e} (see the mtlsd log)");
                 let _ = send(
                     &mut client_reader.inner,
-                    response.seq.wrapping_add(1),
+                    seq.next(),
                     &err(ERR_UNSECURE, &message),
                 )
                 .await;
@@ -189,11 +246,12 @@ pub async fn serve_outbound(
         send(&mut tls, response.seq, &response.payload).await?;
         Ok((client_reader, tls))
     };
-    let (client_reader, tls) = match tokio::time::timeout(listener.timeouts.handshake, phase).await
-    {
-        Ok(Ok(streams)) => streams,
-        Ok(Err(e)) => return phase_failed(ctx, listener, client_addr, &e),
-        Err(_) => return phase_timeout(ctx, listener, client_addr),
+    let (client_reader, tls) = match within(deadline, listener, phase).await {
+        Ok(streams) => streams,
+        Err(e) => {
+            tell_client(&mut client, &seq, &e).await;
+            return phase_ended(ctx, listener, client_addr, &e);
+        }
     };
     let chain = tls
         .get_ref()
@@ -203,9 +261,9 @@ pub async fn serve_outbound(
         .to_vec();
     let registration = ctx.register(listener, client_addr, AuthUsage::Server, chain);
     // Client → server +1 (mtlsd added the SSLRequest), server → client −1.
-    let relayed = finish_and_relay(client_reader, Reader::new(tls), 1, listener);
+    let relayed = finish_and_relay(client_reader, Reader::new(tls), 1, &seq, deadline, listener);
     tokio::select! {
-        result = relayed => log_end(listener, client_addr, result),
+        result = relayed => connection_ended(ctx, listener, client_addr, result),
         () = registration.closed_by_policy() => {
             tracing::info!(listener = %listener.name, peer = %client_addr, "connection closed: peer no longer verifies");
         }
@@ -219,7 +277,10 @@ pub async fn serve_inbound(
     mut client: TcpStream,
     peer: SocketAddr,
 ) {
+    let deadline = Instant::now() + listener.timeouts.handshake;
+    let seq = ClientSeq::default();
     let before_tls = async {
+        let client = &mut client;
         let upstream = upstream::connect(&listener.upstream, listener.timeouts.connect).await?;
         let mut server: Box<dyn Stream> = match upstream {
             UpstreamStream::Tcp(tcp) => Box::new(tcp),
@@ -227,33 +288,31 @@ pub async fn serve_inbound(
         };
         let mut greeting = read_exact_message(&mut server).await?;
         if greeting.first_byte() == Some(0xFF) {
-            send(&mut client, greeting.seq, &greeting.payload).await?;
+            send(client, greeting.seq, &greeting.payload).await?;
             return Err(PhaseError::Refused(
                 "the local server answered with an ERR".to_owned(),
             ));
         }
         wire::set_greeting_tls(&mut greeting.payload, true)?;
-        send(&mut client, greeting.seq, &greeting.payload).await?;
-        let request = read_exact_message(&mut client).await?;
+        send(client, greeting.seq, &greeting.payload).await?;
+        seq.after(greeting.seq, 2);
+        let request = read_exact_message(client).await?;
+        seq.after(request.seq, request.packets);
         let is_ssl_request = request.payload.len() == wire::SSL_REQUEST_LEN
             && wire::response_caps(&request.payload)? & wire::CLIENT_SSL != 0;
         if !is_ssl_request {
             let message = "mtlsd: this server requires TLS with a client certificate";
-            send(
-                &mut client,
-                request.seq.wrapping_add(1),
-                &err(ERR_ACCESS, message),
-            )
-            .await?;
+            send(client, seq.next(), &err(ERR_ACCESS, message)).await?;
             return Err(PhaseError::Refused("client did not request TLS".to_owned()));
         }
-        Ok((client, server))
+        Ok(server)
     };
-    let (client, server) = match tokio::time::timeout(listener.timeouts.handshake, before_tls).await
-    {
-        Ok(Ok(streams)) => streams,
-        Ok(Err(e)) => return phase_failed(ctx, listener, peer, &e),
-        Err(_) => return phase_timeout(ctx, listener, peer),
+    let server = match within(deadline, listener, before_tls).await {
+        Ok(server) => server,
+        Err(e) => {
+            tell_client(&mut client, &seq, &e).await;
+            return phase_ended(ctx, listener, peer, &e);
+        }
     };
     // The TLS handshake starts right after the SSLRequest; nothing past it
     // was read from the socket.
@@ -261,28 +320,53 @@ pub async fn serve_inbound(
         return;
     };
     let registration = ctx.register(listener, peer, AuthUsage::Client, accepted.chain.clone());
+    let mut tls = accepted.tls;
     let after_tls = async {
-        let mut client_reader = Reader::new(accepted.tls);
+        let mut client_reader = Reader::new(&mut tls);
         let mut server = server;
         let mut response = client_reader.message().await?;
+        seq.after(response.seq, response.packets);
         wire::set_response_tls(&mut response.payload, false)?;
         send(&mut server, response.seq.wrapping_sub(1), &response.payload).await?;
-        Ok::<_, PhaseError>((client_reader, server))
+        Ok::<_, PhaseError>((client_reader.buf, server))
     };
-    let (client_reader, server) =
-        match tokio::time::timeout(listener.timeouts.handshake, after_tls).await {
-            Ok(Ok(streams)) => streams,
-            Ok(Err(e)) => return phase_failed(ctx, listener, peer, &e),
-            Err(_) => return phase_timeout(ctx, listener, peer),
-        };
+    let (client_buf, server) = match within(deadline, listener, after_tls).await {
+        Ok(streams) => streams,
+        Err(e) => {
+            tell_client(&mut tls, &seq, &e).await;
+            return phase_ended(ctx, listener, peer, &e);
+        }
+    };
+    let client_reader = Reader {
+        inner: tls,
+        buf: client_buf,
+    };
     // Client → server −1 (mtlsd removed the SSLRequest), server → client +1.
-    let relayed = finish_and_relay(client_reader, Reader::new(server), -1, listener);
+    let relayed = finish_and_relay(
+        client_reader,
+        Reader::new(server),
+        -1,
+        &seq,
+        deadline,
+        listener,
+    );
     tokio::select! {
-        result = relayed => log_end(listener, peer, result),
+        result = relayed => connection_ended(ctx, listener, peer, result),
         () = registration.closed_by_policy() => {
             tracing::info!(listener = %listener.name, %peer, "connection closed: peer no longer verifies");
         }
     }
+}
+
+/// Runs one step of the connection phase, bounded by the phase's deadline.
+async fn within<T>(
+    deadline: Instant,
+    listener: &ListenerConfig,
+    step: impl Future<Output = Result<T, PhaseError>>,
+) -> Result<T, PhaseError> {
+    tokio::time::timeout_at(deadline, step)
+        .await
+        .unwrap_or(Err(PhaseError::Timeout(listener.timeouts.handshake)))
 }
 
 /// Any byte stream mtlsd relays.
@@ -296,6 +380,8 @@ async fn finish_and_relay<C, S>(
     client: Reader<C>,
     server: Reader<S>,
     client_delta: i8,
+    seq: &ClientSeq,
+    deadline: Instant,
     listener: &ListenerConfig,
 ) -> Result<(), PhaseError>
 where
@@ -331,11 +417,12 @@ where
                 // Set before the client can see OK and send a command.
                 done.store(true, Ordering::SeqCst);
             }
-            let seq = message.seq.wrapping_add_signed(-client_delta);
+            let client_seq = message.seq.wrapping_add_signed(-client_delta);
             client_w
-                .write_all(&wire::encode(seq, &message.payload))
+                .write_all(&wire::encode(client_seq, &message.payload))
                 .await?;
             client_w.flush().await?;
+            seq.after(client_seq, message.packets);
             if ends {
                 done_notify.notify_one();
                 return Ok::<_, PhaseError>(());
@@ -349,9 +436,10 @@ where
                 else {
                     break;
                 };
-                let seq = message.seq.wrapping_add_signed(client_delta);
+                seq.after(message.seq, message.packets);
+                let server_seq = message.seq.wrapping_add_signed(client_delta);
                 server_w
-                    .write_all(&wire::encode(seq, &message.payload))
+                    .write_all(&wire::encode(server_seq, &message.payload))
                     .await?;
                 server_w.flush().await?;
             }
@@ -369,7 +457,12 @@ where
             }
         }
     };
-    tokio::try_join!(server_to_client, client_to_server)?;
+    let phase = async { tokio::try_join!(server_to_client, client_to_server) };
+    let phase = within(deadline, listener, phase).await;
+    if let Err(e) = phase {
+        tell_client(&mut client_w, seq, &e).await;
+        return Err(e);
+    }
 
     // Past the connection phase: whatever is buffered is commands and
     // results, passed on untouched.
@@ -381,13 +474,12 @@ where
     }
     let client = client_r.inner.unsplit(client_w);
     let server = server_r.inner.unsplit(server_w);
-    relay(client, server, ("client", "server"), listener.timeouts.idle)
-        .await
-        .map(|_| ())
-        .map_err(|e| PhaseError::Io(std::io::Error::other(e.to_string())))
+    relay(client, server, ("client", "server"), listener.timeouts.idle).await?;
+    Ok(())
 }
 
-fn phase_failed(
+/// Counts and logs a connection phase that did not finish.
+fn phase_ended(
     ctx: &ListenerContext,
     listener: &ListenerConfig,
     peer: SocketAddr,
@@ -400,23 +492,30 @@ fn phase_failed(
             tracing::warn!(listener = %listener.name, %peer, reason = %reason, "MariaDB connection refused");
             ctx.stats.refused(RejectReason::Protocol);
         }
+        PhaseError::Timeout(_) => {
+            let e = std::io::Error::other(error.to_string());
+            handshake::refused(ctx, listener, peer, RejectReason::Timeout, &e, None);
+        }
         other => {
-            let e = std::io::Error::other(other.to_string());
+            let e = std::io::Error::other(format!("MariaDB connection phase: {other}"));
             handshake::refused(ctx, listener, peer, RejectReason::Protocol, &e, None);
         }
     }
 }
 
-fn phase_timeout(ctx: &ListenerContext, listener: &ListenerConfig, peer: SocketAddr) {
-    let e = std::io::Error::other("MariaDB connection phase did not finish in time");
-    handshake::refused(ctx, listener, peer, RejectReason::Timeout, &e, None);
-}
-
-fn log_end(listener: &ListenerConfig, peer: SocketAddr, result: Result<(), PhaseError>) {
+/// Logs the end of a connection; a failure still inside the connection
+/// phase is counted as a refusal.
+fn connection_ended(
+    ctx: &ListenerContext,
+    listener: &ListenerConfig,
+    peer: SocketAddr,
+    result: Result<(), PhaseError>,
+) {
     match result {
         Ok(()) => tracing::debug!(listener = %listener.name, %peer, "MariaDB connection closed"),
-        Err(e) => {
+        Err(PhaseError::Relay(e)) => {
             tracing::info!(listener = %listener.name, %peer, error = %e, "MariaDB connection ended")
         }
+        Err(e) => phase_ended(ctx, listener, peer, &e),
     }
 }
