@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::Scheme;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty};
@@ -32,8 +33,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::handshake;
-use super::identity_headers;
-use super::pool::upstream_uri;
+use super::identity_headers::{self, IdentityHeaders};
+use super::pool::UpstreamTarget;
 use crate::config::ListenerConfig;
 use crate::listener::ListenerContext;
 use crate::metrics::RequestMetrics;
@@ -52,6 +53,8 @@ struct Inbound {
     ctx: Arc<ListenerContext>,
     listener: Arc<ListenerConfig>,
     identity: Option<PeerIdentity>,
+    identity_headers: Option<IdentityHeaders>,
+    target: Option<UpstreamTarget>,
     peer: SocketAddr,
 }
 
@@ -73,7 +76,9 @@ pub async fn serve_inbound(
     let state = Arc::new(Inbound {
         ctx: ctx.clone(),
         listener: listener.clone(),
+        identity_headers: accepted.identity.as_ref().map(IdentityHeaders::new),
         identity: accepted.identity,
+        target: UpstreamTarget::new(Scheme::HTTP, &listener.upstream),
         peer,
     });
     let service = service_fn(move |request| handle_inbound(state.clone(), request));
@@ -110,10 +115,14 @@ async fn handle_inbound(
 
     let (mut parts, body) = request.into_parts();
     identity_headers::strip(&mut parts.headers);
-    if let Some(identity) = &state.identity {
-        identity_headers::set(&mut parts.headers, identity);
+    if let Some(identity) = &state.identity_headers {
+        identity.set(&mut parts.headers);
     }
-    let Some(uri) = upstream_uri("http", &listener.upstream, parts.uri.path_and_query()) else {
+    let Some(uri) = state
+        .target
+        .as_ref()
+        .and_then(|t| t.uri(parts.uri.path_and_query()))
+    else {
         return Ok(grpc_error(code::UNAVAILABLE, "upstream is not host:port"));
     };
     parts.uri = uri;
@@ -226,6 +235,7 @@ impl Drop for ObservedBody {
 struct Outbound {
     ctx: Arc<ListenerContext>,
     listener: Arc<ListenerConfig>,
+    target: Option<UpstreamTarget>,
     client: SocketAddr,
 }
 
@@ -238,6 +248,7 @@ pub async fn serve_outbound(
 ) {
     let state = Arc::new(Outbound {
         ctx: ctx.clone(),
+        target: UpstreamTarget::new(Scheme::HTTPS, &listener.upstream),
         listener,
         client,
     });
@@ -251,7 +262,11 @@ async fn handle_outbound(
 ) -> Result<Response<Body>, Infallible> {
     let listener = &state.listener;
     let (mut parts, body) = request.into_parts();
-    let Some(uri) = upstream_uri("https", &listener.upstream, parts.uri.path_and_query()) else {
+    let Some(uri) = state
+        .target
+        .as_ref()
+        .and_then(|t| t.uri(parts.uri.path_and_query()))
+    else {
         return Ok(grpc_error(code::UNAVAILABLE, "upstream is not host:port"));
     };
     parts.uri = uri;

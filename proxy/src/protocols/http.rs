@@ -25,8 +25,8 @@ use tokio::net::TcpStream;
 
 use super::grpc::Body;
 use super::handshake;
-use super::identity_headers;
-use super::pool::upstream_uri;
+use super::identity_headers::{self, IdentityHeaders};
+use super::pool::UpstreamTarget;
 use crate::config::ListenerConfig;
 use crate::listener::ListenerContext;
 
@@ -34,6 +34,12 @@ struct Inbound {
     ctx: Arc<ListenerContext>,
     listener: Arc<ListenerConfig>,
     identity: Option<PeerIdentity>,
+    identity_headers: Option<IdentityHeaders>,
+    target: Option<UpstreamTarget>,
+    /// `x-forwarded-for`, the same for every request of the connection.
+    forwarded_for: Option<HeaderValue>,
+    /// `host` for the upstream: its authority.
+    upstream_host: Option<HeaderValue>,
     peer: SocketAddr,
 }
 
@@ -49,10 +55,17 @@ pub async fn serve_inbound(
     };
     let registration = (!accepted.chain.is_empty())
         .then(|| ctx.register(&listener, peer, AuthUsage::Client, accepted.chain.clone()));
+    let target = UpstreamTarget::new(http::uri::Scheme::HTTP, &listener.upstream);
     let state = Arc::new(Inbound {
         ctx: ctx.clone(),
         listener: listener.clone(),
+        identity_headers: accepted.identity.as_ref().map(IdentityHeaders::new),
         identity: accepted.identity,
+        upstream_host: target
+            .as_ref()
+            .and_then(|t| HeaderValue::from_str(t.authority().as_str()).ok()),
+        target,
+        forwarded_for: HeaderValue::from_str(&peer.ip().to_string()).ok(),
         peer,
     });
     let service = service_fn(move |request| handle(state.clone(), request));
@@ -119,8 +132,8 @@ async fn handle(
 
     let (mut parts, body) = request.into_parts();
     identity_headers::strip(&mut parts.headers);
-    if let Some(identity) = &state.identity {
-        identity_headers::set(&mut parts.headers, identity);
+    if let Some(identity) = &state.identity_headers {
+        identity.set(&mut parts.headers);
     }
     let headers = &mut parts.headers;
     for name in [
@@ -131,23 +144,25 @@ async fn handle(
     ] {
         headers.remove(name);
     }
-    if let Ok(value) = HeaderValue::from_str(&state.peer.ip().to_string()) {
-        headers.insert("x-forwarded-for", value);
+    if let Some(value) = &state.forwarded_for {
+        headers.insert("x-forwarded-for", value.clone());
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
     if let Some(host) = original_host {
         headers.insert("x-forwarded-host", host);
     }
-    let Some(uri) = upstream_uri("http", &listener.upstream, parts.uri.path_and_query()) else {
+    let Some(uri) = state
+        .target
+        .as_ref()
+        .and_then(|t| t.uri(parts.uri.path_and_query()))
+    else {
         return Ok(text(StatusCode::BAD_GATEWAY, "upstream is not host:port\n"));
     };
     parts.uri = uri;
     // HTTP/1.1 to the upstream whatever the client spoke.
     parts.version = http::Version::HTTP_11;
-    if let Some(authority) = parts.uri.authority().map(|a| a.as_str().to_owned())
-        && let Ok(value) = HeaderValue::from_str(&authority)
-    {
-        parts.headers.insert(header::HOST, value);
+    if let Some(host) = &state.upstream_host {
+        parts.headers.insert(header::HOST, host.clone());
     }
 
     let client = state.ctx.pool.plain(listener, false);

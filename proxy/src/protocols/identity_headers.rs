@@ -13,33 +13,67 @@ pub const FORWARDED_CLIENT_CERT: &str = "x-forwarded-client-cert";
 
 /// Removes every identity header a client may have sent.
 pub fn strip(headers: &mut HeaderMap) {
-    let forged: Vec<_> = headers
-        .keys()
-        .filter(|name| {
-            let name = name.as_str();
-            name.starts_with("x-mtlsd-") || name == FORWARDED_CLIENT_CERT
-        })
-        .cloned()
-        .collect();
+    let forgeable = |name: &http::HeaderName| {
+        let name = name.as_str();
+        name.starts_with("x-mtlsd-") || name == FORWARDED_CLIENT_CERT
+    };
+    // The common case, nothing to remove, allocates nothing.
+    if !headers.keys().any(forgeable) {
+        return;
+    }
+    let forged: Vec<_> = headers.keys().filter(|n| forgeable(n)).cloned().collect();
     for name in forged {
         headers.remove(&name);
     }
 }
 
+/// The header values for one verified peer, built once per connection:
+/// every request on it carries the same identity, and cloning a
+/// `HeaderValue` only bumps a reference count.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityHeaders {
+    host: Option<HeaderValue>,
+    roles: Option<HeaderValue>,
+    client_cert: Option<HeaderValue>,
+}
+
+impl IdentityHeaders {
+    pub fn new(identity: &PeerIdentity) -> Self {
+        let (host, roles) = match &identity.host {
+            Some(host) => {
+                let roles: Vec<&str> = host.roles.iter().map(String::as_str).collect();
+                (
+                    HeaderValue::from_str(&host.name).ok(),
+                    HeaderValue::from_str(&roles.join(",")).ok(),
+                )
+            }
+            None => (None, None),
+        };
+        Self {
+            host,
+            roles,
+            client_cert: HeaderValue::from_str(&forwarded_client_cert(identity)).ok(),
+        }
+    }
+
+    /// Sets the headers for the verified peer.
+    pub fn set(&self, headers: &mut HeaderMap) {
+        let values = [
+            (PEER_HOST, &self.host),
+            (PEER_ROLES, &self.roles),
+            (FORWARDED_CLIENT_CERT, &self.client_cert),
+        ];
+        for (name, value) in values {
+            if let Some(value) = value {
+                headers.insert(name, value.clone());
+            }
+        }
+    }
+}
+
 /// Sets the headers for a verified peer.
 pub fn set(headers: &mut HeaderMap, identity: &PeerIdentity) {
-    if let Some(host) = &identity.host {
-        if let Ok(value) = HeaderValue::from_str(&host.name) {
-            headers.insert(PEER_HOST, value);
-        }
-        let roles: Vec<&str> = host.roles.iter().map(String::as_str).collect();
-        if let Ok(value) = HeaderValue::from_str(&roles.join(",")) {
-            headers.insert(PEER_ROLES, value);
-        }
-    }
-    if let Ok(value) = HeaderValue::from_str(&forwarded_client_cert(identity)) {
-        headers.insert(FORWARDED_CLIENT_CERT, value);
-    }
+    IdentityHeaders::new(identity).set(headers);
 }
 
 /// Envoy-style: `Hash=<sha256 hex>;Subject="…";DNS=…;URI=…`.
