@@ -13,6 +13,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.worker_threads())
         .enable_all()
         .build()
     {

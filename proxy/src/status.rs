@@ -16,6 +16,8 @@ pub struct Status {
     pub version: &'static str,
     pub ready: bool,
     pub started_at: String,
+    /// The runtime's worker threads (`runtime.worker_threads`).
+    pub worker_threads: usize,
     pub generation: u64,
     pub loaded_at: String,
     pub last_reload: Option<LastReload>,
@@ -138,6 +140,9 @@ pub fn status(state: &DaemonState) -> Status {
         version: env!("CARGO_PKG_VERSION"),
         ready: readiness(state).is_ok(),
         started_at: time(state.started_at),
+        worker_threads: tokio::runtime::Handle::try_current()
+            .map(|h| h.metrics().num_workers())
+            .unwrap_or(0),
         generation: generation.number(),
         loaded_at: time(generation.loaded_at()),
         last_reload: state.last_reload().map(|(at, outcome)| LastReload {

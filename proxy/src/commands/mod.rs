@@ -28,6 +28,21 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Runtime worker threads for this command, decided before the runtime
+    /// exists: `run` takes `runtime.worker_threads` from its config (one
+    /// that does not load gets the default, and `run` then reports why);
+    /// every other command needs one.
+    pub fn worker_threads(&self) -> usize {
+        match &self.command {
+            Command::Run { config } => crate::config::Config::load(config)
+                .map(|c| c.worker_threads)
+                .unwrap_or(1),
+            _ => 1,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,

@@ -55,11 +55,12 @@ fn render(st: &Value) -> String {
     };
     let _ = writeln!(
         out,
-        "mtlsd {}: {ready}, generation {} (loaded {}, started {})",
+        "mtlsd {}: {ready}, generation {} (loaded {}, started {}), {} worker thread(s)",
         s(&st["version"]),
         st["generation"],
         s(&st["loaded_at"]),
-        s(&st["started_at"])
+        s(&st["started_at"]),
+        st["worker_threads"]
     );
     if let Some(reload) = st["last_reload"].as_object() {
         let _ = write!(

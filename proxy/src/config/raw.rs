@@ -21,6 +21,7 @@ pub(crate) struct RawConfig {
     pub(crate) shutdown: Option<RawShutdown>,
     pub(crate) reload: Option<RawReload>,
     pub(crate) expiry: Option<RawExpiry>,
+    pub(crate) runtime: Option<RawRuntime>,
     pub(crate) state_dir: Option<String>,
     #[serde(default)]
     pub(crate) inbound: Vec<RawListener>,
@@ -84,6 +85,11 @@ pub(crate) struct RawExpiry {
     pub(crate) critical: Option<String>,
     pub(crate) check_interval: Option<String>,
     pub(crate) repeat: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawRuntime {
+    pub(crate) worker_threads: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -18,6 +18,9 @@ use super::DEFAULT_ADMIN_LISTEN;
 const DEFAULT_STATE_DIR: &str = "/var/lib/mtlsd";
 const DEFAULT_TRUST_DOMAIN: &str = "mesh";
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// See `Config::worker_threads` for why one.
+const DEFAULT_WORKER_THREADS: usize = 1;
+const MAX_WORKER_THREADS: u64 = 64;
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -280,6 +283,17 @@ impl Validator {
             raw.shutdown.and_then(|s| s.drain_timeout),
             DEFAULT_DRAIN_TIMEOUT,
         );
+        let worker_threads = match raw.runtime.and_then(|r| r.worker_threads) {
+            None => DEFAULT_WORKER_THREADS,
+            Some(n @ 1..=MAX_WORKER_THREADS) => usize::try_from(n).unwrap_or(1),
+            Some(n) => {
+                self.problem(
+                    "runtime.worker_threads",
+                    format!("{n} is out of range (1 to {MAX_WORKER_THREADS})"),
+                );
+                DEFAULT_WORKER_THREADS
+            }
+        };
         let state_dir = self
             .path(
                 "state_dir",
@@ -338,6 +352,7 @@ impl Validator {
             admin_tls,
             allow_tls12,
             drain_timeout,
+            worker_threads,
             state_dir,
             reload,
             expiry,
@@ -1071,6 +1086,24 @@ mod tests {
         assert_eq!(found.len(), 2, "{found:?}");
         assert!(found[0].starts_with("listener 'grpc-in': insecure_remote_upstream"));
         assert!(found[1].starts_with("listener 'db-out': insecure_skip_verify"));
+    }
+
+    #[test]
+    fn worker_threads_default_to_one_and_are_bounded() {
+        assert_eq!(parse_str(GOOD, &[]).unwrap().worker_threads, 1);
+        let four = format!("{GOOD}\n[runtime]\nworker_threads = 4\n");
+        assert_eq!(parse_str(&four, &[]).unwrap().worker_threads, 4);
+        for bad in ["0", "65"] {
+            let text = format!("{GOOD}\n[runtime]\nworker_threads = {bad}\n");
+            let found = problems(&text, &[]);
+            assert_eq!(keys(&found), ["runtime.worker_threads"], "{bad}");
+            assert!(found[0].message.contains("out of range"));
+        }
+        let old = parse_str(GOOD, &[]).unwrap();
+        let (kept, refused) = old.apply_live(parse_str(&four, &[]).unwrap());
+        assert_eq!(kept.worker_threads, 1);
+        assert_eq!(refused.len(), 1);
+        assert!(refused[0].starts_with("runtime.worker_threads: cannot change"));
     }
 
     #[test]

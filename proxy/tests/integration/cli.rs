@@ -397,3 +397,32 @@ fn receive(socket: &UnixDatagram) -> String {
     let n = socket.recv(&mut buf).expect("a notification from mtlsd");
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_has_the_configured_worker_threads() {
+    let setup = Setup::new();
+    let echo = Echo::start().await;
+    for (extra, expected) in [("", 1), ("[runtime]\nworker_threads = 3\n", 3)] {
+        let config = setup.config(&echo.addr.to_string(), extra);
+        let args = run_args(&config);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut mtlsd = MtlsdProcess::spawn(&args, &[]);
+        let addr = mtlsd.listener_addr("in").await;
+        // Traffic, so every worker has started.
+        let client = setup.pki.ca.issue(&localhost_leaf("client")).unwrap();
+        let mut stream = tls_connect(addr, client_config(setup.pki.ca.cert_der(), Some(&client)))
+            .await
+            .unwrap();
+        assert_eq!(round_trip(&mut stream, b"x").await.unwrap(), b"x");
+        // The runtime's own count, as /status reports it.
+        let admin = mtlsd.wait_for_log("admin endpoint listening", SOON).await;
+        let admin: std::net::SocketAddr = admin["addr"].as_str().unwrap().parse().unwrap();
+        let (code, body) = http_get(admin, "/status").await;
+        assert_eq!(code, 200);
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status["worker_threads"], expected, "with {extra:?}");
+        mtlsd.signal(Signal::SIGTERM);
+        drop(stream);
+        assert_eq!(mtlsd.exited(SOON).await.code(), Some(0));
+    }
+}
