@@ -71,7 +71,7 @@ impl Kind {
         match self {
             Kind::Direct => &["load generator straight to the upstream, no TLS"],
             Kind::Mtlsd => &[
-                "release build; tokio multi-thread runtime, 2 worker threads (one per core, its default)",
+                "release build; tokio runtime with 1 worker thread (mtlsd's default, runtime.worker_threads; a second worker used a third more CPU per call here at the same maximum rate)",
                 "rustls 0.23 with aws-lc-rs, defaults: TLS 1.3 only, session resumption on (rustls default, no setting to turn it off)",
                 "grpc mode: h2c in, pooled h2 over mTLS between the pair, pooled h2c to the upstream",
                 "tcp mode for L4; max_connections = 8192 per listener; no inventory (chain + name checks only, as the peers do)",
