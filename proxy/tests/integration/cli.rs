@@ -44,6 +44,27 @@ fn run_args(config: &Path) -> Vec<String> {
     ]
 }
 
+/// `mtlsd run --config config`, after one round trip through listener "in"
+/// (so it is serving), with that connection still open.
+async fn run_serving(
+    setup: &Setup,
+    config: &Path,
+) -> (
+    MtlsdProcess,
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) {
+    let args = run_args(config);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut mtlsd = MtlsdProcess::spawn(&args, &[]);
+    let addr = mtlsd.listener_addr("in").await;
+    let client = setup.pki.ca.issue(&localhost_leaf("client")).unwrap();
+    let mut stream = tls_connect(addr, client_config(setup.pki.ca.cert_der(), Some(&client)))
+        .await
+        .unwrap();
+    assert_eq!(round_trip(&mut stream, b"x").await.unwrap(), b"x");
+    (mtlsd, stream)
+}
+
 #[test]
 fn startup_refuses_each_bad_input_and_names_it() {
     type Breaker = fn(&Setup) -> (std::path::PathBuf, String);
@@ -268,15 +289,7 @@ async fn drain_deadline_closes_what_is_left_and_still_exits_zero() {
     let echo = Echo::start().await;
     let config = setup.config(&echo.addr.to_string(), "");
     // material_toml sets a 2 s drain deadline.
-    let args = run_args(&config);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut mtlsd = MtlsdProcess::spawn(&args, &[]);
-    let addr = mtlsd.listener_addr("in").await;
-    let client = setup.pki.ca.issue(&localhost_leaf("client")).unwrap();
-    let mut stream = tls_connect(addr, client_config(setup.pki.ca.cert_der(), Some(&client)))
-        .await
-        .unwrap();
-    assert_eq!(round_trip(&mut stream, b"x").await.unwrap(), b"x");
+    let (mut mtlsd, mut stream) = run_serving(&setup, &config).await;
 
     let started = std::time::Instant::now();
     mtlsd.signal(Signal::SIGTERM);
@@ -404,16 +417,7 @@ async fn the_runtime_has_the_configured_worker_threads() {
     let echo = Echo::start().await;
     for (extra, expected) in [("", 1), ("[runtime]\nworker_threads = 3\n", 3)] {
         let config = setup.config(&echo.addr.to_string(), extra);
-        let args = run_args(&config);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut mtlsd = MtlsdProcess::spawn(&args, &[]);
-        let addr = mtlsd.listener_addr("in").await;
-        // Traffic, so every worker has started.
-        let client = setup.pki.ca.issue(&localhost_leaf("client")).unwrap();
-        let mut stream = tls_connect(addr, client_config(setup.pki.ca.cert_der(), Some(&client)))
-            .await
-            .unwrap();
-        assert_eq!(round_trip(&mut stream, b"x").await.unwrap(), b"x");
+        let (mut mtlsd, stream) = run_serving(&setup, &config).await;
         // The runtime's own count, as /status reports it.
         let admin = mtlsd.wait_for_log("admin endpoint listening", SOON).await;
         let admin: std::net::SocketAddr = admin["addr"].as_str().unwrap().parse().unwrap();

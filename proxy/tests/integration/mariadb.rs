@@ -254,20 +254,29 @@ impl Setup {
     }
 }
 
-/// [`client`] with owned options, off the async runtime.
-async fn client_with(
-    entry: SocketAddr,
-    user: &'static str,
-    password: &'static str,
-    args: Vec<String>,
-    sql: &'static str,
-) -> Output {
+/// [`client`], off the async runtime.
+async fn query(entry: SocketAddr, user: &str, password: &str, extra: &[&str], sql: &str) -> Output {
+    let owned = |s: &str| s.to_owned();
+    let (user, password, sql) = (owned(user), owned(password), owned(sql));
+    let extra: Vec<String> = extra.iter().map(|s| owned(s)).collect();
     blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        client(entry, user, password, &args, sql)
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        client(entry, &user, &password, &extra, &sql)
     })
     .await
     .unwrap()
+}
+
+/// [`query`] with owned options (as [`Setup::tls_client_args`] makes them).
+async fn client_with(
+    entry: SocketAddr,
+    user: &str,
+    password: &str,
+    args: Vec<String>,
+    sql: &str,
+) -> Output {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    query(entry, user, password, &args, sql).await
 }
 
 fn blocking<T: Send + 'static>(
@@ -280,9 +289,7 @@ fn blocking<T: Send + 'static>(
 async fn the_server_really_requires_tls() {
     let setup = Setup::new();
     let addr: SocketAddr = format!("127.0.0.1:{}", setup.db.port).parse().unwrap();
-    let out = blocking(move || client(addr, "app", "app-secret", &["--skip-ssl"], "SELECT 1"))
-        .await
-        .unwrap();
+    let out = query(addr, "app", "app-secret", &["--skip-ssl"], "SELECT 1").await;
     assert!(!out.status.success(), "plaintext login worked");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -297,45 +304,35 @@ async fn upgrade_gives_a_plaintext_client_a_tls_session_for_every_user_kind() {
     let host = setup.upgrade_host(&setup.db_ca, "").await;
     let entry = host.local_addr("db").unwrap();
 
-    let cipher = blocking(move || {
-        client(
-            entry,
-            "app",
-            "app-secret",
-            &[],
-            "SHOW STATUS LIKE 'Ssl_cipher'",
-        )
-    })
-    .await
-    .unwrap();
+    let cipher = query(
+        entry,
+        "app",
+        "app-secret",
+        &[],
+        "SHOW STATUS LIKE 'Ssl_cipher'",
+    )
+    .await;
     let cipher = ok(&cipher);
     assert!(
         cipher.contains("TLS_"),
         "no TLS cipher for the session: {cipher:?}"
     );
 
-    let ed = blocking(move || client(entry, "edu", "edu-secret", &[], "SELECT CURRENT_USER()"))
-        .await
-        .unwrap();
+    let ed = query(entry, "edu", "edu-secret", &[], "SELECT CURRENT_USER()").await;
     assert!(ok(&ed).contains("edu@%"));
 
     // REQUIRE X509: mtlsd presents this host's certificate to the server.
-    let x509 = blocking(move || {
-        client(
-            entry,
-            "certified",
-            "cert-secret",
-            &[],
-            "SHOW STATUS LIKE 'Ssl_version'",
-        )
-    })
-    .await
-    .unwrap();
+    let x509 = query(
+        entry,
+        "certified",
+        "cert-secret",
+        &[],
+        "SHOW STATUS LIKE 'Ssl_version'",
+    )
+    .await;
     assert!(ok(&x509).contains("TLSv1.3"));
 
-    let wrong = blocking(move || client(entry, "app", "wrong", &[], "SELECT 1"))
-        .await
-        .unwrap();
+    let wrong = query(entry, "app", "wrong", &[], "SELECT 1").await;
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("Access denied"));
 }
@@ -346,17 +343,14 @@ async fn big_results_and_a_twenty_mebibyte_blob_cross_byte_exact() {
     let host = setup.upgrade_host(&setup.db_ca, "").await;
     let entry = host.local_addr("db").unwrap();
 
-    let rows = blocking(move || {
-        client(
-            entry,
-            "app",
-            "app-secret",
-            &[],
-            "SELECT seq FROM seq_1_to_100000",
-        )
-    })
-    .await
-    .unwrap();
+    let rows = query(
+        entry,
+        "app",
+        "app-secret",
+        &[],
+        "SELECT seq FROM seq_1_to_100000",
+    )
+    .await;
     let rows = ok(&rows);
     let values: Vec<u64> = rows.lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(values.len(), 100_000);
@@ -406,9 +400,7 @@ async fn a_server_certificate_from_the_wrong_ca_is_refused() {
     let stranger = CertificateAuthority::new("stranger").unwrap();
     let host = setup.upgrade_host(&stranger, "").await;
     let entry = host.local_addr("db").unwrap();
-    let out = blocking(move || client(entry, "app", "app-secret", &[], "SELECT 1"))
-        .await
-        .unwrap();
+    let out = query(entry, "app", "app-secret", &[], "SELECT 1").await;
     assert!(
         !out.status.success(),
         "query went through a server from the wrong CA"
@@ -442,9 +434,7 @@ async fn terminate_requires_tls_from_the_client_and_forwards_to_the_local_server
     let out = ok(&out);
     assert!(out.contains("app@%") && out.contains("42"), "{out}");
 
-    let plain = blocking(move || client(entry, "app", "app-secret", &["--skip-ssl"], "SELECT 1"))
-        .await
-        .unwrap();
+    let plain = query(entry, "app", "app-secret", &["--skip-ssl"], "SELECT 1").await;
     assert!(
         !plain.status.success(),
         "plaintext login through terminate worked"
@@ -476,17 +466,14 @@ async fn the_sidecar_pair_carries_mariadb_in_a_tcp_tunnel() {
         );
     let (app_host, _) = start_daemon(&setup.pki, "app-host.toml", &toml).await;
     let entry = app_host.local_addr("db").unwrap();
-    let out = blocking(move || {
-        client(
-            entry,
-            "app",
-            "app-secret",
-            &["--skip-ssl"],
-            "SELECT CURRENT_USER()",
-        )
-    })
-    .await
-    .unwrap();
+    let out = query(
+        entry,
+        "app",
+        "app-secret",
+        &["--skip-ssl"],
+        "SELECT CURRENT_USER()",
+    )
+    .await;
     assert!(ok(&out).contains("app@%"));
     assert_eq!(db_host.stats("db-tunnel").unwrap().handshakes(), 1);
 }
@@ -624,23 +611,18 @@ async fn an_upgrade_listener_can_withhold_the_host_certificate() {
         .upgrade_host(&setup.db_ca, "present_certificate = false")
         .await;
     let entry = host.local_addr("db").unwrap();
-    let plain_user = blocking(move || {
-        client(
-            entry,
-            "app",
-            "app-secret",
-            &[],
-            "SHOW STATUS LIKE 'Ssl_cipher'",
-        )
-    })
-    .await
-    .unwrap();
+    let plain_user = query(
+        entry,
+        "app",
+        "app-secret",
+        &[],
+        "SHOW STATUS LIKE 'Ssl_cipher'",
+    )
+    .await;
     assert!(ok(&plain_user).contains("TLS_"));
     // Without a client certificate a REQUIRE X509 user is the server's
     // to refuse, which proves none was sent.
-    let x509 = blocking(move || client(entry, "certified", "cert-secret", &[], "SELECT 1"))
-        .await
-        .unwrap();
+    let x509 = query(entry, "certified", "cert-secret", &[], "SELECT 1").await;
     assert!(!x509.status.success(), "REQUIRE X509 without a certificate");
     let stderr = String::from_utf8_lossy(&x509.stderr);
     assert!(stderr.contains("Access denied"), "{stderr}");
