@@ -32,6 +32,7 @@ use mtlsd_reload::{AuthUsage, PeerIdentity};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::coalesce::Coalescing;
 use super::handshake;
 use super::identity_headers::{self, IdentityHeaders};
 use super::pool::UpstreamTarget;
@@ -82,7 +83,13 @@ pub async fn serve_inbound(
         peer,
     });
     let service = service_fn(move |request| handle_inbound(state.clone(), request));
-    serve_h2(&ctx, accepted.tls, service, registration.closed_by_policy()).await;
+    serve_h2(
+        &ctx,
+        Coalescing::new(accepted.tls),
+        service,
+        registration.closed_by_policy(),
+    )
+    .await;
 }
 
 async fn handle_inbound(
@@ -253,7 +260,13 @@ pub async fn serve_outbound(
         client,
     });
     let service = service_fn(move |request| handle_outbound(state.clone(), request));
-    serve_h2(&ctx, plain, service, std::future::pending()).await;
+    serve_h2(
+        &ctx,
+        Coalescing::new(plain),
+        service,
+        std::future::pending(),
+    )
+    .await;
 }
 
 async fn handle_outbound(

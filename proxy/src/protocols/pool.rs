@@ -25,10 +25,11 @@ use tokio_rustls::client::TlsStream;
 use crate::config::{ListenerConfig, Upstream};
 use crate::counting::CountingIo;
 use crate::listener::ListenerContext;
+use crate::protocols::coalesce::Coalescing;
 use crate::protocols::handshake;
 
 /// Plaintext upstream on loopback (h2c for grpc, HTTP/1.1 for http).
-pub type PlainClient = Client<HttpConnector, Incoming>;
+pub type PlainClient = Client<PlainConnector, Incoming>;
 /// mTLS to a remote host (grpc outbound).
 pub type RemoteClient = Client<RemoteConnector, Incoming>;
 
@@ -85,7 +86,10 @@ impl PoolSlot {
                 .http2_only(http2)
                 .timer(TokioTimer::new())
                 .pool_timer(TokioTimer::new())
-                .build(connector)
+                .build(PlainConnector {
+                    inner: connector,
+                    coalesce: http2,
+                })
         })
     }
 
@@ -112,6 +116,107 @@ impl PoolSlot {
                     client_addr,
                 })
         })
+    }
+}
+
+/// Dials the local upstream; h2c connections write through [`Coalescing`].
+#[derive(Debug, Clone)]
+pub struct PlainConnector {
+    inner: HttpConnector,
+    coalesce: bool,
+}
+
+impl tower_service::Service<Uri> for PlainConnector {
+    type Response = TokioIo<PlainConnection>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let coalesce = self.coalesce;
+        Box::pin(async move {
+            let tcp = connecting.await?.into_inner();
+            Ok(TokioIo::new(if coalesce {
+                PlainConnection::Coalescing(Coalescing::new(tcp))
+            } else {
+                PlainConnection::Direct(tcp)
+            }))
+        })
+    }
+}
+
+/// A plaintext upstream connection, buffered for h2c.
+#[derive(Debug)]
+pub enum PlainConnection {
+    Direct(TcpStream),
+    Coalescing(Coalescing<TcpStream>),
+}
+
+impl Connection for PlainConnection {
+    fn connected(&self) -> Connected {
+        match self {
+            Self::Direct(tcp) => tcp.connected(),
+            Self::Coalescing(io) => io.get_ref().connected(),
+        }
+    }
+}
+
+impl AsyncRead for PlainConnection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Direct(io) => Pin::new(io).poll_read(cx, buf),
+            Self::Coalescing(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for PlainConnection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Direct(io) => Pin::new(io).poll_write(cx, buf),
+            Self::Coalescing(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Direct(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Self::Coalescing(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Direct(io) => Pin::new(io).poll_flush(cx),
+            Self::Coalescing(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Direct(io) => Pin::new(io).poll_shutdown(cx),
+            Self::Coalescing(io) => Pin::new(io).poll_shutdown(cx),
+        }
     }
 }
 
@@ -142,18 +247,18 @@ impl tower_service::Service<Uri> for RemoteConnector {
                 .upgrade()
                 .ok_or_else(|| io::Error::other("listener removed"))?;
             let tls = handshake::connect(&ctx, &this.listener, this.client_addr).await?;
-            Ok(TokioIo::new(TlsConnection(tls)))
+            Ok(TokioIo::new(TlsConnection(Coalescing::new(tls))))
         })
     }
 }
 
 /// A TLS stream that tells hyper whether ALPN chose h2.
 #[derive(Debug)]
-pub struct TlsConnection(TlsStream<CountingIo<TcpStream>>);
+pub struct TlsConnection(Coalescing<TlsStream<CountingIo<TcpStream>>>);
 
 impl Connection for TlsConnection {
     fn connected(&self) -> Connected {
-        match self.0.get_ref().1.alpn_protocol() {
+        match self.0.get_ref().get_ref().1.alpn_protocol() {
             Some(b"h2") => Connected::new().negotiated_h2(),
             _ => Connected::new(),
         }
