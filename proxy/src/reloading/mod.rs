@@ -378,24 +378,40 @@ impl Reloader {
             closing: 0,
         };
 
-        let text = match std::fs::read_to_string(&self.config.source) {
-            Ok(text) => text,
-            Err(e) => {
-                return rejected(
-                    format!("{}: cannot read: {e}", self.config.source.display()),
-                    Vec::new(),
-                );
-            }
-        };
-        let config_fingerprint = Fingerprint::of(text.as_bytes());
-        let parsed = match Config::parse(&self.config.source, &text, self.env.iter().cloned()) {
-            Ok(parsed) => parsed,
-            Err(e) => return rejected(e.to_string(), Vec::new()),
+        // Reading files, parsing and building TLS configs block: with one
+        // runtime worker (the default), on the runtime they would stall
+        // every connection for the length of the build.
+        let source = self.config.source.clone();
+        let env = self.env.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let text = std::fs::read_to_string(&source)
+                .map_err(|e| format!("{}: cannot read: {e}", source.display()))?;
+            let fingerprint = Fingerprint::of(text.as_bytes());
+            Config::parse(&source, &text, env)
+                .map(|parsed| (parsed, fingerprint))
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("reading the configuration failed: {e}")));
+        let (parsed, config_fingerprint) = match read {
+            Ok(read) => read,
+            Err(reason) => return rejected(reason, Vec::new()),
         };
         let (next_config, refused) = self.config.apply_live(parsed);
 
         let spec = next_config.material_spec();
-        let next = match Generation::load(&spec, SystemTime::now()) {
+        let built =
+            tokio::task::spawn_blocking(move || Generation::load(&spec, SystemTime::now())).await;
+        let built = match built {
+            Ok(built) => built,
+            Err(e) => {
+                let mut outcome =
+                    rejected(format!("building the generation failed: {e}"), Vec::new());
+                outcome.refused = refused;
+                return outcome;
+            }
+        };
+        let next = match built {
             Ok(next) => next,
             Err(problems) => {
                 let mut outcome = rejected(problems.to_string(), Vec::new());
