@@ -687,7 +687,7 @@ async fn terminate_admits_only_inventory_hosts_with_an_allowed_role() {
 }
 
 /// Reads one packet: (sequence id, payload).
-async fn read_packet(stream: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+async fn read_packet<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> (u8, Vec<u8>) {
     use tokio::io::AsyncReadExt;
     let mut header = [0u8; 4];
     stream.read_exact(&mut header).await.unwrap();
@@ -767,4 +767,46 @@ async fn an_oversized_login_packet_gets_an_err_and_is_counted() {
         "{text}"
     );
     counted_once(&host, "db", RejectReason::Protocol).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_answers_an_oversized_login_over_tls_in_sequence() {
+    use tokio::io::AsyncWriteExt;
+    let setup = Setup::new();
+    let host = setup.terminate_host(None).await;
+    let entry = host.local_addr("mariadb-in").unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(entry).await.unwrap();
+    let (greeting_seq, _) = read_packet(&mut tcp).await;
+
+    // SSLRequest: CLIENT_SSL | 4.1 | secure connection, max packet, charset.
+    let caps: u32 = 0x800 | 0x200 | 0x8000;
+    let mut request = caps.to_le_bytes().to_vec();
+    request.extend_from_slice(&(16u32 << 20).to_le_bytes());
+    request.push(0x21);
+    request.extend_from_slice(&[0u8; 23]);
+    let mut packet = vec![32, 0, 0, greeting_seq + 1];
+    packet.extend_from_slice(&request);
+    tcp.write_all(&packet).await.unwrap();
+
+    let cert = setup
+        .pki
+        .ca
+        .issue(&localhost_leaf("remote-client"))
+        .unwrap();
+    let connector =
+        tokio_rustls::TlsConnector::from(client_config(setup.pki.ca.cert_der(), Some(&cert)));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    // The login response announces 8 MiB: refused from its length field.
+    tls.write_all(&[0x00, 0x00, 0x80, greeting_seq + 2, 1, 2, 3])
+        .await
+        .unwrap();
+    let (seq, err) = read_packet(&mut tls).await;
+    assert_eq!(seq, greeting_seq + 3, "the ERR is out of sequence");
+    let text = err_text(&err);
+    assert!(
+        text.contains("malformed MariaDB connection phase"),
+        "{text}"
+    );
+    counted_once(&host, "mariadb-in", RejectReason::Protocol).await;
 }

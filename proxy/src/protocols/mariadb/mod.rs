@@ -305,6 +305,9 @@ pub async fn serve_inbound(
             send(client, seq.next(), &err(ERR_ACCESS, message)).await?;
             return Err(PhaseError::Refused("client did not request TLS".to_owned()));
         }
+        // Over TLS the client sends its response as SSLRequest + 1 and
+        // expects the server's next packet after that.
+        seq.after(request.seq, 2);
         Ok(server)
     };
     let server = match within(deadline, listener, before_tls).await {
@@ -316,8 +319,17 @@ pub async fn serve_inbound(
     };
     // The TLS handshake starts right after the SSLRequest; nothing past it
     // was read from the socket.
-    let Some(accepted) = handshake::accept(ctx, listener, client, peer).await else {
-        return;
+    // The handshake counts its own refusals; the phase's deadline bounds it
+    // too, so the whole phase stays within one handshake_timeout.
+    let accepted =
+        tokio::time::timeout_at(deadline, handshake::accept(ctx, listener, client, peer));
+    let accepted = match accepted.await {
+        Ok(Some(accepted)) => accepted,
+        Ok(None) => return,
+        Err(_) => {
+            let e = PhaseError::Timeout(listener.timeouts.handshake);
+            return phase_ended(ctx, listener, peer, &e);
+        }
     };
     let registration = ctx.register(listener, peer, AuthUsage::Client, accepted.chain.clone());
     let mut tls = accepted.tls;
@@ -418,11 +430,13 @@ where
                 done.store(true, Ordering::SeqCst);
             }
             let client_seq = message.seq.wrapping_add_signed(-client_delta);
+            // Before the write: once the client has it, its answer may be
+            // read (and recorded) by the other direction at any moment.
+            seq.after(client_seq, message.packets);
             client_w
                 .write_all(&wire::encode(client_seq, &message.payload))
                 .await?;
             client_w.flush().await?;
-            seq.after(client_seq, message.packets);
             if ends {
                 done_notify.notify_one();
                 return Ok::<_, PhaseError>(());
@@ -515,6 +529,11 @@ fn connection_ended(
         Ok(()) => tracing::debug!(listener = %listener.name, %peer, "MariaDB connection closed"),
         Err(PhaseError::Relay(e)) => {
             tracing::info!(listener = %listener.name, %peer, error = %e, "MariaDB connection ended")
+        }
+        // The client went away during authentication: its choice, not a
+        // refusal.
+        Err(PhaseError::Wire(WireError::Closed)) => {
+            tracing::info!(listener = %listener.name, %peer, "MariaDB client left during the login")
         }
         Err(e) => phase_ended(ctx, listener, peer, &e),
     }
