@@ -118,7 +118,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalescing<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.buf.is_empty() && !this.yielded {
+        // A buffer of a full record or more is bulk: no reason to wait.
+        if !this.buf.is_empty() && this.buf.len() < KEEP && !this.yielded {
             // Let the tasks that are about to add frames run first.
             this.yielded = true;
             cx.waker().wake_by_ref();
