@@ -12,8 +12,9 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    let prepared = cli.prepare();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cli.worker_threads())
+        .worker_threads(prepared.worker_threads())
         .enable_all()
         .build()
     {
@@ -23,7 +24,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    match runtime.block_on(dispatch(cli, prepared)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("mtlsd: error: {e:#}");

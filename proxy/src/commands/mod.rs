@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::DEFAULT_CONFIG_PATH;
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 
 /// Per-host mTLS sidecar: terminates and originates mutual TLS for the
 /// plaintext daemons on this host.
@@ -29,15 +29,31 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// Runtime worker threads for this command, decided before the runtime
-    /// exists: `run` takes `runtime.worker_threads` from its config (one
-    /// that does not load gets the default, and `run` then reports why);
-    /// every other command needs one.
+    /// What the command needs before the runtime exists. `run` reads its
+    /// configuration here, once: `runtime.worker_threads` sizes the runtime,
+    /// and the same parse is what it then runs with (or reports).
+    pub fn prepare(&self) -> Prepared {
+        Prepared {
+            run_config: match &self.command {
+                Command::Run { config } => Some(Config::load(config)),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// See [`Cli::prepare`].
+#[derive(Debug)]
+pub struct Prepared {
+    run_config: Option<Result<Config, ConfigError>>,
+}
+
+impl Prepared {
+    /// Runtime worker threads: the config's for `run` (the default when it
+    /// does not load; `run` then reports why), one for every other command.
     pub fn worker_threads(&self) -> usize {
-        match &self.command {
-            Command::Run { config } => crate::config::Config::load(config)
-                .map(|c| c.worker_threads)
-                .unwrap_or(1),
+        match &self.run_config {
+            Some(Ok(config)) => config.worker_threads,
             _ => 1,
         }
     }
@@ -116,9 +132,12 @@ pub enum Command {
 }
 
 /// Runs the chosen command.
-pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+pub async fn dispatch(cli: Cli, prepared: Prepared) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { config } => run::run(&config).await,
+        Command::Run { config } => {
+            let loaded = prepared.run_config.unwrap_or_else(|| Config::load(&config));
+            run::run(loaded).await
+        }
         Command::Check { config } => check::check(&config),
         Command::Reload { admin, config } => reload::reload(admin, &config).await,
         Command::Status {

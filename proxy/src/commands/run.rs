@@ -4,16 +4,16 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_tokio::Signals;
-use std::path::Path;
 use std::process::ExitCode;
 
 use super::notify_systemd;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::daemon::Running;
 use crate::reloading::Trigger;
 
-pub(super) async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
-    let config = Config::load(config_path).context("invalid configuration")?;
+/// Runs the configuration `Cli::prepare` loaded.
+pub(super) async fn run(loaded: Result<Config, ConfigError>) -> anyhow::Result<ExitCode> {
+    let config = loaded.context("invalid configuration")?;
     serve(&config, || {}).await
 }
 

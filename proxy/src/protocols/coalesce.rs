@@ -25,6 +25,8 @@ const KEEP: usize = 16 * 1024;
 pub struct Coalescing<T> {
     inner: T,
     buf: Vec<u8>,
+    /// Bytes held at most: [`LIMIT`], or 0 to pass every write through.
+    limit: usize,
     /// The flush in progress has already yielded once.
     yielded: bool,
 }
@@ -34,7 +36,17 @@ impl<T> Coalescing<T> {
         Self {
             inner,
             buf: Vec::new(),
+            limit: LIMIT,
             yielded: false,
+        }
+    }
+
+    /// Holds nothing: every write goes straight through (for connections
+    /// whose protocol already writes a message at a time, HTTP/1.1).
+    pub fn passthrough(inner: T) -> Self {
+        Self {
+            limit: 0,
+            ..Self::new(inner)
         }
     }
 
@@ -83,9 +95,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalescing<T> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.buf.len() + data.len() > LIMIT {
+        if this.buf.len() + data.len() > this.limit {
             ready!(this.poll_drain(cx))?;
-            if data.len() >= LIMIT {
+            if data.len() >= this.limit {
                 return Pin::new(&mut this.inner).poll_write(cx, data);
             }
         }
@@ -100,9 +112,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalescing<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if this.buf.len() + total > LIMIT {
+        if this.buf.len() + total > this.limit {
             ready!(this.poll_drain(cx))?;
-            if total >= LIMIT {
+            if total >= this.limit {
                 return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
             }
         }
@@ -156,6 +168,17 @@ mod tests {
         let mut got = vec![0u8; 12];
         far.read_exact(&mut got).await.unwrap();
         assert_eq!(got, b"headers+body");
+    }
+
+    #[tokio::test]
+    async fn passthrough_writes_at_once() {
+        let (near, mut far) = tokio::io::duplex(1024);
+        let mut io = Coalescing::passthrough(near);
+        io.write_all(b"hi").await.unwrap();
+        let mut got = [0u8; 2];
+        far.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hi");
+        assert!(io.buf.is_empty());
     }
 
     #[tokio::test]

@@ -71,11 +71,6 @@ impl IdentityHeaders {
     }
 }
 
-/// Sets the headers for a verified peer.
-pub fn set(headers: &mut HeaderMap, identity: &PeerIdentity) {
-    IdentityHeaders::new(identity).set(headers);
-}
-
 /// Envoy-style: `Hash=<sha256 hex>;Subject="…";DNS=…;URI=…`.
 fn forwarded_client_cert(identity: &PeerIdentity) -> String {
     let facts = &identity.facts;

@@ -127,7 +127,7 @@ pub struct PlainConnector {
 }
 
 impl tower_service::Service<Uri> for PlainConnector {
-    type Response = TokioIo<PlainConnection>;
+    type Response = TokioIo<Coalescing<TcpStream>>;
     type Error = Box<dyn std::error::Error + Send + Sync>;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -141,82 +141,18 @@ impl tower_service::Service<Uri> for PlainConnector {
         Box::pin(async move {
             let tcp = connecting.await?.into_inner();
             Ok(TokioIo::new(if coalesce {
-                PlainConnection::Coalescing(Coalescing::new(tcp))
+                Coalescing::new(tcp)
             } else {
-                PlainConnection::Direct(tcp)
+                Coalescing::passthrough(tcp)
             }))
         })
     }
 }
 
-/// A plaintext upstream connection, buffered for h2c.
-#[derive(Debug)]
-pub enum PlainConnection {
-    Direct(TcpStream),
-    Coalescing(Coalescing<TcpStream>),
-}
-
-impl Connection for PlainConnection {
+/// hyper's pool asks the connection itself whether h2 was negotiated.
+impl<T: Connection> Connection for Coalescing<T> {
     fn connected(&self) -> Connected {
-        match self {
-            Self::Direct(tcp) => tcp.connected(),
-            Self::Coalescing(io) => io.get_ref().connected(),
-        }
-    }
-}
-
-impl AsyncRead for PlainConnection {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Direct(io) => Pin::new(io).poll_read(cx, buf),
-            Self::Coalescing(io) => Pin::new(io).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for PlainConnection {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Direct(io) => Pin::new(io).poll_write(cx, buf),
-            Self::Coalescing(io) => Pin::new(io).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Direct(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-            Self::Coalescing(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Direct(io) => Pin::new(io).poll_flush(cx),
-            Self::Coalescing(io) => Pin::new(io).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Direct(io) => Pin::new(io).poll_shutdown(cx),
-            Self::Coalescing(io) => Pin::new(io).poll_shutdown(cx),
-        }
+        self.get_ref().connected()
     }
 }
 

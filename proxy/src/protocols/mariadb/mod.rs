@@ -55,6 +55,10 @@ enum PhaseError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Refused(String),
+    /// The TLS handshake with the server failed; the handshake has logged
+    /// and counted it already.
+    #[error("TLS to the server failed: {0}")]
+    ServerTls(String),
     #[error("the connection phase did not finish within {0:?}")]
     Timeout(std::time::Duration),
     /// Past the connection phase: the byte copy ended with an error.
@@ -67,7 +71,10 @@ impl PhaseError {
     /// this reason, if one is worth sending (refusals send their own).
     fn client_message(&self) -> Option<String> {
         match self {
-            Self::Wire(WireError::Closed) | Self::Refused(_) | Self::Relay(_) => None,
+            Self::Wire(WireError::Closed)
+            | Self::Refused(_)
+            | Self::ServerTls(_)
+            | Self::Relay(_) => None,
             Self::Wire(e) => Some(format!(
                 "mtlsd: malformed MariaDB connection phase ({e}); see the mtlsd log"
             )),
@@ -237,9 +244,7 @@ pub async fn serve_outbound(
                     &err(ERR_UNSECURE, &message),
                 )
                 .await;
-                return Err(PhaseError::Refused(format!(
-                    "TLS to the server failed: {e}"
-                )));
+                return Err(PhaseError::ServerTls(e.to_string()));
             }
         };
         response.seq = response.seq.wrapping_add(1);
@@ -501,7 +506,7 @@ fn phase_ended(
 ) {
     match error {
         // TLS refusals were logged and counted by the handshake.
-        PhaseError::Refused(reason) if reason.starts_with("TLS to the server failed") => {}
+        PhaseError::ServerTls(_) => {}
         PhaseError::Refused(reason) => {
             tracing::warn!(listener = %listener.name, %peer, reason = %reason, "MariaDB connection refused");
             ctx.stats.refused(RejectReason::Protocol);
