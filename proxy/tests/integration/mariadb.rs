@@ -697,6 +697,50 @@ async fn read_packet<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> (u8, Ve
     (header[3], payload)
 }
 
+/// The 32 bytes a HandshakeResponse41 or SSLRequest starts with: `caps`,
+/// a 16 MiB max packet, utf8mb4, and the reserved zeros.
+fn capability_block(caps: u32) -> Vec<u8> {
+    let mut block = caps.to_le_bytes().to_vec();
+    block.extend_from_slice(&(16u32 << 20).to_le_bytes());
+    block.push(0x21);
+    block.extend_from_slice(&[0u8; 23]);
+    block
+}
+
+/// `payload` framed as one packet with sequence id `seq`.
+fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_le_bytes();
+    let mut framed = vec![len[0], len[1], len[2], seq];
+    framed.extend_from_slice(payload);
+    framed
+}
+
+/// Announces an 8 MiB login packet as `seq` on `stream`: mtlsd must answer
+/// with an ERR as `seq` + 1, without reading or allocating it, and count
+/// a protocol refusal on `listener`.
+async fn oversized_login_is_refused<S>(
+    stream: &mut S,
+    seq: u8,
+    host: &mtlsd::daemon::Running,
+    listener: &str,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    stream
+        .write_all(&[0x00, 0x00, 0x80, seq, 1, 2, 3])
+        .await
+        .unwrap();
+    let (err_seq, err) = read_packet(stream).await;
+    assert_eq!(err_seq, seq.wrapping_add(1), "the ERR is out of sequence");
+    let text = err_text(&err);
+    assert!(
+        text.contains("malformed MariaDB connection phase"),
+        "{text}"
+    );
+    counted_once(host, listener, RejectReason::Protocol).await;
+}
+
 /// The ERR packet's message text, from its payload.
 fn err_text(payload: &[u8]) -> String {
     assert_eq!(payload.first(), Some(&0xFF), "not an ERR packet");
@@ -718,20 +762,16 @@ async fn a_login_that_stalls_mid_authentication_gets_an_err_at_the_deadline() {
     // HandshakeResponse41 for the ed25519 user, claiming the native
     // password plugin: the server answers with an auth switch, which this
     // client then never answers.
-    let caps: u32 = 0x1 | 0x200 | 0x8000 | 0x8_0000; // long password, 4.1, secure conn, plugin auth
-    let mut response = Vec::new();
-    response.extend_from_slice(&caps.to_le_bytes());
-    response.extend_from_slice(&(16u32 << 20).to_le_bytes());
-    response.push(0x21);
-    response.extend_from_slice(&[0u8; 23]);
+    // Long password, 4.1, secure connection, plugin auth.
+    let mut response = capability_block(0x1 | 0x200 | 0x8000 | 0x8_0000);
     response.extend_from_slice(b"edu\0");
     response.push(20);
     response.extend_from_slice(&[0x5A; 20]);
     response.extend_from_slice(b"mysql_native_password\0");
-    let len = u32::try_from(response.len()).unwrap().to_le_bytes();
-    let mut packet = vec![len[0], len[1], len[2], greeting_seq + 1];
-    packet.extend_from_slice(&response);
-    stream.write_all(&packet).await.unwrap();
+    stream
+        .write_all(&packet(greeting_seq + 1, &response))
+        .await
+        .unwrap();
 
     let (switch_seq, switch) = read_packet(&mut stream).await;
     assert_eq!(switch.first(), Some(&0xFE), "expected an auth switch");
@@ -748,25 +788,12 @@ async fn a_login_that_stalls_mid_authentication_gets_an_err_at_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_login_packet_gets_an_err_and_is_counted() {
-    use tokio::io::AsyncWriteExt;
     let setup = Setup::new();
     let host = setup.upgrade_host(&setup.db_ca, "").await;
     let entry = host.local_addr("db").unwrap();
     let mut stream = tokio::net::TcpStream::connect(entry).await.unwrap();
     let (greeting_seq, _) = read_packet(&mut stream).await;
-    // Announces 8 MiB; mtlsd must refuse before reading or allocating it.
-    stream
-        .write_all(&[0x00, 0x00, 0x80, greeting_seq + 1, 1, 2, 3])
-        .await
-        .unwrap();
-    let (seq, err) = read_packet(&mut stream).await;
-    assert_eq!(seq, greeting_seq + 2);
-    let text = err_text(&err);
-    assert!(
-        text.contains("malformed MariaDB connection phase"),
-        "{text}"
-    );
-    counted_once(&host, "db", RejectReason::Protocol).await;
+    oversized_login_is_refused(&mut stream, greeting_seq + 1, &host, "db").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -778,15 +805,11 @@ async fn terminate_answers_an_oversized_login_over_tls_in_sequence() {
     let mut tcp = tokio::net::TcpStream::connect(entry).await.unwrap();
     let (greeting_seq, _) = read_packet(&mut tcp).await;
 
-    // SSLRequest: CLIENT_SSL | 4.1 | secure connection, max packet, charset.
-    let caps: u32 = 0x800 | 0x200 | 0x8000;
-    let mut request = caps.to_le_bytes().to_vec();
-    request.extend_from_slice(&(16u32 << 20).to_le_bytes());
-    request.push(0x21);
-    request.extend_from_slice(&[0u8; 23]);
-    let mut packet = vec![32, 0, 0, greeting_seq + 1];
-    packet.extend_from_slice(&request);
-    tcp.write_all(&packet).await.unwrap();
+    // SSLRequest: CLIENT_SSL, 4.1, secure connection.
+    let request = capability_block(0x800 | 0x200 | 0x8000);
+    tcp.write_all(&packet(greeting_seq + 1, &request))
+        .await
+        .unwrap();
 
     let cert = setup
         .pki
@@ -797,16 +820,6 @@ async fn terminate_answers_an_oversized_login_over_tls_in_sequence() {
         tokio_rustls::TlsConnector::from(client_config(setup.pki.ca.cert_der(), Some(&cert)));
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = connector.connect(name, tcp).await.unwrap();
-    // The login response announces 8 MiB: refused from its length field.
-    tls.write_all(&[0x00, 0x00, 0x80, greeting_seq + 2, 1, 2, 3])
-        .await
-        .unwrap();
-    let (seq, err) = read_packet(&mut tls).await;
-    assert_eq!(seq, greeting_seq + 3, "the ERR is out of sequence");
-    let text = err_text(&err);
-    assert!(
-        text.contains("malformed MariaDB connection phase"),
-        "{text}"
-    );
-    counted_once(&host, "mariadb-in", RejectReason::Protocol).await;
+    // The login response, over TLS, as SSLRequest + 1.
+    oversized_login_is_refused(&mut tls, greeting_seq + 2, &host, "mariadb-in").await;
 }
