@@ -103,6 +103,26 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
 
+/// One connection-rate run through `dial`, with the CPU seconds of the
+/// pair (client side, server side) over its measured part.
+async fn connection_rate(
+    dial: Dial,
+    p: &Params,
+    cpu: &Cpu,
+) -> anyhow::Result<(load::Counted, Option<(f64, f64)>)> {
+    let mut marks = Vec::new();
+    let counted = load::connections(
+        dial,
+        p.connections_concurrency,
+        secs(p.connections_s),
+        200_000,
+        || marks.push(cpu.now()),
+    )
+    .await?;
+    let used = (marks.len() == 2).then(|| Cpu::between(marks[0], marks[1]));
+    Ok((counted, used))
+}
+
 /// CPU seconds of a pair's client and server side.
 #[derive(Debug, Clone)]
 struct Cpu {
@@ -365,19 +385,10 @@ async fn one_system(
         if kind == Kind::Direct && f == Figure::ConnResume {
             continue;
         }
-        let mut marks = Vec::new();
-        let c = load::connections(
-            Dial::Plain(addr),
-            p.connections_concurrency,
-            secs(p.connections_s),
-            200_000,
-            || marks.push(cpu.now()),
-        )
-        .await?;
+        let (c, used) = connection_rate(Dial::Plain(addr), p, &cpu).await?;
         errors += c.failed;
         r.add(f, kind, c.ok as f64 / c.seconds);
-        if kind.is_proxy() && marks.len() == 2 {
-            let (cc, cs) = Cpu::between(marks[0], marks[1]);
+        if let Some((cc, cs)) = used.filter(|_| kind.is_proxy()) {
             r.add(fc, kind, c.ok as f64 / (cc + cs).max(0.01));
         }
         // Let TIME_WAIT sockets and closing connections settle.
@@ -388,19 +399,11 @@ async fn one_system(
     // Full handshakes straight to the server side (rustls client, no
     // resumption): the one handshake figure where mtlsd is full too.
     if let Some(server_echo) = ep.server_echo.filter(|_| p.wants("handshakes")) {
-        let mut marks = Vec::new();
-        let c = load::connections(
-            Dial::Tls(server_echo, m.rustls_client(false)?),
-            p.connections_concurrency,
-            secs(p.connections_s),
-            200_000,
-            || marks.push(cpu.now()),
-        )
-        .await?;
+        let dial = Dial::Tls(server_echo, m.rustls_client(false)?);
+        let (c, used) = connection_rate(dial, p, &cpu).await?;
         errors += c.failed;
         r.add(Figure::HsServer, kind, c.ok as f64 / c.seconds);
-        if marks.len() == 2 {
-            let (_, cs) = Cpu::between(marks[0], marks[1]);
+        if let Some((_, cs)) = used {
             r.add(Figure::HsServerPerCpu, kind, c.ok as f64 / cs.max(0.01));
         }
     }

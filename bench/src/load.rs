@@ -169,9 +169,10 @@ where
     })
 }
 
-/// Completed calls of a closed-loop run.
+/// What a closed-loop run counted: completed calls (max rate) or
+/// connections (connection rate), and over how long.
 #[derive(Debug)]
-pub(crate) struct Rate {
+pub(crate) struct Counted {
     pub(crate) ok: u64,
     pub(crate) failed: u64,
     pub(crate) seconds: f64,
@@ -187,7 +188,7 @@ pub(crate) async fn max_rate(
     warmup: Duration,
     duration: Duration,
     mut window: impl FnMut(),
-) -> anyhow::Result<Rate> {
+) -> anyhow::Result<Counted> {
     let mut clients = Vec::new();
     for _ in 0..conns {
         clients.push(channel(addr).await?);
@@ -224,7 +225,7 @@ pub(crate) async fn max_rate(
     tokio::time::sleep_until(end.into()).await;
     window();
     while tasks.join_next().await.is_some() {}
-    Ok(Rate {
+    Ok(Counted {
         ok: ok.load(Ordering::Relaxed),
         failed: failed.load(Ordering::Relaxed),
         seconds: duration.as_secs_f64(),
@@ -309,14 +310,6 @@ where
     Ok(())
 }
 
-/// Counts of a connection-rate run.
-#[derive(Debug)]
-pub(crate) struct Connections {
-    pub(crate) ok: u64,
-    pub(crate) failed: u64,
-    pub(crate) seconds: f64,
-}
-
 /// New connections from `concurrency` loops for `duration` (at most
 /// `max_count` in all); `window` is called at the start and the end.
 pub(crate) async fn connections(
@@ -325,7 +318,7 @@ pub(crate) async fn connections(
     duration: Duration,
     max_count: u64,
     mut window: impl FnMut(),
-) -> anyhow::Result<Connections> {
+) -> anyhow::Result<Counted> {
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let started = Arc::new(AtomicU64::new(0));
@@ -348,7 +341,7 @@ pub(crate) async fn connections(
     while tasks.join_next().await.is_some() {}
     let seconds = start.elapsed().as_secs_f64();
     window();
-    Ok(Connections {
+    Ok(Counted {
         ok: ok.load(Ordering::Relaxed),
         failed: failed.load(Ordering::Relaxed),
         seconds,
