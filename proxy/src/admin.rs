@@ -86,16 +86,30 @@ async fn accept_tls(
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
 ) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
-    let config = state
-        .daemon
-        .store
-        .current()
-        .server_config(crate::config::ADMIN_TLS_USE)?;
+    let generation = state.daemon.store.current();
+    let config = generation.server_config(crate::config::ADMIN_TLS_USE)?;
     let handshake = mtlsd_reload::observe(tokio_rustls::TlsAcceptor::from(config).accept(stream));
     match tokio::time::timeout(ADMIN_HANDSHAKE_TIMEOUT, handshake).await {
-        Ok((Ok(tls), _)) => Some(tls),
-        Ok((Err(e), verdict)) => {
-            let reason = crate::reject::RejectReason::of_handshake(&e, verdict.as_ref());
+        Ok((Ok(tls), report)) => {
+            if report.admitted.is_some() {
+                return Some(tls);
+            }
+            // A resumed session skipped the verifier: the same policy
+            // judges the session's chain.
+            let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+            let policy = generation.policy(crate::config::ADMIN_TLS_USE)?;
+            let now = rustls_pki_types::UnixTime::now();
+            match policy.admit(chain, None, now, mtlsd_reload::Stage::Handshake) {
+                Ok(_) => Some(tls),
+                Err(verdict) => {
+                    tracing::warn!(%peer, reason = verdict.refusal.as_str(), detail = %verdict.detail,
+                        "admin TLS session refused");
+                    None
+                }
+            }
+        }
+        Ok((Err(e), report)) => {
+            let reason = crate::reject::RejectReason::of_handshake(&e, report.refused.as_ref());
             tracing::warn!(%peer, reason = reason.as_str(), error = %e, "admin TLS handshake refused");
             None
         }

@@ -1,96 +1,145 @@
 //! Established connections and the peer each one verified.
 //!
-//! A reload that changes trust must not leave connections open whose peer
-//! would be refused now: a CA removed from the bundle should end the
-//! sessions it vouched for. Each connection registers its peer's chain
-//! here after the handshake; after a trust change the reloader re-verifies
-//! every registered chain against the new generation and closes the ones
-//! that fail once the grace period has passed. Everything else is
-//! untouched by a swap.
+//! A reload that can narrow admission — a bundle, a CRL, the inventory, a
+//! listener's roles or routes — must not leave connections open whose peer
+//! would be refused now: a revoked or de-roled host keeps nothing it had.
+//! Each connection (inbound, outbound, pooled h2 to a remote host, an HTTP
+//! upgrade tunnel) registers its peer's chain here after the handshake;
+//! after such a reload the reloader re-judges every registered chain with
+//! the new generation's policy for its listener ([`UsePolicy::admit`],
+//! the same one the handshake used). A connection that no longer
+//! qualifies is told at once (L7 modes send GOAWAY, so no new call starts
+//! on it) and closed once `reload.drain_grace` has passed; one that still
+//! qualifies is untouched.
+//!
+//! [`UsePolicy::admit`]: mtlsd_reload::UsePolicy::admit
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use mtlsd_reload::{AuthUsage, Generation};
-use rustls_pki_types::CertificateDer;
+use mtlsd_reload::{Generation, Stage};
+use prometheus::{IntCounterVec, Opts, Registry};
+use rustls_pki_types::{CertificateDer, UnixTime};
 use tokio_util::sync::CancellationToken;
 
 /// What the registry knows about one live connection.
 #[derive(Debug)]
 struct LiveConnection {
     listener: String,
-    trust_domain: String,
     peer: SocketAddr,
-    /// How the peer authenticated: a client certificate (inbound) or a
-    /// server certificate (outbound).
-    usage: AuthUsage,
-    chain: Vec<CertificateDer<'static>>,
+    chain: Arc<[CertificateDer<'static>]>,
+    signals: Signals,
+    /// Already scheduled for closing by an earlier re-judging.
+    doomed: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Signals {
+    /// Stop starting new work (L7: GOAWAY).
+    leave: CancellationToken,
+    /// Close now.
     close: CancellationToken,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnectionRegistry {
     next_id: AtomicU64,
     live: Mutex<HashMap<u64, LiveConnection>>,
+    closed: IntCounterVec,
 }
 
 /// Keeps a connection registered; dropping it unregisters.
 #[derive(Debug)]
-pub struct Registration<'a> {
-    registry: &'a ConnectionRegistry,
+pub struct Registration {
+    registry: Arc<ConnectionRegistry>,
     id: u64,
-    close: CancellationToken,
+    signals: Signals,
 }
 
-impl Registration<'_> {
+impl Registration {
+    /// Resolves when the peer no longer qualifies: stop accepting new
+    /// requests on this connection (L7 modes send GOAWAY).
+    pub async fn must_leave(&self) {
+        self.signals.leave.cancelled().await;
+    }
+
     /// Resolves when the connection must be closed (its peer no longer
-    /// verifies and the grace period is over).
+    /// qualifies and the grace period is over).
     pub async fn closed_by_policy(&self) {
-        self.close.cancelled().await;
+        self.signals.close.cancelled().await;
+    }
+
+    /// A token cancelled at the same moment as [`Self::closed_by_policy`],
+    /// for code that cannot hold the registration (an I/O wrapper).
+    pub fn close_token(&self) -> CancellationToken {
+        self.signals.close.clone()
     }
 }
 
-impl Drop for Registration<'_> {
+impl Drop for Registration {
     fn drop(&mut self) {
         self.registry.lock().remove(&self.id);
     }
 }
 
+/// One connection scheduled for closing by [`ConnectionRegistry::rejudge`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closing {
+    pub listener: String,
+    pub peer: SocketAddr,
+    pub reason: &'static str,
+}
+
 impl ConnectionRegistry {
+    pub fn new(registry: &Registry) -> prometheus::Result<Arc<Self>> {
+        let closed = IntCounterVec::new(
+            Opts::new(
+                "mtlsd_connections_closed_total",
+                "Established connections closed by mtlsd because their peer no longer qualified after a trust change, by listener and refusal class.",
+            ),
+            &["listener", "reason"],
+        )?;
+        registry.register(Box::new(closed.clone()))?;
+        Ok(Arc::new(Self {
+            next_id: AtomicU64::new(0),
+            live: Mutex::new(HashMap::new()),
+            closed,
+        }))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, LiveConnection>> {
         // The map stays consistent even if a holder panicked: every
-        // operation on it is a single insert, remove or read.
+        // operation on it is a single insert, remove or field update.
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Registers a connection of `listener` whose peer at `peer` verified
+    /// with `chain` (leaf first).
     pub fn register(
-        &self,
+        self: &Arc<Self>,
         listener: &str,
-        trust_domain: &str,
         peer: SocketAddr,
-        usage: AuthUsage,
-        chain: Vec<CertificateDer<'static>>,
-    ) -> Registration<'_> {
+        chain: Arc<[CertificateDer<'static>]>,
+    ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let close = CancellationToken::new();
+        let signals = Signals::default();
         self.lock().insert(
             id,
             LiveConnection {
                 listener: listener.to_owned(),
-                trust_domain: trust_domain.to_owned(),
                 peer,
-                usage,
                 chain,
-                close: close.clone(),
+                signals: signals.clone(),
+                doomed: false,
             },
         );
         Registration {
-            registry: self,
+            registry: self.clone(),
             id,
-            close,
+            signals,
         }
     }
 
@@ -102,33 +151,55 @@ impl ConnectionRegistry {
         self.len() == 0
     }
 
-    /// Re-verifies every live peer against `generation`; the ones that no
-    /// longer verify are closed after `grace`. Returns how many were
-    /// scheduled for closing.
-    pub fn revalidate(&self, generation: &Generation, grace: Duration) -> usize {
-        let provider = mtlsd_reload::provider();
-        let now = SystemTime::now();
+    /// Re-judges every live connection with `generation`'s policy for its
+    /// listener. The ones that no longer qualify are told to leave at once
+    /// and closed after `grace`; each is logged and counted. A connection
+    /// of a listener the generation no longer has is judged gone.
+    pub fn rejudge(&self, generation: &Generation, grace: Duration) -> Vec<Closing> {
+        let now = UnixTime::since_unix_epoch(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default(),
+        );
         let mut doomed = Vec::new();
-        for conn in self.lock().values() {
-            let verdict = match generation.bundle(&conn.trust_domain) {
-                None => Err(format!("trust domain '{}' is gone", conn.trust_domain)),
-                Some(bundle) => bundle
-                    .verify_chain(&conn.chain, conn.usage, &provider, now)
-                    .map_err(|e| e.to_string()),
+        let mut closing = Vec::new();
+        for conn in self.lock().values_mut().filter(|c| !c.doomed) {
+            let verdict = match generation.policy(&conn.listener) {
+                None => Err((
+                    "listener_removed",
+                    None,
+                    "its listener was removed".to_owned(),
+                )),
+                Some(policy) => policy
+                    .admit(&conn.chain, None, now, Stage::Connection)
+                    .map(|_| ())
+                    .map_err(|v| (v.refusal.as_str(), v.host, v.detail)),
             };
-            if let Err(reason) = verdict {
-                tracing::warn!(
-                    listener = %conn.listener,
-                    peer = %conn.peer,
-                    %reason,
-                    grace = ?grace,
-                    "peer no longer verifies under the new trust bundle; closing after the grace period"
-                );
-                doomed.push(conn.close.clone());
-            }
+            let Err((reason, host, detail)) = verdict else {
+                continue;
+            };
+            conn.doomed = true;
+            tracing::warn!(
+                listener = %conn.listener,
+                peer = %conn.peer,
+                host = host.as_deref().unwrap_or("-"),
+                reason,
+                %detail,
+                grace = ?grace,
+                "peer no longer qualifies after a trust change; closing its connection after the grace period"
+            );
+            self.closed
+                .with_label_values(&[conn.listener.as_str(), reason])
+                .inc();
+            conn.signals.leave.cancel();
+            doomed.push(conn.signals.close.clone());
+            closing.push(Closing {
+                listener: conn.listener.clone(),
+                peer: conn.peer,
+                reason,
+            });
         }
-        let count = doomed.len();
-        if count > 0 {
+        if !doomed.is_empty() {
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
                 for close in doomed {
@@ -136,6 +207,6 @@ impl ConnectionRegistry {
                 }
             });
         }
-        count
+        closing
     }
 }

@@ -237,7 +237,7 @@ impl Running {
         let request_metrics = Arc::new(RequestMetrics::register(&metrics)?);
         let state = Arc::new(DaemonState {
             store,
-            connections: Arc::new(ConnectionRegistry::default()),
+            connections: ConnectionRegistry::new(&metrics)?,
             peers: Arc::new(PeerBook::default()),
             metrics,
             request_metrics,

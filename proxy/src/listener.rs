@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use mtlsd_reload::AuthUsage;
 use mtlsd_reload::MaterialStore;
+use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -73,16 +73,14 @@ impl ListenerContext {
     }
 
     /// Registers an established connection's verified peer, so a trust
-    /// change can re-verify it; dropping the registration unregisters.
+    /// change can re-judge it; dropping the registration unregisters.
     pub fn register(
         &self,
         listener: &ListenerConfig,
         peer: SocketAddr,
-        usage: AuthUsage,
-        chain: Vec<rustls_pki_types::CertificateDer<'static>>,
-    ) -> Registration<'_> {
-        self.connections
-            .register(&listener.name, &listener.trust_domain, peer, usage, chain)
+        chain: Arc<[CertificateDer<'static>]>,
+    ) -> Registration {
+        self.connections.register(&listener.name, peer, chain)
     }
 
     /// Applies new settings to connections accepted from now on. A lower
@@ -112,6 +110,7 @@ impl ListenerContext {
 /// Counters for one listener, kept next to the code that counts them.
 #[derive(Debug, Default)]
 pub struct ListenerStats {
+    handshakes_started: AtomicU64,
     handshakes: AtomicU64,
     refused: [AtomicU64; RejectReason::ALL.len()],
     connections_total: AtomicU64,
@@ -133,6 +132,10 @@ impl Drop for ActiveConnection {
 }
 
 impl ListenerStats {
+    pub(crate) fn handshake_started(&self) {
+        self.handshakes_started.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn handshake_ok(&self) {
         self.handshakes.fetch_add(1, Ordering::Relaxed);
     }
@@ -168,7 +171,13 @@ impl ListenerStats {
         self.refused.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
-    /// Completed handshakes.
+    /// Handshakes started (completed, failed, or still running).
+    pub fn handshakes_attempted(&self) -> u64 {
+        self.handshakes_started.load(Ordering::Relaxed)
+    }
+
+    /// Handshakes that completed and whose peer was admitted (a peer that
+    /// resets the connection right after completing counts here too).
     pub fn handshakes(&self) -> u64 {
         self.handshakes.load(Ordering::Relaxed)
     }

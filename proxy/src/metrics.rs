@@ -161,8 +161,10 @@ struct StateMetrics {
     bundle_info: IntGaugeVec,
     peer_not_after: GaugeVec,
     peer_last_handshake: GaugeVec,
-    handshakes: IntCounterVec,
+    handshakes_attempted: IntCounterVec,
+    handshakes_completed: IntCounterVec,
     failures: IntCounterVec,
+    crl_next_update: GaugeVec,
     connections_active: IntGaugeVec,
     connections_total: IntCounterVec,
     received: IntCounterVec,
@@ -222,12 +224,26 @@ impl StateMetrics {
                 ),
                 &["host"],
             )?,
-            handshakes: IntCounterVec::new(
+            handshakes_attempted: IntCounterVec::new(
                 Opts::new(
-                    "mtlsd_handshakes_total",
-                    "TLS handshakes attempted, successful or not, by listener.",
+                    "mtlsd_handshakes_attempted_total",
+                    "TLS handshakes started, by listener: completed, refused, failed, or still running.",
                 ),
                 &["listener"],
+            )?,
+            handshakes_completed: IntCounterVec::new(
+                Opts::new(
+                    "mtlsd_handshakes_completed_total",
+                    "TLS handshakes that completed with an admitted peer, by listener (a peer that resets the connection right after completing counts here).",
+                ),
+                &["listener"],
+            )?,
+            crl_next_update: GaugeVec::new(
+                Opts::new(
+                    "mtlsd_crl_next_update_timestamp_seconds",
+                    "Unix time of each loaded CRL's nextUpdate: a CRL past it is still enforced, but its publisher is late.",
+                ),
+                &["trust_domain", "issuer", "fingerprint"],
             )?,
             failures: IntCounterVec::new(
                 Opts::new(
@@ -267,7 +283,7 @@ impl StateMetrics {
         })
     }
 
-    fn all(&self) -> [&dyn Collector; 13] {
+    fn all(&self) -> [&dyn Collector; 15] {
         [
             &self.build_info,
             &self.not_after,
@@ -276,8 +292,10 @@ impl StateMetrics {
             &self.bundle_info,
             &self.peer_not_after,
             &self.peer_last_handshake,
-            &self.handshakes,
+            &self.handshakes_attempted,
+            &self.handshakes_completed,
             &self.failures,
+            &self.crl_next_update,
             &self.connections_active,
             &self.connections_total,
             &self.received,
@@ -320,6 +338,17 @@ impl StateMetrics {
             for ca in bundle.cas() {
                 cert(domain, "ca", &ca.facts);
             }
+            for crl in bundle.crls() {
+                if let Some(next_update) = crl.next_update() {
+                    self.crl_next_update
+                        .with_label_values(&[
+                            domain.as_str(),
+                            crl.issuer(),
+                            short_fingerprint(crl.fingerprint()).as_str(),
+                        ])
+                        .set(unix(next_update));
+                }
+            }
         }
         for peer in state.peers.snapshot() {
             if generation
@@ -335,10 +364,12 @@ impl StateMetrics {
             }
         }
         for (name, stats) in state.listener_stats() {
-            let refusals = stats.total_refusals();
-            self.handshakes
+            self.handshakes_attempted
                 .with_label_values(&[name.as_str()])
-                .inc_by(stats.handshakes() + refusals);
+                .inc_by(stats.handshakes_attempted());
+            self.handshakes_completed
+                .with_label_values(&[name.as_str()])
+                .inc_by(stats.handshakes());
             for reason in RejectReason::ALL {
                 let count = stats.refusals(reason);
                 if count > 0 {

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::io;
 
-use mtlsd_reload::{PolicyRejection, Verdict};
+use mtlsd_reload::{Refusal, Verdict};
 use rustls::{CertificateError, Error as TlsError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,7 +36,7 @@ pub enum RejectReason {
     AmbiguousHost,
     /// The peer's host holds no role this listener (or route) allows.
     RoleNotAllowed,
-    /// The certificate's serial is listed as revoked in the inventory.
+    /// The certificate is revoked: by a CRL or in the inventory.
     Revoked,
 }
 
@@ -79,7 +79,7 @@ impl RejectReason {
     /// verifier recorded (the rustls error only says "access denied").
     pub fn of_handshake(err: &io::Error, verdict: Option<&Verdict>) -> Self {
         match verdict {
-            Some(verdict) => Self::from(verdict.rejection),
+            Some(verdict) => Self::from(verdict.refusal),
             None => Self::classify(err),
         }
     }
@@ -116,13 +116,18 @@ impl RejectReason {
     }
 }
 
-impl From<PolicyRejection> for RejectReason {
-    fn from(policy: PolicyRejection) -> Self {
-        match policy {
-            PolicyRejection::SanNotInInventory => Self::SanNotInInventory,
-            PolicyRejection::AmbiguousHost => Self::AmbiguousHost,
-            PolicyRejection::RoleNotAllowed => Self::RoleNotAllowed,
-            PolicyRejection::Revoked => Self::Revoked,
+impl From<Refusal> for RejectReason {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::UnknownCa => Self::UnknownCa,
+            Refusal::Expired => Self::Expired,
+            Refusal::NotYetValid => Self::NotYetValid,
+            Refusal::Revoked => Self::Revoked,
+            Refusal::NameMismatch => Self::NameMismatch,
+            Refusal::BadCertificate => Self::BadCertificate,
+            Refusal::SanNotInInventory => Self::SanNotInInventory,
+            Refusal::AmbiguousHost => Self::AmbiguousHost,
+            Refusal::RoleNotAllowed => Self::RoleNotAllowed,
         }
     }
 }

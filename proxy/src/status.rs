@@ -55,12 +55,27 @@ pub struct TrustDomain {
     pub version: Option<String>,
     pub sha256: String,
     pub cas: Vec<Cert>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub crls: Vec<Crl>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Crl {
+    pub file: String,
+    pub issuer: String,
+    pub this_update: String,
+    pub next_update: Option<String>,
+    /// Past its nextUpdate: still enforced, but the publisher is late.
+    pub late: bool,
+    pub entries: usize,
+    pub sha256: String,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Inventory {
     pub cluster: String,
     pub hosts: usize,
+    pub revoked: usize,
     pub sha256: String,
 }
 
@@ -72,7 +87,10 @@ pub struct Listener {
     pub addr: String,
     pub upstream: String,
     pub trust_domain: String,
-    pub handshakes: u64,
+    /// Handshakes started: completed, refused, failed or running.
+    pub handshakes_attempted: u64,
+    /// Handshakes completed with an admitted peer.
+    pub handshakes_completed: u64,
     pub refused: std::collections::BTreeMap<&'static str, u64>,
     pub connections_total: u64,
     pub connections_active: u64,
@@ -167,11 +185,25 @@ pub fn status(state: &DaemonState) -> Status {
                     .iter()
                     .map(|ca| cert(&ca.facts, Some(ca.path.display().to_string()), now, windows))
                     .collect(),
+                crls: bundle
+                    .crls()
+                    .iter()
+                    .map(|crl| Crl {
+                        file: crl.path().display().to_string(),
+                        issuer: crl.issuer().to_owned(),
+                        this_update: time(crl.this_update()),
+                        next_update: crl.next_update().map(time),
+                        late: crl.next_update().is_some_and(|next| next <= now),
+                        entries: crl.entries(),
+                        sha256: crl.fingerprint().to_string(),
+                    })
+                    .collect(),
             })
             .collect(),
         inventory: generation.inventory().map(|inv| Inventory {
             cluster: inv.cluster().to_owned(),
             hosts: inv.hosts().count(),
+            revoked: inv.revoked_count(),
             sha256: inv.fingerprint().to_string(),
         }),
         listeners: state
@@ -189,7 +221,8 @@ pub fn status(state: &DaemonState) -> Status {
                     addr: addr.to_string(),
                     upstream: config.upstream.to_string(),
                     trust_domain: config.trust_domain.clone(),
-                    handshakes: stats.handshakes(),
+                    handshakes_attempted: stats.handshakes_attempted(),
+                    handshakes_completed: stats.handshakes(),
                     refused: RejectReason::ALL
                         .iter()
                         .map(|r| (r.as_str(), stats.refusals(*r)))

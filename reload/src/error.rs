@@ -98,6 +98,12 @@ pub enum MaterialError {
     },
     #[error("identity.host '{host}' is not a host in the inventory {inventory}")]
     HostNotInInventory { host: String, inventory: PathBuf },
+    #[error("{path}: CRL of trust domain '{domain}': {reason}")]
+    Crl {
+        path: PathBuf,
+        domain: String,
+        reason: String,
+    },
     #[error("trust domain '{domain}' is not defined")]
     UnknownTrustDomain { domain: String },
     #[error("cannot build TLS configuration for '{listener}': {reason}")]

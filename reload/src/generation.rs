@@ -14,14 +14,14 @@ use rustls::{ClientConfig, ServerConfig};
 
 use std::path::PathBuf;
 
-use mtlsd_expiry::CertFacts;
+use mtlsd_expiry::Fingerprint;
 
 use crate::error::{MaterialError, MaterialErrors};
 use crate::identity::{Identity, IdentitySpec, RequiredUsage};
-use crate::inventory::{InventoryHost, PolicyRejection, RoleInventory};
-use crate::tls::{self, TlsSettings, TlsSide, TlsUse};
-use crate::trust::{TrustBundle, TrustDomainSpec};
-use crate::verify::PolicyCheck;
+use crate::inventory::RoleInventory;
+use crate::policy::UsePolicy;
+use crate::tls::{self, ServerVerification, TlsSettings, TlsSide, TlsUse};
+use crate::trust::{AuthUsage, TrustBundle, TrustDomainSpec};
 
 /// Everything needed to load a generation: paths and intended uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,14 +32,6 @@ pub struct MaterialSpec {
     pub inventory: Option<PathBuf>,
     pub settings: TlsSettings,
     pub uses: Vec<TlsUse>,
-}
-
-/// A verified peer.
-#[derive(Debug, Clone)]
-pub struct PeerIdentity {
-    pub facts: CertFacts,
-    /// The inventory host, when an inventory is configured.
-    pub host: Option<InventoryHost>,
 }
 
 /// This host's certificate must carry every SAN the inventory lists for
@@ -83,6 +75,7 @@ pub struct Generation {
     identity: Arc<Identity>,
     bundles: BTreeMap<String, Arc<TrustBundle>>,
     inventory: Option<Arc<RoleInventory>>,
+    policies: HashMap<String, Arc<UsePolicy>>,
     servers: HashMap<String, Arc<ServerConfig>>,
     clients: HashMap<String, Arc<ClientConfig>>,
 }
@@ -158,43 +151,56 @@ impl Generation {
         if let (Some(inventory), Some(host)) = (&inventory, &spec.identity.host) {
             problems.extend(self_check(&identity, inventory, host));
         }
+        for bundle in bundles.values() {
+            let own_intermediates = if bundle.name() == identity_domain.as_str() {
+                identity.chain().get(1..).unwrap_or_default()
+            } else {
+                &[]
+            };
+            problems.extend(bundle.check_crl_issuers(own_intermediates, now));
+        }
         if !problems.is_empty() {
             return Err(MaterialErrors(problems));
         }
 
+        let mut policies = HashMap::new();
         let mut servers = HashMap::new();
         let mut clients = HashMap::new();
         for u in &spec.uses {
             let Some(bundle) = bundles.get(&u.trust_domain) else {
                 continue; // reported above
             };
-            let check = PolicyCheck {
-                inventory: inventory.clone(),
-                policy: u.policy.clone(),
+            let (usage, verify) = match &u.side {
+                TlsSide::Server { .. } => (AuthUsage::Client, ServerVerification::Full),
+                TlsSide::Client { verify, .. } => (AuthUsage::Server, *verify),
             };
+            let policy = Arc::new(UsePolicy {
+                name: u.name.clone(),
+                usage,
+                bundle: bundle.clone(),
+                inventory: inventory.clone(),
+                rule: u.policy.clone(),
+                verify,
+            });
+            policies.insert(u.name.clone(), policy.clone());
             let built = match &u.side {
                 TlsSide::Server { client_auth, alpn } => {
-                    tls::server_config(&identity, bundle, *client_auth, alpn, spec.settings, check)
-                        .map(|config| {
+                    tls::server_config(&identity, policy, *client_auth, alpn, spec.settings).map(
+                        |config| {
                             servers.insert(u.name.clone(), config);
-                        })
+                        },
+                    )
                 }
                 TlsSide::Client {
                     alpn,
-                    verify,
                     present_certificate,
-                } => tls::client_config(
-                    &identity,
-                    bundle,
-                    alpn,
-                    spec.settings,
-                    check,
-                    *verify,
-                    *present_certificate,
-                )
-                .map(|config| {
-                    clients.insert(u.name.clone(), config);
-                }),
+                    ..
+                } => {
+                    tls::client_config(&identity, policy, alpn, spec.settings, *present_certificate)
+                        .map(|config| {
+                            clients.insert(u.name.clone(), config);
+                        })
+                }
             };
             if let Err(e) = built {
                 problems.push(MaterialError::TlsConfig {
@@ -214,6 +220,7 @@ impl Generation {
             identity,
             bundles,
             inventory,
+            policies,
             servers,
             clients,
         })
@@ -224,23 +231,41 @@ impl Generation {
         self.inventory.as_ref()
     }
 
-    /// Who a verified peer is: its certificate facts and, with an
-    /// inventory, its host and roles. Used after the handshake (also for
-    /// resumed sessions, which skip the verifiers) to label logs and to
-    /// pass the identity on.
-    pub fn identify_peer(
-        &self,
-        chain: &[rustls_pki_types::CertificateDer<'_>],
-    ) -> Result<PeerIdentity, PolicyRejection> {
-        let facts = chain
-            .first()
-            .and_then(|der| CertFacts::from_der(der).ok())
-            .ok_or(PolicyRejection::SanNotInInventory)?;
-        let host = match &self.inventory {
-            None => None,
-            Some(inventory) => Some(inventory.identify(&facts)?.clone()),
-        };
-        Ok(PeerIdentity { facts, host })
+    /// The admission policy of the use named `name`.
+    pub fn policy(&self, name: &str) -> Option<&Arc<UsePolicy>> {
+        self.policies.get(name)
+    }
+
+    /// SHA-256 over everything that decides who is admitted: every bundle
+    /// and CRL, the inventory, the TLS settings and every use's policy.
+    /// Equal fingerprints mean no peer's admission can differ.
+    pub fn trust_fingerprint(&self) -> Fingerprint {
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        for bundle in self.bundles.values() {
+            parts.push(bundle.name().as_bytes().to_vec());
+            parts.push(bundle.fingerprint().as_bytes().to_vec());
+            if let Some(crls) = bundle.crl_fingerprint() {
+                parts.push(crls.as_bytes().to_vec());
+            }
+            parts.push(
+                bundle
+                    .spec()
+                    .crl_unknown_status
+                    .as_str()
+                    .as_bytes()
+                    .to_vec(),
+            );
+        }
+        if let Some(inventory) = &self.inventory {
+            parts.push(inventory.fingerprint().as_bytes().to_vec());
+        }
+        parts.push(format!("{:?}", self.spec.settings).into_bytes());
+        let mut uses: Vec<&TlsUse> = self.spec.uses.iter().collect();
+        uses.sort_by(|a, b| a.name.cmp(&b.name));
+        for u in uses {
+            parts.push(format!("{u:?}").into_bytes());
+        }
+        Fingerprint::of_all(parts.iter().map(Vec::as_slice))
     }
 
     /// 1 for the material loaded at start-up, +1 for each published swap.
@@ -329,6 +354,8 @@ mod tests {
                     name: "mesh".into(),
                     bundle: vec![self.write("mesh-ca.pem", self.ca.cert_pem())],
                     version: Some("v1".into()),
+                    crl: Vec::new(),
+                    crl_unknown_status: Default::default(),
                 }],
                 inventory: None,
                 settings: TlsSettings::default(),
@@ -546,12 +573,16 @@ mod tests {
             name: "db".into(),
             bundle: vec![fx.dir.path().join("missing-db-ca.pem")],
             version: None,
+            crl: Vec::new(),
+            crl_unknown_status: Default::default(),
         });
         let leaf = fx.ca.issue(&host_leaf()).unwrap();
         spec.trust_domains.push(TrustDomainSpec {
             name: "api".into(),
             bundle: vec![fx.write("leaf-as-ca.pem", &leaf.cert_pem)],
             version: None,
+            crl: Vec::new(),
+            crl_unknown_status: Default::default(),
         });
         let found = problems(&spec);
         assert_eq!(found.len(), 3, "{found:?}");

@@ -212,17 +212,17 @@ fn check_chain(
     }
     let mut problems = Vec::new();
     for usage in usages {
-        match bundle.verify_chain(chain, usage, provider, now) {
-            Ok(()) => {}
+        match bundle.verify_chain_at(chain, usage, provider, now) {
+            Ok(_) => {}
             Err(ChainError::WrongUsage(usage)) => problems.push(MaterialError::WrongUsage {
                 path: spec.cert.clone(),
                 usage: usage.as_str(),
             }),
-            Err(ChainError::NotChained(reason)) => {
+            Err(e @ ChainError::Invalid(_)) => {
                 problems.push(MaterialError::NotChained {
                     path: spec.cert.clone(),
                     domain: bundle.name().to_owned(),
-                    reason,
+                    reason: e.to_string(),
                 });
                 // The same chain failure would repeat for the other usage.
                 break;

@@ -17,12 +17,15 @@
 //! [[revoked]]
 //! serial = "5f3a9c0e21"
 //! note = "hv3 key lost"
+//!
+//! [[revoked]]                  # only the certificate with this serial
+//! serial = "01"                # from the CA whose public key (SPKI)
+//! issuer = "9f86d081…"         # has this SHA-256
 //! ```
 //!
 //! YAML with the same shape is accepted for files ending in `.yaml`/`.yml`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -30,36 +33,7 @@ use mtlsd_expiry::{CertFacts, Fingerprint, SubjectAltName};
 use serde::Deserialize;
 
 use crate::error::MaterialError;
-
-/// Why a verified peer was still refused by the inventory or policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PolicyRejection {
-    /// None of the certificate's SANs belongs to an inventory host.
-    SanNotInInventory,
-    /// The SANs point at more than one host.
-    AmbiguousHost,
-    /// The host holds none of the roles this listener (or route) allows.
-    RoleNotAllowed,
-    /// The certificate's serial is listed as revoked.
-    Revoked,
-}
-
-impl PolicyRejection {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::SanNotInInventory => "san_not_in_inventory",
-            Self::AmbiguousHost => "ambiguous_host",
-            Self::RoleNotAllowed => "role_not_allowed",
-            Self::Revoked => "revoked",
-        }
-    }
-}
-
-impl fmt::Display for PolicyRejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::policy::Refusal;
 
 /// One host of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,8 +50,28 @@ pub struct RoleInventory {
     cluster: String,
     hosts: BTreeMap<String, InventoryHost>,
     by_san: HashMap<SubjectAltName, String>,
-    revoked: BTreeMap<String, Option<String>>,
+    revoked: BTreeMap<String, RevokedSerial>,
     fingerprint: Fingerprint,
+}
+
+/// How one revoked serial is listed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct RevokedSerial {
+    /// Listed without an issuer: revoked whoever issued it.
+    any_issuer: bool,
+    /// SHA-256 of the SPKI of each issuing CA it is listed for.
+    issuers: BTreeSet<[u8; 32]>,
+}
+
+/// What changed between two inventories, for the audit log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct InventoryDelta {
+    pub hosts_added: usize,
+    pub hosts_removed: usize,
+    /// Hosts whose SANs or roles changed.
+    pub hosts_changed: usize,
+    pub serials_revoked: usize,
+    pub serials_unrevoked: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,6 +92,8 @@ struct RawHost {
 #[derive(Debug, Default, Deserialize)]
 struct RawRevoked {
     serial: Option<String>,
+    issuer: Option<String>,
+    #[allow(dead_code)] // documentation for the operator; accepted, not used
     note: Option<String>,
 }
 
@@ -205,11 +201,25 @@ impl RoleInventory {
             );
         }
 
-        let mut revoked = BTreeMap::new();
+        let mut revoked: BTreeMap<String, RevokedSerial> = BTreeMap::new();
         for (i, entry) in raw.revoked.into_iter().enumerate() {
+            let issuer = match entry.issuer.as_deref().map(parse_sha256) {
+                None => None,
+                Some(Ok(issuer)) => Some(issuer),
+                Some(Err(reason)) => {
+                    problems.push(problem(&format!("revoked[{i}].issuer"), reason));
+                    continue;
+                }
+            };
             match entry.serial.map(|s| normalize_serial(&s)) {
                 Some(Ok(serial)) => {
-                    revoked.insert(serial, entry.note);
+                    let listed = revoked.entry(serial).or_default();
+                    match issuer {
+                        None => listed.any_issuer = true,
+                        Some(issuer) => {
+                            listed.issuers.insert(issuer);
+                        }
+                    }
                 }
                 Some(Err(reason)) => {
                     problems.push(problem(&format!("revoked[{i}].serial"), reason))
@@ -255,15 +265,66 @@ impl RoleInventory {
         self.fingerprint
     }
 
-    pub fn is_revoked(&self, serial_hex: &str) -> bool {
-        self.revoked.contains_key(serial_hex)
+    /// Whether `serial_hex` is listed as revoked for the CA whose SPKI has
+    /// SHA-256 `issuer`. An entry that names an issuer matches only that
+    /// CA; when the issuer is unknown (the chain was not verified), any
+    /// entry for the serial counts: fail closed.
+    pub fn is_revoked(&self, serial_hex: &str, issuer: Option<&[u8; 32]>) -> bool {
+        match self.revoked.get(serial_hex) {
+            None => false,
+            Some(listed) => {
+                listed.any_issuer
+                    || match issuer {
+                        None => true,
+                        Some(issuer) => listed.issuers.contains(issuer),
+                    }
+            }
+        }
+    }
+
+    /// How many serials are listed as revoked.
+    pub fn revoked_count(&self) -> usize {
+        self.revoked.len()
+    }
+
+    /// What changed from `old` to `self`.
+    pub fn delta_from(&self, old: &RoleInventory) -> InventoryDelta {
+        let mut delta = InventoryDelta::default();
+        for (name, host) in &self.hosts {
+            match old.hosts.get(name) {
+                None => delta.hosts_added += 1,
+                Some(before) if before != host => delta.hosts_changed += 1,
+                Some(_) => {}
+            }
+        }
+        delta.hosts_removed = old
+            .hosts
+            .keys()
+            .filter(|name| !self.hosts.contains_key(*name))
+            .count();
+        for (serial, listed) in &self.revoked {
+            if old.revoked.get(serial) != Some(listed) {
+                delta.serials_revoked += 1;
+            }
+        }
+        delta.serials_unrevoked = old
+            .revoked
+            .keys()
+            .filter(|serial| !self.revoked.contains_key(*serial))
+            .count();
+        delta
     }
 
     /// Maps a verified certificate to its host: a revoked serial, no match,
-    /// or SANs of more than one host are refusals.
-    pub fn identify(&self, cert: &CertFacts) -> Result<&InventoryHost, PolicyRejection> {
-        if self.is_revoked(&cert.serial_hex) {
-            return Err(PolicyRejection::Revoked);
+    /// or SANs of more than one host are refusals. `issuer` is the SHA-256
+    /// of the issuing CA's SPKI, from the verified path.
+    pub fn identify(
+        &self,
+        cert: &CertFacts,
+        issuer: Option<&[u8; 32]>,
+    ) -> Result<&InventoryHost, Refusal> {
+        if self.is_revoked(&cert.serial_hex, issuer) {
+            return Err(Refusal::Revoked);
         }
         let matched: BTreeSet<&String> = cert
             .sans
@@ -272,12 +333,9 @@ impl RoleInventory {
             .collect();
         let mut matched = matched.into_iter();
         match (matched.next(), matched.next()) {
-            (None, _) => Err(PolicyRejection::SanNotInInventory),
-            (Some(_), Some(_)) => Err(PolicyRejection::AmbiguousHost),
-            (Some(host), None) => self
-                .hosts
-                .get(host)
-                .ok_or(PolicyRejection::SanNotInInventory),
+            (None, _) => Err(Refusal::SanNotInInventory),
+            (Some(_), Some(_)) => Err(Refusal::AmbiguousHost),
+            (Some(host), None) => self.hosts.get(host).ok_or(Refusal::SanNotInInventory),
         }
     }
 }
@@ -349,6 +407,32 @@ fn normalize_serial(text: &str) -> Result<String, String> {
     })
 }
 
+/// A SHA-256 in hex, colons allowed (`openssl … | sha256sum` or
+/// `mtlsd inspect` output).
+fn parse_sha256(text: &str) -> Result<[u8; 32], String> {
+    let hex: String = text
+        .trim()
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let bytes: Option<Vec<u8>> = (hex.len() == 64)
+        .then(|| {
+            (0..32)
+                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                .collect()
+        })
+        .flatten();
+    bytes
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| {
+            format!(
+                "{text:?} is not a SHA-256 in hex: the issuing CA's public key, \
+                 `openssl x509 -in CA.pem -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum`"
+            )
+        })
+}
+
 fn is_role_name(role: &str) -> bool {
     !role.is_empty()
         && role
@@ -393,22 +477,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let inv = RoleInventory::load(&write(&dir, "inv.toml", GOOD)).unwrap();
         assert_eq!(inv.cluster(), "test");
-        let host = |sans: &[&str]| inv.identify(&facts(sans, 77)).map(|h| h.name.clone());
+        let host = |sans: &[&str]| inv.identify(&facts(sans, 77), None).map(|h| h.name.clone());
         assert_eq!(host(&["DB1.test."]), Ok("db1".into()));
         assert_eq!(host(&["other.test", "10.0.0.11"]), Ok("db1".into()));
         assert_eq!(host(&["spiffe://test/api1"]), Ok("api1".into()));
-        assert_eq!(
-            host(&["nobody.test"]),
-            Err(PolicyRejection::SanNotInInventory)
-        );
+        assert_eq!(host(&["nobody.test"]), Err(Refusal::SanNotInInventory));
         assert_eq!(
             host(&["db1.test", "api1.test"]),
-            Err(PolicyRejection::AmbiguousHost)
+            Err(Refusal::AmbiguousHost)
         );
         assert_eq!(
-            inv.identify(&facts(&["db1.test"], 0xabc))
+            inv.identify(&facts(&["db1.test"], 0xabc), None)
                 .map(|h| h.name.clone()),
-            Err(PolicyRejection::Revoked)
+            Err(Refusal::Revoked)
         );
     }
 

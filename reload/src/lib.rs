@@ -10,22 +10,31 @@
 
 #![forbid(unsafe_code)]
 
+mod crl;
 mod error;
 mod generation;
 mod identity;
 mod inventory;
 mod pem;
+mod policy;
 mod store;
 mod tls;
 mod trust;
 mod verify;
 
+pub use crl::{CrlUnknownStatus, LoadedCrl};
 pub use error::{FoundInstead, MaterialError, MaterialErrors};
-pub use generation::{Generation, MaterialSpec, PeerIdentity};
+pub use generation::{Generation, MaterialSpec};
 pub use identity::{Identity, IdentitySpec};
-pub use inventory::{InventoryHost, PolicyRejection, RoleInventory};
+pub use inventory::{InventoryDelta, InventoryHost, RoleInventory};
 pub use pem::{PemContents, read_pem};
+pub use policy::{
+    HandshakeReport, MethodPattern, PeerIdentity, PeerPolicy, Refusal, RequestDecision, RouteRule,
+    Stage, UsePolicy, Verdict, observe,
+};
 pub use store::MaterialStore;
 pub use tls::{ClientAuth, ServerVerification, TlsSettings, TlsSide, TlsUse, provider};
-pub use trust::{AuthUsage, BundleCa, ChainError, TrustBundle, TrustDomainSpec};
-pub use verify::{PeerPolicy, Verdict, observe};
+pub use trust::{
+    AuthUsage, BundleCa, ChainError, NameCheck, TrustBundle, TrustDomainSpec, VerifiedChain,
+    describe,
+};

@@ -11,18 +11,14 @@
 
 use std::sync::{Arc, OnceLock};
 
-use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{StoresServerSessions, WebPkiClientVerifier};
 use rustls::sign::SingleCertAndKey;
 use rustls::{ClientConfig, ServerConfig, SupportedProtocolVersion};
 
 use crate::identity::Identity;
-use crate::trust::TrustBundle;
-use crate::verify::{
-    AnyNameVerifier, NoVerification, PeerPolicy, PolicyCheck, PolicyClientVerifier,
-    PolicyServerVerifier,
-};
+use crate::policy::{PeerPolicy, UsePolicy};
+use crate::verify::{PolicyClientVerifier, PolicyServerVerifier};
 
 /// Whether a server-side use asks peers for a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +66,7 @@ pub struct TlsUse {
     pub name: String,
     pub trust_domain: String,
     pub side: TlsSide,
-    /// Checked during the handshake, after the chain.
+    /// Who the use admits beyond a verifying chain.
     pub policy: PeerPolicy,
 }
 
@@ -102,32 +98,19 @@ fn versions(settings: TlsSettings) -> &'static [&'static SupportedProtocolVersio
 
 pub(crate) fn server_config(
     identity: &Identity,
-    bundle: &TrustBundle,
+    policy: Arc<UsePolicy>,
     client_auth: ClientAuth,
     alpn: &[Vec<u8>],
     settings: TlsSettings,
-    check: PolicyCheck,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = provider();
-    let webpki = match client_auth {
-        ClientAuth::None => WebPkiClientVerifier::no_client_auth(),
-        ClientAuth::Required => {
-            WebPkiClientVerifier::builder_with_provider(bundle.roots().clone(), provider.clone())
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?
-        }
-        ClientAuth::Optional => {
-            WebPkiClientVerifier::builder_with_provider(bundle.roots().clone(), provider.clone())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?
-        }
-    };
     let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = match client_auth {
-        ClientAuth::None => webpki,
-        _ => Arc::new(PolicyClientVerifier {
-            inner: webpki,
-            check,
+        ClientAuth::None => WebPkiClientVerifier::no_client_auth(),
+        ClientAuth::Required | ClientAuth::Optional => Arc::new(PolicyClientVerifier {
+            root_hints: policy.bundle.roots().subjects(),
+            mandatory: client_auth == ClientAuth::Required,
+            algorithms: provider.signature_verification_algorithms,
+            policy,
         }),
     };
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -137,35 +120,26 @@ pub(crate) fn server_config(
             identity.certified_key().clone(),
         )));
     config.alpn_protocols = alpn.to_vec();
+    config.session_storage = Arc::new(CompletionSignal(config.session_storage.clone()));
     Ok(Arc::new(config))
 }
 
 pub(crate) fn client_config(
     identity: &Identity,
-    bundle: &TrustBundle,
+    policy: Arc<UsePolicy>,
     alpn: &[Vec<u8>],
     settings: TlsSettings,
-    check: PolicyCheck,
-    verify: ServerVerification,
     present_certificate: bool,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
     let provider = provider();
-    let webpki: Arc<dyn rustls::client::danger::ServerCertVerifier> =
-        WebPkiServerVerifier::builder_with_provider(bundle.roots().clone(), provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-    let webpki: Arc<dyn rustls::client::danger::ServerCertVerifier> = match verify {
-        ServerVerification::Full => webpki,
-        ServerVerification::CaOnly => Arc::new(AnyNameVerifier { inner: webpki }),
-        ServerVerification::InsecureNone => Arc::new(NoVerification { inner: webpki }),
-    };
-    let builder = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions(settings))?
         .dangerous()
-        // Not dangerous: the webpki verifier runs first, the policy after it.
+        // Not dangerous: the policy verifies the chain (webpki, CRLs) and
+        // the name before anything else.
         .with_custom_certificate_verifier(Arc::new(PolicyServerVerifier {
-            inner: webpki,
-            check,
+            policy,
+            algorithms: provider.signature_verification_algorithms,
         }));
     let mut config = if present_certificate {
         builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(
@@ -176,4 +150,32 @@ pub(crate) fn client_config(
     };
     config.alpn_protocols = alpn.to_vec();
     Ok(Arc::new(config))
+}
+
+/// The server's session store, which also tells the handshake report that
+/// the handshake completed: rustls stores a session (and issues tickets)
+/// exactly when it has verified the client's Finished. A client that then
+/// resets the connection (health checkers, `openssl s_time`) makes the
+/// ticket write fail inside the accept future; that is still a completed
+/// handshake, not a failure.
+#[derive(Debug)]
+struct CompletionSignal(Arc<dyn StoresServerSessions>);
+
+impl StoresServerSessions for CompletionSignal {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        crate::policy::report_completed();
+        self.0.put(key, value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.get(key)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.take(key)
+    }
+
+    fn can_cache(&self) -> bool {
+        self.0.can_cache()
+    }
 }

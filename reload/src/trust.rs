@@ -1,10 +1,16 @@
-//! Trust bundles: the CAs one named trust domain accepts.
+//! Trust bundles: the CAs one named trust domain accepts, and the CRLs
+//! that withdraw certificates those CAs issued.
 //!
 //! Domains are never merged — a host certificate signed by the database CA
 //! must not be accepted by a mesh listener — so each bundle carries its own
 //! root store. A bundle may hold several CAs (that is how a CA rotation
 //! overlaps), and is identified by one fingerprint over all of them, so an
 //! operator can compare what every host trusts with one string.
+//!
+//! Chain verification lives here, once: the TLS verifiers, the re-judging
+//! of live connections after a reload, `mtlsd check` and `mtlsd inspect`
+//! all call [`TrustBundle::verify_chain`], so "does this chain verify?" has
+//! one answer everywhere, CRLs included.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,12 +19,14 @@ use std::time::SystemTime;
 use mtlsd_expiry::{CertFacts, Fingerprint, Validity};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
+use crate::crl::{CrlUnknownStatus, LoadedCrl};
 use crate::error::MaterialError;
 use crate::pem::read_certs;
+use crate::policy::Refusal;
 
-/// Where a trust domain's CAs come from.
+/// Where a trust domain's CAs (and CRLs) come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustDomainSpec {
     pub name: String,
@@ -26,6 +34,10 @@ pub struct TrustDomainSpec {
     pub bundle: Vec<PathBuf>,
     /// The operator's label for this bundle version, reported as-is.
     pub version: Option<String>,
+    /// CRL files (PEM or DER) of this domain's CAs or intermediates.
+    pub crl: Vec<PathBuf>,
+    /// Whether a certificate whose issuer has no CRL here is admitted.
+    pub crl_unknown_status: CrlUnknownStatus,
 }
 
 /// One CA of a bundle and where it came from.
@@ -43,10 +55,14 @@ pub struct TrustBundle {
     cas: Vec<BundleCa>,
     roots: Arc<RootCertStore>,
     fingerprint: Fingerprint,
+    crls: Vec<LoadedCrl>,
 }
 
 impl TrustBundle {
     /// Reads and checks every file of `spec`, reporting every problem.
+    /// CRLs are parsed here; whether their issuer belongs to the domain is
+    /// checked by [`TrustBundle::check_crl_issuers`] once the identity's
+    /// intermediates are known.
     pub fn load(spec: &TrustDomainSpec, now: SystemTime) -> Result<Self, Vec<MaterialError>> {
         let mut problems = Vec::new();
         let mut cas = Vec::new();
@@ -109,6 +125,14 @@ impl TrustBundle {
                 paths: spec.bundle.clone(),
             });
         }
+
+        let mut crls = Vec::new();
+        for path in &spec.crl {
+            match LoadedCrl::read(path, &spec.name) {
+                Ok(found) => crls.extend(found),
+                Err(e) => problems.push(e),
+            }
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -119,7 +143,33 @@ impl TrustBundle {
             cas,
             roots: Arc::new(roots),
             fingerprint,
+            crls,
         })
+    }
+
+    /// Every CRL must be signed by a CA of this bundle or by one of
+    /// `intermediates` (this host's own chain, for its own domain): a CRL
+    /// nobody in the domain could have issued is a misconfiguration that
+    /// would silently leave revocation unenforced.
+    pub(crate) fn check_crl_issuers(
+        &self,
+        intermediates: &[CertificateDer<'static>],
+        now: SystemTime,
+    ) -> Vec<MaterialError> {
+        let candidates: Vec<&[u8]> = self
+            .cas
+            .iter()
+            .map(|ca| ca.der.as_ref())
+            .chain(intermediates.iter().map(AsRef::as_ref))
+            .collect();
+        let mut problems = Vec::new();
+        for crl in &self.crls {
+            if let Err(e) = crl.check_issuer(&candidates, &self.spec.name) {
+                problems.push(e);
+            }
+            crl.warn_if_late(now);
+        }
+        problems
     }
 
     pub fn name(&self) -> &str {
@@ -138,9 +188,19 @@ impl TrustBundle {
         &self.cas
     }
 
+    pub fn crls(&self) -> &[LoadedCrl] {
+        &self.crls
+    }
+
     /// SHA-256 over the bundle's CAs in order.
     pub fn fingerprint(&self) -> Fingerprint {
         self.fingerprint
+    }
+
+    /// SHA-256 over the CRLs' DER in order, when there are any.
+    pub fn crl_fingerprint(&self) -> Option<Fingerprint> {
+        (!self.crls.is_empty())
+            .then(|| Fingerprint::of_all(self.crls.iter().map(|crl| crl.der().as_ref())))
     }
 
     pub fn roots(&self) -> &Arc<RootCertStore> {
@@ -169,52 +229,161 @@ impl AuthUsage {
 pub enum ChainError {
     #[error("not usable for {} authentication (its extended key usage does not allow it)", .0.as_str())]
     WrongUsage(AuthUsage),
-    #[error("{0}")]
-    NotChained(String),
+    #[error("{}", describe(.0))]
+    Invalid(webpki::Error),
+}
+
+impl ChainError {
+    /// The refusal class an operator sees in logs and metrics.
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            Self::WrongUsage(_) => Refusal::BadCertificate,
+            Self::Invalid(e) => refusal_of(e),
+        }
+    }
+}
+
+/// A chain that verified, with what the policy needs from the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifiedChain {
+    /// SHA-256 of the issuing CA's SubjectPublicKeyInfo (DER): the first
+    /// intermediate of the path, or the trust anchor. Cross-signed forms of
+    /// one CA share it.
+    pub issuer_spki_sha256: [u8; 32],
+}
+
+/// What of a server certificate's name to check.
+#[derive(Debug, Clone, Copy)]
+pub enum NameCheck<'a> {
+    /// Client certificates, and servers checked by CA only.
+    None,
+    Server(&'a ServerName<'a>),
 }
 
 impl TrustBundle {
     /// Verifies `chain` (leaf first, then intermediates) against this
-    /// bundle for `usage` at `now`, exactly as a handshake would, minus the
-    /// name check.
+    /// bundle and its CRLs for `usage` at `now`, and the name when asked.
     pub fn verify_chain(
+        &self,
+        chain: &[CertificateDer<'_>],
+        usage: AuthUsage,
+        name: NameCheck<'_>,
+        provider: &CryptoProvider,
+        now: UnixTime,
+    ) -> Result<VerifiedChain, ChainError> {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Err(ChainError::Invalid(webpki::Error::BadDer));
+        };
+        let end_entity = webpki::EndEntityCert::try_from(leaf).map_err(ChainError::Invalid)?;
+        let key_usage = match usage {
+            AuthUsage::Server => webpki::KeyUsage::server_auth(),
+            AuthUsage::Client => webpki::KeyUsage::client_auth(),
+        };
+        let crls: Vec<&webpki::CertRevocationList<'_>> =
+            self.crls.iter().map(LoadedCrl::webpki).collect();
+        let revocation = match webpki::RevocationOptionsBuilder::new(&crls) {
+            Ok(builder) => Some(
+                builder
+                    .with_depth(webpki::RevocationCheckDepth::Chain)
+                    .with_status_policy(match self.spec.crl_unknown_status {
+                        CrlUnknownStatus::Allow => webpki::UnknownStatusPolicy::Allow,
+                        CrlUnknownStatus::Deny => webpki::UnknownStatusPolicy::Deny,
+                    })
+                    // A late CRL is still the best list we have: warned and
+                    // exported (`mtlsd_crl_next_update_timestamp_seconds`),
+                    // never a reason to refuse the whole mesh.
+                    .with_expiration_policy(webpki::ExpirationPolicy::Ignore)
+                    .build(),
+            ),
+            Err(_) => None, // no CRLs configured
+        };
+        let path = end_entity
+            .verify_for_usage(
+                provider.signature_verification_algorithms.all,
+                &self.roots.roots,
+                intermediates,
+                now,
+                key_usage,
+                revocation,
+                None,
+            )
+            .map_err(|e| match e {
+                webpki::Error::RequiredEkuNotFoundContext(_) => ChainError::WrongUsage(usage),
+                #[allow(deprecated)]
+                webpki::Error::RequiredEkuNotFound => ChainError::WrongUsage(usage),
+                other => ChainError::Invalid(other),
+            })?;
+        let issuer_spki_sha256 = *Fingerprint::of(path.issuer_spki().as_ref()).as_bytes();
+        if let NameCheck::Server(name) = name {
+            end_entity
+                .verify_is_valid_for_subject_name(name)
+                .map_err(ChainError::Invalid)?;
+        }
+        Ok(VerifiedChain { issuer_spki_sha256 })
+    }
+
+    /// [`TrustBundle::verify_chain`] at a wall-clock time.
+    pub fn verify_chain_at(
         &self,
         chain: &[CertificateDer<'_>],
         usage: AuthUsage,
         provider: &CryptoProvider,
         now: SystemTime,
-    ) -> Result<(), ChainError> {
-        let Some((leaf, intermediates)) = chain.split_first() else {
-            return Err(ChainError::NotChained("no certificate".to_owned()));
-        };
-        let end_entity = webpki::EndEntityCert::try_from(leaf)
-            .map_err(|e| ChainError::NotChained(format!("unusable certificate: {e}")))?;
-        let time = UnixTime::since_unix_epoch(
-            now.duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default(),
-        );
-        let key_usage = match usage {
-            AuthUsage::Server => webpki::KeyUsage::server_auth(),
-            AuthUsage::Client => webpki::KeyUsage::client_auth(),
-        };
-        match end_entity.verify_for_usage(
-            provider.signature_verification_algorithms.all,
-            &self.roots.roots,
-            intermediates,
-            time,
-            key_usage,
-            None,
-            None,
-        ) {
-            Ok(_) => Ok(()),
-            Err(webpki::Error::RequiredEkuNotFoundContext(_)) => Err(ChainError::WrongUsage(usage)),
-            Err(webpki::Error::UnknownIssuer) => Err(ChainError::NotChained(
-                "its issuer is not in the bundle (signed by a different CA?)".to_owned(),
-            )),
-            Err(webpki::Error::InvalidSignatureForPublicKey) => Err(ChainError::NotChained(
-                "signature does not verify against the bundle's CA".to_owned(),
-            )),
-            Err(other) => Err(ChainError::NotChained(format!("{other:?}"))),
+    ) -> Result<VerifiedChain, ChainError> {
+        self.verify_chain(chain, usage, NameCheck::None, provider, unix_time(now))
+    }
+}
+
+pub(crate) fn unix_time(now: SystemTime) -> UnixTime {
+    UnixTime::since_unix_epoch(
+        now.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
+/// The refusal class of a webpki verification error.
+pub(crate) fn refusal_of(error: &webpki::Error) -> Refusal {
+    use webpki::Error as E;
+    match error {
+        E::UnknownIssuer | E::InvalidSignatureForPublicKey => Refusal::UnknownCa,
+        E::CertExpired { .. } => Refusal::Expired,
+        E::CertNotValidYet { .. } => Refusal::NotYetValid,
+        E::CertRevoked | E::UnknownRevocationStatus => Refusal::Revoked,
+        E::CertNotValidForName(_) => Refusal::NameMismatch,
+        _ => Refusal::BadCertificate,
+    }
+}
+
+/// An operator's sentence for a webpki error.
+pub fn describe(error: &webpki::Error) -> String {
+    use webpki::Error as E;
+    match error {
+        E::UnknownIssuer => {
+            "its issuer is not in the bundle (signed by a different CA?)".to_owned()
         }
+        E::InvalidSignatureForPublicKey => {
+            "its signature does not verify against the bundle's CA".to_owned()
+        }
+        E::CertExpired { .. } => "a certificate in the chain has expired".to_owned(),
+        E::CertNotValidYet { .. } => "a certificate in the chain is not valid yet".to_owned(),
+        E::CertRevoked => "a certificate in the chain is revoked by a CRL".to_owned(),
+        E::UnknownRevocationStatus => {
+            "no CRL covers a certificate of the chain and crl_unknown_status = \"deny\"".to_owned()
+        }
+        E::CertNotValidForName(_) => {
+            "the certificate is not valid for the name that was dialled".to_owned()
+        }
+        E::CaUsedAsEndEntity => {
+            "this is a CA certificate; a host needs a leaf certificate issued by the CA".to_owned()
+        }
+        E::EndEntityUsedAsCa => "a leaf certificate appears where a CA should sign".to_owned(),
+        E::BadDer | E::BadDerTime => "the certificate is not valid DER".to_owned(),
+        E::MaximumPathDepthExceeded | E::MaximumPathBuildCallsExceeded => {
+            "the chain is too long".to_owned()
+        }
+        E::InvalidCrlSignatureForPublicKey => {
+            "a CRL's signature does not verify against its issuer".to_owned()
+        }
+        other => format!("{other}"),
     }
 }

@@ -21,6 +21,8 @@ pub(super) fn inspect(files: &[PathBuf], bundles: &[PathBuf]) -> anyhow::Result<
             name: "inspect".to_owned(),
             bundle: bundles.to_vec(),
             version: None,
+            crl: Vec::new(),
+            crl_unknown_status: Default::default(),
         };
         match TrustBundle::load(&spec, now) {
             Ok(bundle) => Some(bundle),
@@ -168,8 +170,8 @@ fn print_chain(
 ) -> bool {
     let mut any = false;
     for usage in [AuthUsage::Server, AuthUsage::Client] {
-        match bundle.verify_chain(chain, usage, provider, now) {
-            Ok(()) => {
+        match bundle.verify_chain_at(chain, usage, provider, now) {
+            Ok(_) => {
                 any = true;
                 println!("  chains:      yes, for {} auth", usage.as_str());
             }

@@ -10,6 +10,9 @@ use super::admin_client::{self, AdminError};
 
 /// Exit code when no daemon answered.
 const NOT_RUNNING: u8 = 3;
+/// Exit code when the reload applied what it could but a changed setting
+/// only takes effect after a restart.
+const RESTART_REQUIRED: u8 = 4;
 
 pub(super) async fn reload(admin: Option<SocketAddr>, config: &Path) -> anyhow::Result<ExitCode> {
     let target = admin_client::resolve(admin, config)?;
@@ -27,6 +30,12 @@ pub(super) async fn reload(admin: Option<SocketAddr>, config: &Path) -> anyhow::
     let result = outcome["result"].as_str().unwrap_or("unknown");
     let generation = outcome["generation"].as_u64().unwrap_or(0);
     match status {
+        StatusCode::OK if result == "restart_required" => {
+            println!("reload {result}: generation {generation}");
+            eprintln!("mtlsd reload: applied what it could; restart mtlsd to apply the rest:");
+            print_refused(&outcome);
+            Ok(ExitCode::from(RESTART_REQUIRED))
+        }
         StatusCode::OK => {
             println!("reload {result}: generation {generation}");
             print_refused(&outcome);
@@ -44,7 +53,7 @@ pub(super) async fn reload(admin: Option<SocketAddr>, config: &Path) -> anyhow::
 fn print_refused(outcome: &serde_json::Value) {
     for refused in outcome["refused"].as_array().into_iter().flatten() {
         if let Some(text) = refused.as_str() {
-            eprintln!("  not applied: {text}");
+            eprintln!("  needs a restart: {text}");
         }
     }
 }

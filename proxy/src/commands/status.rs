@@ -122,7 +122,7 @@ fn render(st: &Value) -> String {
         "PROTO".to_owned(),
         "ADDR".to_owned(),
         "UPSTREAM".to_owned(),
-        "HANDSHAKES".to_owned(),
+        "HANDSHAKES (DONE/TRIED)".to_owned(),
         "REFUSED".to_owned(),
         "OPEN".to_owned(),
     ]];
@@ -139,7 +139,10 @@ fn render(st: &Value) -> String {
             s(&l["protocol"]).to_owned(),
             s(&l["addr"]).to_owned(),
             s(&l["upstream"]).to_owned(),
-            l["handshakes"].to_string(),
+            format!(
+                "{}/{}",
+                l["handshakes_completed"], l["handshakes_attempted"]
+            ),
             if refused.is_empty() {
                 "-".to_owned()
             } else {

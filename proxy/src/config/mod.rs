@@ -20,11 +20,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use mtlsd_expiry::Fingerprint;
 pub use mtlsd_reload::ClientAuth;
+pub use mtlsd_reload::CrlUnknownStatus;
 pub use mtlsd_reload::ServerVerification;
 use mtlsd_reload::{
     IdentitySpec, MaterialSpec, PeerPolicy, TlsSettings, TlsSide, TlsUse, TrustDomainSpec,
 };
+pub use mtlsd_reload::{MethodPattern, RouteRule};
 use rustls_pki_types::ServerName;
 
 /// Where `mtlsd run` and `mtlsd check` look when `--config` is not given.
@@ -121,6 +124,9 @@ pub struct IdentityConfig {
 pub struct TrustDomainConfig {
     pub bundle: Vec<PathBuf>,
     pub version: Option<String>,
+    /// CRL files (PEM or DER) enforced for this domain's peers.
+    pub crl: Vec<PathBuf>,
+    pub crl_unknown_status: CrlUnknownStatus,
 }
 
 /// Which way a listener carries traffic.
@@ -224,7 +230,7 @@ pub struct ListenerConfig {
     pub client_auth: ClientAuth,
     /// grpc inbound: per service or method rules; the first match wins,
     /// and calls no rule matches fall back to `roles`.
-    pub routes: Vec<Route>,
+    pub routes: Vec<RouteRule>,
     /// Outbound: how the server's certificate is checked.
     pub server_verify: ServerVerification,
     /// Outbound: offer the host certificate when the server asks for one.
@@ -233,34 +239,56 @@ pub struct ListenerConfig {
     pub present_certificate: bool,
 }
 
-/// One gRPC authorization rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    /// As written: `/pkg.Service/Method`, `/pkg.Service/Prefix*` or
-    /// `/pkg.Service/*`.
-    pub path: String,
-    pub service: String,
-    pub method: MethodPattern,
-    pub allow_roles: BTreeSet<String>,
+/// One section of the configuration, as reloads report and classify it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Section {
+    Identity,
+    TrustDomain(String),
+    Inventory,
+    /// `admin.*`: restart only.
+    Admin,
+    Tls,
+    Shutdown,
+    /// `reload.*` but `audit_log`.
+    Reload,
+    /// `reload.audit_log`: restart only.
+    AuditLog,
+    Expiry,
+    /// `runtime.*`: restart only.
+    Runtime,
+    /// `state_dir`: restart only.
+    StateDir,
+    /// One `[[inbound]]` or `[[outbound]]` by name; its direction and
+    /// protocol are restart only, the rest applies live.
+    Listener(String),
 }
 
-/// Which methods of a service a route covers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MethodPattern {
-    Any,
-    Exact(String),
-    /// `Delete*`: every method whose name starts with `Delete`.
-    Prefix(String),
+impl Section {
+    /// Whether every change to this section needs a restart.
+    pub fn restart_only(&self) -> bool {
+        matches!(
+            self,
+            Self::Admin | Self::AuditLog | Self::Runtime | Self::StateDir
+        )
+    }
 }
 
-impl Route {
-    pub fn matches(&self, service: &str, method: &str) -> bool {
-        self.service == service
-            && match &self.method {
-                MethodPattern::Any => true,
-                MethodPattern::Exact(m) => m == method,
-                MethodPattern::Prefix(p) => method.starts_with(p.as_str()),
-            }
+impl fmt::Display for Section {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Identity => f.write_str("identity"),
+            Self::TrustDomain(name) => write!(f, "trust_domains.{name}"),
+            Self::Inventory => f.write_str("inventory"),
+            Self::Admin => f.write_str("admin"),
+            Self::Tls => f.write_str("tls"),
+            Self::Shutdown => f.write_str("shutdown"),
+            Self::Reload => f.write_str("reload"),
+            Self::AuditLog => f.write_str("reload.audit_log"),
+            Self::Expiry => f.write_str("expiry"),
+            Self::Runtime => f.write_str("runtime"),
+            Self::StateDir => f.write_str("state_dir"),
+            Self::Listener(name) => write!(f, "listener.{name}"),
+        }
     }
 }
 
@@ -352,39 +380,43 @@ impl Config {
         files.extend(
             self.trust_domains
                 .values()
-                .flat_map(|d| d.bundle.iter().cloned()),
+                .flat_map(|d| d.bundle.iter().chain(d.crl.iter()).cloned()),
         );
         files.extend(self.inventory.iter().cloned());
         files
     }
 
     /// Takes what `next` may change while running and keeps the rest of
-    /// `self`. Returns the configuration to run with and one message per
-    /// change that was refused.
-    pub fn apply_live(&self, next: Config) -> (Config, Vec<String>) {
+    /// `self`. Returns the configuration to run with and, for each change
+    /// that only a restart can apply, its section and what to tell the
+    /// operator.
+    pub fn apply_live(&self, next: Config) -> (Config, Vec<(Section, String)>) {
         let mut effective = next;
         let mut refused = Vec::new();
         let restart = "cannot change while running; restart mtlsd to apply it";
-        if effective.admin_listen != self.admin_listen {
-            refused.push(format!("admin.listen: {restart}"));
-            effective.admin_listen = self.admin_listen;
-        }
-        if effective.admin_tls != self.admin_tls {
-            refused.push(format!(
-                "admin.tls, admin.trust_domain, admin.allow_roles: {restart}"
+        if effective.admin_listen != self.admin_listen || effective.admin_tls != self.admin_tls {
+            refused.push((
+                Section::Admin,
+                format!(
+                    "admin.listen, admin.tls, admin.trust_domain, admin.allow_roles: {restart}"
+                ),
             ));
+            effective.admin_listen = self.admin_listen;
             effective.admin_tls = self.admin_tls.clone();
         }
         if effective.worker_threads != self.worker_threads {
-            refused.push(format!("runtime.worker_threads: {restart}"));
+            refused.push((
+                Section::Runtime,
+                format!("runtime.worker_threads: {restart}"),
+            ));
             effective.worker_threads = self.worker_threads;
         }
         if effective.state_dir != self.state_dir {
-            refused.push(format!("state_dir: {restart}"));
+            refused.push((Section::StateDir, format!("state_dir: {restart}")));
             effective.state_dir = self.state_dir.clone();
         }
         if effective.reload.audit_log != self.reload.audit_log {
-            refused.push(format!("reload.audit_log: {restart}"));
+            refused.push((Section::AuditLog, format!("reload.audit_log: {restart}")));
             effective.reload.audit_log = self.reload.audit_log.clone();
         }
         for list in [&mut effective.inbound, &mut effective.outbound] {
@@ -393,18 +425,49 @@ impl Config {
                     continue;
                 };
                 if old.direction != listener.direction || old.protocol != listener.protocol {
-                    refused.push(format!(
-                        "listener '{}': direction and protocol cannot change while running \
-                         (kept {} {}); give the new listener a new name to replace it",
-                        listener.name,
-                        old.direction,
-                        old.protocol.as_str()
+                    refused.push((
+                        Section::Listener(listener.name.clone()),
+                        format!(
+                            "listener '{}': direction and protocol cannot change while running \
+                             (kept {} {}); restart mtlsd, or give the new listener a new name to \
+                             replace it",
+                            listener.name,
+                            old.direction,
+                            old.protocol.as_str()
+                        ),
                     ));
                     *listener = old.clone();
                 }
             }
         }
         (effective, refused)
+    }
+
+    /// Every section of the configuration with a fingerprint of its
+    /// validated value: two configs differ in a section exactly when its
+    /// fingerprints differ (comments and formatting do not count).
+    pub fn sections(&self) -> BTreeMap<Section, Fingerprint> {
+        let fp = |value: &dyn fmt::Debug| Fingerprint::of(format!("{value:?}").as_bytes());
+        let mut sections = BTreeMap::new();
+        sections.insert(Section::Identity, fp(&self.identity));
+        for (name, domain) in &self.trust_domains {
+            sections.insert(Section::TrustDomain(name.clone()), fp(domain));
+        }
+        sections.insert(Section::Inventory, fp(&self.inventory));
+        sections.insert(Section::Admin, fp(&(self.admin_listen, &self.admin_tls)));
+        sections.insert(Section::Tls, fp(&self.allow_tls12));
+        sections.insert(Section::Shutdown, fp(&self.drain_timeout));
+        let mut reload = self.reload.clone();
+        reload.audit_log = PathBuf::new();
+        sections.insert(Section::Reload, fp(&reload));
+        sections.insert(Section::AuditLog, fp(&self.reload.audit_log));
+        sections.insert(Section::Expiry, fp(&self.expiry));
+        sections.insert(Section::Runtime, fp(&self.worker_threads));
+        sections.insert(Section::StateDir, fp(&self.state_dir));
+        for listener in self.listeners() {
+            sections.insert(Section::Listener(listener.name.clone()), fp(listener));
+        }
+        sections
     }
 
     /// Every listener, inbound first.
@@ -430,6 +493,8 @@ impl Config {
                     name: name.clone(),
                     bundle: domain.bundle.clone(),
                     version: domain.version.clone(),
+                    crl: domain.crl.clone(),
+                    crl_unknown_status: domain.crl_unknown_status,
                 })
                 .collect(),
             settings: TlsSettings {
@@ -453,13 +518,15 @@ impl Config {
                     },
                     policy: PeerPolicy {
                         identify: listener.trust_domain == self.identity.trust_domain,
+                        roles: listener.roles.clone(),
+                        routes: listener.routes.clone(),
                         // L7 inbound listeners answer a role refusal with a
                         // protocol-level error (gRPC status, HTTP 403), so
                         // their handshake only identifies the peer.
-                        roles: match (listener.direction, listener.protocol) {
-                            (Direction::Inbound, Protocol::Grpc | Protocol::Http) => None,
-                            _ => listener.roles.clone(),
-                        },
+                        roles_per_request: matches!(
+                            (listener.direction, listener.protocol),
+                            (Direction::Inbound, Protocol::Grpc | Protocol::Http)
+                        ),
                         also_host: None,
                     },
                 })
@@ -473,6 +540,8 @@ impl Config {
                     policy: PeerPolicy {
                         identify: admin.trust_domain == self.identity.trust_domain,
                         roles: admin.roles.clone(),
+                        routes: Vec::new(),
+                        roles_per_request: false,
                         also_host: self.identity.host.clone(),
                     },
                 }))

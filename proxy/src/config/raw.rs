@@ -42,6 +42,8 @@ pub(crate) struct RawIdentity {
 pub(crate) struct RawTrustDomain {
     pub(crate) bundle: Option<OneOrMany>,
     pub(crate) version: Option<String>,
+    pub(crate) crl: Option<OneOrMany>,
+    pub(crate) crl_unknown_status: Option<String>,
 }
 
 /// `bundle = "a.pem"` or `bundle = ["a.pem", "b.pem"]`.

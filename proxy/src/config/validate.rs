@@ -9,9 +9,9 @@ use rustls_pki_types::ServerName;
 
 use super::raw::{OneOrMany, RawConfig, RawListener};
 use super::{
-    AdminTls, CLI_ENV_VARS, ClientAuth, Config, ConfigError, ConfigProblem, Direction, ENV_PREFIX,
-    ExpiryConfig, IdentityConfig, ListenerConfig, MethodPattern, Protocol, ReloadConfig, Route,
-    ServerVerification, Timeouts, TrustDomainConfig, Upstream,
+    AdminTls, CLI_ENV_VARS, ClientAuth, Config, ConfigError, ConfigProblem, CrlUnknownStatus,
+    Direction, ENV_PREFIX, ExpiryConfig, IdentityConfig, ListenerConfig, MethodPattern, Protocol,
+    ReloadConfig, RouteRule, ServerVerification, Timeouts, TrustDomainConfig, Upstream,
 };
 
 use super::DEFAULT_ADMIN_LISTEN;
@@ -207,11 +207,32 @@ impl Validator {
                 .into_iter()
                 .filter_map(|p| self.path(&format!("{key}.bundle"), Some(p)))
                 .collect();
+            let crl = match domain.crl {
+                None => Vec::new(),
+                Some(OneOrMany::One(one)) => vec![one],
+                Some(OneOrMany::Many(many)) => many,
+            }
+            .into_iter()
+            .filter_map(|p| self.path(&format!("{key}.crl"), Some(p)))
+            .collect();
+            let crl_unknown_status = match domain.crl_unknown_status.as_deref() {
+                None | Some("allow") => CrlUnknownStatus::Allow,
+                Some("deny") => CrlUnknownStatus::Deny,
+                Some(other) => {
+                    self.problem(
+                        &format!("{key}.crl_unknown_status"),
+                        format!("{other:?} is not one of \"allow\", \"deny\""),
+                    );
+                    CrlUnknownStatus::Allow
+                }
+            };
             trust_domains.insert(
                 name,
                 TrustDomainConfig {
                     bundle,
                     version: domain.version,
+                    crl,
+                    crl_unknown_status,
                 },
             );
         }
@@ -706,7 +727,7 @@ impl Validator {
                 if let (Some(path), Some((service, method)), Some(allow_roles)) =
                     (path, parsed, allow)
                 {
-                    routes.push(Route {
+                    routes.push(RouteRule {
                         path,
                         service,
                         method,
@@ -1103,7 +1124,11 @@ mod tests {
         let (kept, refused) = old.apply_live(parse_str(&four, &[]).unwrap());
         assert_eq!(kept.worker_threads, 1);
         assert_eq!(refused.len(), 1);
-        assert!(refused[0].starts_with("runtime.worker_threads: cannot change"));
+        assert!(
+            refused[0]
+                .1
+                .starts_with("runtime.worker_threads: cannot change")
+        );
     }
 
     #[test]

@@ -28,13 +28,13 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use mtlsd_reload::{AuthUsage, PeerIdentity};
+
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::coalesce::Coalescing;
 use super::handshake;
-use super::identity_headers::{self, IdentityHeaders};
+use super::identity_headers::{self, ConnectionIdentity};
 use super::pool::UpstreamTarget;
 use crate::config::ListenerConfig;
 use crate::listener::ListenerContext;
@@ -53,8 +53,7 @@ mod code {
 struct Inbound {
     ctx: Arc<ListenerContext>,
     listener: Arc<ListenerConfig>,
-    identity: Option<PeerIdentity>,
-    identity_headers: Option<IdentityHeaders>,
+    identity: ConnectionIdentity,
     target: Option<UpstreamTarget>,
     peer: SocketAddr,
 }
@@ -73,12 +72,11 @@ pub async fn serve_inbound(
         tracing::warn!(listener = %listener.name, %peer, "peer did not negotiate h2 (ALPN); closing");
         return;
     }
-    let registration = ctx.register(&listener, peer, AuthUsage::Client, accepted.chain);
+    let registration = ctx.register(&listener, peer, accepted.chain);
     let state = Arc::new(Inbound {
         ctx: ctx.clone(),
         listener: listener.clone(),
-        identity_headers: accepted.identity.as_ref().map(IdentityHeaders::new),
-        identity: accepted.identity,
+        identity: ConnectionIdentity::new(accepted.identity, ctx.store.current().number()),
         target: UpstreamTarget::new(Scheme::HTTP, &listener.upstream),
         peer,
     });
@@ -87,7 +85,7 @@ pub async fn serve_inbound(
         &ctx,
         Coalescing::new(accepted.tls),
         service,
-        registration.closed_by_policy(),
+        Some(&registration),
     )
     .await;
 }
@@ -101,10 +99,21 @@ async fn handle_inbound(
         return Ok(grpc_error(code::UNIMPLEMENTED, "not a gRPC method path"));
     };
     let started = std::time::Instant::now();
-    let (rule, decision) = authorize(listener, state.identity.as_ref(), service, method);
+    // Decided against the generation in force now, not the one the
+    // connection was accepted under: a narrowed route or a removed role
+    // applies to the next call on a held connection.
+    let generation = state.ctx.store.current();
+    let Some(policy) = generation.policy(&listener.name) else {
+        return Ok(grpc_error(
+            code::UNAVAILABLE,
+            "this listener is being removed",
+        ));
+    };
+    let decision = policy.authorize_request(state.identity.identity(), Some((service, method)));
+    let rule = decision.rule.to_owned();
     let metrics = &state.ctx.metrics;
-    metrics.authz(&listener.name, &rule, decision.is_ok());
-    if let Err(why) = decision {
+    metrics.authz(&listener.name, &rule, decision.result.is_ok());
+    if let Err(why) = decision.result {
         metrics.grpc_request(
             &listener.name,
             &rule,
@@ -113,16 +122,18 @@ async fn handle_inbound(
         );
         tracing::warn!(
             listener = %listener.name, peer = %state.peer,
-            host = state.identity.as_ref().and_then(|i| i.host.as_ref()).map(|h| h.name.as_str()).unwrap_or("-"),
+            host = decision.host.map(|h| h.name.as_str()).unwrap_or("-"),
             path = request.uri().path(), reason = "role_not_allowed", %why,
             "gRPC call refused"
         );
         return Ok(grpc_error(code::PERMISSION_DENIED, &why));
     }
+    let headers = state.identity.headers(generation.number(), decision.host);
+    drop(generation);
 
     let (mut parts, body) = request.into_parts();
     identity_headers::strip(&mut parts.headers);
-    if let Some(identity) = &state.identity_headers {
+    if let Some(identity) = &headers {
         identity.set(&mut parts.headers);
     }
     let Some(uri) = state
@@ -260,13 +271,7 @@ pub async fn serve_outbound(
         client,
     });
     let service = service_fn(move |request| handle_outbound(state.clone(), request));
-    serve_h2(
-        &ctx,
-        Coalescing::new(plain),
-        service,
-        std::future::pending(),
-    )
-    .await;
+    serve_h2(&ctx, Coalescing::new(plain), service, None).await;
 }
 
 async fn handle_outbound(
@@ -297,13 +302,14 @@ async fn handle_outbound(
     .await
 }
 
-/// Serves HTTP/2 on `io` until the peer leaves; on drain or `closed`, sends
-/// GOAWAY and lets in-flight calls finish.
+/// Serves HTTP/2 on `io` until the peer leaves. On drain, or when the
+/// peer no longer qualifies after a trust change, sends GOAWAY and lets
+/// in-flight calls finish — the latter for at most `reload.drain_grace`.
 async fn serve_h2<I, S>(
     ctx: &ListenerContext,
     io: I,
     service: S,
-    closed: impl std::future::Future<Output = ()>,
+    registration: Option<&crate::connections::Registration>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
@@ -315,20 +321,13 @@ async fn serve_h2<I, S>(
         .timer(TokioTimer::new())
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
-    tokio::pin!(closed);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = ctx.draining.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-        () = &mut closed => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
+    let shutdown = |connection: std::pin::Pin<&mut _>| {
+        hyper::server::conn::http2::Connection::graceful_shutdown(connection)
     };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
+    match super::l7::drive(connection, shutdown, &ctx.draining, registration).await {
+        Some(Ok(())) => {}
+        Some(Err(e)) => tracing::debug!(error = %e, "HTTP/2 connection ended with an error"),
+        None => tracing::info!("HTTP/2 connection closed: its peer no longer qualifies"),
     }
 }
 
@@ -366,45 +365,6 @@ async fn forward(
             )
         }
     })
-}
-
-/// Checks the call against the first matching route, else the listener's
-/// roles. Returns the rule that decided (a route's path, or "default") and
-/// the decision; `Err` explains the refusal for the caller.
-fn authorize(
-    listener: &ListenerConfig,
-    identity: Option<&PeerIdentity>,
-    service: &str,
-    method: &str,
-) -> (String, Result<(), String>) {
-    let (rule, label, roles) = match listener.routes.iter().find(|r| r.matches(service, method)) {
-        Some(route) => (
-            format!("route {}", route.path),
-            route.path.clone(),
-            Some(&route.allow_roles),
-        ),
-        None => (
-            "listener allow_roles".to_owned(),
-            "default".to_owned(),
-            listener.roles.as_ref(),
-        ),
-    };
-    let Some(roles) = roles else {
-        return (label, Ok(()));
-    };
-    let allowed = roles.iter().cloned().collect::<Vec<_>>().join(", ");
-    let decision = match identity.and_then(|i| i.host.as_ref()) {
-        Some(host) if !host.roles.is_disjoint(roles) => Ok(()),
-        Some(host) => Err(format!(
-            "host '{}' (roles: {}) may not call /{service}/{method}: {rule} allows roles [{allowed}]",
-            host.name,
-            host.roles.iter().cloned().collect::<Vec<_>>().join(", "),
-        )),
-        None => Err(format!(
-            "caller is not an inventory host; {rule} allows roles [{allowed}]"
-        )),
-    };
-    (label, decision)
 }
 
 /// `/pkg.Service/Method` → (`pkg.Service`, `Method`).

@@ -9,8 +9,10 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use mtlsd_reload::{PeerIdentity, Verdict, observe};
+use mtlsd_reload::{Generation, HandshakeReport, PeerIdentity, Stage, Verdict, observe};
+use rustls_pki_types::{CertificateDer, UnixTime};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
@@ -26,17 +28,18 @@ pub struct Accepted {
     /// `None` when the listener does not require a certificate and the peer
     /// sent none.
     pub identity: Option<PeerIdentity>,
-    pub chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    pub chain: Arc<[CertificateDer<'static>]>,
 }
 
 /// Runs the server side of the handshake; `None` when the peer was
-/// refused (already logged and counted).
+/// refused (already logged and counted) or left right after completing it.
 pub async fn accept(
     ctx: &ListenerContext,
     listener: &ListenerConfig,
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> Option<Accepted> {
+    ctx.stats.handshake_started();
     let generation = ctx.store.current();
     let Some(tls_config) = generation.server_config(&listener.name) else {
         // Config and material are loaded together; this is a bug, not input.
@@ -45,36 +48,52 @@ pub async fn accept(
     };
     let tcp = CountingIo::new(tcp, ctx.stats.clone());
     let handshake = observe(TlsAcceptor::from(tls_config).accept(tcp));
-    let tls = match tokio::time::timeout(listener.timeouts.handshake, handshake).await {
-        Ok((Ok(tls), _)) => tls,
-        Ok((Err(e), verdict)) => {
-            let reason = RejectReason::of_handshake(&e, verdict.as_ref());
-            refused(ctx, listener, peer, reason, &e, verdict.as_ref());
-            return None;
-        }
+    let (result, report) = match tokio::time::timeout(listener.timeouts.handshake, handshake).await
+    {
+        Ok(done) => done,
         Err(_) => {
             let e = io::Error::from(io::ErrorKind::TimedOut);
             refused(ctx, listener, peer, RejectReason::Timeout, &e, None);
             return None;
         }
     };
-    let chain = tls
+    let tls = match result {
+        Ok(tls) => tls,
+        Err(e) if report.completed => {
+            // The client's Finished arrived; the session tickets sent after
+            // it met a reset (health checkers, `openssl s_time`). That is a
+            // completed handshake, not a failure.
+            ctx.stats.handshake_ok();
+            record_peer(ctx, report.admitted.as_ref());
+            tracing::debug!(listener = %listener.name, %peer, error = %e,
+                "handshake completed; the peer closed the connection right after");
+            return None;
+        }
+        Err(e) => {
+            let reason = RejectReason::of_handshake(&e, report.refused.as_ref());
+            refused(ctx, listener, peer, reason, &e, report.refused.as_ref());
+            return None;
+        }
+    };
+    let chain: Arc<[CertificateDer<'static>]> = tls
         .get_ref()
         .1
         .peer_certificates()
         .unwrap_or_default()
-        .to_vec();
-    let identity = if chain.is_empty() {
-        None
-    } else {
-        // Resumed sessions skip the verifiers; identify every time.
-        match generation.identify_peer(&chain) {
-            Ok(identity) => Some(identity),
-            Err(policy) => {
-                let e = io::Error::other(format!("peer refused by policy: {policy}"));
-                refused(ctx, listener, peer, RejectReason::from(policy), &e, None);
-                return None;
-            }
+        .into();
+    let identity = match admitted(&generation, listener, &chain, report) {
+        Ok(identity) => identity,
+        Err(verdict) => {
+            let e = io::Error::other(format!("peer refused by policy: {}", verdict.detail));
+            refused(
+                ctx,
+                listener,
+                peer,
+                RejectReason::from(verdict.refusal),
+                &e,
+                Some(&verdict),
+            );
+            return None;
         }
     };
     ctx.stats.handshake_ok();
@@ -93,6 +112,36 @@ pub async fn accept(
         identity,
         chain,
     })
+}
+
+/// Who the peer of a completed handshake is. A full handshake ran the
+/// policy in the verifier; a resumed session skipped it, so the same
+/// policy judges the session's chain here (a resumed session never
+/// bypasses a check, e.g. a certificate that expired since).
+fn admitted(
+    generation: &Generation,
+    listener: &ListenerConfig,
+    chain: &[CertificateDer<'static>],
+    report: HandshakeReport,
+) -> Result<Option<PeerIdentity>, Verdict> {
+    if let Some(identity) = report.admitted {
+        return Ok(Some(identity));
+    }
+    if chain.is_empty() {
+        return Ok(None);
+    }
+    let Some(policy) = generation.policy(&listener.name) else {
+        return Ok(None);
+    };
+    policy.admit(chain, None, now(), Stage::Handshake).map(Some)
+}
+
+fn now() -> UnixTime {
+    UnixTime::since_unix_epoch(
+        std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
 }
 
 /// Connects to the listener's upstream and runs the client side of the
@@ -127,6 +176,7 @@ pub async fn handshake_over(
     remote: TcpStream,
     client_addr: SocketAddr,
 ) -> io::Result<client::TlsStream<CountingIo<TcpStream>>> {
+    ctx.stats.handshake_started();
     let generation = ctx.store.current();
     let tls_config = generation
         .client_config(&listener.name)
@@ -135,23 +185,43 @@ pub async fn handshake_over(
         .server_name
         .clone()
         .ok_or_else(|| io::Error::other("outbound listener without a server name"))?;
-    drop(generation);
 
     let remote_addr = remote.peer_addr().unwrap_or(client_addr);
     let remote = CountingIo::new(remote, ctx.stats.clone());
     let handshake = observe(TlsConnector::from(tls_config).connect(server_name, remote));
     match tokio::time::timeout(listener.timeouts.handshake, handshake).await {
-        Ok((Ok(tls), _)) => {
-            ctx.stats.handshake_ok();
-            let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
-            if let Ok(identity) = ctx.store.current().identify_peer(chain) {
-                record_peer(ctx, Some(&identity));
+        Ok((Ok(tls), report)) => {
+            let chain: Vec<CertificateDer<'static>> = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .unwrap_or_default()
+                .to_vec();
+            match admitted(&generation, listener, &chain, report) {
+                Ok(identity) => {
+                    ctx.stats.handshake_ok();
+                    record_peer(ctx, identity.as_ref());
+                    Ok(tls)
+                }
+                Err(verdict) => {
+                    let e =
+                        io::Error::other(format!("server refused by policy: {}", verdict.detail));
+                    let reason = RejectReason::from(verdict.refusal);
+                    refused(ctx, listener, remote_addr, reason, &e, Some(&verdict));
+                    Err(e)
+                }
             }
-            Ok(tls)
         }
-        Ok((Err(e), verdict)) => {
-            let reason = RejectReason::of_handshake(&e, verdict.as_ref());
-            refused(ctx, listener, remote_addr, reason, &e, verdict.as_ref());
+        Ok((Err(e), report)) => {
+            let reason = RejectReason::of_handshake(&e, report.refused.as_ref());
+            refused(
+                ctx,
+                listener,
+                remote_addr,
+                reason,
+                &e,
+                report.refused.as_ref(),
+            );
             Err(e)
         }
         Err(_) => {
@@ -189,12 +259,16 @@ pub fn refused(
 ) {
     ctx.stats.refused(reason);
     let sans = verdict.map(|v| v.sans.join(", ")).unwrap_or_default();
+    let host = verdict.and_then(|v| v.host.as_deref()).unwrap_or("-");
+    let detail = verdict.map(|v| v.detail.as_str()).unwrap_or("");
     tracing::warn!(
         listener = %listener.name,
         direction = %listener.direction,
         %peer,
         reason = reason.as_str(),
         sans = %sans,
+        host,
+        detail,
         error = %error,
         "TLS handshake refused"
     );

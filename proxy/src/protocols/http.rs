@@ -20,12 +20,12 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use mtlsd_reload::{AuthUsage, PeerIdentity};
+use rustls_pki_types::CertificateDer;
 use tokio::net::TcpStream;
 
 use super::grpc::Body;
 use super::handshake;
-use super::identity_headers::{self, IdentityHeaders};
+use super::identity_headers::{self, ConnectionIdentity};
 use super::pool::UpstreamTarget;
 use crate::config::ListenerConfig;
 use crate::listener::ListenerContext;
@@ -33,8 +33,10 @@ use crate::listener::ListenerContext;
 struct Inbound {
     ctx: Arc<ListenerContext>,
     listener: Arc<ListenerConfig>,
-    identity: Option<PeerIdentity>,
-    identity_headers: Option<IdentityHeaders>,
+    identity: ConnectionIdentity,
+    /// The peer's chain, for registering an upgrade tunnel that outlives
+    /// the HTTP connection.
+    chain: Arc<[CertificateDer<'static>]>,
     target: Option<UpstreamTarget>,
     /// `x-forwarded-for`, the same for every request of the connection.
     forwarded_for: Option<HeaderValue>,
@@ -53,14 +55,14 @@ pub async fn serve_inbound(
     let Some(accepted) = handshake::accept(&ctx, &listener, tcp, peer).await else {
         return;
     };
-    let registration = (!accepted.chain.is_empty())
-        .then(|| ctx.register(&listener, peer, AuthUsage::Client, accepted.chain.clone()));
+    let registration =
+        (!accepted.chain.is_empty()).then(|| ctx.register(&listener, peer, accepted.chain.clone()));
     let target = UpstreamTarget::new(http::uri::Scheme::HTTP, &listener.upstream);
     let state = Arc::new(Inbound {
         ctx: ctx.clone(),
         listener: listener.clone(),
-        identity_headers: accepted.identity.as_ref().map(IdentityHeaders::new),
-        identity: accepted.identity,
+        identity: ConnectionIdentity::new(accepted.identity, ctx.store.current().number()),
+        chain: accepted.chain,
         upstream_host: target
             .as_ref()
             .and_then(|t| HeaderValue::from_str(t.authority().as_str()).ok()),
@@ -72,25 +74,16 @@ pub async fn serve_inbound(
     let builder = auto::Builder::new(TokioExecutor::new());
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(accepted.tls), service);
     tokio::pin!(connection);
-    let closed = async {
-        match &registration {
-            Some(registration) => registration.closed_by_policy().await,
-            None => std::future::pending().await,
-        }
+    let shutdown = |connection: std::pin::Pin<&mut _>| {
+        auto::UpgradeableConnection::graceful_shutdown(connection)
     };
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = ctx.draining.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    match super::l7::drive(connection, shutdown, &ctx.draining, registration.as_ref()).await {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            tracing::debug!(listener = %listener.name, %peer, error = %e, "HTTP connection ended with an error")
         }
-        () = closed => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(listener = %listener.name, %peer, error = %e, "HTTP connection ended with an error");
+        None => tracing::info!(listener = %listener.name, %peer,
+            "HTTP connection closed: its peer no longer qualifies"),
     }
 }
 
@@ -99,26 +92,36 @@ async fn handle(
     mut request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let listener = &state.listener;
-    if let Some(roles) = &listener.roles {
-        let host = state.identity.as_ref().and_then(|i| i.host.as_ref());
-        let allowed = host.is_some_and(|h| !h.roles.is_disjoint(roles));
+    // Decided against the generation in force now: a role removed from
+    // the inventory applies to the next request on a held connection.
+    let generation = state.ctx.store.current();
+    let Some(policy) = generation.policy(&listener.name) else {
+        return Ok(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this listener is being removed\n",
+        ));
+    };
+    let decision = policy.authorize_request(state.identity.identity(), None);
+    if policy.rule().roles.is_some() {
         state
             .ctx
             .metrics
-            .authz(&listener.name, "allow_roles", allowed);
-        if !allowed {
-            tracing::warn!(
-                listener = %listener.name, peer = %state.peer,
-                host = host.map(|h| h.name.as_str()).unwrap_or("-"),
-                reason = "role_not_allowed", path = request.uri().path(),
-                "HTTP request refused"
-            );
-            return Ok(text(
-                StatusCode::FORBIDDEN,
-                "forbidden: your certificate's host does not hold an allowed role\n",
-            ));
-        }
+            .authz(&listener.name, "allow_roles", decision.result.is_ok());
     }
+    if let Err(why) = &decision.result {
+        tracing::warn!(
+            listener = %listener.name, peer = %state.peer,
+            host = decision.host.map(|h| h.name.as_str()).unwrap_or("-"),
+            reason = "role_not_allowed", path = request.uri().path(), %why,
+            "HTTP request refused"
+        );
+        return Ok(text(
+            StatusCode::FORBIDDEN,
+            "forbidden: your certificate's host does not hold an allowed role\n",
+        ));
+    }
+    let identity = state.identity.headers(generation.number(), decision.host);
+    drop(generation);
 
     // The Host the client asked for, before the URI is rewritten.
     let original_host = request.headers().get(header::HOST).cloned().or_else(|| {
@@ -132,7 +135,7 @@ async fn handle(
 
     let (mut parts, body) = request.into_parts();
     identity_headers::strip(&mut parts.headers);
-    if let Some(identity) = &state.identity_headers {
+    if let Some(identity) = &identity {
         identity.set(&mut parts.headers);
     }
     let headers = &mut parts.headers;
@@ -180,11 +183,29 @@ async fn handle(
         && let Some(client_side) = client_side
     {
         let upstream_side = hyper::upgrade::on(&mut response);
+        // The tunnel outlives the HTTP connection, so it registers itself:
+        // a peer that stops qualifying loses its tunnels too.
+        let registration = (!state.chain.is_empty()).then(|| {
+            state
+                .ctx
+                .register(listener, state.peer, state.chain.clone())
+        });
         tokio::spawn(async move {
             if let (Ok(client), Ok(upstream)) = (client_side.await, upstream_side.await) {
                 let mut client = TokioIo::new(client);
                 let mut upstream = TokioIo::new(upstream);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+                match &registration {
+                    Some(registration) => {
+                        tokio::select! {
+                            _ = copied => {}
+                            () = registration.closed_by_policy() => {}
+                        }
+                    }
+                    None => {
+                        let _ = copied.await;
+                    }
+                }
             }
         });
     }

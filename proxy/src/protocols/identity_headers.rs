@@ -5,7 +5,7 @@
 //! is removed before mtlsd sets its own, so a client cannot forge them.
 
 use http::{HeaderMap, HeaderValue};
-use mtlsd_reload::PeerIdentity;
+use mtlsd_reload::{InventoryHost, PeerIdentity};
 
 pub const PEER_HOST: &str = "x-mtlsd-peer-host";
 pub const PEER_ROLES: &str = "x-mtlsd-peer-roles";
@@ -39,7 +39,18 @@ pub struct IdentityHeaders {
 
 impl IdentityHeaders {
     pub fn new(identity: &PeerIdentity) -> Self {
-        let (host, roles) = match &identity.host {
+        Self {
+            host: None,
+            roles: None,
+            client_cert: HeaderValue::from_str(&forwarded_client_cert(identity)).ok(),
+        }
+        .with_host(identity.host.as_ref())
+    }
+
+    /// The same certificate, with the host and roles `host` has now (the
+    /// inventory may have changed since the connection was accepted).
+    pub fn with_host(&self, host: Option<&InventoryHost>) -> Self {
+        let (host, roles) = match host {
             Some(host) => {
                 let roles: Vec<&str> = host.roles.iter().map(String::as_str).collect();
                 (
@@ -52,7 +63,7 @@ impl IdentityHeaders {
         Self {
             host,
             roles,
-            client_cert: HeaderValue::from_str(&forwarded_client_cert(identity)).ok(),
+            client_cert: self.client_cert.clone(),
         }
     }
 
@@ -68,6 +79,48 @@ impl IdentityHeaders {
                 headers.insert(name, value.clone());
             }
         }
+    }
+}
+
+/// One L7 connection's verified peer and the headers that say so. The
+/// host and roles come from the inventory in force for each request, so
+/// the headers are rebuilt (once) when the generation changes.
+#[derive(Debug)]
+pub struct ConnectionIdentity {
+    identity: Option<PeerIdentity>,
+    base: Option<IdentityHeaders>,
+    cached: std::sync::Mutex<(u64, Option<IdentityHeaders>)>,
+}
+
+impl ConnectionIdentity {
+    /// `identity` as admitted under generation `generation`.
+    pub fn new(identity: Option<PeerIdentity>, generation: u64) -> Self {
+        let base = identity.as_ref().map(IdentityHeaders::new);
+        Self {
+            cached: std::sync::Mutex::new((generation, base.clone())),
+            base,
+            identity,
+        }
+    }
+
+    pub fn identity(&self) -> Option<&PeerIdentity> {
+        self.identity.as_ref()
+    }
+
+    /// The headers under generation `generation`, whose inventory has the
+    /// peer as `host`.
+    pub fn headers(
+        &self,
+        generation: u64,
+        host: Option<&InventoryHost>,
+    ) -> Option<IdentityHeaders> {
+        let base = self.base.as_ref()?;
+        // Held only to compare and clone a few reference-counted values.
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.0 != generation {
+            *cached = (generation, Some(base.with_host(host)));
+        }
+        cached.1.clone()
     }
 }
 

@@ -7,6 +7,7 @@ pub mod grpc;
 pub mod handshake;
 pub mod http;
 pub mod identity_headers;
+pub mod l7;
 pub mod mariadb;
 pub mod pool;
 pub mod tcp;

@@ -4,7 +4,9 @@
 //! upstream address (config reload) or, for pools that originate mTLS, the
 //! material generation — so a trust change never reuses a connection
 //! verified under the old bundle for a new request. An old pool lives on
-//! only as long as requests still use it.
+//! only as long as requests still use it. Every pooled mTLS connection is
+//! registered like any other: a server that no longer qualifies after a
+//! trust change has its pooled connections closed after the grace period.
 
 use std::future::Future;
 use std::io;
@@ -21,8 +23,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::config::{ListenerConfig, Upstream};
+use crate::connections::Registration;
 use crate::counting::CountingIo;
 use crate::listener::ListenerContext;
 use crate::protocols::coalesce::Coalescing;
@@ -183,18 +187,49 @@ impl tower_service::Service<Uri> for RemoteConnector {
                 .upgrade()
                 .ok_or_else(|| io::Error::other("listener removed"))?;
             let tls = handshake::connect(&ctx, &this.listener, this.client_addr).await?;
-            Ok(TokioIo::new(TlsConnection(Coalescing::new(tls))))
+            let (tcp, session) = tls.get_ref();
+            let remote = tcp.get_ref().peer_addr().unwrap_or(this.client_addr);
+            let chain = session.peer_certificates().unwrap_or_default().into();
+            let registration = ctx.register(&this.listener, remote, chain);
+            Ok(TokioIo::new(TlsConnection {
+                closed: Box::pin(registration.close_token().cancelled_owned()),
+                _registration: registration,
+                io: Coalescing::new(tls),
+            }))
         })
     }
 }
 
-/// A TLS stream that tells hyper whether ALPN chose h2.
-#[derive(Debug)]
-pub struct TlsConnection(Coalescing<TlsStream<CountingIo<TcpStream>>>);
+/// A pooled TLS stream that tells hyper whether ALPN chose h2, and fails
+/// every read and write once the policy closes it (hyper then drops the
+/// connection from the pool).
+pub struct TlsConnection {
+    io: Coalescing<TlsStream<CountingIo<TcpStream>>>,
+    closed: Pin<Box<WaitForCancellationFutureOwned>>,
+    _registration: Registration,
+}
+
+impl std::fmt::Debug for TlsConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConnection").finish_non_exhaustive()
+    }
+}
+
+impl TlsConnection {
+    fn check_open(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.closed.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the remote host no longer qualifies after a trust change",
+            )),
+            Poll::Pending => Ok(()),
+        }
+    }
+}
 
 impl Connection for TlsConnection {
     fn connected(&self) -> Connected {
-        match self.0.get_ref().get_ref().1.alpn_protocol() {
+        match self.io.get_ref().get_ref().1.alpn_protocol() {
             Some(b"h2") => Connected::new().negotiated_h2(),
             _ => Connected::new(),
         }
@@ -207,7 +242,8 @@ impl AsyncRead for TlsConnection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        self.check_open(cx)?;
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
@@ -217,15 +253,17 @@ impl AsyncWrite for TlsConnection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        self.check_open(cx)?;
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        self.check_open(cx)?;
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

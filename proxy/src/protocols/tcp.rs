@@ -14,7 +14,6 @@
 
 use std::net::SocketAddr;
 
-use mtlsd_reload::AuthUsage;
 use tokio::net::TcpStream;
 
 use super::handshake;
@@ -34,7 +33,7 @@ pub async fn serve_inbound(
     let Some(accepted) = handshake::accept(ctx, listener, tcp, peer).await else {
         return;
     };
-    let registration = ctx.register(listener, peer, AuthUsage::Client, accepted.chain);
+    let registration = ctx.register(listener, peer, accepted.chain);
 
     let upstream = match upstream::connect(&listener.upstream, listener.timeouts.connect).await {
         Ok(upstream) => upstream,
@@ -77,8 +76,8 @@ pub async fn serve_outbound(
         .1
         .peer_certificates()
         .unwrap_or_default()
-        .to_vec();
-    let registration = ctx.register(listener, remote, AuthUsage::Server, chain);
+        .into();
+    let registration = ctx.register(listener, remote, chain);
     let result = tokio::select! {
         result = relay(plain, tls, ("client", "remote"), listener.timeouts.idle) => result,
         () = registration.closed_by_policy() => Err(RelayError::NoLongerTrusted),

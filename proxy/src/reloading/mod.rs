@@ -7,10 +7,22 @@
 //! all material, validates everything as start-up does, builds the complete
 //! next generation (TLS configs included), binds any new listener sockets,
 //! and only then publishes in one atomic store. Anything wrong leaves the
-//! running generation untouched. Identical material is a no-op: nothing is
-//! swapped, and file or timer triggers leave no audit line.
+//! running generation untouched. What changed is decided by a typed
+//! [`diff`] over everything a generation holds (identity, bundles, CRLs,
+//! the inventory's content, every config section); nothing changed is a
+//! no-op, and file or timer triggers then leave no audit line. Every
+//! trigger runs the same attempt and applies every change, including the
+//! `reload.*` settings themselves; a SIGHUP or admin request is served at
+//! once, even while a file change is settling.
+//!
+//! After a change that can narrow admission (a bundle, a CRL, the
+//! inventory, a listener's roles or routes), every live connection is
+//! re-judged by the new generation's policy ([`ConnectionRegistry`]).
+//!
+//! [`ConnectionRegistry`]: crate::connections::ConnectionRegistry
 
 mod audit;
+pub mod diff;
 mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,6 +32,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use mtlsd_expiry::Fingerprint;
 use mtlsd_reload::Generation;
+
+pub use diff::{Applies, Item, ItemChange};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -27,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use audit::AuditLog;
 
-use crate::config::{Config, ListenerConfig};
+use crate::config::{Config, ListenerConfig, Section};
 use crate::daemon::{BoundListener, DaemonState};
 
 /// What asked for a reload.
@@ -60,11 +74,14 @@ impl Trigger {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum ReloadResult {
     Applied,
     Unchanged,
     Rejected,
+    /// Something changed that only a restart applies; everything else
+    /// that changed was applied.
+    RestartRequired,
 }
 
 impl ReloadResult {
@@ -73,17 +90,9 @@ impl ReloadResult {
             Self::Applied => "applied",
             Self::Unchanged => "unchanged",
             Self::Rejected => "rejected",
+            Self::RestartRequired => "restart_required",
         }
     }
-}
-
-/// One item's fingerprint before and after (absent = did not exist or
-/// could not be read).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ItemChange {
-    pub item: String,
-    pub old: Option<String>,
-    pub new: Option<String>,
 }
 
 /// What one reload attempt did.
@@ -96,11 +105,12 @@ pub struct ReloadOutcome {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub items: Vec<ItemChange>,
-    /// Config changes that cannot be applied live, kept at their old values.
+    /// Config changes that only a restart applies, kept at their running
+    /// values; one sentence each.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<String>,
     /// Established connections scheduled to close because their peer no
-    /// longer verifies.
+    /// longer qualifies.
     #[serde(skip_serializing_if = "is_zero")]
     pub closing: usize,
 }
@@ -121,7 +131,7 @@ impl fmt::Display for ReloadOutcome {
             write!(f, ": {reason}")?;
         }
         for refused in &self.refused {
-            write!(f, "\n  not applied: {refused}")?;
+            write!(f, "\n  needs a restart: {refused}")?;
         }
         Ok(())
     }
@@ -190,6 +200,8 @@ impl ReloadMetrics {
 pub struct Reloader {
     state: Arc<DaemonState>,
     config: Config,
+    /// The fingerprint of the config file the last attempt read: automatic
+    /// triggers audit a pending restart only when the file changed again.
     config_fingerprint: Option<Fingerprint>,
     bound: BTreeMap<String, BoundListener>,
     audit: AuditLog,
@@ -238,12 +250,13 @@ impl Reloader {
         };
         reloader.watcher = reloader.start_watcher(reloader.changed_tx.clone());
         let current = reloader.state.store.current();
+        let sections = reloader.config.sections();
         let startup = ReloadOutcome {
             trigger: Trigger::Startup,
             result: ReloadResult::Applied,
             generation: current.number(),
             reason: None,
-            items: diff(None, None, Some(&current), reloader.config_fingerprint),
+            items: diff::diff(None, (&current, &sections), &BTreeSet::new()),
             refused: Vec::new(),
             closing: 0,
         };
@@ -260,28 +273,42 @@ impl Reloader {
         let changed_tx = self.changed_tx.clone();
         let mut changed_rx = std::mem::replace(&mut self.changed_rx, mpsc::channel(1).1);
         let mut watcher = self.watcher.take();
-        let mut timer = self.config.reload.interval.map(tokio::time::interval);
-        if let Some(timer) = &mut timer {
-            timer.reset(); // the first tick is not immediate
-        }
+        let mut timer = self.config.reload.interval.map(interval_after_one_period);
+        // A file change is reloaded once no event has arrived for `settle`
+        // (bounded, so a file rewritten forever still gets reloaded).
+        let mut settle_until: Option<tokio::time::Instant> = None;
+        let mut settle_give_up: Option<tokio::time::Instant> = None;
         // A rejected file-triggered reload is retried: the change may have
         // been half-written (certificate before key).
         let mut retries_left = 0u32;
         let mut retry_at: Option<tokio::time::Instant> = None;
 
         loop {
+            let settle_at = match (settle_until, settle_give_up) {
+                (Some(quiet), Some(limit)) => Some(quiet.min(limit)),
+                _ => None,
+            };
             let trigger = tokio::select! {
                 () = stop.cancelled() => break,
                 request = requests.recv() => {
+                    // Served at once, even while a file change settles.
                     let Some(request) = request else { break };
                     let outcome = self.attempt(request.trigger).await;
                     if let Some(reply) = request.reply {
                         let _ = reply.send(outcome);
                     }
+                    self.refresh_triggers(&mut watcher, &mut timer, &changed_tx);
                     continue;
                 }
                 Some(()) = changed_rx.recv() => {
-                    self.settle(&mut changed_rx).await;
+                    let now = tokio::time::Instant::now();
+                    settle_until = Some(now + self.config.reload.settle);
+                    settle_give_up.get_or_insert(now + self.config.reload.settle * 20);
+                    continue;
+                }
+                () = sleep_until(settle_at) => {
+                    settle_until = None;
+                    settle_give_up = None;
                     retries_left = 3;
                     Trigger::Inotify
                 }
@@ -291,7 +318,6 @@ impl Reloader {
                 }
                 _ = tick(&mut timer) => Trigger::Timer,
             };
-            let before = self.config.watched_files();
             let outcome = self.attempt(trigger).await;
             if trigger == Trigger::Inotify
                 && outcome.result == ReloadResult::Rejected
@@ -302,32 +328,27 @@ impl Reloader {
             } else if trigger == Trigger::Inotify {
                 retries_left = 0;
             }
-            if self.config.watched_files() != before
-                || watcher.is_some() != self.config.reload.watch
-            {
-                watcher = self.start_watcher(changed_tx.clone());
-            }
-            if timer.as_ref().map(|t| t.period()) != self.config.reload.interval {
-                timer = self.config.reload.interval.map(tokio::time::interval);
-                if let Some(timer) = &mut timer {
-                    timer.reset();
-                }
-            }
+            self.refresh_triggers(&mut watcher, &mut timer, &changed_tx);
         }
     }
 
-    /// Waits until no file event has arrived for the settle time (bounded,
-    /// so a file rewritten forever still gets reloaded).
-    async fn settle(&self, changed: &mut mpsc::Receiver<()>) {
-        let settle = self.config.reload.settle;
-        let give_up = tokio::time::Instant::now() + settle * 20;
-        loop {
-            let quiet = tokio::time::sleep(settle);
-            tokio::select! {
-                () = quiet => return,
-                () = tokio::time::sleep_until(give_up) => return,
-                Some(()) = changed.recv() => continue,
-            }
+    /// Applies the `reload.*` settings now in force to the file watcher
+    /// and the periodic timer, whatever triggered the attempt that set them.
+    fn refresh_triggers(
+        &self,
+        watcher: &mut Option<watch::DirWatcher>,
+        timer: &mut Option<tokio::time::Interval>,
+        changed: &mpsc::Sender<()>,
+    ) {
+        let dirs = watch::directories(&self.config.watched_files());
+        if watcher.is_some() != self.config.reload.watch
+            || watcher.as_ref().is_some_and(|w| w.dirs() != &dirs)
+        {
+            *watcher = None; // stop the old one before starting its successor
+            *watcher = self.start_watcher(changed.clone());
+        }
+        if timer.as_ref().map(|t| t.period()) != self.config.reload.interval {
+            *timer = self.config.reload.interval.map(interval_after_one_period);
         }
     }
 
@@ -368,13 +389,13 @@ impl Reloader {
 
     async fn try_attempt(&mut self, trigger: Trigger) -> ReloadOutcome {
         let current = self.state.store.current();
-        let rejected = |reason: String, items: Vec<ItemChange>| ReloadOutcome {
+        let rejected = |reason: String, refused: Vec<String>| ReloadOutcome {
             trigger,
             result: ReloadResult::Rejected,
             generation: current.number(),
             reason: Some(reason),
-            items,
-            refused: Vec::new(),
+            items: Vec::new(),
+            refused,
             closing: 0,
         };
 
@@ -397,45 +418,60 @@ impl Reloader {
             Ok(read) => read,
             Err(reason) => return rejected(reason, Vec::new()),
         };
-        let (next_config, refused) = self.config.apply_live(parsed);
+        let file_changed = self.config_fingerprint != Some(config_fingerprint);
+        self.config_fingerprint = Some(config_fingerprint);
+        let sections_in_file = parsed.sections();
+        let (next_config, restart) = self.config.apply_live(parsed);
+        let refused: Vec<String> = restart.iter().map(|(_, m)| m.clone()).collect();
+        let restart: BTreeSet<Section> = restart.into_iter().map(|(s, _)| s).collect();
 
         let spec = next_config.material_spec();
         let built =
             tokio::task::spawn_blocking(move || Generation::load(&spec, SystemTime::now())).await;
-        let built = match built {
-            Ok(built) => built,
-            Err(e) => {
-                let mut outcome =
-                    rejected(format!("building the generation failed: {e}"), Vec::new());
-                outcome.refused = refused;
-                return outcome;
-            }
-        };
         let next = match built {
-            Ok(next) => next,
-            Err(problems) => {
-                let mut outcome = rejected(problems.to_string(), Vec::new());
-                outcome.refused = refused;
-                return outcome;
-            }
+            Ok(Ok(next)) => next,
+            Ok(Err(problems)) => return rejected(problems.to_string(), refused),
+            Err(e) => return rejected(format!("building the generation failed: {e}"), refused),
         };
-        let items = diff(
-            Some(&current),
-            self.config_fingerprint,
-            Some(&next),
-            Some(config_fingerprint),
-        );
-        let material_same = items.iter().all(|i| i.old == i.new) && current.spec() == next.spec();
-        if material_same && next_config == self.config {
-            return ReloadOutcome {
-                trigger,
-                result: ReloadResult::Unchanged,
-                generation: current.number(),
-                reason: None,
-                items,
-                refused,
-                closing: 0,
+
+        // Restart-only sections are compared as the file has them (the
+        // diff shows what waits for a restart); the rest as they will run.
+        let running_sections = self.config.sections();
+        let mut file_sections = next_config.sections();
+        for section in &restart {
+            match sections_in_file.get(section) {
+                Some(fp) => file_sections.insert(section.clone(), *fp),
+                None => file_sections.remove(section),
             };
+        }
+        let items = diff::diff(
+            Some((&current, &running_sections)),
+            (&next, &file_sections),
+            &restart,
+        );
+        let live_changed = items.iter().any(|i| i.applies == Applies::Live);
+        let restart_result = |generation: u64, closing: usize| ReloadOutcome {
+            trigger,
+            result: if restart.is_empty() {
+                ReloadResult::Applied
+            } else {
+                ReloadResult::RestartRequired
+            },
+            generation,
+            reason: None,
+            items: items.clone(),
+            refused: refused.clone(),
+            closing,
+        };
+        if !live_changed {
+            let mut outcome = restart_result(current.number(), 0);
+            if restart.is_empty() {
+                outcome.result = ReloadResult::Unchanged;
+            } else if !file_changed && !trigger.explicit() {
+                // Still waiting for the same restart: nothing new to say.
+                outcome.result = ReloadResult::Unchanged;
+            }
+            return outcome;
         }
 
         // Bind every new socket before changing anything, so a taken port
@@ -453,24 +489,22 @@ impl Reloader {
                             "listener '{}': cannot listen on {}: {e}",
                             listener.name, listener.listen
                         ),
-                        items,
+                        refused,
                     );
-                    outcome.refused = refused;
+                    outcome.items = items;
                     return outcome;
                 }
             }
         }
 
-        let trust_changed = items
-            .iter()
-            .any(|i| i.item.starts_with("trust_domain.") && i.old != i.new);
+        let trust_changed = current.trust_fingerprint() != next.trust_fingerprint();
         // Stop what goes away first so it cannot accept into a generation
         // that no longer has its TLS config.
         for name in &plan.remove {
             if let Some(bound) = self.bound.remove(name) {
                 bound.stop.cancel();
                 self.state.forget_listener(name);
-                tracing::info!(listener = %name, "listener removed; its open connections continue");
+                tracing::info!(listener = %name, "listener removed; its open connections may finish within reload.drain_grace");
             }
         }
         let number = self.state.store.publish(next);
@@ -499,10 +533,14 @@ impl Reloader {
             }
         }
 
+        // Whatever narrowed — a bundle, a CRL, the inventory, a listener's
+        // roles or routes — every live connection is judged again by the
+        // policy now in force.
         let closing = if trust_changed {
             self.state
                 .connections
-                .revalidate(&self.state.store.current(), next_config.reload.drain_grace)
+                .rejudge(&self.state.store.current(), next_config.reload.drain_grace)
+                .len()
         } else {
             0
         };
@@ -510,16 +548,7 @@ impl Reloader {
             tracing::warn!("{setting}");
         }
         self.config = next_config;
-        self.config_fingerprint = Some(config_fingerprint);
-        ReloadOutcome {
-            trigger,
-            result: ReloadResult::Applied,
-            generation: number,
-            reason: None,
-            items,
-            refused,
-            closing,
-        }
+        restart_result(number, closing)
     }
 
     fn finish(&mut self, outcome: &ReloadOutcome) {
@@ -535,11 +564,17 @@ impl Reloader {
         if audited {
             self.audit.record(outcome);
         }
-        let changed: Vec<&str> = outcome
+        let changed: Vec<String> = outcome
             .items
             .iter()
-            .filter(|i| i.old != i.new)
-            .map(|i| i.item.as_str())
+            .filter(|i| i.applies == Applies::Live)
+            .map(|i| i.item.to_string())
+            .collect();
+        let waiting: Vec<String> = outcome
+            .items
+            .iter()
+            .filter(|i| i.applies == Applies::Restart)
+            .map(|i| i.item.to_string())
             .collect();
         match outcome.result {
             ReloadResult::Applied if outcome.trigger == Trigger::Startup => tracing::info!(
@@ -566,9 +601,20 @@ impl Reloader {
                 problems = outcome.reason.as_deref().unwrap_or(""),
                 "reload rejected; keeping the current TLS material"
             ),
+            ReloadResult::RestartRequired => tracing::warn!(
+                trigger = outcome.trigger.as_str(),
+                generation = outcome.generation,
+                changed = ?changed,
+                restart_required = ?waiting,
+                closing = outcome.closing,
+                "reload applied what it could; a restart is required for the rest"
+            ),
         }
         for refused in &outcome.refused {
-            tracing::warn!(trigger = outcome.trigger.as_str(), "not applied: {refused}");
+            tracing::warn!(
+                trigger = outcome.trigger.as_str(),
+                "needs a restart: {refused}"
+            );
         }
     }
 }
@@ -608,42 +654,11 @@ impl ListenerPlan {
     }
 }
 
-/// Old and new fingerprint of every item: the identity certificate, each
-/// trust bundle, and the config file.
-fn diff(
-    old: Option<&Generation>,
-    old_config: Option<Fingerprint>,
-    new: Option<&Generation>,
-    new_config: Option<Fingerprint>,
-) -> Vec<ItemChange> {
-    let show = |fp: Fingerprint| fp.to_hex();
-    let mut items = vec![ItemChange {
-        item: "identity".to_owned(),
-        old: old.map(|g| show(g.identity().leaf().fingerprint)),
-        new: new.map(|g| show(g.identity().leaf().fingerprint)),
-    }];
-    let domains: BTreeSet<&String> = old
-        .iter()
-        .chain(new.iter())
-        .flat_map(|g| g.bundles().keys())
-        .collect();
-    for domain in domains {
-        items.push(ItemChange {
-            item: format!("trust_domain.{domain}"),
-            old: old
-                .and_then(|g| g.bundle(domain))
-                .map(|b| show(b.fingerprint())),
-            new: new
-                .and_then(|g| g.bundle(domain))
-                .map(|b| show(b.fingerprint())),
-        });
-    }
-    items.push(ItemChange {
-        item: "config".to_owned(),
-        old: old_config.map(show),
-        new: new_config.map(show),
-    });
-    items
+/// A periodic timer whose first tick is one period from now.
+fn interval_after_one_period(period: std::time::Duration) -> tokio::time::Interval {
+    let mut timer = tokio::time::interval(period);
+    timer.reset();
+    timer
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

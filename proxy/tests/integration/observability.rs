@@ -143,9 +143,23 @@ async fn metrics_carry_real_expiry_of_every_ca_and_peer_and_pass_promtool() {
         .unwrap()
             > 1.7e9
     );
+    // One admitted peer and one from an unknown CA: two attempts, one
+    // completed; /status counts the same way.
     assert_eq!(
-        metric(&text, "mtlsd_handshakes_total", &[("listener", "in")]),
+        metric(
+            &text,
+            "mtlsd_handshakes_attempted_total",
+            &[("listener", "in")]
+        ),
         Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "mtlsd_handshakes_completed_total",
+            &[("listener", "in")]
+        ),
+        Some(1.0)
     );
     assert_eq!(
         metric(
@@ -331,7 +345,8 @@ async fn status_shows_a_live_daemon_and_says_when_none_runs() {
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(json["identity"]["serial"], files.issued.serial_hex.as_str());
     assert_eq!(json["peers"][0]["host"], "api1");
-    assert_eq!(json["listeners"][0]["handshakes"], 1);
+    assert_eq!(json["listeners"][0]["handshakes_completed"], 1);
+    assert_eq!(json["listeners"][0]["handshakes_attempted"], 1);
     assert_eq!(json["last_reload"]["trigger"], "startup");
 
     daemon.signal(nix::sys::signal::Signal::SIGTERM);

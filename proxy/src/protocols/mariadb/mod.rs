@@ -24,7 +24,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use bytes::BytesMut;
-use mtlsd_reload::AuthUsage;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -263,14 +262,14 @@ pub async fn serve_outbound(
         .1
         .peer_certificates()
         .unwrap_or_default()
-        .to_vec();
-    let registration = ctx.register(listener, client_addr, AuthUsage::Server, chain);
+        .into();
+    let registration = ctx.register(listener, client_addr, chain);
     // Client → server +1 (mtlsd added the SSLRequest), server → client −1.
     let relayed = finish_and_relay(client_reader, Reader::new(tls), 1, &seq, deadline, listener);
     tokio::select! {
         result = relayed => connection_ended(ctx, listener, client_addr, result),
         () = registration.closed_by_policy() => {
-            tracing::info!(listener = %listener.name, peer = %client_addr, "connection closed: peer no longer verifies");
+            tracing::info!(listener = %listener.name, peer = %client_addr, "connection closed: peer no longer qualifies");
         }
     }
 }
@@ -336,7 +335,7 @@ pub async fn serve_inbound(
             return phase_ended(ctx, listener, peer, &e);
         }
     };
-    let registration = ctx.register(listener, peer, AuthUsage::Client, accepted.chain.clone());
+    let registration = ctx.register(listener, peer, accepted.chain.clone());
     let mut tls = accepted.tls;
     let after_tls = async {
         let mut client_reader = Reader::new(&mut tls);
@@ -370,7 +369,7 @@ pub async fn serve_inbound(
     tokio::select! {
         result = relayed => connection_ended(ctx, listener, peer, result),
         () = registration.closed_by_policy() => {
-            tracing::info!(listener = %listener.name, %peer, "connection closed: peer no longer verifies");
+            tracing::info!(listener = %listener.name, %peer, "connection closed: peer no longer qualifies");
         }
     }
 }
