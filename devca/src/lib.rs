@@ -234,6 +234,43 @@ impl CertificateAuthority {
         &self.cert_der
     }
 
+    /// A CRL signed by this CA revoking `serials` (as given to
+    /// [`LeafSpec::serial`]), issued now and due again at `next_update`.
+    pub fn crl(&self, serials: &[u64], next_update: OffsetDateTime) -> Result<String, DevCaError> {
+        let now = OffsetDateTime::now_utc();
+        let this_update = if next_update <= now {
+            next_update - Duration::from_secs(86_400)
+        } else {
+            now - Duration::from_secs(60)
+        };
+        let params = rcgen::CertificateRevocationListParams {
+            this_update,
+            next_update,
+            crl_number: SerialNumber::from(next_serial()),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|serial| rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from(*serial),
+                    revocation_time: this_update,
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params
+            .signed_by(&self.issuer)
+            .map_err(|source| DevCaError::Mint {
+                subject: "CRL".to_owned(),
+                source,
+            })?;
+        crl.pem().map_err(|source| DevCaError::Mint {
+            subject: "CRL".to_owned(),
+            source,
+        })
+    }
+
     /// Issues a leaf certificate as `spec` describes.
     pub fn issue(&self, spec: &LeafSpec) -> Result<IssuedCert, DevCaError> {
         let mut params = CertificateParams::default();

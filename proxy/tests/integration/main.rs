@@ -11,4 +11,5 @@ mod mariadb;
 mod observability;
 mod reload;
 mod support;
+mod trust_changes;
 mod tunnel;
