@@ -53,6 +53,11 @@ pub enum StartError {
     },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("{cert}: {reason}; install a new certificate before starting mtlsd")]
+    OwnCertificateRevoked {
+        cert: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 /// How a drain ended.
@@ -206,6 +211,17 @@ impl Running {
         env: Vec<(String, String)>,
     ) -> Result<Self, StartError> {
         let generation = Generation::load(&config.material_spec(), SystemTime::now())?;
+        if let Some(reason) = generation.own_revocation() {
+            return Err(StartError::OwnCertificateRevoked {
+                cert: config.identity.cert.clone(),
+                reason: reason.to_owned(),
+            });
+        }
+        if let Some(inventory) = generation.inventory() {
+            for warning in config.role_warnings(inventory) {
+                tracing::warn!("{warning}");
+            }
+        }
         let store = Arc::new(MaterialStore::new(generation));
 
         let audit =

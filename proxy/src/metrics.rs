@@ -165,6 +165,7 @@ struct StateMetrics {
     handshakes_completed: IntCounterVec,
     failures: IntCounterVec,
     crl_next_update: GaugeVec,
+    identity_revoked: IntGaugeVec,
     connections_active: IntGaugeVec,
     connections_total: IntCounterVec,
     received: IntCounterVec,
@@ -238,6 +239,13 @@ impl StateMetrics {
                 ),
                 &["listener"],
             )?,
+            identity_revoked: IntGaugeVec::new(
+                Opts::new(
+                    "mtlsd_identity_revoked",
+                    "1 when this host's own certificate is revoked (in the inventory or by a CRL): peers refuse it until a new one is installed.",
+                ),
+                &["trust_domain"],
+            )?,
             crl_next_update: GaugeVec::new(
                 Opts::new(
                     "mtlsd_crl_next_update_timestamp_seconds",
@@ -283,7 +291,7 @@ impl StateMetrics {
         })
     }
 
-    fn all(&self) -> [&dyn Collector; 15] {
+    fn all(&self) -> [&dyn Collector; 16] {
         [
             &self.build_info,
             &self.not_after,
@@ -296,6 +304,7 @@ impl StateMetrics {
             &self.handshakes_completed,
             &self.failures,
             &self.crl_next_update,
+            &self.identity_revoked,
             &self.connections_active,
             &self.connections_total,
             &self.received,
@@ -327,6 +336,9 @@ impl StateMetrics {
             }
         };
         cert(&identity.spec().trust_domain, "identity", identity.leaf());
+        self.identity_revoked
+            .with_label_values(&[identity.spec().trust_domain.as_str()])
+            .set(i64::from(generation.own_revocation().is_some()));
         for (domain, bundle) in generation.bundles() {
             self.bundle_info
                 .with_label_values(&[

@@ -133,6 +133,9 @@ pub fn readiness(state: &DaemonState) -> Result<(), String> {
         return Err("not started, or draining".to_owned());
     }
     let generation = state.store.current();
+    if let Some(reason) = generation.own_revocation() {
+        return Err(reason.to_owned());
+    }
     let leaf = generation.identity().leaf();
     match ExpiryState::of(leaf, SystemTime::now(), state.expiry_windows()) {
         ExpiryState::Expired => Err(format!(

@@ -66,6 +66,46 @@ fn self_check(identity: &Identity, inventory: &RoleInventory, host: &str) -> Vec
     }
 }
 
+fn own_revocation(
+    identity: &Identity,
+    bundle: Option<&Arc<TrustBundle>>,
+    inventory: Option<&RoleInventory>,
+    now: SystemTime,
+) -> Option<String> {
+    let bundle = bundle?;
+    let serial = &identity.leaf().serial_hex;
+    let provider = tls::provider();
+    let verified = bundle
+        .verify_chain_at(identity.chain(), AuthUsage::Server, &provider, now)
+        .or_else(|_| bundle.verify_chain_at(identity.chain(), AuthUsage::Client, &provider, now));
+    let issuer = match verified {
+        Ok(verified) => verified.issuer_spki_sha256,
+        Err(crate::ChainError::Invalid(webpki::Error::CertRevoked)) => {
+            return Some(format!(
+                "this host's certificate (serial {serial}) is revoked by a CRL of trust domain '{}'",
+                bundle.name()
+            ));
+        }
+        // A usage this host does not need: revocation is decided by the
+        // inventory alone below.
+        Err(_) => {
+            return inventory
+                .filter(|inv| inv.is_revoked(serial, None))
+                .map(|inv| own_listed(serial, inv));
+        }
+    };
+    inventory
+        .filter(|inv| inv.is_revoked(serial, Some(&issuer)))
+        .map(|inv| own_listed(serial, inv))
+}
+
+fn own_listed(serial: &str, inventory: &RoleInventory) -> String {
+    format!(
+        "this host's certificate (serial {serial}) is listed as revoked in the inventory {}",
+        inventory.path().display()
+    )
+}
+
 /// One validated set of material with its TLS configs.
 #[derive(Debug)]
 pub struct Generation {
@@ -76,6 +116,7 @@ pub struct Generation {
     bundles: BTreeMap<String, Arc<TrustBundle>>,
     inventory: Option<Arc<RoleInventory>>,
     policies: HashMap<String, Arc<UsePolicy>>,
+    own_revocation: Option<String>,
     servers: HashMap<String, Arc<ServerConfig>>,
     clients: HashMap<String, Arc<ClientConfig>>,
 }
@@ -163,6 +204,12 @@ impl Generation {
             return Err(MaterialErrors(problems));
         }
 
+        let own_revocation = own_revocation(
+            &identity,
+            bundles.get(identity_domain),
+            inventory.as_deref(),
+            now,
+        );
         let mut policies = HashMap::new();
         let mut servers = HashMap::new();
         let mut clients = HashMap::new();
@@ -221,9 +268,19 @@ impl Generation {
             bundles,
             inventory,
             policies,
+            own_revocation,
             servers,
             clients,
         })
+    }
+
+    /// Why this host's own certificate is revoked, if it is: listed in the
+    /// inventory or by a CRL of its domain. Start-up and `mtlsd check`
+    /// refuse such a generation; a reload still applies it (the other
+    /// revocations it carries must not be lost), and the daemon reports
+    /// itself not ready.
+    pub fn own_revocation(&self) -> Option<&str> {
+        self.own_revocation.as_deref()
     }
 
     /// The role inventory, when one is configured.

@@ -271,6 +271,18 @@ impl TrustBundle {
         provider: &CryptoProvider,
         now: UnixTime,
     ) -> Result<VerifiedChain, ChainError> {
+        self.verify(chain, usage, name, provider, now, true)
+    }
+
+    fn verify(
+        &self,
+        chain: &[CertificateDer<'_>],
+        usage: AuthUsage,
+        name: NameCheck<'_>,
+        provider: &CryptoProvider,
+        now: UnixTime,
+        check_revocation: bool,
+    ) -> Result<VerifiedChain, ChainError> {
         let Some((leaf, intermediates)) = chain.split_first() else {
             return Err(ChainError::Invalid(webpki::Error::BadDer));
         };
@@ -279,8 +291,11 @@ impl TrustBundle {
             AuthUsage::Server => webpki::KeyUsage::server_auth(),
             AuthUsage::Client => webpki::KeyUsage::client_auth(),
         };
-        let crls: Vec<&webpki::CertRevocationList<'_>> =
-            self.crls.iter().map(LoadedCrl::webpki).collect();
+        let crls: Vec<&webpki::CertRevocationList<'_>> = if check_revocation {
+            self.crls.iter().map(LoadedCrl::webpki).collect()
+        } else {
+            Vec::new()
+        };
         let revocation = match webpki::RevocationOptionsBuilder::new(&crls) {
             Ok(builder) => Some(
                 builder
@@ -331,6 +346,27 @@ impl TrustBundle {
         now: SystemTime,
     ) -> Result<VerifiedChain, ChainError> {
         self.verify_chain(chain, usage, NameCheck::None, provider, unix_time(now))
+    }
+
+    /// The chain without its CRLs: this host's own certificate is checked
+    /// this way, so a CRL revoking it does not reject the whole reload (and
+    /// with it every other revocation the CRL carries); the revocation is
+    /// reported on its own ([`crate::Generation::own_revocation`]).
+    pub(crate) fn verify_chain_ignoring_revocation(
+        &self,
+        chain: &[CertificateDer<'_>],
+        usage: AuthUsage,
+        provider: &CryptoProvider,
+        now: SystemTime,
+    ) -> Result<VerifiedChain, ChainError> {
+        self.verify(
+            chain,
+            usage,
+            NameCheck::None,
+            provider,
+            unix_time(now),
+            false,
+        )
     }
 }
 

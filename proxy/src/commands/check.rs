@@ -8,7 +8,7 @@ use mtlsd_reload::Generation;
 
 use crate::config::{Config, ConfigError};
 
-pub(super) fn check(config_path: &Path) -> anyhow::Result<ExitCode> {
+pub(super) fn check(config_path: &Path, strict: bool) -> anyhow::Result<ExitCode> {
     let config = match Config::load(config_path) {
         Ok(config) => config,
         Err(e) => {
@@ -29,6 +29,26 @@ pub(super) fn check(config_path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+
+    if let Some(revoked) = generation.own_revocation() {
+        eprintln!("mtlsd check: 1 problem with TLS material:");
+        eprintln!("  - {}: {revoked}", config.identity.cert.display());
+        return Ok(ExitCode::FAILURE);
+    }
+    let warnings = generation
+        .inventory()
+        .map(|inventory| config.role_warnings(inventory))
+        .unwrap_or_default();
+    for warning in &warnings {
+        eprintln!("mtlsd check: warning: {warning}");
+    }
+    if strict && !warnings.is_empty() {
+        eprintln!(
+            "mtlsd check: {} warning(s), and --strict makes them problems",
+            warnings.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
 
     println!("{}: ok", config_path.display());
     let leaf = generation.identity().leaf();

@@ -93,10 +93,15 @@ pub enum Command {
         /// Configuration file.
         #[arg(long, short, env = "MTLSD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Treat warnings (e.g. a rule naming a role no inventory host
+        /// holds) as problems: exit 1.
+        #[arg(long)]
+        strict: bool,
     },
     /// Ask the running daemon to reload now and wait for the outcome: exit 0
     /// when applied or unchanged, 1 when rejected (the reason is printed),
-    /// 3 when no daemon answers. Used by systemd's ExecReload.
+    /// 3 when no daemon answers, 4 when a changed setting needs a restart
+    /// (the rest was applied). Used by systemd's ExecReload.
     Reload {
         /// Admin address of the daemon (default: admin.listen from the config).
         #[arg(long)]
@@ -138,7 +143,7 @@ pub async fn dispatch(cli: Cli, prepared: Prepared) -> anyhow::Result<ExitCode> 
             let loaded = prepared.run_config.unwrap_or_else(|| Config::load(&config));
             run::run(loaded).await
         }
-        Command::Check { config } => check::check(&config),
+        Command::Check { config, strict } => check::check(&config, strict),
         Command::Reload { admin, config } => reload::reload(admin, &config).await,
         Command::Status {
             admin,

@@ -475,6 +475,53 @@ impl Config {
         self.inbound.iter().chain(self.outbound.iter())
     }
 
+    /// Roles named by a listener (`allow_roles`, `expect_roles`, a route)
+    /// or the admin endpoint that no host of `inventory` holds: almost
+    /// always a typo that locks every peer out of that rule. One sentence
+    /// each, naming the listener, the rule and the role.
+    pub fn role_warnings(&self, inventory: &mtlsd_reload::RoleInventory) -> Vec<String> {
+        let held: BTreeSet<&str> = inventory
+            .hosts()
+            .flat_map(|h| h.roles.iter().map(String::as_str))
+            .collect();
+        let mut warnings = Vec::new();
+        let mut check = |place: String, rule: &str, roles: &BTreeSet<String>| {
+            for role in roles.iter().filter(|r| !held.contains(r.as_str())) {
+                warnings.push(format!(
+                    "{place}: {rule} names role '{role}', which no host of the inventory {} holds",
+                    inventory.path().display()
+                ));
+            }
+        };
+        for listener in self
+            .listeners()
+            .filter(|l| l.trust_domain == self.identity.trust_domain)
+        {
+            let place = format!("listener '{}'", listener.name);
+            let rule = match listener.direction {
+                Direction::Inbound => "allow_roles",
+                Direction::Outbound => "expect_roles",
+            };
+            if let Some(roles) = &listener.roles {
+                check(place.clone(), rule, roles);
+            }
+            for route in &listener.routes {
+                check(
+                    place.clone(),
+                    &format!("route {}", route.path),
+                    &route.allow_roles,
+                );
+            }
+        }
+        if let Some(admin) = &self.admin_tls
+            && admin.trust_domain == self.identity.trust_domain
+            && let Some(roles) = &admin.roles
+        {
+            check("admin".to_owned(), "allow_roles", roles);
+        }
+        warnings
+    }
+
     /// What the `reload` crate must load for this configuration.
     pub fn material_spec(&self) -> MaterialSpec {
         MaterialSpec {

@@ -547,6 +547,18 @@ impl Reloader {
         for setting in next_config.insecure_settings() {
             tracing::warn!("{setting}");
         }
+        let current = self.state.store.current();
+        if let Some(inventory) = current.inventory() {
+            for warning in next_config.role_warnings(inventory) {
+                tracing::warn!("{warning}");
+            }
+        }
+        if let Some(reason) = current.own_revocation() {
+            tracing::error!(
+                cert = %next_config.identity.cert.display(),
+                "{reason}; peers refuse this host: install a new certificate (mtlsd reports not ready until then)"
+            );
+        }
         self.config = next_config;
         restart_result(number, closing)
     }

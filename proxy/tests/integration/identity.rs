@@ -228,3 +228,118 @@ async fn refusal_log_line_names_class_peer_and_sans() {
     );
     assert_eq!(line["listener"], "in");
 }
+
+/// A rule naming a role that no inventory host holds is almost always a
+/// typo that locks everyone out of it: `check` warns (naming listener,
+/// rule and role) and `check --strict` fails.
+#[test]
+fn check_warns_about_roles_no_host_holds_and_strict_fails() {
+    use crate::support::process::run_to_end;
+    use std::time::Duration;
+    let pki = Pki::new();
+    let files = pki.host(
+        "server",
+        &LeafSpec::new("server", &["server.test", "localhost", "127.0.0.1"]),
+    );
+    let toml = identity_toml(&pki, "server", &files)
+        + &inbound_toml(
+            "rpc",
+            "127.0.0.1:7000".parse().unwrap(),
+            "protocol = \"grpc\"\nallow_roles = [\"api\", \"apl\"]\n[[inbound.routes]]\npath = \"/a.B/Delete*\"\nallow_roles = [\"admni\"]\n",
+        );
+    let config = pki.write("server.toml", &toml, 0o600);
+    let config = config.display().to_string();
+    let (status, _, stderr) = run_to_end(&["check", "--config", &config], Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    for expected in [
+        "listener 'rpc': allow_roles names role 'apl'",
+        "listener 'rpc': route /a.B/Delete* names role 'admni'",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in {stderr}"
+        );
+    }
+    assert!(!stderr.contains("role 'api'"), "{stderr}");
+    let (status, _, stderr) = run_to_end(
+        &["check", "--strict", "--config", &config],
+        Duration::from_secs(20),
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--strict"), "{stderr}");
+}
+
+/// This host's own serial listed as revoked: `check` fails and start-up
+/// refuses, naming the serial; a reload still applies the inventory (its
+/// other revocations must not be lost) and the daemon reports not ready,
+/// with a metric an alert can use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_serial_revoked_refuses_start_and_makes_a_running_daemon_not_ready() {
+    use crate::support::process::run_to_end;
+    use mtlsd::reloading::{ReloadResult, Trigger};
+    use std::time::Duration;
+    let pki = Pki::new();
+    let echo = Echo::start().await;
+    let files = pki.host(
+        "server",
+        &LeafSpec::new("server", &["server.test", "localhost", "127.0.0.1"]),
+    );
+    let own = files.issued.serial_hex.clone();
+    let revoking_own = format!("{INVENTORY}\n[[revoked]]\nserial = \"{own}\"\n");
+    let toml = inventory_material_toml(&pki, &revoking_own, "server", &files)
+        + &inbound_toml("in", echo.addr, "allow_roles = [\"api\"]");
+    let config = pki.write("server.toml", &toml, 0o600);
+
+    let config_arg = config.display().to_string();
+    let (status, _, stderr) =
+        run_to_end(&["check", "--config", &config_arg], Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("serial {own}")), "{stderr}");
+    let loaded = mtlsd::config::Config::load_with_env(&config, std::iter::empty()).unwrap();
+    let refused = mtlsd::daemon::Running::start(&loaded).await.unwrap_err();
+    assert!(
+        refused.to_string().contains(&format!("serial {own}")),
+        "{refused}"
+    );
+
+    // Started with a good inventory, then its own serial is revoked.
+    let toml = identity_toml(&pki, "server", &files)
+        + &inbound_toml("in", echo.addr, "allow_roles = [\"api\"]");
+    let (server, _) = start_daemon(&pki, "server.toml", &toml).await;
+    let admin = server.admin_addr();
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+    let api1 = pki
+        .ca
+        .issue(&LeafSpec::new("api1", &["api1.test"]))
+        .unwrap();
+    let client = client_config(pki.ca.cert_der(), Some(&api1));
+    let mut before = tls_connect(server.local_addr("in").unwrap(), client.clone())
+        .await
+        .unwrap();
+    assert_eq!(round_trip(&mut before, b"hi").await.unwrap(), b"hi");
+
+    let both = format!(
+        "{revoking_own}\n[[revoked]]\nserial = \"{}\"\n",
+        api1.serial_hex
+    );
+    pki.write("inventory.toml", &both, 0o644);
+    let outcome = server.reload(Trigger::Admin).await.unwrap();
+    assert_eq!(outcome.result, ReloadResult::Applied, "{outcome}");
+    let (code, body) = http_get(admin, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains(&format!("serial {own}")), "{body}");
+    let metrics = http_get(admin, "/metrics").await.1;
+    assert_eq!(
+        metric(
+            &metrics,
+            "mtlsd_identity_revoked",
+            &[("trust_domain", "mesh")]
+        ),
+        Some(1.0)
+    );
+    // The other revocation in the same inventory applies.
+    let mut after = tls_connect(server.local_addr("in").unwrap(), client)
+        .await
+        .unwrap();
+    assert_no_echo(&mut after).await;
+}
