@@ -29,6 +29,7 @@ use crate::reject::RejectReason;
 /// Per-request metrics, shared by every listener.
 #[derive(Debug)]
 pub struct RequestMetrics {
+    connections_ended: IntCounterVec,
     authz: IntCounterVec,
     grpc_requests: IntCounterVec,
     grpc_duration: HistogramVec,
@@ -60,14 +61,29 @@ impl RequestMetrics {
             ]),
             &["listener", "rule"],
         )?;
+        let connections_ended = IntCounterVec::new(
+            Opts::new(
+                "mtlsd_http_connections_ended_total",
+                "HTTP/2 and HTTP/1 connections mtlsd ended itself, by listener and reason: no_first_bytes (nothing sent after the TLS handshake), idle (no open stream for idle_timeout), reset_flood (streams reset faster than allowed).",
+            ),
+            &["listener", "reason"],
+        )?;
+        registry.register(Box::new(connections_ended.clone()))?;
         registry.register(Box::new(authz.clone()))?;
         registry.register(Box::new(grpc_requests.clone()))?;
         registry.register(Box::new(grpc_duration.clone()))?;
         Ok(Self {
+            connections_ended,
             authz,
             grpc_requests,
             grpc_duration,
         })
+    }
+
+    pub fn connection_ended(&self, listener: &str, reason: &str) {
+        self.connections_ended
+            .with_label_values(&[listener, reason])
+            .inc();
     }
 
     pub fn authz(&self, listener: &str, rule: &str, allowed: bool) {

@@ -32,6 +32,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::activity::{Activity, TrackStreams, Watched};
 use super::coalesce::Coalescing;
 use super::handshake;
 use super::identity_headers::{self, ConnectionIdentity};
@@ -81,13 +82,7 @@ pub async fn serve_inbound(
         peer,
     });
     let service = service_fn(move |request| handle_inbound(state.clone(), request));
-    serve_h2(
-        &ctx,
-        Coalescing::new(accepted.tls),
-        service,
-        Some(&registration),
-    )
-    .await;
+    serve_h2(&ctx, &listener, accepted.tls, service, Some(&registration)).await;
 }
 
 async fn handle_inbound(
@@ -264,6 +259,7 @@ pub async fn serve_outbound(
     plain: TcpStream,
     client: SocketAddr,
 ) {
+    let listener_config = listener.clone();
     let state = Arc::new(Outbound {
         ctx: ctx.clone(),
         target: UpstreamTarget::new(Scheme::HTTPS, &listener.upstream),
@@ -271,7 +267,7 @@ pub async fn serve_outbound(
         client,
     });
     let service = service_fn(move |request| handle_outbound(state.clone(), request));
-    serve_h2(&ctx, Coalescing::new(plain), service, None).await;
+    serve_h2(&ctx, &listener_config, plain, service, None).await;
 }
 
 async fn handle_outbound(
@@ -302,11 +298,14 @@ async fn handle_outbound(
     .await
 }
 
-/// Serves HTTP/2 on `io` until the peer leaves. On drain, or when the
-/// peer no longer qualifies after a trust change, sends GOAWAY and lets
-/// in-flight calls finish — the latter for at most `reload.drain_grace`.
+/// Serves HTTP/2 on `io` until the peer leaves, held to the listener's
+/// limits (see [`super::l7::drive`]): GOAWAY on drain, when the peer no
+/// longer qualifies after a trust change, after `idle_timeout` without an
+/// open stream, and on a stream-reset flood; a peer that sends no preface
+/// within the handshake timeout is dropped.
 async fn serve_h2<I, S>(
     ctx: &ListenerContext,
+    listener: &ListenerConfig,
     io: I,
     service: S,
     registration: Option<&crate::connections::Registration>,
@@ -317,14 +316,26 @@ async fn serve_h2<I, S>(
         + 'static,
     S::Future: Send + 'static,
 {
+    let activity = Activity::new();
+    let io = Coalescing::new(Watched::new(io, activity.clone()));
     let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(io), service);
+        .serve_connection(
+            TokioIo::new(io),
+            TrackStreams::new(service, activity.clone()),
+        );
     tokio::pin!(connection);
     let shutdown = |connection: std::pin::Pin<&mut _>| {
         hyper::server::conn::http2::Connection::graceful_shutdown(connection)
     };
-    match super::l7::drive(connection, shutdown, &ctx.draining, registration).await {
+    let limits = super::l7::Limits {
+        listener: &listener.name,
+        activity: &activity,
+        first_bytes: listener.timeouts.handshake,
+        idle: listener.timeouts.idle,
+        metrics: &ctx.metrics,
+    };
+    match super::l7::drive(connection, shutdown, &ctx.draining, registration, limits).await {
         Some(Ok(())) => {}
         Some(Err(e)) => tracing::debug!(error = %e, "HTTP/2 connection ended with an error"),
         None => tracing::info!("HTTP/2 connection closed: its peer no longer qualifies"),

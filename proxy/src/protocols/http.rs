@@ -23,6 +23,7 @@ use hyper_util::server::conn::auto;
 use rustls_pki_types::CertificateDer;
 use tokio::net::TcpStream;
 
+use super::activity::{Activity, TrackStreams, Watched};
 use super::grpc::Body;
 use super::handshake;
 use super::identity_headers::{self, ConnectionIdentity};
@@ -71,13 +72,32 @@ pub async fn serve_inbound(
         peer,
     });
     let service = service_fn(move |request| handle(state.clone(), request));
+    let activity = Activity::new();
     let builder = auto::Builder::new(TokioExecutor::new());
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(accepted.tls), service);
+    let connection = builder.serve_connection_with_upgrades(
+        TokioIo::new(Watched::new(accepted.tls, activity.clone())),
+        TrackStreams::new(service, activity.clone()),
+    );
     tokio::pin!(connection);
     let shutdown = |connection: std::pin::Pin<&mut _>| {
         auto::UpgradeableConnection::graceful_shutdown(connection)
     };
-    match super::l7::drive(connection, shutdown, &ctx.draining, registration.as_ref()).await {
+    let limits = super::l7::Limits {
+        listener: &listener.name,
+        activity: &activity,
+        first_bytes: listener.timeouts.handshake,
+        idle: listener.timeouts.idle,
+        metrics: &ctx.metrics,
+    };
+    match super::l7::drive(
+        connection,
+        shutdown,
+        &ctx.draining,
+        registration.as_ref(),
+        limits,
+    )
+    .await
+    {
         Some(Ok(())) => {}
         Some(Err(e)) => {
             tracing::debug!(listener = %listener.name, %peer, error = %e, "HTTP connection ended with an error")

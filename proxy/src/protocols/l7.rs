@@ -1,25 +1,53 @@
 //! What the HTTP/2 and HTTP/1 modes share: driving a served connection to
-//! its end, with GOAWAY on drain and on a peer that no longer qualifies.
+//! its end, with GOAWAY on drain, on a peer that no longer qualifies, on
+//! an idle connection and on a stream-reset flood, and a hard close for a
+//! peer that never sends anything.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::activity::Activity;
 use crate::connections::Registration;
+use crate::metrics::RequestMetrics;
 
-/// Runs `connection` until it ends. When the daemon drains, or the peer no
-/// longer qualifies after a trust change (`registration`), `shutdown` is
-/// called once (hyper sends GOAWAY, or closes an idle HTTP/1 connection)
-/// and in-flight requests may finish; a peer that no longer qualifies gets
-/// at most `reload.drain_grace` for them, after which the connection is
-/// dropped and `None` returned. (A drain is bounded by the daemon's drain
-/// deadline instead.)
+/// How long a connection told to go away (idle, flood) may take to close
+/// on its own before it is dropped.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
+
+/// The limits one connection is held to.
+#[derive(Debug)]
+pub struct Limits<'a> {
+    pub listener: &'a str,
+    pub activity: &'a Activity,
+    /// The peer must send its first bytes (the h2 preface, a request line)
+    /// within this (the listener's handshake timeout).
+    pub first_bytes: Duration,
+    /// A connection with no open stream for this long is sent away
+    /// (`idle_timeout`).
+    pub idle: Duration,
+    pub metrics: &'a RequestMetrics,
+}
+
+/// Runs `connection` until it ends. `shutdown` (hyper's graceful shutdown:
+/// GOAWAY for h2, close-when-idle for HTTP/1) is called once when the
+/// daemon drains, when the peer no longer qualifies after a trust change
+/// (`registration`), when the connection has been idle for
+/// `limits.idle`, or when the peer resets streams too fast; in-flight
+/// requests may then finish — for a peer that no longer qualifies within
+/// `reload.drain_grace`, for an idle or flooding one within a second —
+/// after which the connection is dropped and `None` returned. (A drain is
+/// bounded by the daemon's drain deadline instead.) A peer that sends
+/// nothing at all within `limits.first_bytes` is dropped at once.
 pub async fn drive<F, T>(
     mut connection: Pin<&mut F>,
     shutdown: impl Fn(Pin<&mut F>),
     draining: &CancellationToken,
     registration: Option<&Registration>,
+    limits: Limits<'_>,
 ) -> Option<T>
 where
     F: Future<Output = T>,
@@ -30,23 +58,65 @@ where
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
-        result = connection.as_mut() => return Some(result),
-        () = draining.cancelled() => {
-            shutdown(connection.as_mut());
-            return Some(connection.await);
-        }
-        () = leave => {}
-    }
-    shutdown(connection.as_mut());
     let closed = async {
         match registration {
             Some(registration) => registration.closed_by_policy().await,
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
-        result = connection => Some(result),
-        () = closed => None,
+    tokio::pin!(leave, closed);
+    let tick = (limits.first_bytes.min(limits.idle) / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut told_to_go = false;
+    let mut leaving = false;
+    let mut flood_seen = false;
+    let mut drop_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => return Some(result),
+            () = draining.cancelled(), if !told_to_go => {
+                shutdown(connection.as_mut());
+                told_to_go = true;
+            }
+            () = &mut leave, if !leaving => {
+                leaving = true;
+                if !told_to_go {
+                    shutdown(connection.as_mut());
+                    told_to_go = true;
+                }
+            }
+            () = &mut closed => return None,
+            () = limits.activity.flooding(), if !flood_seen => {
+                flood_seen = true;
+                limits.metrics.connection_ended(limits.listener, "reset_flood");
+                tracing::warn!(listener = limits.listener,
+                    "peer resets streams faster than allowed; sending GOAWAY");
+                if !told_to_go {
+                    shutdown(connection.as_mut());
+                    told_to_go = true;
+                }
+                drop_at = Some(Instant::now() + GOAWAY_GRACE);
+            }
+            () = tokio::time::sleep(tick) => {
+                let activity = limits.activity;
+                if !activity.heard_from_peer() && activity.age() >= limits.first_bytes {
+                    limits.metrics.connection_ended(limits.listener, "no_first_bytes");
+                    tracing::info!(listener = limits.listener, timeout = ?limits.first_bytes,
+                        "peer sent nothing after the TLS handshake; closing");
+                    return None;
+                }
+                if !told_to_go && activity.idle_for() >= limits.idle {
+                    limits.metrics.connection_ended(limits.listener, "idle");
+                    tracing::debug!(listener = limits.listener, idle = ?limits.idle,
+                        "no open stream for idle_timeout; sending GOAWAY");
+                    shutdown(connection.as_mut());
+                    told_to_go = true;
+                    drop_at = Some(Instant::now() + GOAWAY_GRACE);
+                }
+                if drop_at.is_some_and(|at| Instant::now() >= at) {
+                    return None;
+                }
+            }
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! Shared pieces (TLS handshakes, upstream connects, the relay, identity
 //! headers, rejection classes) are called from here, never copied.
 
+pub mod activity;
 pub mod coalesce;
 pub mod grpc;
 pub mod handshake;

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::Uri;
 use hyper::body::Incoming;
@@ -82,18 +83,17 @@ impl PoolSlot {
             generation: 0,
         };
         let connect_timeout = listener.timeouts.connect;
+        let timeouts = listener.timeouts;
         self.plain.get(key, || {
             let mut connector = HttpConnector::new();
             connector.set_connect_timeout(Some(connect_timeout));
             connector.set_nodelay(true);
-            Client::builder(TokioExecutor::new())
-                .http2_only(http2)
-                .timer(TokioTimer::new())
-                .pool_timer(TokioTimer::new())
-                .build(PlainConnector {
-                    inner: connector,
-                    coalesce: http2,
-                })
+            let mut builder = Client::builder(TokioExecutor::new());
+            keep_alive(&mut builder, timeouts);
+            builder.http2_only(http2).build(PlainConnector {
+                inner: connector,
+                coalesce: http2,
+            })
         })
     }
 
@@ -109,18 +109,35 @@ impl PoolSlot {
             upstream: listener.upstream.clone(),
             generation,
         };
+        let timeouts = listener.timeouts;
         self.remote.get(key, || {
-            Client::builder(TokioExecutor::new())
-                .http2_only(true)
-                .timer(TokioTimer::new())
-                .pool_timer(TokioTimer::new())
-                .build(RemoteConnector {
-                    ctx: Arc::downgrade(ctx),
-                    listener: listener.clone(),
-                    client_addr,
-                })
+            let mut builder = Client::builder(TokioExecutor::new());
+            keep_alive(&mut builder, timeouts);
+            builder.http2_only(true).build(RemoteConnector {
+                ctx: Arc::downgrade(ctx),
+                listener: listener.clone(),
+                client_addr,
+            })
         })
     }
+}
+
+/// Pooled connections close after `idle_timeout` unused, and h2 ones send
+/// PINGs while idle so a dead peer (a host that vanished without a FIN) is
+/// noticed within the handshake timeout of a PING instead of on the next
+/// call's deadline.
+fn keep_alive(
+    builder: &mut hyper_util::client::legacy::Builder,
+    timeouts: crate::config::Timeouts,
+) {
+    let interval = (timeouts.idle / 3).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    builder
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(timeouts.idle)
+        .http2_keep_alive_interval(interval)
+        .http2_keep_alive_timeout(timeouts.handshake)
+        .http2_keep_alive_while_idle(true);
 }
 
 /// Dials the local upstream; h2c connections write through [`Coalescing`].

@@ -5,6 +5,7 @@
 
 mod cli;
 mod grpc;
+mod h2_limits;
 mod http;
 mod identity;
 mod mariadb;

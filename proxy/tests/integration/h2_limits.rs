@@ -1,0 +1,219 @@
+//! Idle and abusive HTTP/2 peers (issue 20): an authenticated peer that
+//! completes TLS and never sends the preface, one that sends it and goes
+//! quiet, and one that resets streams as fast as it can. Raw frames over
+//! real mTLS, so nothing in a client library hides what the server does.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mtlsd::daemon::Running;
+use mtlsd_devca::LeafSpec;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::support::*;
+
+const INVENTORY: &str = r#"
+cluster = "h2"
+
+[hosts.server]
+sans = ["DNS:server.test"]
+roles = ["database"]
+
+[hosts.api1]
+sans = ["DNS:api1.test"]
+roles = ["api"]
+"#;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const GOAWAY: u8 = 0x7;
+
+struct Server {
+    pki: Pki,
+    daemon: Running,
+    client: Arc<rustls::ClientConfig>,
+}
+
+impl Server {
+    async fn start(extra: &str) -> Self {
+        let pki = Pki::new();
+        let files = pki.host(
+            "server",
+            &LeafSpec::new("server", &["server.test", "localhost", "127.0.0.1"]),
+        );
+        let upstream = mtlsd_testsvc::serve().await;
+        let toml = inventory_material_toml(&pki, INVENTORY, "server", &files)
+            + &inbound_toml(
+                "rpc",
+                upstream,
+                &format!("protocol = \"grpc\"\nallow_roles = [\"api\"]\n{extra}"),
+            );
+        let (daemon, _) = start_daemon(&pki, "server.toml", &toml).await;
+        let api1 = pki
+            .ca
+            .issue(&LeafSpec::new("api1", &["api1.test"]))
+            .unwrap();
+        let mut config = (*client_config(pki.ca.cert_der(), Some(&api1))).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Self {
+            pki,
+            daemon,
+            client: Arc::new(config),
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.daemon.local_addr("rpc").unwrap()
+    }
+
+    async fn tls(&self) -> TlsStream<TcpStream> {
+        tls_connect(self.addr(), self.client.clone()).await.unwrap()
+    }
+
+    async fn ended(&self, reason: &str) -> f64 {
+        let text = http_get(self.daemon.admin_addr(), "/metrics").await.1;
+        metric(
+            &text,
+            "mtlsd_http_connections_ended_total",
+            &[("listener", "rpc"), ("reason", reason)],
+        )
+        .unwrap_or(0.0)
+    }
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap();
+    let mut out = len.to_be_bytes()[1..].to_vec();
+    out.extend([kind, flags]);
+    out.extend(stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Reads frames until one of `kind` arrives (Some) or the connection ends
+/// (None); panics if neither happens within `limit`.
+async fn until_frame(stream: &mut TlsStream<TcpStream>, kind: u8, limit: Duration) -> Option<u8> {
+    let read = async {
+        loop {
+            let mut header = [0u8; 9];
+            if stream.read_exact(&mut header).await.is_err() {
+                return None;
+            }
+            let len =
+                usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            let mut payload = vec![0u8; len];
+            if stream.read_exact(&mut payload).await.is_err() {
+                return None;
+            }
+            if header[3] == kind {
+                return Some(kind);
+            }
+        }
+    };
+    within("a frame or the end of the connection", limit, read).await
+}
+
+/// Completes TLS and sends nothing: dropped after the handshake timeout,
+/// so such peers cannot hold every slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_sends_the_preface_is_dropped_and_frees_its_slot() {
+    let server = Server::start("handshake_timeout = \"1s\"\nmax_connections = 2\n").await;
+    let mut silent = vec![server.tls().await, server.tls().await];
+    for stream in &mut silent {
+        // The server's own SETTINGS may arrive; then the end.
+        let mut sink = Vec::new();
+        let _ = within(
+            "the server closing a silent connection",
+            Duration::from_secs(4),
+            stream.read_to_end(&mut sink),
+        )
+        .await;
+    }
+    assert_eq!(server.ended("no_first_bytes").await, 2.0);
+    // The slots are free again: a real caller gets through.
+    let mut caller = server.tls().await;
+    caller.write_all(PREFACE).await.unwrap();
+    caller.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+    let settings = until_frame(&mut caller, 0x4, SOON).await;
+    assert_eq!(settings, Some(0x4));
+    drop(server.pki);
+}
+
+/// Sends the preface and then nothing: GOAWAY after idle_timeout, then
+/// the connection ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_gets_goaway_then_closes() {
+    let server = Server::start("idle_timeout = \"2s\"\n").await;
+    let mut quiet = server.tls().await;
+    quiet.write_all(PREFACE).await.unwrap();
+    quiet.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let goaway = until_frame(&mut quiet, GOAWAY, Duration::from_secs(6)).await;
+    assert_eq!(goaway, Some(GOAWAY), "no GOAWAY for an idle connection");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "GOAWAY before idle_timeout"
+    );
+    let end = until_frame(&mut quiet, 0xff, Duration::from_secs(4)).await;
+    assert_eq!(end, None, "the idle connection stayed open after GOAWAY");
+    assert_eq!(server.ended("idle").await, 1.0);
+}
+
+/// HEADERS then RST_STREAM, one stream a millisecond: GOAWAY long before
+/// 3,000 streams, counted; a well-behaved connection meanwhile is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_reset_flood_gets_goaway_and_is_counted() {
+    let server = Server::start("").await;
+    let mut flood = server.tls().await;
+    flood.write_all(PREFACE).await.unwrap();
+    flood.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+    // :method POST, :scheme http, :path /mtlsd.test.Echo/Slow,
+    // :authority x, content-type application/grpc (HPACK, no Huffman).
+    let path = b"/mtlsd.test.Echo/Slow";
+    let mut block = vec![0x83, 0x86, 0x04, u8::try_from(path.len()).unwrap()];
+    block.extend_from_slice(path);
+    block.extend([0x01, 0x01, b'x', 0x0f, 0x10, 16]);
+    block.extend_from_slice(b"application/grpc");
+    let (mut read, mut write) = tokio::io::split(flood);
+    let sender = tokio::spawn(async move {
+        let mut sent = 0u32;
+        for i in 0..3000u32 {
+            let id = 2 * i + 1;
+            let mut frames = frame(0x1, 0x4, id, &block);
+            if write.write_all(&frames).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            frames = frame(0x3, 0, id, &8u32.to_be_bytes());
+            if write.write_all(&frames).await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    });
+    let saw_goaway = within("GOAWAY for the flood", Duration::from_secs(30), async {
+        loop {
+            let mut header = [0u8; 9];
+            if read.read_exact(&mut header).await.is_err() {
+                return false;
+            }
+            let len =
+                usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            let mut payload = vec![0u8; len];
+            if read.read_exact(&mut payload).await.is_err() {
+                return false;
+            }
+            if header[3] == GOAWAY {
+                return true;
+            }
+        }
+    })
+    .await;
+    assert!(saw_goaway, "the flood never got a GOAWAY");
+    let sent = sender.await.unwrap();
+    assert!(sent < 3000, "all {sent} streams were accepted");
+    assert_eq!(server.ended("reset_flood").await, 1.0);
+}
