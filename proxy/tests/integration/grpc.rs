@@ -421,3 +421,76 @@ async fn a_stalled_reader_does_not_make_mtlsd_buffer_the_stream() {
         );
     }
 }
+
+/// The pooled mTLS connection of an outbound listener is re-judged too:
+/// when the server it dials loses the role the listener expects (here in
+/// the client host's inventory), the pooled connection closes after the
+/// grace period, no new call reaches the server, and the closing is
+/// counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_to_a_server_that_lost_its_role_is_closed() {
+    use mtlsd::reloading::{ReloadResult, Trigger};
+    let cluster = Cluster::start(mtlsd_testsvc::serve().await).await;
+    let pki = &cluster.pki;
+    let files = pki.host("api1", &LeafSpec::new("api1", &["api1.test"]));
+    // api1 has its own copy of the inventory, which it reloads alone.
+    let own_inventory = pki.write("api1-inventory.toml", INVENTORY, 0o644);
+    let toml = material_toml(&files, &pki.ca_file()).replacen(
+        "[identity]\n",
+        &format!("[inventory]\npath = {own_inventory:?}\n\n[identity]\nhost = \"api1\"\n"),
+        1,
+    ) + "[reload]\nwatch = false\ndrain_grace = \"1s\"\n"
+        + &outbound_toml(
+            "to-db",
+            cluster.server.local_addr("db-grpc").unwrap(),
+            "localhost",
+            "protocol = \"grpc\"\nexpect_roles = [\"database\"]",
+        );
+    let (api1, _) = start_daemon(pki, "api1-own.toml", &toml).await;
+    let entry = api1.local_addr("to-db").unwrap();
+    let channel = Channel::from_shared(format!("http://{entry}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = EchoClient::new(channel);
+    assert_eq!(
+        client
+            .unary(msg(b"before"))
+            .await
+            .unwrap()
+            .into_inner()
+            .payload,
+        b"before"
+    );
+    let handshakes_before = api1.stats("to-db").unwrap().handshakes();
+
+    // The server now holds `storage`, not `database`.
+    pki.write(
+        "api1-inventory.toml",
+        &INVENTORY.replacen("roles = [\"database\"]", "roles = [\"storage\"]", 1),
+        0o644,
+    );
+    let outcome = api1.reload(Trigger::Admin).await.unwrap();
+    assert_eq!(outcome.result, ReloadResult::Applied, "{outcome}");
+    assert_eq!(outcome.closing, 1, "{outcome}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = client.unary(msg(b"after")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let stats = api1.stats("to-db").unwrap();
+    assert_eq!(
+        stats.handshakes(),
+        handshakes_before,
+        "a new connection was admitted"
+    );
+    assert!(stats.refusals(mtlsd::reject::RejectReason::RoleNotAllowed) >= 1);
+    let metrics = http_get(api1.admin_addr(), "/metrics").await.1;
+    assert_eq!(
+        metric(
+            &metrics,
+            "mtlsd_connections_closed_total",
+            &[("listener", "to-db"), ("reason", "role_not_allowed")]
+        ),
+        Some(1.0)
+    );
+}
