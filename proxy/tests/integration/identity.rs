@@ -227,6 +227,31 @@ async fn refusal_log_line_names_class_peer_and_sans() {
         "{line}"
     );
     assert_eq!(line["listener"], "in");
+
+    // Chain refusals name the presented SANs too (issue 20): an unknown CA
+    // and an expired certificate.
+    let stranger = mtlsd_devca::CertificateAuthority::new("stranger CA").unwrap();
+    let foreign = stranger
+        .issue(&LeafSpec::new("x", &["foreign.test"]))
+        .unwrap();
+    let expired = pki
+        .ca
+        .issue(&LeafSpec::new("y", &["stale.test"]).expired())
+        .unwrap();
+    for (leaf, reason, sans) in [
+        (&foreign, "unknown_ca", "DNS:foreign.test"),
+        (&expired, "expired", "DNS:stale.test"),
+    ] {
+        if let Ok(mut stream) =
+            tls_connect(addr, client_config(pki.ca.cert_der(), Some(leaf))).await
+        {
+            assert_no_echo(&mut stream).await;
+        }
+        let line = daemon
+            .wait_for_log_where("TLS handshake refused", |l| l["reason"] == reason, SOON)
+            .await;
+        assert_eq!(line["sans"], sans, "{line}");
+    }
 }
 
 /// A rule naming a role that no inventory host holds is almost always a
