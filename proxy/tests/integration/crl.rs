@@ -104,7 +104,9 @@ impl OpensslCa {
                 .arg("-crl_nextupdate")
                 .arg(openssl_time(next));
         }
-        let output = command.output().expect("openssl is installed");
+        let output = command
+            .output()
+            .expect("openssl not found: install it (scripts/test-all does)");
         assert!(
             output.status.success(),
             "openssl ca -gencrl failed:\n{}",
