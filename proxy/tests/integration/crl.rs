@@ -59,6 +59,20 @@ impl OpensslCa {
         Self { dir }
     }
 
+    /// Configured like an `openssl ca` set up without `crlnumber` and
+    /// `crl_extensions`: its CRLs carry no extensions at all.
+    fn without_crl_extensions(self) -> Self {
+        let path = self.dir.join("ca.cnf");
+        let config: String = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .filter(|line| !line.starts_with("crlnumber") && !line.starts_with("crl_extensions"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        std::fs::write(&path, config).unwrap();
+        self
+    }
+
     /// Lists `serial_hex` as revoked (key compromise, an hour ago), as
     /// `openssl ca -revoke` would.
     fn revoke_serial(&self, serial_hex: &str) {
@@ -387,6 +401,33 @@ async fn a_crl_signed_by_a_foreign_ca_fails_check_and_is_rejected_on_reload() {
         // still gets in.
         assert_admitted(addr, client.clone()).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_without_extensions_is_refused_with_what_to_configure() {
+    let pki = Pki::new();
+    let files = pki.host("server", &localhost_leaf("server"));
+    let crl = OpensslCa::new(pki.dir.path(), "bare", &pki.ca)
+        .without_crl_extensions()
+        .publish(&pki.path("bare.crl"), None);
+    let toml = with_crl(material_toml(&files, &pki.ca_file()), &[&crl], None);
+    let config = pki.write("server.toml", &toml, 0o600);
+    let config_arg = config.display().to_string();
+    let (status, _, stderr) = tokio::task::spawn_blocking(move || {
+        run_to_end(&["check", "--config", &config_arg], Duration::from_secs(20))
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let problem = stderr
+        .lines()
+        .find(|line| line.contains("bare.crl"))
+        .unwrap_or_else(|| panic!("the CRL file is not named:\n{stderr}"));
+    assert!(
+        problem.contains("it has no extensions")
+            && problem.contains("`crlnumber` and `crl_extensions`"),
+        "{problem}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
