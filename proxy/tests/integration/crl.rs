@@ -803,9 +803,10 @@ async fn two_cas_with_one_name_each_with_its_own_crl_admit_the_leaves_of_both() 
         OpensslCa::new(pki.dir.path(), "old", &pki.ca).publish(&pki.path("old.crl"), None);
     let new_crl =
         OpensslCa::new(pki.dir.path(), "new", &rekeyed).publish(&pki.path("new.crl"), None);
-    // Today: [new] and [new, old] refuse to start ("server.crt: ... a
-    // CRL's signature does not verify"); [old, new] starts and refuses
-    // every leaf of the re-keyed CA (as unknown_ca).
+    // Today every order starts and passes `mtlsd check`, and then one
+    // CA's leaves are refused: with [new] or [new, old] the old CA's
+    // (this host's own among them) as bad_certificate, with [old, new]
+    // the re-keyed CA's as unknown_ca.
     for crls in [
         vec![new_crl.as_path()],
         vec![old_crl.as_path(), new_crl.as_path()],
