@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -43,6 +43,10 @@ pub enum DevCaError {
     /// The PEM given to [`CertificateAuthority::from_pem`] is not a usable CA.
     #[error("cannot load CA from PEM: {0}")]
     LoadCa(#[source] rcgen::Error),
+    /// A CA reloaded with [`CertificateAuthority::from_pem`] cannot be
+    /// re-issued: the parameters it was minted with are not kept in PEM.
+    #[error("cannot re-issue a CA loaded from PEM; mint it with this crate instead")]
+    NotMinted,
 }
 
 /// Which TLS roles a leaf certificate may take (its extended key usage).
@@ -139,6 +143,9 @@ impl IssuedCert {
 /// A self-signed (or intermediate) CA that can issue leaves.
 pub struct CertificateAuthority {
     issuer: Issuer<'static, KeyPair>,
+    /// What the certificate was minted from (subject, validity, usages),
+    /// for re-issuing it under another issuer; `None` after `from_pem`.
+    params: Option<CertificateParams>,
     cert_pem: String,
     cert_der: CertificateDer<'static>,
     key_pem: String,
@@ -206,6 +213,7 @@ impl CertificateAuthority {
             .map_err(|_| DevCaError::LoadCa(rcgen::Error::CouldNotParseCertificate))?;
         Ok(Self {
             issuer,
+            params: None,
             cert_pem: cert_pem.to_owned(),
             cert_der,
             key_pem: key_pem.to_owned(),
@@ -217,9 +225,41 @@ impl CertificateAuthority {
         Self {
             cert_pem: cert.pem(),
             cert_der: cert.der().clone(),
+            params: Some(params.clone()),
             issuer: Issuer::new(params, key),
             key_pem,
         }
+    }
+
+    /// The same CA — same subject, same key — in a certificate issued by
+    /// `issuer` instead of itself: a cross-signed form. Leaves this CA
+    /// issues chain through either form (to this CA as a root, or through
+    /// the returned certificate to `issuer`); both forms share one
+    /// SubjectPublicKeyInfo. The result issues leaves like `self`.
+    pub fn cross_signed_by(&self, issuer: &CertificateAuthority) -> Result<Self, DevCaError> {
+        let mut params = self.params.clone().ok_or(DevCaError::NotMinted)?;
+        params.serial_number = Some(SerialNumber::from(next_serial()));
+        let cert = params
+            .signed_by(self.issuer.key(), &issuer.issuer)
+            .map_err(|source| DevCaError::Mint {
+                subject: common_name(&params.distinguished_name),
+                source,
+            })?;
+        let key = KeyPair::from_pem(&self.key_pem).map_err(DevCaError::LoadCa)?;
+        Ok(Self {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            issuer: Issuer::new(params.clone(), key),
+            params: Some(params),
+            key_pem: self.key_pem.clone(),
+        })
+    }
+
+    /// The CA's SubjectPublicKeyInfo, DER: what `revoked[].issuer` in the
+    /// inventory identifies a CA by (its SHA-256), and what cross-signed
+    /// forms of one CA share.
+    pub fn spki_der(&self) -> Vec<u8> {
+        self.issuer.key().subject_public_key_info()
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -339,6 +379,13 @@ fn name(common_name: &str) -> DistinguishedName {
     dn
 }
 
+fn common_name(dn: &DistinguishedName) -> String {
+    match dn.get(&DnType::CommonName) {
+        Some(rcgen::DnValue::Utf8String(cn)) => cn.clone(),
+        _ => String::new(),
+    }
+}
+
 fn generate_key(subject: &str) -> Result<KeyPair, DevCaError> {
     KeyPair::generate().map_err(|source| DevCaError::Mint {
         subject: subject.to_owned(),
@@ -397,6 +444,41 @@ mod tests {
         let again = CertificateAuthority::from_pem(ca.cert_pem(), ca.key_pem()).unwrap();
         assert_eq!(again.cert_der(), ca.cert_der());
         again.issue(&LeafSpec::new("x", &["x.example"])).unwrap();
+    }
+
+    #[test]
+    fn cross_signed_form_keeps_subject_and_key_under_another_issuer() {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let ca = CertificateAuthority::new("cross ca").unwrap();
+        let other = CertificateAuthority::new("other root").unwrap();
+        let cross = ca.cross_signed_by(&other).unwrap();
+        fn parse(der: &[u8]) -> X509Certificate<'_> {
+            X509Certificate::from_der(der).unwrap().1
+        }
+        let (original, crossed, root) = (
+            parse(ca.cert_der()),
+            parse(cross.cert_der()),
+            parse(other.cert_der()),
+        );
+        assert_ne!(cross.cert_der(), ca.cert_der());
+        assert_eq!(crossed.subject(), original.subject());
+        assert_eq!(crossed.issuer(), root.subject());
+        assert_eq!(cross.spki_der(), ca.spki_der());
+        assert_eq!(crossed.public_key().raw, &ca.spki_der()[..]);
+        assert!(crossed.is_ca());
+        crossed.verify_signature(Some(root.public_key())).unwrap();
+        // Leaves from either form name the same issuer and verify with the
+        // one key.
+        let leaf = cross.issue(&LeafSpec::new("x", &["x.example"])).unwrap();
+        let leaf = parse(&leaf.cert_der);
+        assert_eq!(leaf.issuer(), original.subject());
+        leaf.verify_signature(Some(original.public_key())).unwrap();
+
+        let reloaded = CertificateAuthority::from_pem(ca.cert_pem(), ca.key_pem()).unwrap();
+        assert!(matches!(
+            reloaded.cross_signed_by(&other),
+            Err(DevCaError::NotMinted)
+        ));
     }
 
     #[test]

@@ -96,11 +96,22 @@ impl LoadedCrl {
             domain: domain.to_owned(),
             reason,
         };
-        let crl = webpki::OwnedCertRevocationList::from_der(der.as_ref())
-            .map_err(|e| bad(format!("not a valid CRL: {e}")))?;
         let (_, parsed) =
             x509_parser::revocation_list::CertificateRevocationList::from_der(der.as_ref())
                 .map_err(|e| bad(format!("not a valid CRL: {e}")))?;
+        if parsed.extensions().is_empty() {
+            // webpki refuses these with a bare "BadDer" or
+            // "MalformedExtensions"; an `openssl ca` without `crlnumber`
+            // and `crl_extensions` makes them.
+            return Err(bad(
+                "not a valid CRL: it has no extensions (RFC 5280 requires a CRL \
+                 number and an authority key identifier; `openssl ca` adds them with \
+                 `crlnumber` and `crl_extensions` in its configuration)"
+                    .to_owned(),
+            ));
+        }
+        let crl = webpki::OwnedCertRevocationList::from_der(der.as_ref())
+            .map_err(|e| bad(format!("not a valid CRL: {e}")))?;
         let to_system = |t: x509_parser::time::ASN1Time| {
             SystemTime::UNIX_EPOCH
                 + std::time::Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0))

@@ -537,4 +537,158 @@ mod tests {
         }
         assert!(shown.iter().all(|s| s.contains("inv.toml")), "{shown:#?}");
     }
+
+    const A: [u8; 32] = [0xaa; 32];
+    const B: [u8; 32] = [0xbb; 32];
+    const C: [u8; 32] = [0xcc; 32];
+
+    fn hex(key: [u8; 32]) -> String {
+        key.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn with_revoked(dir: &tempfile::TempDir, revoked: &str) -> RoleInventory {
+        let text = format!(
+            "cluster = \"t\"\n[hosts.db1]\nsans = [\"DNS:db1.test\"]\nroles = [\"database\"]\n{revoked}"
+        );
+        RoleInventory::load(&write(dir, "inv.toml", &text)).unwrap()
+    }
+
+    #[test]
+    fn issuer_parse_errors_name_the_entry_and_say_what_to_compute() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"
+            cluster = "t"
+            [hosts.db1]
+            sans = ["DNS:db1.test"]
+            roles = ["database"]
+            [[revoked]]
+            serial = "01"
+            issuer = "{}"
+            [[revoked]]
+            serial = "02"
+            issuer = "not hex at all"
+            [[revoked]]
+            serial = "03"
+            issuer = "abcd"
+            [[revoked]]
+            serial = "04"
+            issuer = "{}zz"
+        "#,
+            hex(A),
+            &hex(B)[..62]
+        );
+        let problems = RoleInventory::load(&write(&dir, "inv.toml", &text)).unwrap_err();
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.len(), 3, "{shown:#?}");
+        for (i, entry) in [1, 2, 3].iter().enumerate() {
+            let problem = &shown[i];
+            assert!(
+                problem.contains(&format!("revoked[{entry}].issuer")),
+                "{problem}"
+            );
+            assert!(problem.contains("is not a SHA-256 in hex"), "{problem}");
+            assert!(
+                problem.contains("openssl x509 -in CA.pem -pubkey"),
+                "{problem}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_entry_with_an_issuer_revokes_the_serial_for_that_issuer_only() {
+        let dir = tempfile::tempdir().unwrap();
+        // Upper case with colons, as some tools print fingerprints.
+        let colons = hex(A)
+            .to_ascii_uppercase()
+            .as_bytes()
+            .chunks(2)
+            .map(|pair| std::str::from_utf8(pair).unwrap())
+            .collect::<Vec<_>>()
+            .join(":");
+        let inv = with_revoked(
+            &dir,
+            &format!("[[revoked]]\nserial = \"0a:bc\"\nissuer = \"{colons}\"\n"),
+        );
+        assert!(inv.is_revoked("abc", Some(&A)));
+        assert!(!inv.is_revoked("abc", Some(&B)));
+        assert!(!inv.is_revoked("abd", Some(&A)));
+        let cert = facts(&["db1.test"], 0xabc);
+        assert_eq!(
+            inv.identify(&cert, Some(&A)).map(|h| h.name.clone()),
+            Err(Refusal::Revoked)
+        );
+        assert_eq!(
+            inv.identify(&cert, Some(&B)).map(|h| h.name.clone()),
+            Ok("db1".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_serial_listed_for_two_issuers_is_revoked_for_both_and_no_third() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = with_revoked(
+            &dir,
+            &format!(
+                "[[revoked]]\nserial = \"77\"\nissuer = \"{}\"\n\
+                 [[revoked]]\nserial = \"0x0077\"\nissuer = \"{}\"\n",
+                hex(A),
+                hex(B)
+            ),
+        );
+        assert_eq!(inv.revoked_count(), 1, "one serial, two issuers");
+        assert!(inv.is_revoked("77", Some(&A)));
+        assert!(inv.is_revoked("77", Some(&B)));
+        assert!(!inv.is_revoked("77", Some(&C)));
+
+        // Listed once more without an issuer: revoked whoever issued it.
+        let inv = with_revoked(
+            &dir,
+            &format!(
+                "[[revoked]]\nserial = \"77\"\nissuer = \"{}\"\n[[revoked]]\nserial = \"77\"\n",
+                hex(A)
+            ),
+        );
+        assert!(inv.is_revoked("77", Some(&C)));
+    }
+
+    #[test]
+    fn an_unknown_issuer_fails_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = with_revoked(
+            &dir,
+            &format!("[[revoked]]\nserial = \"5\"\nissuer = \"{}\"\n", hex(A)),
+        );
+        // The chain was not verified (an insecure_ option): the issuer is
+        // unknown, so any entry for the serial counts.
+        assert!(inv.is_revoked("5", None));
+        assert_eq!(
+            inv.identify(&facts(&["db1.test"], 5), None)
+                .map(|h| h.name.clone()),
+            Err(Refusal::Revoked)
+        );
+        assert!(!inv.is_revoked("6", None));
+    }
+
+    #[test]
+    fn adding_an_issuer_to_a_listed_serial_counts_as_a_revocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = with_revoked(
+            &dir,
+            &format!("[[revoked]]\nserial = \"5\"\nissuer = \"{}\"\n", hex(A)),
+        );
+        let two = with_revoked(
+            &dir,
+            &format!(
+                "[[revoked]]\nserial = \"5\"\nissuer = \"{}\"\n[[revoked]]\nserial = \"5\"\nissuer = \"{}\"\n",
+                hex(A),
+                hex(B)
+            ),
+        );
+        let delta = two.delta_from(&one);
+        assert_eq!((delta.serials_revoked, delta.serials_unrevoked), (1, 0));
+        let none = with_revoked(&dir, "");
+        let delta = none.delta_from(&two);
+        assert_eq!((delta.serials_revoked, delta.serials_unrevoked), (0, 1));
+    }
 }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod cli;
+mod crl;
 mod grpc;
 mod h2_limits;
 mod http;

@@ -4,8 +4,11 @@
 use std::time::Duration;
 
 use mtlsd::metrics::short_fingerprint;
+use mtlsd::reject::RejectReason;
 use mtlsd_devca::{CertificateAuthority, LeafSpec, OffsetDateTime};
 use mtlsd_expiry::CertFacts;
+
+use tokio::io::AsyncWriteExt;
 
 use crate::support::process::{MtlsdProcess, run_to_end};
 use crate::support::*;
@@ -427,4 +430,115 @@ async fn admin_over_mtls_admits_only_allowed_roles() {
     .unwrap();
     assert_eq!(code.code(), Some(0), "{stderr}");
     assert!(table.contains("ready, generation 1"), "{table}");
+}
+
+/// Sets SO_LINGER 0, so that dropping the socket sends a TCP reset.
+fn reset_on_drop(tcp: &tokio::net::TcpStream) {
+    // Deprecated because a non-zero linger blocks the thread on drop; a
+    // zero linger never blocks, and a reset is the point here.
+    #[allow(deprecated)]
+    tcp.set_linger(Some(Duration::ZERO)).unwrap();
+}
+
+/// Health checkers and `openssl s_time` complete the handshake and reset
+/// the connection at once (the session tickets the server sends after the
+/// client's Finished then meet the reset). That is a completed handshake,
+/// not a failure; an abort before completion still is one, of class
+/// `protocol`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_right_after_a_completed_handshake_is_no_failure_but_one_before_it_is() {
+    const CLIENTS: u64 = 50;
+    let pki = Pki::new();
+    let echo = Echo::start().await;
+    let files = pki.host("server", &localhost_leaf("server"));
+    let toml = material_toml(&files, &pki.ca_file()) + &inbound_toml("in", echo.addr, "");
+    let (server, _) = start_daemon(&pki, "server.toml", &toml).await;
+    let addr = server.local_addr("in").unwrap();
+    let admin = server.admin_addr();
+    let stats = server.stats("in").unwrap();
+    let client = client_config(
+        pki.ca.cert_der(),
+        Some(&pki.ca.issue(&localhost_leaf("checker")).unwrap()),
+    );
+
+    for _ in 0..CLIENTS {
+        let tls = tls_connect(addr, client.clone()).await.unwrap();
+        let (tcp, session) = tls.get_ref();
+        assert_eq!(
+            session.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        reset_on_drop(tcp);
+        drop(tls);
+    }
+    eventually("every handshake to end", || {
+        stats.handshakes_attempted() == CLIENTS
+            && stats.handshakes() + stats.total_refusals() == CLIENTS
+    })
+    .await;
+    assert_eq!(stats.total_refusals(), 0);
+    assert_eq!(stats.handshakes(), CLIENTS);
+
+    // Aborts before completion: a reset before any byte, and one in the
+    // middle of a ClientHello.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    eventually("the silent connection accepted", || {
+        stats.handshakes_attempted() == CLIENTS + 1
+    })
+    .await;
+    reset_on_drop(&tcp);
+    drop(tcp);
+    let mut hello = Vec::new();
+    rustls::ClientConnection::new(
+        client.clone(),
+        rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap()
+    .write_tls(&mut hello)
+    .unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    eventually("the second connection accepted", || {
+        stats.handshakes_attempted() == CLIENTS + 2
+    })
+    .await;
+    tcp.write_all(&hello[..hello.len() / 2]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    reset_on_drop(&tcp);
+    drop(tcp);
+    eventually("both aborts counted", || {
+        stats.refusals(RejectReason::Protocol) == 2
+    })
+    .await;
+
+    let (_, text) = http_get(admin, "/metrics").await;
+    let listener = [("listener", "in")];
+    assert_eq!(
+        metric(&text, "mtlsd_handshakes_attempted_total", &listener),
+        Some((CLIENTS + 2) as f64)
+    );
+    assert_eq!(
+        metric(&text, "mtlsd_handshakes_completed_total", &listener),
+        Some(CLIENTS as f64)
+    );
+    let failures: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("mtlsd_handshake_failures_total{") && l.contains("listener=\"in\"")
+        })
+        .collect();
+    assert_eq!(
+        failures,
+        ["mtlsd_handshake_failures_total{listener=\"in\",reason=\"protocol\"} 2"],
+        "{text}"
+    );
+    let (_, body) = http_get(admin, "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let listener = &status["listeners"][0];
+    assert_eq!(listener["handshakes_attempted"], CLIENTS + 2, "{listener}");
+    assert_eq!(listener["handshakes_completed"], CLIENTS, "{listener}");
+    assert_eq!(
+        listener["refused"],
+        serde_json::json!({"protocol": 2}),
+        "{listener}"
+    );
 }

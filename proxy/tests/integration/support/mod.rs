@@ -18,7 +18,7 @@ use mtlsd::config::Config;
 use mtlsd::daemon::Running;
 use mtlsd_devca::{CertificateAuthority, IssuedCert, LeafSpec};
 use rustls::ClientConfig;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
@@ -205,6 +205,25 @@ pub fn client_config(ca: &CertificateDer<'static>, cert: Option<&IssuedCert>) ->
             .unwrap(),
         None => builder.with_no_client_auth(),
     })
+}
+
+/// A TLS client trusting `ca` that presents `chain` (leaf first, then
+/// intermediates) with `key`.
+pub fn client_config_chain(
+    ca: &CertificateDer<'static>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Arc<ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    Arc::new(
+        ClientConfig::builder_with_provider(mtlsd_reload::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap(),
+    )
 }
 
 pub async fn tls_connect(

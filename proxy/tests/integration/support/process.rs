@@ -98,6 +98,37 @@ impl MtlsdProcess {
         }
     }
 
+    /// Like [`Self::wait_for_log_where`], but a matching line consumed
+    /// earlier by another wait counts too: for start-up lines whose order
+    /// is not fixed. Like it, consumes new lines only up to the match.
+    pub async fn find_log_where(
+        &mut self,
+        message: &str,
+        filter: impl Fn(&serde_json::Value) -> bool,
+        limit: Duration,
+    ) -> serde_json::Value {
+        let earlier = self.stderr_seen.iter().find_map(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .filter(|value| value["message"] == message && filter(value))
+        });
+        match earlier {
+            Some(value) => value,
+            None => self.wait_for_log_where(message, filter, limit).await,
+        }
+    }
+
+    /// The admin endpoint's address, from its start-up log line.
+    pub async fn admin_addr(&mut self) -> std::net::SocketAddr {
+        let line = self
+            .find_log_where("admin endpoint listening", |_| true, super::SOON)
+            .await;
+        line["addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no addr in {line}"))
+    }
+
     /// Waits for a stdout line containing `needle`.
     pub async fn wait_for_stdout(&mut self, needle: &str, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
@@ -122,7 +153,7 @@ impl MtlsdProcess {
     /// The bound address of listener `name`, from its "listening" log line.
     pub async fn listener_addr(&mut self, name: &str) -> std::net::SocketAddr {
         let line = self
-            .wait_for_log_where("listening", |v| v["listener"] == name, super::SOON)
+            .find_log_where("listening", |v| v["listener"] == name, super::SOON)
             .await;
         line["addr"]
             .as_str()
