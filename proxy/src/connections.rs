@@ -143,6 +143,49 @@ impl ConnectionRegistry {
         }
     }
 
+    /// Judges one connection that registered after `generation` was
+    /// published: its handshake ran under an older policy, and the
+    /// re-judging of that reload may have missed it. One that does not
+    /// qualify is closed at once (it never qualified under this policy).
+    pub fn judge_late(&self, registration: &Registration, generation: &Generation) {
+        let now = UnixTime::since_unix_epoch(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default(),
+        );
+        let mut live = self.lock();
+        let Some(conn) = live.get_mut(&registration.id).filter(|c| !c.doomed) else {
+            return;
+        };
+        let verdict = match generation.policy(&conn.listener) {
+            None => Err((
+                "listener_removed",
+                None,
+                "its listener was removed".to_owned(),
+            )),
+            Some(policy) => policy
+                .admit(&conn.chain, None, now, Stage::Connection)
+                .map(|_| ())
+                .map_err(|v| (v.refusal.as_str(), v.host, v.detail)),
+        };
+        if let Err((reason, host, detail)) = verdict {
+            conn.doomed = true;
+            tracing::warn!(
+                listener = %conn.listener,
+                peer = %conn.peer,
+                host = host.as_deref().unwrap_or("-"),
+                reason,
+                %detail,
+                "peer completed its handshake under the previous trust policy and no longer qualifies; closing"
+            );
+            self.closed
+                .with_label_values(&[conn.listener.as_str(), reason])
+                .inc();
+            conn.signals.leave.cancel();
+            conn.signals.close.cancel();
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.lock().len()
     }

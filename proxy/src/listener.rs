@@ -74,13 +74,22 @@ impl ListenerContext {
 
     /// Registers an established connection's verified peer, so a trust
     /// change can re-judge it; dropping the registration unregisters.
+    /// `judged_under` is the generation whose policy admitted the peer: if
+    /// a reload published another since, the peer is judged again now (the
+    /// re-judging of that reload ran before this connection registered).
     pub fn register(
         &self,
         listener: &ListenerConfig,
         peer: SocketAddr,
         chain: Arc<[CertificateDer<'static>]>,
+        judged_under: u64,
     ) -> Registration {
-        self.connections.register(&listener.name, peer, chain)
+        let registration = self.connections.register(&listener.name, peer, chain);
+        let current = self.store.current();
+        if current.number() != judged_under {
+            self.connections.judge_late(&registration, &current);
+        }
+        registration
     }
 
     /// Applies new settings to connections accepted from now on. A lower

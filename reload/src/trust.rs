@@ -56,6 +56,14 @@ pub struct TrustBundle {
     roots: Arc<RootCertStore>,
     fingerprint: Fingerprint,
     crls: Vec<LoadedCrl>,
+    /// Which CRLs to hand webpki together (indices into `crls`). One set,
+    /// unless two CRLs name the same issuer: webpki uses the first CRL
+    /// whose issuer *name* matches a certificate's issuer, so with two CAs
+    /// of one name (a CA re-keyed under its name during a rotation) the
+    /// other's CRL would fail its signature check and refuse every chain
+    /// of that CA. Then there is one set per choice, and a chain is
+    /// verified against each until one passes.
+    crl_sets: Vec<Vec<usize>>,
 }
 
 impl TrustBundle {
@@ -138,12 +146,14 @@ impl TrustBundle {
         }
 
         let fingerprint = Fingerprint::of_all(cas.iter().map(|ca| ca.der.as_ref()));
+        let crl_sets = crl_sets(&crls, spec.crl_unknown_status);
         Ok(Self {
             spec: spec.clone(),
             cas,
             roots: Arc::new(roots),
             fingerprint,
             crls,
+            crl_sets,
         })
     }
 
@@ -287,15 +297,61 @@ impl TrustBundle {
             return Err(ChainError::Invalid(webpki::Error::BadDer));
         };
         let end_entity = webpki::EndEntityCert::try_from(leaf).map_err(ChainError::Invalid)?;
+        if !check_revocation || self.crls.is_empty() {
+            let all: Vec<usize> = if check_revocation {
+                (0..self.crls.len()).collect()
+            } else {
+                Vec::new()
+            };
+            return self.verify_with(&end_entity, intermediates, usage, name, provider, now, &all);
+        }
+        // A set whose CRL belongs to another same-named CA fails with a
+        // signature error (webpki may report the anchor's rather than the
+        // CRL's); the right set passes, or finds the serial revoked.
+        let mut first = None;
+        let mut meaningful = None;
+        for set in &self.crl_sets {
+            match self.verify_with(&end_entity, intermediates, usage, name, provider, now, set) {
+                Ok(verified) => return Ok(verified),
+                Err(ChainError::Invalid(webpki::Error::CertRevoked)) => {
+                    return Err(ChainError::Invalid(webpki::Error::CertRevoked));
+                }
+                Err(e) => {
+                    let signature = matches!(&e, ChainError::Invalid(inner)
+                        if is_crl_signature_error(inner)
+                            || *inner == webpki::Error::InvalidSignatureForPublicKey);
+                    if !signature && meaningful.is_none() {
+                        meaningful = Some(e.clone());
+                    }
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        Err(meaningful
+            .or(first)
+            .unwrap_or(ChainError::Invalid(webpki::Error::UnknownIssuer)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn verify_with(
+        &self,
+        end_entity: &webpki::EndEntityCert<'_>,
+        intermediates: &[CertificateDer<'_>],
+        usage: AuthUsage,
+        name: NameCheck<'_>,
+        provider: &CryptoProvider,
+        now: UnixTime,
+        crl_set: &[usize],
+    ) -> Result<VerifiedChain, ChainError> {
         let key_usage = match usage {
             AuthUsage::Server => webpki::KeyUsage::server_auth(),
             AuthUsage::Client => webpki::KeyUsage::client_auth(),
         };
-        let crls: Vec<&webpki::CertRevocationList<'_>> = if check_revocation {
-            self.crls.iter().map(LoadedCrl::webpki).collect()
-        } else {
-            Vec::new()
-        };
+        let crls: Vec<&webpki::CertRevocationList<'_>> = crl_set
+            .iter()
+            .filter_map(|i| self.crls.get(*i))
+            .map(LoadedCrl::webpki)
+            .collect();
         let revocation = match webpki::RevocationOptionsBuilder::new(&crls) {
             Ok(builder) => Some(
                 builder
@@ -370,6 +426,59 @@ impl TrustBundle {
     }
 }
 
+/// The sets of CRLs to verify with (see `TrustBundle::crl_sets`). For
+/// each issuer name, each of its CRLs, or (with `crl_unknown_status =
+/// "allow"`) none of them (last: a CA of that name may have no CRL here,
+/// e.g. the other of two same-named CAs); sets
+/// with fewer "none" choices come first, so a chain is only judged without
+/// a CRL of its issuer once every CRL of that name proved to be another
+/// CA's. Capped so a pathological list cannot multiply handshake work.
+fn crl_sets(crls: &[LoadedCrl], unknown: CrlUnknownStatus) -> Vec<Vec<usize>> {
+    const MAX_SETS: usize = 32;
+    if crls.is_empty() {
+        return vec![Vec::new()];
+    }
+    let mut by_issuer: Vec<(&[u8], Vec<usize>)> = Vec::new();
+    for (i, crl) in crls.iter().enumerate() {
+        let issuer = crl.webpki().issuer();
+        match by_issuer.iter_mut().find(|(name, _)| *name == issuer) {
+            Some((_, indices)) => indices.push(i),
+            None => by_issuer.push((issuer, vec![i])),
+        }
+    }
+    // (chosen CRLs, how many names chose none)
+    let mut sets: Vec<(Vec<usize>, usize)> = vec![(Vec::new(), 0)];
+    for (_, indices) in by_issuer {
+        let mut next = Vec::new();
+        for (set, nones) in &sets {
+            for i in &indices {
+                let mut extended = set.clone();
+                extended.push(*i);
+                next.push((extended, *nones));
+            }
+            // Under "deny" a CA without a CRL is refused anyway; leaving
+            // its name's CRLs out would instead check nothing.
+            if unknown == CrlUnknownStatus::Allow {
+                next.push((set.clone(), nones + 1));
+            }
+        }
+        next.sort_by_key(|(_, nones)| *nones);
+        next.truncate(MAX_SETS);
+        sets = next;
+    }
+    sets.into_iter().map(|(set, _)| set).collect()
+}
+
+fn is_crl_signature_error(error: &webpki::Error) -> bool {
+    matches!(
+        error,
+        webpki::Error::InvalidCrlSignatureForPublicKey
+            | webpki::Error::UnsupportedCrlSignatureAlgorithmForPublicKeyContext(_)
+            | webpki::Error::UnsupportedCrlSignatureAlgorithmContext(_)
+            | webpki::Error::IssuerNotCrlSigner
+    )
+}
+
 pub(crate) fn unix_time(now: SystemTime) -> UnixTime {
     UnixTime::since_unix_epoch(
         now.duration_since(SystemTime::UNIX_EPOCH)
@@ -421,5 +530,78 @@ pub fn describe(error: &webpki::Error) -> String {
             "a CRL's signature does not verify against its issuer".to_owned()
         }
         other => format!("{other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mtlsd_devca::{CertificateAuthority, LeafSpec, OffsetDateTime};
+
+    fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Two CAs of one name (a CA re-keyed under its name), each with its
+    /// own CRL, in any order and with only one of the CRLs: the leaves of
+    /// both verify, and a serial one CRL revokes is refused.
+    #[test]
+    fn same_named_cas_with_their_own_crls_verify_both_and_revoke_what_is_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = CertificateAuthority::new("mesh CA").unwrap();
+        let new = CertificateAuthority::new("mesh CA").unwrap();
+        let bundle = write(
+            &dir,
+            "bundle.pem",
+            &format!("{}{}", old.cert_pem(), new.cert_pem()),
+        );
+        let next = OffsetDateTime::now_utc() + std::time::Duration::from_secs(86_400);
+        let revoked_old = old
+            .issue(&LeafSpec::new("r", &["r.test"]).serial(777))
+            .unwrap();
+        let old_crl = write(&dir, "old.crl", &old.crl(&[777], next).unwrap());
+        let new_crl = write(&dir, "new.crl", &new.crl(&[], next).unwrap());
+        let old_leaf = old.issue(&LeafSpec::new("a", &["a.test"])).unwrap();
+        let new_leaf = new.issue(&LeafSpec::new("b", &["b.test"])).unwrap();
+        let provider = crate::tls::provider();
+        for crl in [
+            vec![new_crl.clone()],
+            vec![old_crl.clone()],
+            vec![old_crl.clone(), new_crl.clone()],
+            vec![new_crl.clone(), old_crl.clone()],
+        ] {
+            let spec = TrustDomainSpec {
+                name: "mesh".into(),
+                bundle: vec![bundle.clone()],
+                version: None,
+                crl: crl.clone(),
+                crl_unknown_status: CrlUnknownStatus::Allow,
+            };
+            let trust = TrustBundle::load(&spec, SystemTime::now()).unwrap();
+            for leaf in [&old_leaf, &new_leaf] {
+                let verified = trust.verify_chain_at(
+                    std::slice::from_ref(&leaf.cert_der),
+                    AuthUsage::Client,
+                    &provider,
+                    SystemTime::now(),
+                );
+                assert!(verified.is_ok(), "{crl:?}: {verified:?}");
+            }
+            let revoked = trust.verify_chain_at(
+                std::slice::from_ref(&revoked_old.cert_der),
+                AuthUsage::Client,
+                &provider,
+                SystemTime::now(),
+            );
+            if crl.contains(&old_crl) {
+                assert_eq!(
+                    revoked,
+                    Err(ChainError::Invalid(webpki::Error::CertRevoked)),
+                    "{crl:?}"
+                );
+            }
+        }
     }
 }

@@ -73,7 +73,7 @@ pub async fn serve_inbound(
         tracing::warn!(listener = %listener.name, %peer, "peer did not negotiate h2 (ALPN); closing");
         return;
     }
-    let registration = ctx.register(&listener, peer, accepted.chain);
+    let registration = ctx.register(&listener, peer, accepted.chain, accepted.generation);
     let state = Arc::new(Inbound {
         ctx: ctx.clone(),
         listener: listener.clone(),

@@ -29,6 +29,8 @@ pub struct Accepted {
     /// sent none.
     pub identity: Option<PeerIdentity>,
     pub chain: Arc<[CertificateDer<'static>]>,
+    /// The generation whose policy admitted the peer.
+    pub generation: u64,
 }
 
 /// Runs the server side of the handshake; `None` when the peer was
@@ -111,6 +113,7 @@ pub async fn accept(
         tls,
         identity,
         chain,
+        generation: generation.number(),
     })
 }
 

@@ -38,6 +38,8 @@ struct Inbound {
     /// The peer's chain, for registering an upgrade tunnel that outlives
     /// the HTTP connection.
     chain: Arc<[CertificateDer<'static>]>,
+    /// The generation whose policy admitted the peer.
+    judged_under: u64,
     target: Option<UpstreamTarget>,
     /// `x-forwarded-for`, the same for every request of the connection.
     forwarded_for: Option<HeaderValue>,
@@ -56,14 +58,15 @@ pub async fn serve_inbound(
     let Some(accepted) = handshake::accept(&ctx, &listener, tcp, peer).await else {
         return;
     };
-    let registration =
-        (!accepted.chain.is_empty()).then(|| ctx.register(&listener, peer, accepted.chain.clone()));
+    let registration = (!accepted.chain.is_empty())
+        .then(|| ctx.register(&listener, peer, accepted.chain.clone(), accepted.generation));
     let target = UpstreamTarget::new(http::uri::Scheme::HTTP, &listener.upstream);
     let state = Arc::new(Inbound {
         ctx: ctx.clone(),
         listener: listener.clone(),
         identity: ConnectionIdentity::new(accepted.identity, ctx.store.current().number()),
         chain: accepted.chain,
+        judged_under: accepted.generation,
         upstream_host: target
             .as_ref()
             .and_then(|t| HeaderValue::from_str(t.authority().as_str()).ok()),
@@ -206,9 +209,12 @@ async fn handle(
         // The tunnel outlives the HTTP connection, so it registers itself:
         // a peer that stops qualifying loses its tunnels too.
         let registration = (!state.chain.is_empty()).then(|| {
-            state
-                .ctx
-                .register(listener, state.peer, state.chain.clone())
+            state.ctx.register(
+                listener,
+                state.peer,
+                state.chain.clone(),
+                state.judged_under,
+            )
         });
         tokio::spawn(async move {
             if let (Ok(client), Ok(upstream)) = (client_side.await, upstream_side.await) {

@@ -203,11 +203,12 @@ impl tower_service::Service<Uri> for RemoteConnector {
                 .ctx
                 .upgrade()
                 .ok_or_else(|| io::Error::other("listener removed"))?;
+            let judged_under = ctx.store.current().number();
             let tls = handshake::connect(&ctx, &this.listener, this.client_addr).await?;
             let (tcp, session) = tls.get_ref();
             let remote = tcp.get_ref().peer_addr().unwrap_or(this.client_addr);
             let chain = session.peer_certificates().unwrap_or_default().into();
-            let registration = ctx.register(&this.listener, remote, chain);
+            let registration = ctx.register(&this.listener, remote, chain, judged_under);
             Ok(TokioIo::new(TlsConnection {
                 closed: Box::pin(registration.close_token().cancelled_owned()),
                 _registration: registration,

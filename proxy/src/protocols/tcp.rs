@@ -33,7 +33,7 @@ pub async fn serve_inbound(
     let Some(accepted) = handshake::accept(ctx, listener, tcp, peer).await else {
         return;
     };
-    let registration = ctx.register(listener, peer, accepted.chain);
+    let registration = ctx.register(listener, peer, accepted.chain, accepted.generation);
 
     let upstream = match upstream::connect(&listener.upstream, listener.timeouts.connect).await {
         Ok(upstream) => upstream,
@@ -67,6 +67,7 @@ pub async fn serve_outbound(
     plain: TcpStream,
     client: SocketAddr,
 ) {
+    let judged_under = ctx.store.current().number();
     let Ok(tls) = handshake::connect(ctx, listener, client).await else {
         return;
     };
@@ -77,7 +78,7 @@ pub async fn serve_outbound(
         .peer_certificates()
         .unwrap_or_default()
         .into();
-    let registration = ctx.register(listener, remote, chain);
+    let registration = ctx.register(listener, remote, chain, judged_under);
     let result = tokio::select! {
         result = relay(plain, tls, ("client", "remote"), listener.timeouts.idle) => result,
         () = registration.closed_by_policy() => Err(RelayError::NoLongerTrusted),

@@ -783,12 +783,9 @@ issuer = "{bridge_key}"
     .await;
 }
 
-// Known bugs, kept as reproductions: run with `--ignored`.
+// Two bugs the first version of these tests found, fixed since.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: webpki takes the first CRL whose issuer name matches, so with two CAs \
-            of one name (a re-keyed CA during its rotation) the CRL of one breaks every chain \
-            of the other"]
 async fn two_cas_with_one_name_each_with_its_own_crl_admit_the_leaves_of_both() {
     let pki = Pki::new();
     let echo = Echo::start().await;
@@ -803,10 +800,9 @@ async fn two_cas_with_one_name_each_with_its_own_crl_admit_the_leaves_of_both() 
         OpensslCa::new(pki.dir.path(), "old", &pki.ca).publish(&pki.path("old.crl"), None);
     let new_crl =
         OpensslCa::new(pki.dir.path(), "new", &rekeyed).publish(&pki.path("new.crl"), None);
-    // Today every order starts and passes `mtlsd check`, and then one
-    // CA's leaves are refused: with [new] or [new, old] the old CA's
-    // (this host's own among them) as bad_certificate, with [old, new]
-    // the re-keyed CA's as unknown_ca.
+    // webpki takes the first CRL whose issuer name matches; before the
+    // fix, one CA's leaves were refused in every order (with [new] or
+    // [new, old] the old CA's, with [old, new] the re-keyed CA's).
     for crls in [
         vec![new_crl.as_path()],
         vec![old_crl.as_path(), new_crl.as_path()],
@@ -825,8 +821,6 @@ async fn two_cas_with_one_name_each_with_its_own_crl_admit_the_leaves_of_both() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: a handshake that started before a reload is judged by the old \
-            generation's policy and registered after the re-judging, so it stays open"]
 async fn a_handshake_in_flight_across_a_revoking_reload_does_not_keep_its_connection() {
     use std::io::{Read, Write};
     let pki = Pki::new();

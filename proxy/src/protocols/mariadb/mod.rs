@@ -178,6 +178,7 @@ pub async fn serve_outbound(
     client_addr: SocketAddr,
 ) {
     let deadline = Instant::now() + listener.timeouts.handshake;
+    let judged_under = ctx.store.current().number();
     let seq = ClientSeq::default();
     let phase = async {
         let client = &mut client;
@@ -263,7 +264,7 @@ pub async fn serve_outbound(
         .peer_certificates()
         .unwrap_or_default()
         .into();
-    let registration = ctx.register(listener, client_addr, chain);
+    let registration = ctx.register(listener, client_addr, chain, judged_under);
     // Client → server +1 (mtlsd added the SSLRequest), server → client −1.
     let relayed = finish_and_relay(client_reader, Reader::new(tls), 1, &seq, deadline, listener);
     tokio::select! {
@@ -335,7 +336,7 @@ pub async fn serve_inbound(
             return phase_ended(ctx, listener, peer, &e);
         }
     };
-    let registration = ctx.register(listener, peer, accepted.chain.clone());
+    let registration = ctx.register(listener, peer, accepted.chain.clone(), accepted.generation);
     let mut tls = accepted.tls;
     let after_tls = async {
         let mut client_reader = Reader::new(&mut tls);
