@@ -133,6 +133,7 @@ impl LoadedCrl {
         &self,
         candidates: &[&[u8]],
         domain: &str,
+        with_own_chain: bool,
     ) -> Result<(), MaterialError> {
         let bad = |reason: String| MaterialError::Crl {
             path: self.path.clone(),
@@ -156,9 +157,13 @@ impl LoadedCrl {
             }
         }
         Err(bad(if named == 0 {
+            let also = if with_own_chain {
+                " nor an intermediate of this host's certificate chain"
+            } else {
+                ""
+            };
             format!(
-                "issued by '{}', which is not a CA of trust domain '{domain}' nor an \
-                 intermediate of this host's certificate chain",
+                "issued by '{}', which is not a CA of trust domain '{domain}'{also}",
                 self.issuer
             )
         } else {

@@ -193,11 +193,8 @@ impl Generation {
             problems.extend(self_check(&identity, inventory, host));
         }
         for bundle in bundles.values() {
-            let own_intermediates = if bundle.name() == identity_domain.as_str() {
-                identity.chain().get(1..).unwrap_or_default()
-            } else {
-                &[]
-            };
+            let own_intermediates = (bundle.name() == identity_domain.as_str())
+                .then(|| identity.chain().get(1..).unwrap_or_default());
             problems.extend(bundle.check_crl_issuers(own_intermediates, now));
         }
         if !problems.is_empty() {

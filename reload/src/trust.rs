@@ -163,18 +163,18 @@ impl TrustBundle {
     /// would silently leave revocation unenforced.
     pub(crate) fn check_crl_issuers(
         &self,
-        intermediates: &[CertificateDer<'static>],
+        own_chain: Option<&[CertificateDer<'static>]>,
         now: SystemTime,
     ) -> Vec<MaterialError> {
         let candidates: Vec<&[u8]> = self
             .cas
             .iter()
             .map(|ca| ca.der.as_ref())
-            .chain(intermediates.iter().map(AsRef::as_ref))
+            .chain(own_chain.unwrap_or_default().iter().map(AsRef::as_ref))
             .collect();
         let mut problems = Vec::new();
         for crl in &self.crls {
-            if let Err(e) = crl.check_issuer(&candidates, &self.spec.name) {
+            if let Err(e) = crl.check_issuer(&candidates, &self.spec.name, own_chain.is_some()) {
                 problems.push(e);
             }
             crl.warn_if_late(now);
