@@ -255,6 +255,8 @@ pub struct RequestDecision<'a> {
     pub host: Option<&'a InventoryHost>,
     /// `Err` explains the refusal to the caller.
     pub result: Result<(), String>,
+    /// The refusal class, for the log and metrics (`None` when allowed).
+    pub refusal: Option<Refusal>,
 }
 
 impl UsePolicy {
@@ -397,15 +399,19 @@ impl UsePolicy {
             |result: Result<(), String>, host: Option<&'a InventoryHost>| RequestDecision {
                 rule: label,
                 host,
+                refusal: result.is_err().then_some(Refusal::RoleNotAllowed),
                 result,
             };
         match (identified, roles) {
-            (Some(Err(refusal)), _) => decide(
-                Err(format!(
-                    "the caller's certificate is no longer admitted: {refusal}"
-                )),
-                None,
-            ),
+            (Some(Err(refusal)), _) => RequestDecision {
+                refusal: Some(refusal),
+                ..decide(
+                    Err(format!(
+                        "the caller's certificate is no longer admitted: {refusal}"
+                    )),
+                    None,
+                )
+            },
             (Some(Ok(host)), None) => decide(Ok(()), Some(host)),
             (None, None) => decide(Ok(()), None),
             (Some(Ok(host)), Some(roles)) if self.rule.allows(host, Some(roles)) => {

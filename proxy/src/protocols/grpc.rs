@@ -77,7 +77,7 @@ pub async fn serve_inbound(
     let state = Arc::new(Inbound {
         ctx: ctx.clone(),
         listener: listener.clone(),
-        identity: ConnectionIdentity::new(accepted.identity, ctx.store.current().number()),
+        identity: ConnectionIdentity::new(accepted.identity, accepted.generation),
         target: UpstreamTarget::new(Scheme::HTTP, &listener.upstream),
         peer,
     });
@@ -118,7 +118,9 @@ async fn handle_inbound(
         tracing::warn!(
             listener = %listener.name, peer = %state.peer,
             host = decision.host.map(|h| h.name.as_str()).unwrap_or("-"),
-            path = request.uri().path(), reason = "role_not_allowed", %why,
+            path = request.uri().path(),
+            reason = decision.refusal.map(|r| r.as_str()).unwrap_or("role_not_allowed"),
+            %why,
             "gRPC call refused"
         );
         return Ok(grpc_error(code::PERMISSION_DENIED, &why));

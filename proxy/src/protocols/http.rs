@@ -64,7 +64,7 @@ pub async fn serve_inbound(
     let state = Arc::new(Inbound {
         ctx: ctx.clone(),
         listener: listener.clone(),
-        identity: ConnectionIdentity::new(accepted.identity, ctx.store.current().number()),
+        identity: ConnectionIdentity::new(accepted.identity, accepted.generation),
         chain: accepted.chain,
         judged_under: accepted.generation,
         upstream_host: target
@@ -135,7 +135,8 @@ async fn handle(
         tracing::warn!(
             listener = %listener.name, peer = %state.peer,
             host = decision.host.map(|h| h.name.as_str()).unwrap_or("-"),
-            reason = "role_not_allowed", path = request.uri().path(), %why,
+            reason = decision.refusal.map(|r| r.as_str()).unwrap_or("role_not_allowed"),
+            path = request.uri().path(), %why,
             "HTTP request refused"
         );
         return Ok(text(

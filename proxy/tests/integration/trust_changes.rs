@@ -1103,3 +1103,145 @@ async fn futures_join<T: Send + 'static>(
     }
     out
 }
+
+/// Lets the first write (the ClientHello) through and holds every later
+/// one until opened: a client whose handshake straddles a reload.
+struct Gated {
+    inner: TcpStream,
+    first_done: bool,
+    open: Arc<tokio::sync::Notify>,
+    opened: Arc<std::sync::atomic::AtomicBool>,
+    waiting: Option<Pin<Box<tokio::sync::futures::OwnedNotified>>>,
+}
+
+impl tokio::io::AsyncRead for Gated {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Gated {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.first_done && !self.opened.load(std::sync::atomic::Ordering::SeqCst) {
+            let open = self.open.clone();
+            let waiting = self
+                .waiting
+                .get_or_insert_with(|| Box::pin(open.notified_owned()));
+            if waiting.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.waiting = None;
+        }
+        self.first_done = true;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A gRPC connection whose handshake was admitted under the previous
+/// generation (the client's last flight arrives after a reload that
+/// removed one of its roles) tells the daemon the roles of the current
+/// inventory, from its first request on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_headers_follow_the_inventory_when_a_handshake_straddles_a_reload() {
+    let echo = Echo::start().await;
+    let grpc = mtlsd_testsvc::serve().await;
+    let scenario = Scenario::new(Via::Admin, echo.addr, grpc).await;
+    let config = scenario.config_path().display().to_string();
+    let mut process = MtlsdProcess::spawn(&["run", "--config", &config], &[]);
+    let rpc = process.listener_addr("rpc").await;
+    let admin: SocketAddr = process.wait_for_log("admin endpoint listening", SOON).await["addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let open = Arc::new(tokio::sync::Notify::new());
+    let opened = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gated = Gated {
+        inner: TcpStream::connect(rpc).await.unwrap(),
+        first_done: false,
+        open: open.clone(),
+        opened: opened.clone(),
+        waiting: None,
+    };
+    let client = scenario.client(Subject::Alpha, true);
+    let handshake = tokio::spawn(async move {
+        TlsConnector::from(client)
+            .connect(ServerName::try_from("localhost").unwrap(), gated)
+            .await
+    });
+    // The server has sent its flight by now; alpha loses `monitoring`.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    scenario.write_inventory(&Inventory {
+        alpha_roles: "[\"api\"]",
+        ..Inventory::default()
+    });
+    let admin_arg = admin.to_string();
+    let (status, _, stderr) =
+        tokio::task::spawn_blocking(move || run_to_end(&["reload", "--admin", &admin_arg], SOON))
+            .await
+            .unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    opened.store(true, std::sync::atomic::Ordering::SeqCst);
+    open.notify_waiters();
+    let stream = handshake.await.unwrap().unwrap();
+    let channel = Endpoint::from_static("http://held.test")
+        .connect_with_connector(GatedConnection(Arc::new(Mutex::new(Some(stream)))))
+        .await
+        .unwrap();
+    let mut client = EchoClient::new(channel);
+    for _ in 0..2 {
+        let reply = client
+            .headers(Msg {
+                payload: Vec::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let headers = String::from_utf8(reply.payload).unwrap();
+        assert!(
+            headers.contains("x-mtlsd-peer-roles=api\n"),
+            "stale roles after the reload: {headers}"
+        );
+    }
+    process.signal(Signal::SIGTERM);
+    let _ = process.exited(SOON).await;
+}
+
+#[derive(Clone)]
+struct GatedConnection(Arc<Mutex<Option<TlsStream<Gated>>>>);
+
+impl tower_service::Service<http::Uri> for GatedConnection {
+    type Response = hyper_util::rt::TokioIo<TlsStream<Gated>>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let stream = self.0.lock().unwrap().take();
+        Box::pin(async move {
+            stream
+                .map(hyper_util::rt::TokioIo::new)
+                .ok_or_else(|| std::io::Error::other("the connection is gone"))
+        })
+    }
+}
