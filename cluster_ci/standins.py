@@ -5,7 +5,9 @@ Daemons (each binds loopback only, so other hosts can reach it only through
 mtlsd):
   grpc-server --listen ADDR --host NAME --service database|eventlog
       A real gRPC server (grpcio, HTTP/2). sf.Database/{Get,Put,Delete}
-      or sf.EventLog/{Append (unary), Tail (server streaming)}. Messages are
+      (unary) and Watch (server streaming: a message every 0.2 s for the
+      request's "seconds", default 30), or sf.EventLog/{Append (unary),
+      Tail (server streaming, 3 messages)}. Messages are
       JSON bytes (no protobuf: the framing, HTTP/2 and status codes are real
       gRPC). Every reply names the caller identity the server received from
       mtlsd (x-mtlsd-peer-host, x-mtlsd-peer-roles, x-forwarded-client-cert)
@@ -18,6 +20,17 @@ Clients (through the local mtlsd outbound listener on loopback):
       One call; prints a JSON line; exit 0 when it succeeded and the callee
       saw HOST as the verified caller, 1 otherwise. KIND: grpc (unary),
       grpc-stream (server streaming), http.
+  hold TARGET --out FILE --stop-file F --expect-peer HOST [--stream PATH]
+       [--calls PATH,PATH] [--interval S] [--tls CA,CERT,KEY,NAME]
+      One gRPC channel held open for the whole run (never re-opened by this
+      client): optionally one long server-streaming call on it, and every
+      --interval seconds a unary call to each of --calls, on the same
+      channel. Writes one JSON line per event to FILE (wall-clock time,
+      stream messages and the stream's end, each call's status code and
+      duration), for the rig to judge what happened when. Plaintext to a
+      local outbound listener, or with --tls mTLS straight to a remote
+      inbound listener with a host's own certificate (so the channel's one
+      TCP connection is the connection that listener judges).
   load --out FILE --duration S --stop-file F --expect-peer HOST SPEC...
       Continuous, bounded load: one thread per SPEC ("KIND,TARGET,PATH"),
       a call every --interval seconds until the stop file exists or
@@ -27,6 +40,10 @@ Clients (through the local mtlsd outbound listener on loopback):
       summary (ok/failed per spec, the first failures with time and reason).
 
 Analysis:
+  first-event FILE SINCE [KEY=VALUE...]
+      Prints the time (Unix seconds) of the first JSON line of FILE at or
+      after SINCE (Unix seconds) whose fields hold every KEY=VALUE (an mtlsd JSON log, the audit
+      log, a hold log); exit 1 when there is none.
   pcap-check PCAP --marker M --tls-ports P,P --other-ports P,P
       Reassembles every TCP stream of a capture (Ethernet, IPv4) and checks:
       the marker is in no packet and no reassembled stream; every stream on a
@@ -90,8 +107,24 @@ def grpc_server(args):
 
         return grpc.unary_stream_rpc_method_handler(handle)
 
+    def watching(method):
+        def handle(request, context):
+            headers = {k: v for k, v in context.invocation_metadata()}
+            body = json.loads(request or b"{}")
+            until = time.monotonic() + float(body.get("seconds", 30))
+            seq = 0
+            while context.is_active() and time.monotonic() < until:
+                out = reply_body(args.host, service, method, headers, body)
+                out["seq"] = seq
+                seq += 1
+                yield json.dumps(out).encode()
+                time.sleep(0.2)
+
+        return grpc.unary_stream_rpc_method_handler(handle)
+
     if args.service == "database":
         handlers = {m: unary(m) for m in ("Get", "Put", "Delete")}
+        handlers["Watch"] = watching("Watch")
     else:
         handlers = {"Append": unary("Append"), "Tail": streaming("Tail")}
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
@@ -225,6 +258,86 @@ def call(args):
     sys.exit(0 if good else 1)
 
 
+def hold(args):
+    import grpc
+
+    options = [("grpc.enable_http_proxy", 0), ("grpc.enable_retries", 0)]
+    if args.tls:
+        ca, cert, key, name = args.tls.split(",")
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=open(ca, "rb").read(),
+            private_key=open(key, "rb").read(),
+            certificate_chain=open(cert, "rb").read(),
+        )
+        channel = grpc.secure_channel(args.target, creds, options=options + [("grpc.ssl_target_name_override", name)])
+    else:
+        channel = grpc.insecure_channel(args.target, options=options)
+    out = open(args.out, "a", buffering=1)
+    lock = threading.Lock()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    deadline = time.monotonic() + args.duration
+
+    def event(**fields):
+        with lock:
+            out.write(json.dumps({"t": round(time.time(), 3), **fields}) + "\n")
+
+    def peer_problem(reply, marker):
+        if reply.get("peer_host") != args.expect_peer:
+            return f"callee saw peer {reply.get('peer_host')!r}, want {args.expect_peer!r}"
+        if reply.get("marker") != marker:
+            return "marker not echoed"
+        return ""
+
+    def streamer():
+        marker = f"{args.marker}-stream"
+        request = json.dumps({"marker": marker, "seconds": args.duration}).encode()
+        call = channel.unary_stream(args.stream)(request, timeout=args.duration + 5)
+        event(kind="stream-start", path=args.stream)
+        n = 0
+        try:
+            for raw in call:
+                n += 1
+                problem = peer_problem(json.loads(raw), marker)
+                if problem:
+                    event(kind="stream-bad", n=n, why=problem)
+                if n == 1 or n % 5 == 0:
+                    event(kind="stream-msg", n=n)
+            event(kind="stream-end", n=n, code="OK", details="")
+        except grpc.RpcError as e:
+            event(kind="stream-end", n=n, code=e.code().name, details=e.details() or "")
+
+    threads = []
+    if args.stream:
+        threads.append(threading.Thread(target=streamer, daemon=True))
+        threads[-1].start()
+    paths = [p for p in args.calls.split(",") if p]
+    n = 0
+    while paths and not stop.is_set() and time.monotonic() < deadline:
+        if args.stop_file and os.path.exists(args.stop_file):
+            break
+        n += 1
+        for path in paths:
+            marker = f"{args.marker}-hold-{n}"
+            started = time.monotonic()
+            try:
+                raw = channel.unary_unary(path)(json.dumps({"marker": marker}).encode(), timeout=args.timeout)
+                code, details = "OK", peer_problem(json.loads(raw), marker)
+            except grpc.RpcError as e:
+                code, details = e.code().name, e.details() or ""
+            event(kind="call", path=path, code=code, details=details, ms=int((time.monotonic() - started) * 1000))
+        stop.wait(args.interval)
+    while not paths and not stop.is_set() and time.monotonic() < deadline:
+        if args.stop_file and os.path.exists(args.stop_file):
+            break
+        stop.wait(0.1)
+    event(kind="stop")
+    channel.close()
+    for t in threads:
+        t.join(timeout=2)
+    out.close()
+
+
 def load(args):
     stop = threading.Event()
     deadline = time.monotonic() + args.duration
@@ -263,6 +376,40 @@ def load(args):
     with open(args.out + ".tmp", "w") as f:
         json.dump(results, f)
     os.replace(args.out + ".tmp", args.out)
+
+
+# --- logs -------------------------------------------------------------------
+
+
+def event_time(line):
+    """Unix seconds of a JSON log line: mtlsd's "timestamp", the audit
+    log's "time" (RFC 3339, UTC) or a hold log's "t"."""
+    import datetime
+
+    if isinstance(line.get("t"), (int, float)):
+        return float(line["t"])
+    text = line.get("timestamp") or line.get("time")
+    if not isinstance(text, str):
+        return None
+    stamp = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return stamp.timestamp()
+
+
+def first_event(args):
+    wanted = [kv.split("=", 1) for kv in args.match]
+    with open(args.file, errors="replace") as f:
+        for raw in f:
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue
+            t = event_time(line)
+            if t is None or t < args.since:
+                continue
+            if all(str(line.get(k)) == v for k, v in wanted):
+                print(f"{t:.3f}")
+                return
+    sys.exit(1)
 
 
 # --- capture check -----------------------------------------------------------
@@ -426,6 +573,18 @@ def main():
     c.add_argument("--marker", required=True)
     c.add_argument("--expect-peer", required=True)
     c.add_argument("--timeout", type=float, default=5.0)
+    hd = sub.add_parser("hold")
+    hd.add_argument("target")
+    hd.add_argument("--out", required=True)
+    hd.add_argument("--marker", required=True)
+    hd.add_argument("--expect-peer", required=True)
+    hd.add_argument("--stream", default="")
+    hd.add_argument("--calls", default="")
+    hd.add_argument("--interval", type=float, default=0.5)
+    hd.add_argument("--stop-file", default="")
+    hd.add_argument("--duration", type=float, default=300)
+    hd.add_argument("--timeout", type=float, default=5.0)
+    hd.add_argument("--tls", default="")
     ld = sub.add_parser("load")
     ld.add_argument("specs", nargs="+")
     ld.add_argument("--out", required=True)
@@ -437,6 +596,10 @@ def main():
     ld.add_argument("--max-calls", type=int, default=20000)
     ld.add_argument("--recycle", type=int, default=20)
     ld.add_argument("--timeout", type=float, default=5.0)
+    fe = sub.add_parser("first-event")
+    fe.add_argument("file")
+    fe.add_argument("since", type=float)
+    fe.add_argument("match", nargs="*")
     pc = sub.add_parser("pcap-check")
     pc.add_argument("pcap")
     pc.add_argument("--marker", required=True)
@@ -447,7 +610,9 @@ def main():
         "grpc-server": grpc_server,
         "http-server": http_server,
         "call": call,
+        "hold": hold,
         "load": load,
+        "first-event": first_event,
         "pcap-check": pcap_check,
     }[args.cmd](args)
 
