@@ -161,59 +161,80 @@ async fn an_idle_http2_connection_gets_goaway_then_closes() {
     assert_eq!(server.ended("idle").await, 1.0);
 }
 
-/// HEADERS then RST_STREAM, one stream a millisecond: GOAWAY long before
-/// 3,000 streams, counted; a well-behaved connection meanwhile is fine.
+/// A peer that starts a call, waits for the answer to begin (so mtlsd has
+/// accepted and forwarded the stream) and resets it, as fast as it can:
+/// GOAWAY long before 3,000 streams, counted; streams that complete do
+/// not count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_reset_flood_gets_goaway_and_is_counted() {
     let server = Server::start("").await;
     let mut flood = server.tls().await;
     flood.write_all(PREFACE).await.unwrap();
     flood.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
-    // :method POST, :scheme http, :path /mtlsd.test.Echo/Slow,
-    // :authority x, content-type application/grpc (HPACK, no Huffman).
-    let path = b"/mtlsd.test.Echo/Slow";
+    // :method POST, :scheme http, :path .../ServerStream, :authority x,
+    // content-type application/grpc (HPACK, no Huffman).
+    let path = b"/mtlsd.test.Echo/ServerStream";
     let mut block = vec![0x83, 0x86, 0x04, u8::try_from(path.len()).unwrap()];
     block.extend_from_slice(path);
     block.extend([0x01, 0x01, b'x', 0x0f, 0x10, 16]);
     block.extend_from_slice(b"application/grpc");
-    let (mut read, mut write) = tokio::io::split(flood);
-    let sender = tokio::spawn(async move {
-        let mut sent = 0u32;
-        for i in 0..3000u32 {
-            let id = 2 * i + 1;
-            let mut frames = frame(0x1, 0x4, id, &block);
-            if write.write_all(&frames).await.is_err() {
-                break;
+    // StreamRequest { count: 1000, size: 10 } as one gRPC message.
+    let message = [0x00, 0, 0, 0, 5, 0x08, 0xe8, 0x07, 0x10, 0x0a];
+    // Rounds of 50 streams: start them, wait until each has its answer's
+    // HEADERS (accepted and forwarded), reset them all.
+    let run = async {
+        let mut started = 0u32;
+        while started < 3000 {
+            let ids: Vec<u32> = (started..started + 50).map(|i| 2 * i + 1).collect();
+            started += 50;
+            let mut out = Vec::new();
+            for id in &ids {
+                out.extend(frame(0x1, 0x4, *id, &block));
+                out.extend(frame(0x0, 0x1, *id, &message));
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            frames = frame(0x3, 0, id, &8u32.to_be_bytes());
-            if write.write_all(&frames).await.is_err() {
-                break;
+            if flood.write_all(&out).await.is_err() {
+                return (started, None);
             }
-            sent += 1;
+            let mut answered = 0;
+            while answered < ids.len() {
+                let mut header = [0u8; 9];
+                if flood.read_exact(&mut header).await.is_err() {
+                    return (started, None);
+                }
+                let len = usize::from(header[0]) << 16
+                    | usize::from(header[1]) << 8
+                    | usize::from(header[2]);
+                let mut payload = vec![0u8; len];
+                if flood.read_exact(&mut payload).await.is_err() {
+                    return (started, None);
+                }
+                if header[3] == GOAWAY && payload.len() >= 8 {
+                    let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+                    return (started, Some(code));
+                }
+                if header[3] == 0x1 {
+                    answered += 1;
+                }
+            }
+            let mut resets = Vec::new();
+            for id in &ids {
+                resets.extend(frame(0x3, 0, *id, &8u32.to_be_bytes()));
+            }
+            if flood.write_all(&resets).await.is_err() {
+                return (started, None);
+            }
         }
-        sent
-    });
-    let saw_goaway = within("GOAWAY for the flood", Duration::from_secs(30), async {
-        loop {
-            let mut header = [0u8; 9];
-            if read.read_exact(&mut header).await.is_err() {
-                return false;
-            }
-            let len =
-                usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
-            let mut payload = vec![0u8; len];
-            if read.read_exact(&mut payload).await.is_err() {
-                return false;
-            }
-            if header[3] == GOAWAY {
-                return true;
-            }
-        }
-    })
-    .await;
-    assert!(saw_goaway, "the flood never got a GOAWAY");
-    let sent = sender.await.unwrap();
-    assert!(sent < 3000, "all {sent} streams were accepted");
+        (started, None)
+    };
+    let (streams, goaway) = within("the flood", Duration::from_secs(60), run).await;
+    assert_eq!(
+        goaway,
+        Some(0),
+        "after {streams} streams: no graceful GOAWAY"
+    );
+    assert!(
+        streams < 1000,
+        "{streams} streams were forwarded before GOAWAY"
+    );
     assert_eq!(server.ended("reset_flood").await, 1.0);
 }
