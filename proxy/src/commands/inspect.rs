@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use mtlsd_expiry::{CertFacts, Validity};
-use mtlsd_reload::{AuthUsage, PemContents, TrustBundle, TrustDomainSpec, read_pem};
+use mtlsd_reload::{
+    AuthUsage, MIN_RSA_BITS, PemContents, TrustBundle, TrustDomainSpec, read_pem, rsa_key_bits,
+};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -70,7 +72,7 @@ fn show_file(
     now: SystemTime,
 ) -> bool {
     let mut ok = true;
-    if contents.certs.is_empty() && contents.keys.is_empty() {
+    if contents.certs.is_empty() && contents.keys.is_empty() && contents.encrypted_keys == 0 {
         println!("{}: no certificates or private keys", path.display());
         return false;
     }
@@ -93,8 +95,25 @@ fn show_file(
             ok &= print_chain(&contents.certs, bundle, provider, now);
         }
     }
+    for _ in 0..contents.encrypted_keys {
+        println!(
+            "{}: private key, encrypted: mtlsd needs an unencrypted key",
+            path.display()
+        );
+        ok = false;
+    }
     for key in &contents.keys {
-        println!("{}: private key ({})", path.display(), key_kind(key));
+        let description = describe_key(key);
+        match rsa_key_bits(key) {
+            Some(bits) if bits < MIN_RSA_BITS => {
+                println!(
+                    "{}: private key ({description}: too small, mtlsd needs at least {MIN_RSA_BITS} bits)",
+                    path.display()
+                );
+                ok = false;
+            }
+            _ => println!("{}: private key ({description})", path.display()),
+        }
         let matching: Vec<String> = leaves
             .iter()
             .filter(|(_, cert)| key_matches(cert, key, provider))
@@ -195,6 +214,15 @@ fn key_matches(
                 .is_ok()
         })
         .unwrap_or(false)
+}
+
+/// "PKCS#8 RSA 2048 bits", "SEC1 EC", …
+fn describe_key(key: &PrivateKeyDer<'_>) -> String {
+    match (key, rsa_key_bits(key)) {
+        (PrivateKeyDer::Pkcs8(_), Some(bits)) => format!("PKCS#8 RSA {bits} bits"),
+        (_, Some(bits)) => format!("{} {bits} bits", key_kind(key)),
+        (_, None) => key_kind(key).to_owned(),
+    }
 }
 
 fn key_kind(key: &PrivateKeyDer<'_>) -> &'static str {
