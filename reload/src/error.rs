@@ -71,6 +71,11 @@ pub enum MaterialError {
         subject: String,
         not_before: SystemTime,
     },
+    #[error(
+        "{path}: certificate {subject} is a CA certificate, not a host certificate; \
+         identity.cert must be this host's own certificate, issued by the CA"
+    )]
+    CaAsHostCertificate { path: PathBuf, subject: String },
     #[error("{path}: certificate does not chain to trust domain '{domain}': {reason}")]
     NotChained {
         path: PathBuf,

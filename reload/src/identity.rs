@@ -91,6 +91,13 @@ impl Identity {
             }
         }
 
+        if let Some(leaf) = leaf.as_ref().filter(|leaf| leaf.is_ca) {
+            problems.push(MaterialError::CaAsHostCertificate {
+                path: spec.cert.clone(),
+                subject: leaf.subject.clone(),
+            });
+        }
+
         // Comparing keys against an unparsable leaf would only add a
         // misleading "mismatch" to the real problem.
         let certified = match (chain.filter(|_| leaf.is_some()), key) {
@@ -250,6 +257,15 @@ mod tests {
     use crate::pem::tests::pkcs1_with_modulus_bits;
 
     fn load(cert_pem: &str, key_pem: &str) -> Result<Identity, Vec<MaterialError>> {
+        load_with_bundle(cert_pem, key_pem, None)
+    }
+
+    /// Loads the pair, checking its chain against `bundle_pem` when given.
+    fn load_with_bundle(
+        cert_pem: &str,
+        key_pem: &str,
+        bundle_pem: Option<&str>,
+    ) -> Result<Identity, Vec<MaterialError>> {
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, text: &str| {
             let path = dir.path().join(name);
@@ -264,9 +280,19 @@ mod tests {
             host: None,
             insecure_key_permissions: false,
         };
+        let bundle = bundle_pem.map(|pem| {
+            let spec = crate::TrustDomainSpec {
+                name: "mesh".to_owned(),
+                bundle: vec![write("ca.pem", pem)],
+                version: None,
+                crl: Vec::new(),
+                crl_unknown_status: crate::CrlUnknownStatus::Allow,
+            };
+            TrustBundle::load(&spec, SystemTime::now()).unwrap()
+        });
         Identity::load(
             &spec,
-            None,
+            bundle.as_ref(),
             RequiredUsage::default(),
             &crate::provider(),
             SystemTime::now(),
@@ -291,6 +317,21 @@ mod tests {
         );
         // And the check leaves a good key alone.
         assert!(load(&leaf.cert_pem, &leaf.key_pem).is_ok());
+    }
+
+    #[test]
+    fn a_ca_certificate_as_the_host_certificate_says_so() {
+        let ca = CertificateAuthority::new("mesh ca").unwrap();
+        for bundle in [None, Some(ca.cert_pem())] {
+            let problems = load_with_bundle(ca.cert_pem(), ca.key_pem(), bundle).unwrap_err();
+            let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            assert_eq!(shown.len(), 1, "{shown:?}");
+            assert!(
+                shown[0].contains("is a CA certificate, not a host certificate"),
+                "{shown:?}"
+            );
+            assert!(!shown[0].contains("CaUsedAsEndEntity"), "{shown:?}");
+        }
     }
 
     fn pem_text(label: &str, der: &[u8]) -> String {
