@@ -149,6 +149,34 @@ fn startup_refuses_each_bad_input_and_names_it() {
 }
 
 #[test]
+fn a_port_in_use_is_named_once_with_its_listener() {
+    let setup = Setup::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = format!(
+        "{}[[inbound]]\nname = \"in\"\nlisten = \"{}\"\nupstream = \"127.0.0.1:9\"\n",
+        material_toml(&setup.host, &setup.ca),
+        taken.local_addr().unwrap()
+    );
+    let config = setup.pki.write("mtlsd.toml", &text, 0o600);
+    let args = run_args(&config);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (status, _, stderr) = run_to_end(&args, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.matches("Address already in use").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "listener 'in': cannot listen on {}: Address already in use",
+            taken.local_addr().unwrap()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_exit_codes_and_every_problem_listed() {
     let setup = Setup::new();
     let config = setup.config("127.0.0.1:9", "");
