@@ -17,6 +17,7 @@ use mtlsd_devca::{CertificateAuthority, LeafSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use super::out::outln;
 use crate::config::Config;
 
 pub(super) async fn dev(
@@ -45,7 +46,7 @@ pub(super) async fn dev(
     tokio::spawn(echo_server(echo));
 
     let banner = banner(&dir, &ports, &files);
-    super::run::serve(&config, move || println!("{banner}")).await
+    super::run::serve(&config, move || outln!("{banner}")).await
 }
 
 struct Ports {
