@@ -577,6 +577,66 @@ async fn dev_mode_runs_a_working_pair() {
     );
     assert_eq!(check.0.code(), Some(0), "{}", check.2);
 
+    // The hints name this binary by its path and work as printed, with no
+    // mtlsd on PATH: the round trip, inspect, check, status and metrics.
+    let hints: Vec<String> = mtlsd
+        .stdout_seen
+        .iter()
+        .map(|line| line.trim().to_owned())
+        .filter(|line| {
+            line.starts_with(&format!("{} ", env!("CARGO_BIN_EXE_mtlsd")))
+                || line.starts_with("curl ")
+                || line.starts_with("exec 3<>")
+        })
+        .collect();
+    for verb in [
+        " inspect ",
+        " check ",
+        " status --admin ",
+        "/metrics",
+        "/dev/tcp/",
+    ] {
+        assert!(
+            hints.iter().any(|h| h.contains(verb)),
+            "no {verb:?} hint in {hints:?}"
+        );
+    }
+    for hint in &hints {
+        let output = tokio::task::spawn_blocking({
+            let hint = hint.clone();
+            move || {
+                std::process::Command::new("bash")
+                    .args(["-c", &hint])
+                    .env("PATH", "/usr/bin:/bin")
+                    .stdin(Stdio::null())
+                    .output()
+                    .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{hint}: {:?}\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // After the round trips above, status shows the dev host as a peer
+        // with its inventory roles.
+        if hint.contains(" status --admin ") {
+            assert!(
+                stdout
+                    .lines()
+                    .any(|l| l.starts_with("dev-host") && l.contains("echo-client,echo-server")),
+                "{stdout}"
+            );
+        }
+        if hint.contains("/dev/tcp/") {
+            assert_eq!(stdout.trim(), "hello", "{hint}");
+        }
+    }
+
     mtlsd.signal(Signal::SIGINT);
     assert_eq!(mtlsd.exited(SOON).await.code(), Some(0));
 }
