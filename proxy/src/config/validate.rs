@@ -901,7 +901,7 @@ impl Validator {
 }
 
 /// `/pkg.Service/Method`, `/pkg.Service/Prefix*` and `/pkg.Service/*`.
-fn parse_route_path(path: &str) -> Option<(String, MethodPattern)> {
+pub fn parse_route_path(path: &str) -> Option<(String, MethodPattern)> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     let ident = |s: &str| {
         !s.is_empty()
