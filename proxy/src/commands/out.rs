@@ -27,7 +27,7 @@ fn format() -> LogFormat {
     FORMAT.get().copied().unwrap_or(LogFormat::Text)
 }
 
-/// Writes to stdout; see [`outln!`](crate::commands::out::outln).
+/// Writes to stdout; `outln!` and `out!` call this.
 pub fn stdout(args: fmt::Arguments<'_>) {
     write_to(&mut io::stdout().lock(), &STDOUT_GONE, args);
 }
