@@ -19,8 +19,8 @@ export PATH="$PATH:/usr/local/bin"
 
 if ! command -v python3 >/dev/null 2>&1; then
     if [ "$(id -u)" -eq 0 ]; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 >/dev/null
+        "$repo/scripts/apt-quiet" update
+        "$repo/scripts/apt-quiet" install python3
     else
         echo "error: python3 is missing; install the Debian package 'python3'" >&2
         exit 1

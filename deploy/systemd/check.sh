@@ -54,10 +54,10 @@ need() {
         exit 1
     fi
     if [ -z "$apt_updated" ]; then
-        apt-get update -qq
+        "$repo/scripts/apt-quiet" update
         apt_updated=1
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+    "$repo/scripts/apt-quiet" install "$2"
 }
 
 need systemd-analyze systemd

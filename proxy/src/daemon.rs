@@ -28,30 +28,32 @@ use crate::metrics::{RequestMetrics, StateCollector};
 use crate::peers::PeerBook;
 use crate::reloading::{AuditLog, ReloadMetrics, ReloadOutcome, ReloadRequest, Reloader, Trigger};
 
+/// Why start-up stopped. The OS error is each variant's source, not part
+/// of its message: `{:#}` prints the chain, so it appears once.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Material(#[from] MaterialErrors),
-    #[error("listener '{name}': cannot listen on {addr}: {source}")]
+    #[error("listener '{name}': cannot listen on {addr}")]
     Bind {
         name: String,
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("admin endpoint: cannot listen on {addr}: {source}")]
+    #[error("admin endpoint: cannot listen on {addr}")]
     AdminBind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("audit log {path}: {source}")]
+    #[error("cannot open the audit log {path}")]
     Audit {
         path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("metrics: {0}")]
+    #[error("metrics")]
     Metrics(#[from] prometheus::Error),
     #[error("{cert}: {reason}; install a new certificate before starting mtlsd")]
     OwnCertificateRevoked {

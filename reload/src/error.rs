@@ -9,6 +9,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+use crate::pem::DerKind;
+
 /// One problem with one piece of TLS material.
 #[derive(Debug, thiserror::Error)]
 pub enum MaterialError {
@@ -20,6 +22,22 @@ pub enum MaterialError {
     },
     #[error("{path}: malformed PEM: {reason}")]
     Pem { path: PathBuf, reason: String },
+    #[error(
+        "{path}: this looks like DER (binary), but mtlsd reads PEM; convert it with \
+         `{}`", holds.convert_command(path)
+    )]
+    Der { path: PathBuf, holds: DerKind },
+    #[error(
+        "{path}: the private key is encrypted; mtlsd needs an \
+         unencrypted key: decrypt it with `openssl pkey -in {path} -out DECRYPTED.key` \
+         and keep it mode 0600"
+    )]
+    EncryptedKey { path: PathBuf },
+    #[error(
+        "{path}: the RSA key has {bits} bits, too small; mtlsd needs at least {} bits",
+        crate::pem::MIN_RSA_BITS
+    )]
+    RsaKeyTooSmall { path: PathBuf, bits: usize },
     #[error("{path}: no CERTIFICATE block found{found}")]
     NoCertificate { path: PathBuf, found: FoundInstead },
     #[error("{path}: certificate #{index} is not valid X.509: {reason}")]
@@ -53,6 +71,11 @@ pub enum MaterialError {
         subject: String,
         not_before: SystemTime,
     },
+    #[error(
+        "{path}: certificate {subject} is a CA certificate, not a host certificate; \
+         identity.cert must be this host's own certificate, issued by the CA"
+    )]
+    CaAsHostCertificate { path: PathBuf, subject: String },
     #[error("{path}: certificate does not chain to trust domain '{domain}': {reason}")]
     NotChained {
         path: PathBuf,
@@ -108,6 +131,21 @@ pub enum MaterialError {
     UnknownTrustDomain { domain: String },
     #[error("cannot build TLS configuration for '{listener}': {reason}")]
     TlsConfig { listener: String, reason: String },
+}
+
+impl DerKind {
+    /// The OpenSSL command that writes `path` as PEM.
+    fn convert_command(self, path: &std::path::Path) -> String {
+        let tool = match self {
+            Self::Certificate => "x509",
+            Self::Key => "pkey",
+        };
+        format!(
+            "openssl {tool} -inform DER -outform PEM -in {} -out {}.pem",
+            path.display(),
+            path.display()
+        )
+    }
 }
 
 /// What a file held when it did not hold what we wanted; rendered as a

@@ -16,7 +16,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
 
 use crate::error::MaterialError;
-use crate::pem::{read_certs, read_key};
+use crate::pem::{MIN_RSA_BITS, read_certs, read_key, rsa_key_bits};
 use crate::trust::{AuthUsage, ChainError, TrustBundle};
 
 /// Where this host's certificate and key live.
@@ -91,6 +91,13 @@ impl Identity {
             }
         }
 
+        if let Some(leaf) = leaf.as_ref().filter(|leaf| leaf.is_ca) {
+            problems.push(MaterialError::CaAsHostCertificate {
+                path: spec.cert.clone(),
+                subject: leaf.subject.clone(),
+            });
+        }
+
         // Comparing keys against an unparsable leaf would only add a
         // misleading "mismatch" to the real problem.
         let certified = match (chain.filter(|_| leaf.is_some()), key) {
@@ -147,6 +154,13 @@ fn certify(
     key: rustls_pki_types::PrivateKeyDer<'static>,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, MaterialError> {
+    // The provider refuses these too, in words that do not say why.
+    if let Some(bits) = rsa_key_bits(&key).filter(|bits| *bits < MIN_RSA_BITS) {
+        return Err(MaterialError::RsaKeyTooSmall {
+            path: spec.key.clone(),
+            bits,
+        });
+    }
     let signing_key =
         provider
             .key_provider
@@ -230,4 +244,118 @@ fn check_chain(
         }
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use mtlsd_devca::{CertificateAuthority, LeafSpec};
+    use rustls_pki_types::PrivatePkcs1KeyDer;
+
+    use super::*;
+    use crate::pem::tests::pkcs1_with_modulus_bits;
+
+    fn load(cert_pem: &str, key_pem: &str) -> Result<Identity, Vec<MaterialError>> {
+        load_with_bundle(cert_pem, key_pem, None)
+    }
+
+    /// Loads the pair, checking its chain against `bundle_pem` when given.
+    fn load_with_bundle(
+        cert_pem: &str,
+        key_pem: &str,
+        bundle_pem: Option<&str>,
+    ) -> Result<Identity, Vec<MaterialError>> {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            path
+        };
+        let spec = IdentitySpec {
+            cert: write("host.crt", cert_pem),
+            key: write("host.key", key_pem),
+            trust_domain: "mesh".to_owned(),
+            host: None,
+            insecure_key_permissions: false,
+        };
+        let bundle = bundle_pem.map(|pem| {
+            let spec = crate::TrustDomainSpec {
+                name: "mesh".to_owned(),
+                bundle: vec![write("ca.pem", pem)],
+                version: None,
+                crl: Vec::new(),
+                crl_unknown_status: crate::CrlUnknownStatus::Allow,
+            };
+            TrustBundle::load(&spec, SystemTime::now()).unwrap()
+        });
+        Identity::load(
+            &spec,
+            bundle.as_ref(),
+            RequiredUsage::default(),
+            &crate::provider(),
+            SystemTime::now(),
+        )
+    }
+
+    #[test]
+    fn a_small_rsa_key_is_refused_with_its_size() {
+        let ca = CertificateAuthority::new("mesh ca").unwrap();
+        let leaf = ca.issue(&LeafSpec::new("host", &["localhost"])).unwrap();
+        let key = PrivatePkcs1KeyDer::from(pkcs1_with_modulus_bits(1024));
+        let key_pem = pem_text("RSA PRIVATE KEY", key.secret_pkcs1_der());
+        let problems = load(&leaf.cert_pem, &key_pem).unwrap_err();
+        let [problem] = problems.as_slice() else {
+            panic!("{problems:?}");
+        };
+        assert!(
+            problem.to_string().ends_with(
+                "host.key: the RSA key has 1024 bits, too small; mtlsd needs at least 2048 bits"
+            ),
+            "{problem}"
+        );
+        // And the check leaves a good key alone.
+        assert!(load(&leaf.cert_pem, &leaf.key_pem).is_ok());
+    }
+
+    #[test]
+    fn a_ca_certificate_as_the_host_certificate_says_so() {
+        let ca = CertificateAuthority::new("mesh ca").unwrap();
+        for bundle in [None, Some(ca.cert_pem())] {
+            let problems = load_with_bundle(ca.cert_pem(), ca.key_pem(), bundle).unwrap_err();
+            let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            assert_eq!(shown.len(), 1, "{shown:?}");
+            assert!(
+                shown[0].contains("is a CA certificate, not a host certificate"),
+                "{shown:?}"
+            );
+            assert!(!shown[0].contains("CaUsedAsEndEntity"), "{shown:?}");
+        }
+    }
+
+    fn pem_text(label: &str, der: &[u8]) -> String {
+        let body = base64(der);
+        format!("-----BEGIN {label}-----\n{body}\n-----END {label}-----\n")
+    }
+
+    fn base64(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
 }

@@ -101,18 +101,24 @@ impl RoleInventory {
     /// Reads and validates `path`, reporting every problem with its host
     /// and field.
     pub fn load(path: &Path) -> Result<Self, Vec<MaterialError>> {
-        let problem = |field: &str, reason: String| MaterialError::Inventory {
-            path: path.to_owned(),
-            field: field.to_owned(),
-            reason,
-        };
         let bytes = std::fs::read(path).map_err(|source| {
             vec![MaterialError::Read {
                 path: path.to_owned(),
                 source,
             }]
         })?;
-        let text = String::from_utf8(bytes.clone())
+        Self::parse(path, &bytes)
+    }
+
+    /// Validates `bytes`, the contents of `path` (which names the file in
+    /// problems and picks TOML or YAML by its extension).
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self, Vec<MaterialError>> {
+        let problem = |field: &str, reason: String| MaterialError::Inventory {
+            path: path.to_owned(),
+            field: field.to_owned(),
+            reason,
+        };
+        let text = String::from_utf8(bytes.to_vec())
             .map_err(|_| vec![problem("(file)", "is not UTF-8 text".to_owned())])?;
         let format = match path.extension().and_then(|e| e.to_str()) {
             Some("yaml" | "yml") => config::FileFormat::Yaml,
@@ -240,7 +246,7 @@ impl RoleInventory {
             hosts,
             by_san,
             revoked,
-            fingerprint: Fingerprint::of(&bytes),
+            fingerprint: Fingerprint::of(bytes),
         })
     }
 

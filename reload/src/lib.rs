@@ -27,7 +27,7 @@ pub use error::{FoundInstead, MaterialError, MaterialErrors};
 pub use generation::{Generation, MaterialSpec};
 pub use identity::{Identity, IdentitySpec};
 pub use inventory::{InventoryDelta, InventoryHost, RoleInventory};
-pub use pem::{PemContents, read_pem};
+pub use pem::{DerKind, MIN_RSA_BITS, PemContents, parse_pem, read_pem, rsa_key_bits};
 pub use policy::{
     HandshakeReport, MethodPattern, PeerIdentity, PeerPolicy, Refusal, RequestDecision, RouteRule,
     Stage, UsePolicy, Verdict, observe,

@@ -119,12 +119,15 @@ impl TrustBundle {
                     "CA certificate in trust bundle is outside its validity window"
                 );
             }
-            if let Err(e) = roots.add(ca.der.clone()) {
-                problems.push(MaterialError::BadTrustAnchor {
+            // What `RootCertStore::add` does, keeping webpki's reason to
+            // put into words.
+            match webpki::anchor_from_trusted_cert(&ca.der) {
+                Ok(anchor) => roots.roots.push(anchor.to_owned()),
+                Err(e) => problems.push(MaterialError::BadTrustAnchor {
                     path: ca.path.clone(),
                     subject: ca.facts.subject.clone(),
-                    reason: e.to_string(),
-                });
+                    reason: describe(&e),
+                }),
             }
         }
         if cas.is_empty() && problems.is_empty() {
@@ -529,8 +532,71 @@ pub fn describe(error: &webpki::Error) -> String {
         E::InvalidCrlSignatureForPublicKey => {
             "a CRL's signature does not verify against its issuer".to_owned()
         }
-        other => format!("{other}"),
+        other => describe_rest(other),
     }
+}
+
+/// The variants an operator meets rarely, in words all the same: only a
+/// webpki release newer than this list falls back to the variant's name.
+fn describe_rest(error: &webpki::Error) -> String {
+    use webpki::Error as E;
+    #[allow(deprecated)]
+    let text = match error {
+        E::InvalidCertValidity => "its validity period is invalid (not-after is before not-before)",
+        E::CertDistrusted => "its public key is explicitly distrusted",
+        E::RequiredEkuNotFound | E::RequiredEkuNotFoundContext(_) => {
+            "its extended key usage does not allow this use"
+        }
+        E::EmptyEkuExtension => "it has an extended key usage extension that allows nothing",
+        E::PathLenConstraintViolated => {
+            "the chain is longer than a CA's path length constraint allows"
+        }
+        E::NameConstraintViolation => "it violates a CA's name constraints",
+        E::MaximumSignatureChecksExceeded | E::MaximumNameConstraintComparisonsExceeded => {
+            "the chain is too complex to verify (too many candidate issuers or name constraints)"
+        }
+        E::UnsupportedCertVersion => "it is not an X.509 v3 certificate",
+        E::UnsupportedCriticalExtension => {
+            "it has a critical extension that mtlsd does not understand"
+        }
+        E::SignatureAlgorithmMismatch => {
+            "its signature algorithm does not match the one its body names"
+        }
+        E::UnsupportedSignatureAlgorithm | E::UnsupportedSignatureAlgorithmContext(_) => {
+            "it is signed with an algorithm mtlsd does not accept (use ECDSA P-256/P-384, \
+             Ed25519, or RSA with SHA-256 or better)"
+        }
+        E::UnsupportedSignatureAlgorithmForPublicKey
+        | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
+            "its signature algorithm does not fit the issuer's key, or the key type is not \
+             supported (DSA, for example)"
+        }
+        E::TrailingData(_) => "it has trailing bytes after the DER (a damaged file?)",
+        E::ExtensionValueInvalid | E::MalformedExtensions => "it has a malformed extension",
+        E::MalformedDnsIdentifier => "it has a malformed DNS name",
+        E::MalformedNameConstraint | E::InvalidNetworkMaskConstraint => {
+            "a CA has a malformed name constraint"
+        }
+        E::InvalidSerialNumber => "its serial number is invalid (negative or longer than 20 bytes)",
+        E::UnsupportedNameType => "the name to check it against is of an unsupported type",
+        E::CrlExpired { .. } => "a CRL is past its next update",
+        E::InvalidCrlNumber
+        | E::IssuerNotCrlSigner
+        | E::UnsupportedCrlIssuingDistributionPoint
+        | E::UnsupportedCrlVersion
+        | E::UnsupportedDeltaCrl
+        | E::UnsupportedIndirectCrl
+        | E::UnsupportedRevocationReason
+        | E::UnsupportedRevocationReasonsPartitioning
+        | E::UnsupportedCrlSignatureAlgorithm
+        | E::UnsupportedCrlSignatureAlgorithmContext(_)
+        | E::UnsupportedCrlSignatureAlgorithmForPublicKey
+        | E::UnsupportedCrlSignatureAlgorithmForPublicKeyContext(_) => {
+            "a CRL of the bundle is of a kind mtlsd cannot use"
+        }
+        other => return format!("refused by the verifier ({other})"),
+    };
+    text.to_owned()
 }
 
 #[cfg(test)]
@@ -602,6 +668,68 @@ mod tests {
                     "{crl:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_ca_checked_as_a_leaf_is_refused_in_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::new("mesh ca").unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, ca.cert_pem()).unwrap();
+        let spec = TrustDomainSpec {
+            name: "mesh".into(),
+            bundle: vec![path],
+            version: None,
+            crl: Vec::new(),
+            crl_unknown_status: CrlUnknownStatus::Allow,
+        };
+        let bundle = TrustBundle::load(&spec, SystemTime::now()).unwrap();
+        let verdict = bundle.verify_chain_at(
+            std::slice::from_ref(ca.cert_der()),
+            AuthUsage::Server,
+            &crate::provider(),
+            SystemTime::now(),
+        );
+        let Err(error) = verdict else {
+            panic!("{verdict:?}");
+        };
+        let shown = error.to_string();
+        assert!(shown.contains("CA certificate"), "{shown}");
+        assert!(!shown.contains("CaUsedAsEndEntity"), "{shown}");
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn webpki_errors_are_sentences_not_variant_names() {
+        for (error, name) in [
+            (webpki::Error::CaUsedAsEndEntity, "CaUsedAsEndEntity"),
+            (webpki::Error::EndEntityUsedAsCa, "EndEntityUsedAsCa"),
+            (webpki::Error::BadDer, "BadDer"),
+            (webpki::Error::UnknownIssuer, "UnknownIssuer"),
+            (
+                webpki::Error::PathLenConstraintViolated,
+                "PathLenConstraintViolated",
+            ),
+            (
+                webpki::Error::UnsupportedCriticalExtension,
+                "UnsupportedCriticalExtension",
+            ),
+            (
+                webpki::Error::UnsupportedCertVersion,
+                "UnsupportedCertVersion",
+            ),
+            (
+                webpki::Error::TrailingData(webpki::DerTypeId::Certificate),
+                "TrailingData",
+            ),
+            (webpki::Error::MalformedExtensions, "MalformedExtensions"),
+            (webpki::Error::InvalidSerialNumber, "InvalidSerialNumber"),
+            (webpki::Error::RequiredEkuNotFound, "RequiredEkuNotFound"),
+        ] {
+            let words = describe(&error);
+            assert!(!words.contains(name), "{words}");
+            assert!(words.contains(' '), "{words}");
         }
     }
 }

@@ -77,10 +77,10 @@ need_apt() {
     # need_apt COMMAND PACKAGE
     command -v "$1" >/dev/null 2>&1 && return 0
     if [ -z "$apt_updated" ]; then
-        apt-get update -qq
+        "$repo/scripts/apt-quiet" update
         apt_updated=1
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+    "$repo/scripts/apt-quiet" install "$2"
 }
 need_apt openssl openssl
 need_apt setpriv util-linux

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use mtlsd_reload::Generation;
 
+use super::out::{self, Level, outln};
 use crate::config::{Config, ConfigError};
 
 pub(super) fn check(config_path: &Path, strict: bool) -> anyhow::Result<ExitCode> {
@@ -19,20 +20,23 @@ pub(super) fn check(config_path: &Path, strict: bool) -> anyhow::Result<ExitCode
     let generation = match Generation::load(&config.material_spec(), SystemTime::now()) {
         Ok(generation) => generation,
         Err(problems) => {
-            eprintln!(
-                "mtlsd check: {} problem(s) with TLS material:",
-                problems.len()
+            out::report(
+                Level::Error,
+                "check",
+                &format!("{} problem(s) with TLS material:", problems.len()),
+                &problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
             );
-            for problem in problems.iter() {
-                eprintln!("  - {problem}");
-            }
             return Ok(ExitCode::FAILURE);
         }
     };
 
     if let Some(revoked) = generation.own_revocation() {
-        eprintln!("mtlsd check: 1 problem with TLS material:");
-        eprintln!("  - {}: {revoked}", config.identity.cert.display());
+        out::report(
+            Level::Error,
+            "check",
+            "1 problem with TLS material:",
+            &[format!("{}: {revoked}", config.identity.cert.display())],
+        );
         return Ok(ExitCode::FAILURE);
     }
     let warnings = generation
@@ -40,26 +44,31 @@ pub(super) fn check(config_path: &Path, strict: bool) -> anyhow::Result<ExitCode
         .map(|inventory| config.role_warnings(inventory))
         .unwrap_or_default();
     for warning in &warnings {
-        eprintln!("mtlsd check: warning: {warning}");
+        out::report(Level::Warn, "check", &format!("warning: {warning}"), &[]);
     }
     if strict && !warnings.is_empty() {
-        eprintln!(
-            "mtlsd check: {} warning(s), and --strict makes them problems",
-            warnings.len()
+        out::report(
+            Level::Error,
+            "check",
+            &format!(
+                "{} warning(s), and --strict makes them problems",
+                warnings.len()
+            ),
+            &[],
         );
         return Ok(ExitCode::FAILURE);
     }
 
-    println!("{}: ok", config_path.display());
+    outln!("{}: ok", config_path.display());
     let leaf = generation.identity().leaf();
-    println!(
+    outln!(
         "  identity   {} (serial {}, expires {})",
         leaf.subject,
         leaf.serial_hex,
         humantime::format_rfc3339_seconds(leaf.not_after)
     );
     for (name, bundle) in generation.bundles() {
-        println!(
+        outln!(
             "  trust      {name}: {} CA(s), version {}, sha256 {}",
             bundle.cas().len(),
             bundle.version().unwrap_or("-"),
@@ -67,7 +76,7 @@ pub(super) fn check(config_path: &Path, strict: bool) -> anyhow::Result<ExitCode
         );
     }
     for listener in config.listeners() {
-        println!(
+        outln!(
             "  listener   {} {} {} {} -> {} (trust domain {})",
             listener.name,
             listener.direction,
@@ -83,15 +92,13 @@ pub(super) fn check(config_path: &Path, strict: bool) -> anyhow::Result<ExitCode
 fn report_config_error(e: &ConfigError) {
     match e {
         ConfigError::Invalid { path, problems } => {
-            eprintln!(
-                "mtlsd check: {} problem(s) in {}:",
-                problems.len(),
-                path.display()
+            out::report(
+                Level::Error,
+                "check",
+                &format!("{} problem(s) in {}:", problems.len(), path.display()),
+                &problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
             );
-            for problem in problems {
-                eprintln!("  - {problem}");
-            }
         }
-        other => eprintln!("mtlsd check: {other}"),
+        other => out::report(Level::Error, "check", &other.to_string(), &[]),
     }
 }

@@ -5,9 +5,13 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use mtlsd_expiry::{CertFacts, Validity};
-use mtlsd_reload::{AuthUsage, PemContents, TrustBundle, TrustDomainSpec, read_pem};
+use mtlsd_reload::{
+    AuthUsage, MIN_RSA_BITS, PemContents, TrustBundle, TrustDomainSpec, read_pem, rsa_key_bits,
+};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::out::{self, Level, outln};
 
 pub(super) fn inspect(files: &[PathBuf], bundles: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let now = SystemTime::now();
@@ -28,7 +32,7 @@ pub(super) fn inspect(files: &[PathBuf], bundles: &[PathBuf]) -> anyhow::Result<
             Ok(bundle) => Some(bundle),
             Err(problems) => {
                 for problem in problems {
-                    eprintln!("mtlsd inspect: {problem}");
+                    out::report(Level::Error, "inspect", &problem.to_string(), &[]);
                 }
                 return Ok(ExitCode::FAILURE);
             }
@@ -40,7 +44,7 @@ pub(super) fn inspect(files: &[PathBuf], bundles: &[PathBuf]) -> anyhow::Result<
         match read_pem(file) {
             Ok(contents) => read.push((file.as_path(), contents)),
             Err(e) => {
-                eprintln!("mtlsd inspect: {e}");
+                out::report(Level::Error, "inspect", &e.to_string(), &[]);
                 ok = false;
             }
         }
@@ -70,17 +74,17 @@ fn show_file(
     now: SystemTime,
 ) -> bool {
     let mut ok = true;
-    if contents.certs.is_empty() && contents.keys.is_empty() {
-        println!("{}: no certificates or private keys", path.display());
+    if contents.certs.is_empty() && contents.keys.is_empty() && contents.encrypted_keys == 0 {
+        outln!("{}: no certificates or private keys", path.display());
         return false;
     }
     let total = contents.certs.len();
     for (index, der) in contents.certs.iter().enumerate() {
-        println!("{}: certificate {} of {total}", path.display(), index + 1);
+        outln!("{}: certificate {} of {total}", path.display(), index + 1);
         let facts = match CertFacts::from_der(der) {
             Ok(facts) => facts,
             Err(e) => {
-                println!("  error:       {e}");
+                outln!("  error:       {e}");
                 ok = false;
                 continue;
             }
@@ -93,31 +97,48 @@ fn show_file(
             ok &= print_chain(&contents.certs, bundle, provider, now);
         }
     }
+    for _ in 0..contents.encrypted_keys {
+        outln!(
+            "{}: private key, encrypted: mtlsd needs an unencrypted key",
+            path.display()
+        );
+        ok = false;
+    }
     for key in &contents.keys {
-        println!("{}: private key ({})", path.display(), key_kind(key));
+        let description = describe_key(key);
+        match rsa_key_bits(key) {
+            Some(bits) if bits < MIN_RSA_BITS => {
+                outln!(
+                    "{}: private key ({description}: too small, mtlsd needs at least {MIN_RSA_BITS} bits)",
+                    path.display()
+                );
+                ok = false;
+            }
+            _ => outln!("{}: private key ({description})", path.display()),
+        }
         let matching: Vec<String> = leaves
             .iter()
             .filter(|(_, cert)| key_matches(cert, key, provider))
             .map(|(p, _)| p.display().to_string())
             .collect();
         if matching.is_empty() {
-            println!("  matches:     no certificate given here");
+            outln!("  matches:     no certificate given here");
         } else {
-            println!("  matches:     {}", matching.join(", "));
+            outln!("  matches:     {}", matching.join(", "));
         }
     }
     for other in &contents.other {
-        println!("{}: {other} section (ignored)", path.display());
+        outln!("{}: {other} section (ignored)", path.display());
     }
     ok
 }
 
 fn print_facts(facts: &CertFacts, now: SystemTime) {
-    println!("  subject:     {}", facts.subject);
-    println!("  issuer:      {}", facts.issuer);
-    println!("  serial:      {}", facts.serial_hex);
-    println!("  sha256:      {}", facts.fingerprint);
-    println!(
+    outln!("  subject:     {}", facts.subject);
+    outln!("  issuer:      {}", facts.issuer);
+    outln!("  serial:      {}", facts.serial_hex);
+    outln!("  sha256:      {}", facts.fingerprint);
+    outln!(
         "  not before:  {}",
         humantime::format_rfc3339_seconds(facts.not_before)
     );
@@ -128,12 +149,12 @@ fn print_facts(facts: &CertFacts, now: SystemTime) {
             format!("NOT YET VALID, starts in {}", days(facts.not_before, now))
         }
     };
-    println!(
+    outln!(
         "  not after:   {} ({window})",
         humantime::format_rfc3339_seconds(facts.not_after)
     );
     let sans: Vec<String> = facts.sans.iter().map(ToString::to_string).collect();
-    println!(
+    outln!(
         "  SANs:        {}",
         if sans.is_empty() {
             "(none)".to_owned()
@@ -141,7 +162,7 @@ fn print_facts(facts: &CertFacts, now: SystemTime) {
             sans.join(", ")
         }
     );
-    println!("  CA:          {}", if facts.is_ca { "yes" } else { "no" });
+    outln!("  CA:          {}", if facts.is_ca { "yes" } else { "no" });
     let usage = match (facts.server_auth, facts.client_auth) {
         (None, None) => "any (no extended key usage)".to_owned(),
         (server, client) => {
@@ -159,7 +180,7 @@ fn print_facts(facts: &CertFacts, now: SystemTime) {
             }
         }
     };
-    println!("  usage:       {usage}");
+    outln!("  usage:       {usage}");
 }
 
 fn print_chain(
@@ -173,9 +194,9 @@ fn print_chain(
         match bundle.verify_chain_at(chain, usage, provider, now) {
             Ok(_) => {
                 any = true;
-                println!("  chains:      yes, for {} auth", usage.as_str());
+                outln!("  chains:      yes, for {} auth", usage.as_str());
             }
-            Err(e) => println!("  chains:      no, for {} auth: {e}", usage.as_str()),
+            Err(e) => outln!("  chains:      no, for {} auth: {e}", usage.as_str()),
         }
     }
     any
@@ -195,6 +216,15 @@ fn key_matches(
                 .is_ok()
         })
         .unwrap_or(false)
+}
+
+/// "PKCS#8 RSA 2048 bits", "SEC1 EC", …
+fn describe_key(key: &PrivateKeyDer<'_>) -> String {
+    match (key, rsa_key_bits(key)) {
+        (PrivateKeyDer::Pkcs8(_), Some(bits)) => format!("PKCS#8 RSA {bits} bits"),
+        (_, Some(bits)) => format!("{} {bits} bits", key_kind(key)),
+        (_, None) => key_kind(key).to_owned(),
+    }
 }
 
 fn key_kind(key: &PrivateKeyDer<'_>) -> &'static str {

@@ -4,6 +4,7 @@ mod admin_client;
 mod check;
 mod dev;
 mod inspect;
+pub mod out;
 mod reload;
 mod run;
 mod status;

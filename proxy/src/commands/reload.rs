@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use http::{Method, StatusCode};
 
 use super::admin_client::{self, AdminError};
+use super::out::{self, Level, outln};
 
 /// Exit code when no daemon answered.
 const NOT_RUNNING: u8 = 3;
@@ -20,7 +21,7 @@ pub(super) async fn reload(admin: Option<SocketAddr>, config: &Path) -> anyhow::
     let (status, body) = match admin_client::call(&target, Method::POST, "/reload").await {
         Ok(reply) => reply,
         Err(e @ AdminError::Unreachable { .. }) => {
-            eprintln!("mtlsd reload: {e}");
+            out::report(Level::Error, "reload", &e.to_string(), &[]);
             return Ok(ExitCode::from(NOT_RUNNING));
         }
         Err(e) => return Err(e.into()),
@@ -31,19 +32,29 @@ pub(super) async fn reload(admin: Option<SocketAddr>, config: &Path) -> anyhow::
     let generation = outcome["generation"].as_u64().unwrap_or(0);
     match status {
         StatusCode::OK if result == "restart_required" => {
-            println!("reload {result}: generation {generation}");
-            eprintln!("mtlsd reload: applied what it could; restart mtlsd to apply the rest:");
+            outln!("reload {result}: generation {generation}");
+            out::report(
+                Level::Warn,
+                "reload",
+                "applied what it could; restart mtlsd to apply the rest:",
+                &[],
+            );
             print_refused(&outcome);
             Ok(ExitCode::from(RESTART_REQUIRED))
         }
         StatusCode::OK => {
-            println!("reload {result}: generation {generation}");
+            outln!("reload {result}: generation {generation}");
             print_refused(&outcome);
             Ok(ExitCode::SUCCESS)
         }
         _ => {
             let reason = outcome["reason"].as_str().unwrap_or("no reason given");
-            eprintln!("mtlsd reload: rejected, still serving generation {generation}: {reason}");
+            out::report(
+                Level::Error,
+                "reload",
+                &format!("rejected, still serving generation {generation}: {reason}"),
+                &[],
+            );
             print_refused(&outcome);
             Ok(ExitCode::FAILURE)
         }
@@ -53,7 +64,7 @@ pub(super) async fn reload(admin: Option<SocketAddr>, config: &Path) -> anyhow::
 fn print_refused(outcome: &serde_json::Value) {
     for refused in outcome["refused"].as_array().into_iter().flatten() {
         if let Some(text) = refused.as_str() {
-            eprintln!("  needs a restart: {text}");
+            out::detail(Level::Warn, "reload", &format!("needs a restart: {text}"));
         }
     }
 }

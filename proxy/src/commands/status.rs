@@ -9,6 +9,7 @@ use http::{Method, StatusCode};
 use serde_json::Value;
 
 use super::admin_client::{self, AdminError};
+use super::out::{self, Level, out, outln};
 
 /// Exit code when no daemon answered.
 const NOT_RUNNING: u8 = 3;
@@ -23,7 +24,7 @@ pub(super) async fn status(
     let (code, body) = match admin_client::call(&target, Method::GET, "/status").await {
         Ok(reply) => reply,
         Err(e @ AdminError::Unreachable { .. }) => {
-            eprintln!("mtlsd status: {e}");
+            out::report(Level::Error, "status", &e.to_string(), &[]);
             return Ok(ExitCode::from(NOT_RUNNING));
         }
         Err(e) => return Err(e.into()),
@@ -34,9 +35,9 @@ pub(super) async fn status(
     let status: Value = serde_json::from_slice(&body)
         .map_err(|e| anyhow::anyhow!("unexpected answer from {addr}: {e}"))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        outln!("{}", serde_json::to_string_pretty(&status)?);
     } else {
-        print!("{}", render(&status));
+        out!("{}", render(&status));
     }
     Ok(ExitCode::SUCCESS)
 }

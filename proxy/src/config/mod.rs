@@ -13,6 +13,7 @@
 
 mod raw;
 mod validate;
+pub use validate::parse_route_path;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -53,10 +53,6 @@ pub(super) fn parse(
         .build()
         .map_err(|e| parse_error(e.to_string()))?;
 
-    let mut unknown = Vec::new();
-    let raw: RawConfig = serde_ignored::deserialize(merged, |key| unknown.push(key.to_string()))
-        .map_err(|e| parse_error(e.to_string()))?;
-
     let mut v = Validator {
         problems: Vec::new(),
         base_dir: path.parent().map(Path::to_owned).unwrap_or_default(),
@@ -65,6 +61,24 @@ pub(super) fn parse(
             .map(|var| (env_key(var), var.clone()))
             .collect(),
     };
+    let mut unknown = Vec::new();
+    let raw: RawConfig =
+        match serde_ignored::deserialize(merged, |key| unknown.push(key.to_string())) {
+            Ok(raw) => raw,
+            // A value of the wrong type stops deserialising; report it as
+            // a problem with its key, like every other.
+            Err(e) => match keyed_type_error(&e) {
+                Some((key, message)) => {
+                    v.problem(&key, message);
+                    return Err(ConfigError::Invalid {
+                        path: path.to_owned(),
+                        problems: v.problems,
+                    });
+                }
+                None => return Err(parse_error(e.to_string())),
+            },
+        };
+
     for key in unknown {
         v.problem(&dotted(&key), "unknown key".to_owned());
     }
@@ -76,6 +90,39 @@ pub(super) fn parse(
             problems: v.problems,
         }),
     }
+}
+
+/// The key and the complaint of a type error (`max_connections = "x"`),
+/// with the key written as the file reads (`inbound[0].max_connections`;
+/// the config crate joins an index and the next key without a dot).
+fn keyed_type_error(error: &config::ConfigError) -> Option<(String, String)> {
+    let (key, message) = match error {
+        config::ConfigError::Type {
+            unexpected,
+            expected,
+            key: Some(key),
+            ..
+        } => (
+            key,
+            format!("invalid type: {unexpected}, expected {expected}"),
+        ),
+        config::ConfigError::At {
+            error,
+            key: Some(key),
+            ..
+        } => (key, error.to_string()),
+        _ => return None,
+    };
+    let mut dotted = String::with_capacity(key.len() + 4);
+    let mut after_index = false;
+    for c in key.chars() {
+        if after_index && c != '.' && c != '[' {
+            dotted.push('.');
+        }
+        after_index = c == ']';
+        dotted.push(c);
+    }
+    Some((dotted, message))
 }
 
 /// `MTLSD_TRUST_DOMAINS__MESH__VERSION` → `trust_domains.mesh.version`.
@@ -854,7 +901,7 @@ impl Validator {
 }
 
 /// `/pkg.Service/Method`, `/pkg.Service/Prefix*` and `/pkg.Service/*`.
-fn parse_route_path(path: &str) -> Option<(String, MethodPattern)> {
+pub fn parse_route_path(path: &str) -> Option<(String, MethodPattern)> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     let ident = |s: &str| {
         !s.is_empty()
@@ -1138,6 +1185,34 @@ mod tests {
         assert!(
             err.to_string().starts_with("/etc/mtlsd/mtlsd.toml: "),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn type_errors_name_the_key_as_the_file_writes_it() {
+        for (text, key) in [
+            (
+                format!("{GOOD}\n[[inbound]]\nname = \"x\"\nmax_connections = \"x\"\n"),
+                "inbound[1].max_connections",
+            ),
+            (
+                GOOD.replace("max_connections = 64", "max_connections = \"many\""),
+                "outbound[0].max_connections",
+            ),
+            (
+                format!("{GOOD}\n[runtime]\nworker_threads = \"two\"\n"),
+                "runtime.worker_threads",
+            ),
+        ] {
+            let found = problems(&text, &[]);
+            assert_eq!(keys(&found), [key], "{found:?}");
+            assert!(found[0].message.contains("invalid type"), "{found:?}");
+        }
+        let found = problems(GOOD, &[("MTLSD_RUNTIME__WORKER_THREADS", "[1]")]);
+        assert_eq!(
+            found[0].from_env.as_deref(),
+            Some("MTLSD_RUNTIME__WORKER_THREADS"),
+            "{found:?}"
         );
     }
 

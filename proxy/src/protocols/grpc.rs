@@ -34,6 +34,7 @@ use tokio::net::TcpStream;
 
 use super::activity::{Activity, TrackStreams, Watched};
 use super::coalesce::Coalescing;
+use super::grpc_wire::{grpc_timeout, split_path};
 use super::handshake;
 use super::identity_headers::{self, ConnectionIdentity};
 use super::pool::UpstreamTarget;
@@ -377,33 +378,6 @@ async fn forward(
                 &format!("mtlsd cannot reach the {what}: {cause}"),
             )
         }
-    })
-}
-
-/// `/pkg.Service/Method` → (`pkg.Service`, `Method`).
-fn split_path(path: &str) -> Option<(&str, &str)> {
-    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-    (!service.is_empty() && !method.is_empty() && !method.contains('/'))
-        .then_some((service, method))
-}
-
-/// `grpc-timeout: 250m` → 250 ms. Malformed values are ignored (the
-/// upstream sees them and decides).
-fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
-    if value.len() < 2 || value.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = value.split_at(value.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.checked_mul(3600)?),
-        "M" => Duration::from_secs(n.checked_mul(60)?),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
     })
 }
 

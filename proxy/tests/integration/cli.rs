@@ -3,6 +3,7 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use mtlsd_devca::{CertificateAuthority, LeafSpec};
@@ -149,6 +150,34 @@ fn startup_refuses_each_bad_input_and_names_it() {
 }
 
 #[test]
+fn a_port_in_use_is_named_once_with_its_listener() {
+    let setup = Setup::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = format!(
+        "{}[[inbound]]\nname = \"in\"\nlisten = \"{}\"\nupstream = \"127.0.0.1:9\"\n",
+        material_toml(&setup.host, &setup.ca),
+        taken.local_addr().unwrap()
+    );
+    let config = setup.pki.write("mtlsd.toml", &text, 0o600);
+    let args = run_args(&config);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (status, _, stderr) = run_to_end(&args, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.matches("Address already in use").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "listener 'in': cannot listen on {}: Address already in use",
+            taken.local_addr().unwrap()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_exit_codes_and_every_problem_listed() {
     let setup = Setup::new();
     let config = setup.config("127.0.0.1:9", "");
@@ -244,6 +273,153 @@ fn inspect_reports_facts_and_chain_status() {
         stdout.contains("no certificates or private keys"),
         "{stdout}"
     );
+}
+
+/// The real binary with exactly these arguments (no `--log-format` added),
+/// stdin closed, stderr captured.
+fn mtlsd_command(args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mtlsd"));
+    command
+        .args(args)
+        .env_remove("MTLSD_LOG_FORMAT")
+        .env_remove("NO_COLOR")
+        .env("MTLSD_LOG", "info")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+fn assert_no_panic(what: &str, output: &std::process::Output) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(101), "{what}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{what}: {stderr}");
+}
+
+#[test]
+fn a_closed_stdout_ends_the_output_quietly() {
+    let setup = Setup::new();
+    let config = setup.config("127.0.0.1:9", "");
+    let cert = setup.host.cert.display().to_string();
+    let ca = setup.ca.display().to_string();
+    let config = config.display().to_string();
+    // Enough files that the output is many times a pipe buffer (64 KiB).
+    let mut inspect = vec!["inspect", "--bundle", ca.as_str()];
+    inspect.extend(std::iter::repeat_n(cert.as_str(), 300));
+    let commands: Vec<Vec<&str>> = vec![
+        inspect.clone(),
+        vec!["check", "--config", &config],
+        vec!["--help"],
+    ];
+
+    // The reader is gone before the first write.
+    for args in &commands {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = mtlsd_command(args)
+            .stdout(Stdio::from(writer))
+            .output()
+            .unwrap();
+        assert_no_panic(args[0], &output);
+        assert_eq!(output.status.code(), Some(0), "{args:?}");
+    }
+
+    // The reader takes the first line, then goes, as `| head -1` does.
+    let mut child = mtlsd_command(&inspect)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert!(first.ends_with(": certificate 1 of 1\n"), "{first}");
+    drop(stdout);
+    let output = child.wait_with_output().unwrap();
+    assert_no_panic("inspect | head -1", &output);
+    assert_eq!(output.status.code(), Some(0));
+}
+
+#[test]
+fn a_log_written_to_a_file_has_no_colour_codes() {
+    let setup = Setup::new();
+    // A bundle with an expired CA next to a valid one logs a warning.
+    let now = mtlsd_devca::OffsetDateTime::now_utc();
+    let old = CertificateAuthority::with_validity(
+        "old ca",
+        now - Duration::from_secs(100 * 86_400),
+        now - Duration::from_secs(86_400),
+    )
+    .unwrap();
+    let bundle = setup.pki.write(
+        "rotation.pem",
+        &format!("{}{}", old.cert_pem(), setup.pki.ca.cert_pem()),
+        0o644,
+    );
+    let log = setup.pki.path("mtlsd.log");
+    let output = mtlsd_command(&[
+        "--log-format",
+        "text",
+        "inspect",
+        &setup.host.cert.display().to_string(),
+        "--bundle",
+        &bundle.display().to_string(),
+    ])
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap())
+    .status()
+    .unwrap();
+    assert_eq!(output.code(), Some(0));
+    let written = std::fs::read(&log).unwrap();
+    let text = String::from_utf8_lossy(&written);
+    assert!(
+        text.contains("CA certificate in trust bundle is outside its validity window"),
+        "{text}"
+    );
+    assert!(
+        !written.contains(&0x1b),
+        "escape codes in the log:\n{text:?}"
+    );
+}
+
+#[test]
+fn with_json_logs_command_errors_are_json_lines() {
+    let setup = Setup::new();
+    let der = setup.pki.path("host.der");
+    std::fs::write(&der, setup.host.issued.cert_der.as_ref()).unwrap();
+    let der = der.display().to_string();
+    let cases: [(&[&str], &str, &str); 3] = [
+        (
+            &["run", "--config", "/nonexistent/mtlsd.toml"],
+            "/nonexistent/mtlsd.toml",
+            "",
+        ),
+        (&["inspect", &der], "this looks like DER", "inspect"),
+        (
+            &["check", "--config", "/nonexistent/mtlsd.toml"],
+            "/nonexistent/mtlsd.toml",
+            "check",
+        ),
+    ];
+    for (args, expected, command) in cases {
+        let output = mtlsd_command(&[&["--log-format", "json"], args].concat())
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let last = stderr.lines().last().unwrap_or_default();
+        let line: serde_json::Value = serde_json::from_str(last)
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {stderr}"));
+        assert_eq!(line["level"], "ERROR", "{line}");
+        assert!(line["timestamp"].is_string(), "{line}");
+        assert!(
+            line["message"].as_str().unwrap().contains(expected),
+            "{line}"
+        );
+        if !command.is_empty() {
+            assert_eq!(line["command"], command, "{line}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,6 +576,66 @@ async fn dev_mode_runs_a_working_pair() {
         Duration::from_secs(20),
     );
     assert_eq!(check.0.code(), Some(0), "{}", check.2);
+
+    // The hints name this binary by its path and work as printed, with no
+    // mtlsd on PATH: the round trip, inspect, check, status and metrics.
+    let hints: Vec<String> = mtlsd
+        .stdout_seen
+        .iter()
+        .map(|line| line.trim().to_owned())
+        .filter(|line| {
+            line.starts_with(&format!("{} ", env!("CARGO_BIN_EXE_mtlsd")))
+                || line.starts_with("curl ")
+                || line.starts_with("exec 3<>")
+        })
+        .collect();
+    for verb in [
+        " inspect ",
+        " check ",
+        " status --admin ",
+        "/metrics",
+        "/dev/tcp/",
+    ] {
+        assert!(
+            hints.iter().any(|h| h.contains(verb)),
+            "no {verb:?} hint in {hints:?}"
+        );
+    }
+    for hint in &hints {
+        let output = tokio::task::spawn_blocking({
+            let hint = hint.clone();
+            move || {
+                std::process::Command::new("bash")
+                    .args(["-c", &hint])
+                    .env("PATH", "/usr/bin:/bin")
+                    .stdin(Stdio::null())
+                    .output()
+                    .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{hint}: {:?}\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // After the round trips above, status shows the dev host as a peer
+        // with its inventory roles.
+        if hint.contains(" status --admin ") {
+            assert!(
+                stdout
+                    .lines()
+                    .any(|l| l.starts_with("dev-host") && l.contains("echo-client,echo-server")),
+                "{stdout}"
+            );
+        }
+        if hint.contains("/dev/tcp/") {
+            assert_eq!(stdout.trim(), "hello", "{hint}");
+        }
+    }
 
     mtlsd.signal(Signal::SIGINT);
     assert_eq!(mtlsd.exited(SOON).await.code(), Some(0));
