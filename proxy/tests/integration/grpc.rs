@@ -408,8 +408,11 @@ async fn a_stalled_reader_does_not_make_mtlsd_buffer_the_stream() {
     // windows instead of mtlsd buffering the rest.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let grown = rss_bytes().saturating_sub(before);
+    // RSS is the whole test process's, and other tests run alongside
+    // (52 MiB was seen once against an earlier 48 MiB bound); buffering
+    // the stream would be 256 MiB.
     assert!(
-        grown < 48 * 1024 * 1024,
+        grown < 96 * 1024 * 1024,
         "RSS grew by {} MiB while the reader stalled",
         grown / (1024 * 1024)
     );
