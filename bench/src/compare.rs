@@ -216,7 +216,7 @@ async fn one_system(
             eprintln!("    {:>5.1}s {what}", t0.elapsed().as_secs_f64());
         }
     };
-    let pair = systems::start(kind, bins, m, up, true)?;
+    let pair = systems::start(kind, bins, m, &up.addrs, true)?;
     phase("started");
     let cpu = Cpu::of(&pair);
     // Everything of ours: this process (the generator), the upstream, the pair.
@@ -430,7 +430,7 @@ async fn reload_under_load(
     up: &Upstream,
     r: &mut Results,
 ) -> anyhow::Result<()> {
-    let pair = systems::start(Kind::Mtlsd, bins, m, up, false)?;
+    let pair = systems::start(Kind::Mtlsd, bins, m, &up.addrs, false)?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let addr = pair.endpoints.grpc_l7.context("grpc listener")?;
     let pids = [

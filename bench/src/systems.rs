@@ -24,7 +24,7 @@ use anyhow::{Context, bail};
 use mtlsd_devca::{CertificateAuthority, IssuedCert};
 
 use crate::support::{self, Daemon};
-use crate::upstream::Upstream;
+use crate::upstream::UpstreamAddrs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Kind {
@@ -304,7 +304,7 @@ pub(crate) fn start(
     kind: Kind,
     bins: &Binaries,
     m: &Material,
-    up: &Upstream,
+    up: &UpstreamAddrs,
     watch: bool,
 ) -> anyhow::Result<Pair> {
     let dir = tempfile::Builder::new()
@@ -395,6 +395,11 @@ impl Pair {
     }
 }
 
+/// One mtlsd listener: name, protocol, and where it forwards (the
+/// upstream on the server side, the server side's listener of the same
+/// name on the client side).
+type MtlsdListener = (&'static str, &'static str, SocketAddr);
+
 #[allow(clippy::too_many_arguments)]
 fn start_mtlsd(
     bins: &Binaries,
@@ -402,7 +407,7 @@ fn start_mtlsd(
     side: &str,
     m: &Material,
     identity: &[PathBuf; 3],
-    up: &Upstream,
+    up: &UpstreamAddrs,
     server: Option<&Daemon>,
     watch: bool,
 ) -> anyhow::Result<Daemon> {
@@ -412,6 +417,36 @@ fn start_mtlsd(
     let (crt, key) = mtlsd_identity_paths(dir, side);
     std::fs::copy(&identity[0], &crt)?;
     support::replace(&key, &std::fs::read_to_string(&identity[1])?, 0o600)?;
+    let inbound: [MtlsdListener; 4] = [
+        ("grpc", "grpc", up.grpc),
+        ("tcp-grpc", "tcp", up.grpc),
+        ("echo", "tcp", up.echo),
+        ("sink", "tcp", up.sink),
+    ];
+    let listeners = match server {
+        None => inbound.to_vec(),
+        Some(server) => inbound
+            .iter()
+            .map(|&(name, protocol, _)| Ok((name, protocol, server.addr(name)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    };
+    let text = mtlsd_config(dir, side, &m.ca_pem, watch, server.is_some(), &listeners);
+    let config = d.join("mtlsd.toml");
+    std::fs::write(&config, text)?;
+    Daemon::start(&bins.mtlsd, &config)
+}
+
+/// The config of one mtlsd side: `outbound` for the client side.
+fn mtlsd_config(
+    dir: &Path,
+    side: &str,
+    ca: &Path,
+    watch: bool,
+    outbound: bool,
+    listeners: &[MtlsdListener],
+) -> String {
+    let d = dir.join(side);
+    let (crt, key) = mtlsd_identity_paths(dir, side);
     let mut text = format!(
         "state_dir = {state:?}\n\
          [identity]\ncert = {crt:?}\nkey = {key:?}\n\
@@ -420,30 +455,21 @@ fn start_mtlsd(
          [reload]\nwatch = {watch}\n\
          [shutdown]\ndrain_timeout = \"1s\"\n",
         state = d.join("state"),
-        ca = m.ca_pem,
     );
-    let listeners: [(&str, &str, SocketAddr); 4] = [
-        ("grpc", "grpc", up.grpc),
-        ("tcp-grpc", "tcp", up.grpc),
-        ("echo", "tcp", up.echo),
-        ("sink", "tcp", up.sink),
-    ];
-    for (name, protocol, upstream) in listeners {
-        match server {
-            None => text.push_str(&format!(
+    for &(name, protocol, upstream) in listeners {
+        if outbound {
+            text.push_str(&format!(
+                "[[outbound]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n\
+                 server_name = \"localhost\"\nprotocol = \"{protocol}\"\nmax_connections = 8192\n"
+            ));
+        } else {
+            text.push_str(&format!(
                 "[[inbound]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n\
                  protocol = \"{protocol}\"\nmax_connections = 8192\n"
-            )),
-            Some(server) => text.push_str(&format!(
-                "[[outbound]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n\
-                 server_name = \"localhost\"\nprotocol = \"{protocol}\"\nmax_connections = 8192\n",
-                server.addr(name)?
-            )),
+            ));
         }
     }
-    let config = d.join("mtlsd.toml");
-    std::fs::write(&config, text)?;
-    Daemon::start(&bins.mtlsd, &config)
+    text
 }
 
 // ---------------------------------------------------------------- HAProxy
@@ -463,7 +489,7 @@ defaults
     timeout tunnel 5m
 ";
 
-fn haproxy_server(m: &Material, p: &Ports, up: &Upstream) -> String {
+fn haproxy_server(m: &Material, p: &Ports, up: &UpstreamAddrs) -> String {
     let crt = m.server[2].display();
     let ca = m.ca_pem.display();
     let ssl = format!("ssl crt {crt} ca-file {ca} verify required");
@@ -597,7 +623,7 @@ fn nginx_http_common(dir: &Path, side: &str) -> String {
     )
 }
 
-fn nginx_server(m: &Material, dir: &Path, p: &Ports, up: &Upstream) -> String {
+fn nginx_server(m: &Material, dir: &Path, p: &Ports, up: &UpstreamAddrs) -> String {
     let (crt, key, ca) = (
         m.server[0].display(),
         m.server[1].display(),
@@ -740,7 +766,7 @@ socket = r:TCP_NODELAY=1
     )
 }
 
-fn stunnel_server(m: &Material, dir: &Path, p: &Ports, up: &Upstream) -> String {
+fn stunnel_server(m: &Material, dir: &Path, p: &Ports, up: &UpstreamAddrs) -> String {
     let mut c = stunnel_global(dir, "server");
     for (name, port, upstream, resume) in [
         ("tcp-grpc", p.tcp_grpc, up.grpc, false),
@@ -849,4 +875,110 @@ pub(crate) async fn probe(addr: SocketAddr, m: &Material) -> anyhow::Result<serd
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(serde_json::Value::Object(out))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every system's generated configs, rendered for fixed ports and
+    //! paths, must equal the pinned files in `systems/testdata/` byte for
+    //! byte: a change to a peer's setup is then a visible diff there.
+    //! `BENCH_BLESS=1 cargo test -p mtlsd-bench` rewrites them.
+
+    use super::*;
+
+    const DIR: &str = "/run/mtlsd-bench/pair";
+
+    fn material() -> Material {
+        let ca = CertificateAuthority::new("bench CA").expect("test CA");
+        let client_leaf = support::leaf(&ca, "bench client host").expect("test leaf");
+        let certs = Path::new("/run/mtlsd-bench/certs");
+        let identity =
+            |name: &str| ["crt", "key", "pem"].map(|ext| certs.join(format!("{name}.{ext}")));
+        Material {
+            ca,
+            ca_pem: certs.join("ca.pem"),
+            server: identity("server"),
+            client: identity("client"),
+            client_leaf,
+        }
+    }
+
+    fn ports(base: u16) -> Ports {
+        Ports {
+            grpc: base + 1,
+            tcp_grpc: base + 2,
+            echo: base + 3,
+            echo_resume: base + 4,
+            sink: base + 5,
+        }
+    }
+
+    fn upstream() -> UpstreamAddrs {
+        UpstreamAddrs {
+            grpc: lo(23001),
+            echo: lo(23002),
+            sink: lo(23003),
+        }
+    }
+
+    fn assert_pinned(name: &str, rendered: &str) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/systems/testdata")
+            .join(name);
+        if std::env::var_os("BENCH_BLESS").is_some() {
+            std::fs::create_dir_all(path.parent().expect("testdata has a parent"))
+                .expect("create testdata");
+            std::fs::write(&path, rendered).expect("write fixture");
+        }
+        let pinned =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            pinned == rendered,
+            "{name} differs from {}:\n{rendered}",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn configs_match_the_pinned_renders() {
+        let m = material();
+        let dir = Path::new(DIR);
+        let (server, client) = (ports(21000), ports(22000));
+        let up = upstream();
+        let server_side = [
+            ("grpc", "grpc", up.grpc),
+            ("tcp-grpc", "tcp", up.grpc),
+            ("echo", "tcp", up.echo),
+            ("sink", "tcp", up.sink),
+        ];
+        let client_side = [
+            ("grpc", "grpc", lo(24001)),
+            ("tcp-grpc", "tcp", lo(24002)),
+            ("echo", "tcp", lo(24003)),
+            ("sink", "tcp", lo(24004)),
+        ];
+        assert_pinned(
+            "mtlsd-server.toml",
+            &mtlsd_config(dir, "server", &m.ca_pem, true, false, &server_side),
+        );
+        assert_pinned(
+            "mtlsd-client.toml",
+            &mtlsd_config(dir, "client", &m.ca_pem, false, true, &client_side),
+        );
+        assert_pinned("haproxy-server.cfg", &haproxy_server(&m, &server, &up));
+        assert_pinned("haproxy-client.cfg", &haproxy_client(&m, &client, &server));
+        assert_pinned("nginx-server.conf", &nginx_server(&m, dir, &server, &up));
+        assert_pinned(
+            "nginx-client.conf",
+            &nginx_client(&m, dir, &client, &server),
+        );
+        assert_pinned(
+            "stunnel-server.conf",
+            &stunnel_server(&m, dir, &server, &up),
+        );
+        assert_pinned(
+            "stunnel-client.conf",
+            &stunnel_client(&m, dir, &client, &server),
+        );
+    }
 }
