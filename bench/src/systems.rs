@@ -14,6 +14,7 @@
 //! The same certificates (ECDSA P-256 from mtlsd-devca), TLS 1.3 only,
 //! client certificates required and verified, server name checked.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -225,6 +226,37 @@ pub(crate) struct Binaries {
     pub(crate) haproxy: PathBuf,
     pub(crate) nginx: PathBuf,
     pub(crate) stunnel: PathBuf,
+}
+
+impl Binaries {
+    /// Versions of the peers, as their binaries print them.
+    pub(crate) fn versions(&self) -> BTreeMap<String, String> {
+        let first_line = |cmd: &Path, args: &[&str]| -> String {
+            std::process::Command::new(cmd)
+                .args(args)
+                .output()
+                .map(|o| {
+                    let mut t = String::from_utf8_lossy(&o.stdout).to_string();
+                    t.push_str(&String::from_utf8_lossy(&o.stderr));
+                    t.lines()
+                        .filter(|l| !l.trim().is_empty())
+                        .take(3)
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                })
+                .unwrap_or_else(|e| format!("unavailable: {e}"))
+        };
+        let mut v = BTreeMap::new();
+        v.insert("mtlsd".into(), first_line(&self.mtlsd, &["--version"]));
+        v.insert("haproxy".into(), first_line(&self.haproxy, &["-v"]));
+        v.insert("nginx".into(), first_line(&self.nginx, &["-V"]));
+        v.insert("stunnel".into(), first_line(&self.stunnel, &["-version"]));
+        v.insert(
+            "openssl".into(),
+            first_line(Path::new("openssl"), &["version"]),
+        );
+        v
+    }
 }
 
 fn free_port() -> anyhow::Result<u16> {
