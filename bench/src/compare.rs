@@ -372,7 +372,7 @@ async fn reload_under_load(
         while Instant::now() + secs(p.reload_every_s) <= end {
             tokio::time::sleep(secs(p.reload_every_s / 2.0)).await;
             for (side, pid) in ["client", "server"].into_iter().zip(pids) {
-                let (crt, key) = systems::mtlsd_identity_paths(&dir, side);
+                let (crt, key) = systems::mtlsd::identity_paths(&dir, side);
                 let next = support::leaf(&m.ca, &format!("bench {side} host, rotation {n}"))?;
                 support::replace(&key, &next.key_pem, 0o600)?;
                 support::replace(&crt, &next.cert_pem, 0o644)?;
