@@ -9,7 +9,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use crate::report::{Figure, Results, fmt};
+use crate::results::{Figure, Results, Stat, fmt};
 use crate::systems::Kind;
 
 const FONT_FILES: &[&str] = &[
@@ -108,7 +108,7 @@ pub(crate) fn draw(results: &Results, path: &Path) -> anyhow::Result<()> {
     }
     let panels = body.split_evenly((3, 4));
     for (area, figure) in panels.iter().zip(PANELS) {
-        let bars: Vec<(usize, Kind, crate::report::Stat)> = Kind::ALL
+        let bars: Vec<(usize, Kind, Stat)> = Kind::ALL
             .iter()
             .enumerate()
             .filter_map(|(i, &k)| results.stat(figure, k).map(|s| (i, k, s)))

@@ -5,7 +5,6 @@
 //! again — so slow drift of the machine spreads over all systems instead
 //! of landing on one. Each system is started fresh for each repetition.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -15,89 +14,11 @@ use nix::unistd::Pid;
 
 use crate::load::{self, Dial};
 use crate::procfs;
-use crate::report::{self, Figure, Results};
+use crate::results::{Figure, Params, Results};
 use crate::support;
 use crate::systems::{self, Binaries, Kind, Material, Pair};
 use crate::upstream::Upstream;
-
-/// Durations and sizes of one run.
-#[derive(Debug, Clone, serde::Serialize)]
-pub(crate) struct Params {
-    pub(crate) quick: bool,
-    pub(crate) reps: usize,
-    pub(crate) rate_rps: u32,
-    pub(crate) latency_warmup_s: f64,
-    pub(crate) latency_s: f64,
-    pub(crate) max_rate_connections: usize,
-    pub(crate) max_rate_in_flight_per_connection: usize,
-    pub(crate) max_rate_warmup_s: f64,
-    pub(crate) max_rate_s: f64,
-    pub(crate) bulk_s: f64,
-    pub(crate) connections_concurrency: usize,
-    pub(crate) connections_s: f64,
-    pub(crate) held_connections: usize,
-    pub(crate) reload_s: f64,
-    pub(crate) reload_every_s: f64,
-    /// The systems to run, by name.
-    pub(crate) systems: Vec<String>,
-    /// The figure groups to measure, by name (see [`GROUPS`]).
-    pub(crate) figures: Vec<String>,
-}
-
-/// Figure groups `--figures` can pick.
-pub(crate) const GROUPS: [&str; 7] = [
-    "memory",
-    "latency",
-    "rate",
-    "bulk",
-    "connections",
-    "handshakes",
-    "reload",
-];
-
-impl Params {
-    fn wants(&self, group: &str) -> bool {
-        self.figures.iter().any(|g| g == group)
-    }
-}
-
-impl Params {
-    pub(crate) fn new(quick: bool, reps: Option<usize>) -> Self {
-        let mut p = Self {
-            quick,
-            reps: 5,
-            rate_rps: 1000,
-            latency_warmup_s: 1.0,
-            latency_s: 10.0,
-            max_rate_connections: 4,
-            max_rate_in_flight_per_connection: 16,
-            max_rate_warmup_s: 1.0,
-            max_rate_s: 5.0,
-            bulk_s: 4.0,
-            connections_concurrency: 16,
-            connections_s: 4.0,
-            held_connections: 1000,
-            reload_s: 10.0,
-            reload_every_s: 1.0,
-            systems: Kind::ALL.iter().map(|k| k.name().to_owned()).collect(),
-            figures: GROUPS.iter().map(|&g| g.to_owned()).collect(),
-        };
-        if quick {
-            p.reps = 1;
-            p.latency_warmup_s = 0.3;
-            p.latency_s = 2.0;
-            p.max_rate_warmup_s = 0.3;
-            p.max_rate_s = 1.5;
-            p.bulk_s = 1.0;
-            p.connections_s = 1.0;
-            p.reload_s = 3.0;
-        }
-        if let Some(r) = reps {
-            p.reps = r;
-        }
-        p
-    }
-}
+use crate::{chart, report};
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
@@ -197,6 +118,7 @@ pub(crate) async fn run(
     results.finish(started.elapsed());
     let base = out_dir.join(date);
     report::write(&results, &base)?;
+    chart::draw(&results, &base.with_extension("png"))?;
     Ok(base)
 }
 
@@ -216,7 +138,7 @@ async fn one_system(
             eprintln!("    {:>5.1}s {what}", t0.elapsed().as_secs_f64());
         }
     };
-    let pair = systems::start(kind, bins, m, up, true)?;
+    let pair = systems::start(kind, bins, m, &up.addrs, true)?;
     phase("started");
     let cpu = Cpu::of(&pair);
     // Everything of ours: this process (the generator), the upstream, the pair.
@@ -260,7 +182,12 @@ async fn one_system(
             kind,
             busy_s.saturating_sub(idle_s) as f64 / n,
         );
-        r.note_anon(kind, &pair);
+        let anon = |side: &Option<systems::Instance>| {
+            side.as_ref()
+                .map(|i| procfs::rss_anon_kib(&i.pids()))
+                .unwrap_or(0)
+        };
+        r.note_anon(kind, anon(&pair.client), anon(&pair.server));
         drop(held);
         tokio::time::sleep(Duration::from_millis(500)).await;
         if rep == 0
@@ -430,7 +357,7 @@ async fn reload_under_load(
     up: &Upstream,
     r: &mut Results,
 ) -> anyhow::Result<()> {
-    let pair = systems::start(Kind::Mtlsd, bins, m, up, false)?;
+    let pair = systems::start(Kind::Mtlsd, bins, m, &up.addrs, false)?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let addr = pair.endpoints.grpc_l7.context("grpc listener")?;
     let pids = [
@@ -445,7 +372,7 @@ async fn reload_under_load(
         while Instant::now() + secs(p.reload_every_s) <= end {
             tokio::time::sleep(secs(p.reload_every_s / 2.0)).await;
             for (side, pid) in ["client", "server"].into_iter().zip(pids) {
-                let (crt, key) = systems::mtlsd_identity_paths(&dir, side);
+                let (crt, key) = systems::mtlsd::identity_paths(&dir, side);
                 let next = support::leaf(&m.ca, &format!("bench {side} host, rotation {n}"))?;
                 support::replace(&key, &next.key_pem, 0o600)?;
                 support::replace(&crt, &next.cert_pem, 0o644)?;
@@ -472,33 +399,4 @@ async fn reload_under_load(
     r.add(Figure::ReloadMax, Kind::Mtlsd, lat.ms(1.0));
     r.reloads_per_run = reloads.get();
     Ok(())
-}
-
-/// Versions of the peers, as their binaries print them.
-pub(crate) fn versions(bins: &Binaries) -> BTreeMap<String, String> {
-    let first_line = |cmd: &Path, args: &[&str]| -> String {
-        std::process::Command::new(cmd)
-            .args(args)
-            .output()
-            .map(|o| {
-                let mut t = String::from_utf8_lossy(&o.stdout).to_string();
-                t.push_str(&String::from_utf8_lossy(&o.stderr));
-                t.lines()
-                    .filter(|l| !l.trim().is_empty())
-                    .take(3)
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            })
-            .unwrap_or_else(|e| format!("unavailable: {e}"))
-    };
-    let mut v = BTreeMap::new();
-    v.insert("mtlsd".into(), first_line(&bins.mtlsd, &["--version"]));
-    v.insert("haproxy".into(), first_line(&bins.haproxy, &["-v"]));
-    v.insert("nginx".into(), first_line(&bins.nginx, &["-V"]));
-    v.insert("stunnel".into(), first_line(&bins.stunnel, &["-version"]));
-    v.insert(
-        "openssl".into(),
-        first_line(Path::new("openssl"), &["version"]),
-    );
-    v
 }

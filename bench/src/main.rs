@@ -12,6 +12,7 @@ mod load;
 mod procfs;
 mod reload;
 mod report;
+mod results;
 mod support;
 mod systems;
 mod upstream;
@@ -109,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
                 nginx,
                 stunnel,
             };
-            let mut params = compare::Params::new(quick, reps);
+            let mut params = results::Params::new(quick, reps);
             if let Some(held) = held {
                 params.held_connections = held.max(1);
             }
@@ -119,11 +120,11 @@ async fn main() -> anyhow::Result<()> {
             if !figures.is_empty() {
                 if let Some(bad) = figures
                     .iter()
-                    .find(|f| !compare::GROUPS.contains(&f.as_str()))
+                    .find(|f| !results::GROUPS.contains(&f.as_str()))
                 {
                     anyhow::bail!(
                         "unknown figure group {bad:?}; known: {}",
-                        compare::GROUPS.join(",")
+                        results::GROUPS.join(",")
                     );
                 }
                 params.figures = figures;

@@ -86,13 +86,19 @@ fn sink_one(mut stream: std::net::TcpStream) {
     let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
+/// Where the upstream servers listen: what a server side forwards to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UpstreamAddrs {
+    pub(crate) grpc: SocketAddr,
+    pub(crate) echo: SocketAddr,
+    pub(crate) sink: SocketAddr,
+}
+
 /// A running upstream process; it exits when this is dropped.
 #[derive(Debug)]
 pub(crate) struct Upstream {
     child: Child,
-    pub(crate) grpc: SocketAddr,
-    pub(crate) echo: SocketAddr,
-    pub(crate) sink: SocketAddr,
+    pub(crate) addrs: UpstreamAddrs,
 }
 
 impl Upstream {
@@ -118,9 +124,11 @@ impl Upstream {
             Ok(v[k].as_str().context("address")?.parse()?)
         };
         Ok(Self {
-            grpc: addr("grpc")?,
-            echo: addr("echo")?,
-            sink: addr("sink")?,
+            addrs: UpstreamAddrs {
+                grpc: addr("grpc")?,
+                echo: addr("echo")?,
+                sink: addr("sink")?,
+            },
             child,
         })
     }
