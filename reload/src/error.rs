@@ -9,8 +9,6 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use crate::pem::DerKind;
-
 /// One problem with one piece of TLS material.
 #[derive(Debug, thiserror::Error)]
 pub enum MaterialError {
@@ -35,7 +33,7 @@ pub enum MaterialError {
     EncryptedKey { path: PathBuf },
     #[error(
         "{path}: the RSA key has {bits} bits, too small; mtlsd needs at least {} bits",
-        crate::pem::MIN_RSA_BITS
+        MIN_RSA_BITS
     )]
     RsaKeyTooSmall { path: PathBuf, bits: usize },
     #[error("{path}: no CERTIFICATE block found{found}")]
@@ -131,6 +129,17 @@ pub enum MaterialError {
     UnknownTrustDomain { domain: String },
     #[error("cannot build TLS configuration for '{listener}': {reason}")]
     TlsConfig { listener: String, reason: String },
+}
+
+/// The smallest RSA key mtlsd signs with (what the crypto provider accepts,
+/// and what current guidance asks for).
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// What a DER file seems to hold, for the conversion command to suggest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DerKind {
+    Certificate,
+    Key,
 }
 
 impl DerKind {

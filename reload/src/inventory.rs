@@ -33,7 +33,7 @@ use mtlsd_expiry::{CertFacts, Fingerprint, SubjectAltName};
 use serde::Deserialize;
 
 use crate::error::MaterialError;
-use crate::policy::Refusal;
+use crate::refusal::Refusal;
 
 /// One host of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]

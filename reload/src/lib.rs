@@ -17,17 +17,19 @@ mod identity;
 mod inventory;
 mod pem;
 mod policy;
+mod provider;
+mod refusal;
 mod store;
 mod tls;
 mod trust;
 mod verify;
 
 pub use crl::{CrlUnknownStatus, LoadedCrl};
-pub use error::{FoundInstead, MaterialError, MaterialErrors};
+pub use error::{DerKind, FoundInstead, MaterialError, MaterialErrors};
 pub use generation::{Generation, MaterialSpec};
 pub use identity::{Identity, IdentitySpec};
 pub use inventory::{InventoryDelta, InventoryHost, RoleInventory};
-pub use pem::{DerKind, MIN_RSA_BITS, PemContents, parse_pem, read_pem, rsa_key_bits};
+pub use pem::{MIN_RSA_BITS, PemContents, parse_pem, read_pem, rsa_key_bits};
 pub use policy::{
     HandshakeReport, MethodPattern, PeerIdentity, PeerPolicy, Refusal, RequestDecision, RouteRule,
     Stage, UsePolicy, Verdict, observe,

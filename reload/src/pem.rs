@@ -15,7 +15,8 @@ use rustls_pki_types::{
 
 use mtlsd_expiry::CertFacts;
 
-use crate::error::{FoundInstead, MaterialError};
+pub use crate::error::MIN_RSA_BITS;
+use crate::error::{DerKind, FoundInstead, MaterialError};
 
 /// Upper bound on what we read from one material file: a bundle of a few
 /// hundred CAs fits many times over; anything bigger is not TLS material.
@@ -139,17 +140,6 @@ fn looks_like_der(bytes: &[u8]) -> bool {
         && !contains(bytes, b"-----BEGIN ")
         && bytes.iter().any(|b| !b.is_ascii())
 }
-
-/// What a DER file seems to hold, for the conversion command to suggest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DerKind {
-    Certificate,
-    Key,
-}
-
-/// The smallest RSA key mtlsd signs with (what the crypto provider accepts,
-/// and what current guidance asks for).
-pub const MIN_RSA_BITS: usize = 2048;
 
 /// The size in bits of an RSA private key's modulus; `None` for other key
 /// types, or when the DER cannot be read that far (loading then says why).

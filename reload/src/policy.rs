@@ -25,7 +25,6 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
-use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -33,52 +32,8 @@ use mtlsd_expiry::CertFacts;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::inventory::{InventoryHost, RoleInventory};
-use crate::tls::ServerVerification;
+pub use crate::refusal::Refusal;
 use crate::trust::{AuthUsage, ChainError, NameCheck, TrustBundle};
-
-/// Why a peer was refused, as a small closed set: the same value is the
-/// log's `reason`, the metrics label and what tests assert on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Refusal {
-    /// The chain does not lead to a CA of the trust domain.
-    UnknownCa,
-    Expired,
-    NotYetValid,
-    /// Revoked by a CRL or by the inventory's `[[revoked]]` list.
-    Revoked,
-    /// The server's certificate is not valid for the name we dialled.
-    NameMismatch,
-    /// Some other defect in the presented certificate.
-    BadCertificate,
-    /// None of the certificate's SANs belongs to an inventory host.
-    SanNotInInventory,
-    /// The SANs point at more than one host.
-    AmbiguousHost,
-    /// The host holds none of the roles this listener (or route) allows.
-    RoleNotAllowed,
-}
-
-impl Refusal {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::UnknownCa => "unknown_ca",
-            Self::Expired => "expired",
-            Self::NotYetValid => "not_yet_valid",
-            Self::Revoked => "revoked",
-            Self::NameMismatch => "name_mismatch",
-            Self::BadCertificate => "bad_certificate",
-            Self::SanNotInInventory => "san_not_in_inventory",
-            Self::AmbiguousHost => "ambiguous_host",
-            Self::RoleNotAllowed => "role_not_allowed",
-        }
-    }
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A refusal, with what the refused certificate claimed (for the log).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +98,18 @@ fn report(update: impl FnOnce(&mut HandshakeReport)) {
 
 pub(crate) fn report_completed() {
     report(|r| r.completed = true);
+}
+
+/// How much of the server's certificate an outbound use checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ServerVerification {
+    /// Chain to the trust bundle and valid for the server name.
+    #[default]
+    Full,
+    /// Chain to the trust bundle; any name (databases addressed by IP).
+    CaOnly,
+    /// Nothing: only under an `insecure_`-named option.
+    InsecureNone,
 }
 
 /// Which methods of a service a route covers.
@@ -299,7 +266,7 @@ impl UsePolicy {
         let issuer = if self.verify == ServerVerification::InsecureNone {
             None
         } else {
-            let provider = crate::tls::provider();
+            let provider = crate::provider::provider();
             match self
                 .bundle
                 .verify_chain(chain, self.usage, name, &provider, now)

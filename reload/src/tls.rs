@@ -9,15 +9,16 @@
 //!
 //! [`Generation`]: crate::Generation
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use rustls::crypto::CryptoProvider;
 use rustls::server::{StoresServerSessions, WebPkiClientVerifier};
 use rustls::sign::SingleCertAndKey;
 use rustls::{ClientConfig, ServerConfig, SupportedProtocolVersion};
 
 use crate::identity::Identity;
+pub use crate::policy::ServerVerification;
 use crate::policy::{PeerPolicy, UsePolicy};
+pub use crate::provider::provider;
 use crate::verify::{PolicyClientVerifier, PolicyServerVerifier};
 
 /// Whether a server-side use asks peers for a certificate.
@@ -48,18 +49,6 @@ pub enum TlsSide {
     },
 }
 
-/// How much of the server's certificate an outbound use checks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum ServerVerification {
-    /// Chain to the trust bundle and valid for the server name.
-    #[default]
-    Full,
-    /// Chain to the trust bundle; any name (databases addressed by IP).
-    CaOnly,
-    /// Nothing: only under an `insecure_`-named option.
-    InsecureNone,
-}
-
 /// One place that needs a TLS config: a listener, keyed by its name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsUse {
@@ -75,14 +64,6 @@ pub struct TlsUse {
 pub struct TlsSettings {
     /// TLS 1.3 only unless this is set; then 1.2 is accepted too.
     pub allow_tls12: bool,
-}
-
-/// The crypto provider every config uses: aws-lc-rs, with its defaults.
-pub fn provider() -> Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .clone()
 }
 
 fn versions(settings: TlsSettings) -> &'static [&'static SupportedProtocolVersion] {

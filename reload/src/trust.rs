@@ -24,7 +24,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use crate::crl::{CrlUnknownStatus, LoadedCrl};
 use crate::error::MaterialError;
 use crate::pem::read_certs;
-use crate::policy::Refusal;
+use crate::refusal::Refusal;
 
 /// Where a trust domain's CAs (and CRLs) come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -631,7 +631,7 @@ mod tests {
         let new_crl = write(&dir, "new.crl", &new.crl(&[], next).unwrap());
         let old_leaf = old.issue(&LeafSpec::new("a", &["a.test"])).unwrap();
         let new_leaf = new.issue(&LeafSpec::new("b", &["b.test"])).unwrap();
-        let provider = crate::tls::provider();
+        let provider = crate::provider::provider();
         for crl in [
             vec![new_crl.clone()],
             vec![old_crl.clone()],

@@ -17,7 +17,8 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::policy::{Refusal, Stage, UsePolicy, record_admitted, record_refusal};
+use crate::policy::{Stage, UsePolicy, record_admitted, record_refusal};
+use crate::refusal::Refusal;
 
 /// The handshake-signature checks, the same on both sides.
 macro_rules! handshake_signatures {
