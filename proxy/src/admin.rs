@@ -20,8 +20,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::DaemonState;
 use crate::reloading::{ReloadRequest, ReloadResult, Trigger};
+use crate::state::DaemonState;
 
 #[derive(Debug, Clone)]
 pub struct AdminState {

@@ -1,4 +1,7 @@
-//! Counting the bytes that cross the wire to and from the remote side.
+//! A listener's counters — handshakes, refusals by class, connections,
+//! and the bytes that cross the wire to and from the remote side — kept
+//! as plain atomics next to the code that counts them; metrics and
+//! `/status` read them at scrape time.
 
 use std::io;
 use std::pin::Pin;
@@ -8,7 +11,9 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::listener::ListenerStats;
+use std::sync::atomic::AtomicU64;
+
+use crate::reject::RejectReason;
 
 /// Wraps the socket of the remote side (the TLS side) of a connection;
 /// counts bytes received and sent as they move, so long-lived connections
@@ -68,5 +73,86 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountingIo<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Counters for one listener, kept next to the code that counts them.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    handshakes_started: AtomicU64,
+    handshakes: AtomicU64,
+    refused: [AtomicU64; RejectReason::ALL.len()],
+    connections_total: AtomicU64,
+    connections_active: AtomicU64,
+    /// From the remote side (the TLS side), on the wire.
+    pub(crate) bytes_received: AtomicU64,
+    /// To the remote side, on the wire.
+    pub(crate) bytes_sent: AtomicU64,
+}
+
+/// Counts a connection as active until dropped.
+#[derive(Debug)]
+pub struct ActiveConnection(Arc<ListenerStats>);
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        self.0.connections_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ListenerStats {
+    pub(crate) fn handshake_started(&self) {
+        self.handshakes_started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn handshake_ok(&self) {
+        self.handshakes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn refused(&self, reason: RejectReason) {
+        self.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connection_opened(self: &Arc<Self>) -> ActiveConnection {
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+        self.connections_active.fetch_add(1, Ordering::Relaxed);
+        ActiveConnection(self.clone())
+    }
+
+    /// Connections accepted so far, and open now.
+    pub fn connections(&self) -> (u64, u64) {
+        (
+            self.connections_total.load(Ordering::Relaxed),
+            self.connections_active.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Bytes received from and sent to the remote side so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.bytes_received.load(Ordering::Relaxed),
+            self.bytes_sent.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Refused handshakes of every class.
+    pub fn total_refusals(&self) -> u64 {
+        self.refused.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Handshakes started (completed, failed, or still running).
+    pub fn handshakes_attempted(&self) -> u64 {
+        self.handshakes_started.load(Ordering::Relaxed)
+    }
+
+    /// Handshakes that completed and whose peer was admitted (a peer that
+    /// resets the connection right after completing counts here too).
+    pub fn handshakes(&self) -> u64 {
+        self.handshakes.load(Ordering::Relaxed)
+    }
+
+    /// Refused handshakes for `reason`.
+    pub fn refusals(&self, reason: RejectReason) -> u64 {
+        self.refused[reason as usize].load(Ordering::Relaxed)
     }
 }

@@ -9,8 +9,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use mtlsd_reload::{Generation, MaterialErrors, MaterialStore};
@@ -18,15 +18,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::admin;
-use crate::config::{Config, ExpiryConfig, ListenerConfig};
+use crate::config::Config;
 use crate::connections::ConnectionRegistry;
-use crate::listener::{self, Lifecycle, ListenerContext, ListenerStats};
-use crate::metrics::{RequestMetrics, StateCollector};
-use crate::peers::PeerBook;
+use crate::listener::{self, ListenerStats};
+use crate::metrics::RequestMetrics;
 use crate::reloading::{AuditLog, ReloadMetrics, ReloadOutcome, ReloadRequest, Reloader, Trigger};
+use crate::scrape::StateCollector;
+pub use crate::state::{BoundListener, DaemonState};
 
 /// Why start-up stopped. The OS error is each variant's source, not part
 /// of its message: `{:#}` prints the chain, so it appears once.
@@ -67,126 +67,6 @@ pub enum StartError {
 pub struct DrainOutcome {
     /// Connections still open at the deadline, closed by force.
     pub forced: usize,
-}
-
-/// What the data path, the admin endpoint and the reloader share.
-#[derive(Debug)]
-pub struct DaemonState {
-    pub store: Arc<MaterialStore>,
-    pub connections: Arc<ConnectionRegistry>,
-    pub peers: Arc<PeerBook>,
-    pub metrics: prometheus::Registry,
-    pub request_metrics: Arc<RequestMetrics>,
-    /// Set once every listener accepts; cleared when draining starts.
-    pub ready: AtomicBool,
-    pub started_at: SystemTime,
-    expiry: Mutex<ExpiryConfig>,
-    last_reload: Mutex<Option<(SystemTime, ReloadOutcome)>>,
-    pub life: Lifecycle,
-    accept_loops: TaskTracker,
-    listeners: Mutex<BTreeMap<String, (SocketAddr, Arc<ListenerContext>)>>,
-}
-
-/// A listener's accept loop, as the reloader holds it.
-#[derive(Debug)]
-pub struct BoundListener {
-    pub ctx: Arc<ListenerContext>,
-    /// Stops this listener only (removal or re-address).
-    pub stop: CancellationToken,
-}
-
-impl DaemonState {
-    fn listeners(
-        &self,
-    ) -> std::sync::MutexGuard<'_, BTreeMap<String, (SocketAddr, Arc<ListenerContext>)>> {
-        // Only inserts, removes and lookups happen under this lock.
-        self.listeners.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn new_context(&self, config: ListenerConfig) -> Arc<ListenerContext> {
-        Arc::new(ListenerContext::new(
-            config,
-            self.store.clone(),
-            self.connections.clone(),
-            self.peers.clone(),
-            self.request_metrics.clone(),
-            self.life.stop_accepting.clone(),
-        ))
-    }
-
-    /// Every listener's name and counters.
-    pub fn listener_stats(&self) -> Vec<(String, Arc<ListenerStats>)> {
-        self.listeners()
-            .iter()
-            .map(|(name, (_, ctx))| (name.clone(), ctx.stats.clone()))
-            .collect()
-    }
-
-    /// Every listener: name, bound address, settings, counters.
-    pub fn listener_views(&self) -> Vec<(String, SocketAddr, Arc<ListenerContext>)> {
-        self.listeners()
-            .iter()
-            .map(|(name, (addr, ctx))| (name.clone(), *addr, ctx.clone()))
-            .collect()
-    }
-
-    pub fn expiry_windows(&self) -> mtlsd_expiry::ExpiryWindows {
-        self.expiry_config().windows
-    }
-
-    pub fn expiry_config(&self) -> ExpiryConfig {
-        *self.expiry.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn set_expiry_config(&self, config: ExpiryConfig) {
-        *self.expiry.lock().unwrap_or_else(|p| p.into_inner()) = config;
-    }
-
-    pub(crate) fn record_reload(&self, outcome: &ReloadOutcome) {
-        *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((SystemTime::now(), outcome.clone()));
-    }
-
-    /// When the last reload attempt ran and what it did.
-    pub fn last_reload(&self) -> Option<(SystemTime, ReloadOutcome)> {
-        self.last_reload
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Starts accepting on `socket` for `ctx`.
-    pub(crate) fn spawn_listener(
-        &self,
-        socket: TcpListener,
-        ctx: Arc<ListenerContext>,
-        config: &ListenerConfig,
-    ) -> BoundListener {
-        let addr = socket.local_addr().unwrap_or(config.listen);
-        tracing::info!(
-            listener = %config.name,
-            direction = %config.direction,
-            protocol = config.protocol.as_str(),
-            addr = %addr,
-            upstream = %config.upstream,
-            trust_domain = %config.trust_domain,
-            "listening"
-        );
-        self.listeners()
-            .insert(config.name.clone(), (addr, ctx.clone()));
-        let stop = self.life.stop_accepting.child_token();
-        self.accept_loops.spawn(listener::accept_loop(
-            socket,
-            ctx.clone(),
-            self.life.clone(),
-            stop.clone(),
-        ));
-        BoundListener { ctx, stop }
-    }
-
-    pub(crate) fn forget_listener(&self, name: &str) {
-        self.listeners().remove(name);
-    }
 }
 
 /// A started daemon: listeners bound and accepting.
@@ -253,24 +133,14 @@ impl Running {
         let metrics = prometheus::Registry::new();
         let reload_metrics = ReloadMetrics::register(&metrics)?;
         let request_metrics = Arc::new(RequestMetrics::register(&metrics)?);
-        let state = Arc::new(DaemonState {
+        let connections = ConnectionRegistry::new(&metrics)?;
+        let state = Arc::new(DaemonState::new(
             store,
-            connections: ConnectionRegistry::new(&metrics)?,
-            peers: Arc::new(PeerBook::default()),
+            connections,
             metrics,
             request_metrics,
-            ready: AtomicBool::new(false),
-            started_at: SystemTime::now(),
-            expiry: Mutex::new(config.expiry),
-            last_reload: Mutex::new(None),
-            life: Lifecycle {
-                stop_accepting: CancellationToken::new(),
-                force_close: CancellationToken::new(),
-                connections: TaskTracker::new(),
-            },
-            accept_loops: TaskTracker::new(),
-            listeners: Mutex::new(BTreeMap::new()),
-        });
+            config.expiry,
+        ));
         state
             .metrics
             .register(Box::new(StateCollector::new(Arc::downgrade(&state))?))?;
@@ -372,8 +242,7 @@ impl Running {
         self.stop_tasks.cancel();
         while self.tasks.join_next().await.is_some() {}
         // Once no accept loop runs, no connection can be added.
-        self.state.accept_loops.close();
-        self.state.accept_loops.wait().await;
+        self.state.accept_loops_stopped().await;
         life.connections.close();
         let open = life.connections.len();
         if open > 0 {

@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime};
 use mtlsd_expiry::{CertFacts, ExpiryState, Fingerprint};
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::DaemonState;
+use crate::state::DaemonState;
 
 /// Evaluates certificate states every `expiry.check_interval` until `stop`.
 pub async fn run(state: Arc<DaemonState>, stop: CancellationToken) {

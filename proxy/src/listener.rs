@@ -9,7 +9,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -22,11 +21,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Direction, ListenerConfig, Protocol};
 use crate::connections::{ConnectionRegistry, Registration};
+pub use crate::counting::{ActiveConnection, ListenerStats};
 use crate::metrics::RequestMetrics;
 use crate::peers::PeerBook;
 use crate::protocols::pool::PoolSlot;
 use crate::protocols::{grpc, http, mariadb, tcp};
-use crate::reject::RejectReason;
 
 /// What every connection of a listener needs. The listener's settings can
 /// be swapped by a reload; each connection takes one snapshot of them.
@@ -113,87 +112,6 @@ impl ListenerContext {
             }
         }
         self.config.store(Arc::new(next));
-    }
-}
-
-/// Counters for one listener, kept next to the code that counts them.
-#[derive(Debug, Default)]
-pub struct ListenerStats {
-    handshakes_started: AtomicU64,
-    handshakes: AtomicU64,
-    refused: [AtomicU64; RejectReason::ALL.len()],
-    connections_total: AtomicU64,
-    connections_active: AtomicU64,
-    /// From the remote side (the TLS side), on the wire.
-    pub(crate) bytes_received: AtomicU64,
-    /// To the remote side, on the wire.
-    pub(crate) bytes_sent: AtomicU64,
-}
-
-/// Counts a connection as active until dropped.
-#[derive(Debug)]
-pub struct ActiveConnection(Arc<ListenerStats>);
-
-impl Drop for ActiveConnection {
-    fn drop(&mut self) {
-        self.0.connections_active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl ListenerStats {
-    pub(crate) fn handshake_started(&self) {
-        self.handshakes_started.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn handshake_ok(&self) {
-        self.handshakes.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn refused(&self, reason: RejectReason) {
-        self.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn connection_opened(self: &Arc<Self>) -> ActiveConnection {
-        self.connections_total.fetch_add(1, Ordering::Relaxed);
-        self.connections_active.fetch_add(1, Ordering::Relaxed);
-        ActiveConnection(self.clone())
-    }
-
-    /// Connections accepted so far, and open now.
-    pub fn connections(&self) -> (u64, u64) {
-        (
-            self.connections_total.load(Ordering::Relaxed),
-            self.connections_active.load(Ordering::Relaxed),
-        )
-    }
-
-    /// Bytes received from and sent to the remote side so far.
-    pub fn bytes(&self) -> (u64, u64) {
-        (
-            self.bytes_received.load(Ordering::Relaxed),
-            self.bytes_sent.load(Ordering::Relaxed),
-        )
-    }
-
-    /// Refused handshakes of every class.
-    pub fn total_refusals(&self) -> u64 {
-        self.refused.iter().map(|c| c.load(Ordering::Relaxed)).sum()
-    }
-
-    /// Handshakes started (completed, failed, or still running).
-    pub fn handshakes_attempted(&self) -> u64 {
-        self.handshakes_started.load(Ordering::Relaxed)
-    }
-
-    /// Handshakes that completed and whose peer was admitted (a peer that
-    /// resets the connection right after completing counts here too).
-    pub fn handshakes(&self) -> u64 {
-        self.handshakes.load(Ordering::Relaxed)
-    }
-
-    /// Refused handshakes for `reason`.
-    pub fn refusals(&self, reason: RejectReason) -> u64 {
-        self.refused[reason as usize].load(Ordering::Relaxed)
     }
 }
 

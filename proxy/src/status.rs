@@ -7,9 +7,9 @@ use std::time::SystemTime;
 use mtlsd_expiry::{CertFacts, ExpiryState, ExpiryWindows};
 use serde::Serialize;
 
-use crate::daemon::DaemonState;
 use crate::reject::RejectReason;
-use crate::reloading::ReloadOutcome;
+use crate::reload_report::ReloadOutcome;
+use crate::state::DaemonState;
 
 #[derive(Debug, Serialize)]
 pub struct Status {

@@ -159,10 +159,3 @@ pub async fn dispatch(cli: Cli, prepared: Prepared) -> anyhow::Result<ExitCode> 
         } => dev::dev(state_dir, port_base, fresh).await,
     }
 }
-
-/// Sends `states` to systemd when running under it (NOTIFY_SOCKET set).
-pub(crate) fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
-    if let Err(e) = sd_notify::notify(states) {
-        tracing::warn!(error = %e, "cannot notify systemd");
-    }
-}

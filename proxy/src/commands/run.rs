@@ -6,9 +6,9 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_tokio::Signals;
 use std::process::ExitCode;
 
-use super::notify_systemd;
 use crate::config::{Config, ConfigError};
 use crate::daemon::Running;
+use crate::notify::systemd as notify_systemd;
 use crate::reloading::Trigger;
 
 /// Runs the configuration `Cli::prepare` loaded.

@@ -9,68 +9,12 @@
 //! `config.listener.web`, …) exist only for the audit log and the log.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 use mtlsd_expiry::Fingerprint;
-use mtlsd_reload::{Generation, InventoryDelta};
-use serde::{Serialize, Serializer};
+use mtlsd_reload::Generation;
 
 use crate::config::Section;
-
-/// One thing a reload can change.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Item {
-    /// This host's certificate chain (and the key that must match it).
-    Identity,
-    /// A trust domain's CA bundle.
-    TrustBundle(String),
-    /// A trust domain's CRLs.
-    Crl(String),
-    /// The role inventory's content: hosts, SANs, roles, revoked serials.
-    Inventory,
-    /// A section of the configuration file.
-    Config(Section),
-}
-
-impl fmt::Display for Item {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Identity => f.write_str("identity"),
-            Self::TrustBundle(domain) => write!(f, "trust_domain.{domain}"),
-            Self::Crl(domain) => write!(f, "crl.{domain}"),
-            Self::Inventory => f.write_str("inventory"),
-            Self::Config(section) => write!(f, "config.{section}"),
-        }
-    }
-}
-
-impl Serialize for Item {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-/// How a change takes effect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Applies {
-    /// Applied by this reload.
-    Live,
-    /// Kept at its running value until mtlsd restarts.
-    Restart,
-}
-
-/// One item's fingerprint before and after (absent = did not exist).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ItemChange {
-    pub item: Item,
-    pub old: Option<String>,
-    pub new: Option<String>,
-    pub applies: Applies,
-    /// For the inventory: what changed in it.
-    #[serde(skip_serializing_if = "Option::is_none", flatten)]
-    pub inventory: Option<InventoryDelta>,
-}
+pub use crate::reload_report::{Applies, Item, ItemChange};
 
 /// Every material item of a generation with its fingerprint.
 fn material(generation: &Generation) -> BTreeMap<Item, Fingerprint> {

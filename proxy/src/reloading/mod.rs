@@ -33,109 +33,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use mtlsd_expiry::Fingerprint;
 use mtlsd_reload::Generation;
 
-pub use diff::{Applies, Item, ItemChange};
+pub use crate::reload_report::{Applies, Item, ItemChange, ReloadOutcome, ReloadResult, Trigger};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use audit::AuditLog;
 
 use crate::config::{Config, ListenerConfig, Section};
-use crate::daemon::{BoundListener, DaemonState};
-
-/// What asked for a reload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Trigger {
-    Startup,
-    Sighup,
-    Inotify,
-    Timer,
-    Admin,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Startup => "startup",
-            Self::Sighup => "sighup",
-            Self::Inotify => "inotify",
-            Self::Timer => "timer",
-            Self::Admin => "admin",
-        }
-    }
-
-    /// Explicit requests are always audited; automatic ones only when they
-    /// change something or fail.
-    fn explicit(self) -> bool {
-        matches!(self, Self::Startup | Self::Sighup | Self::Admin)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReloadResult {
-    Applied,
-    Unchanged,
-    Rejected,
-    /// Something changed that only a restart applies; everything else
-    /// that changed was applied.
-    RestartRequired,
-}
-
-impl ReloadResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Applied => "applied",
-            Self::Unchanged => "unchanged",
-            Self::Rejected => "rejected",
-            Self::RestartRequired => "restart_required",
-        }
-    }
-}
-
-/// What one reload attempt did.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReloadOutcome {
-    pub trigger: Trigger,
-    pub result: ReloadResult,
-    /// The generation in force after the attempt.
-    pub generation: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    pub items: Vec<ItemChange>,
-    /// Config changes that only a restart applies, kept at their running
-    /// values; one sentence each.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub refused: Vec<String>,
-    /// Established connections scheduled to close because their peer no
-    /// longer qualifies.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub closing: usize,
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
-}
-
-impl fmt::Display for ReloadOutcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} (generation {})",
-            self.result.as_str(),
-            self.generation
-        )?;
-        if let Some(reason) = &self.reason {
-            write!(f, ": {reason}")?;
-        }
-        for refused in &self.refused {
-            write!(f, "\n  needs a restart: {refused}")?;
-        }
-        Ok(())
-    }
-}
+use crate::state::{BoundListener, DaemonState};
 
 /// A request to the reloader task.
 #[derive(Debug)]
@@ -377,11 +283,11 @@ impl Reloader {
             if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
                 states.push(now);
             }
-            crate::commands::notify_systemd(&states);
+            crate::notify::systemd(&states);
         }
         let outcome = self.try_attempt(trigger).await;
         if notify_systemd {
-            crate::commands::notify_systemd(&[sd_notify::NotifyState::Ready]);
+            crate::notify::systemd(&[sd_notify::NotifyState::Ready]);
         }
         self.finish(&outcome);
         outcome

@@ -1,0 +1,320 @@
+//! Everything that describes *state* — loaded certificates and their
+//! expiry, trust bundles and CRLs, peers, and the per-listener counters the
+//! data path keeps as plain atomics — rendered as metrics at scrape time
+//! from the daemon's current state, so a series disappears the moment the
+//! thing it describes does (a removed CA, a host dropped from the
+//! inventory) and the data path never touches a metrics lock.
+//!
+//! Label sets are bounded by configuration: listener names, trust domains,
+//! loaded certificates, inventory hosts, reason classes.
+
+use std::sync::Weak;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mtlsd_expiry::{CertFacts, ExpiryState};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts};
+
+use crate::metrics::short_fingerprint;
+use crate::reject::RejectReason;
+use crate::state::DaemonState;
+
+/// Renders state as metrics at scrape time.
+#[derive(Debug)]
+pub struct StateCollector {
+    state: Weak<DaemonState>,
+    descs: Vec<Desc>,
+}
+
+impl StateCollector {
+    pub fn new(state: Weak<DaemonState>) -> prometheus::Result<Self> {
+        let template = StateMetrics::new()?;
+        let descs = template
+            .all()
+            .iter()
+            .flat_map(|c| c.desc())
+            .cloned()
+            .collect();
+        Ok(Self { state, descs })
+    }
+}
+
+impl Collector for StateCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Some(state) = self.state.upgrade() else {
+            return Vec::new();
+        };
+        let Ok(metrics) = StateMetrics::new() else {
+            return Vec::new();
+        };
+        metrics.fill(&state, SystemTime::now());
+        metrics.all().iter().flat_map(|c| c.collect()).collect()
+    }
+}
+
+struct StateMetrics {
+    build_info: IntGaugeVec,
+    not_after: GaugeVec,
+    not_before: GaugeVec,
+    expiry_state: IntGaugeVec,
+    bundle_info: IntGaugeVec,
+    peer_not_after: GaugeVec,
+    peer_last_handshake: GaugeVec,
+    handshakes_attempted: IntCounterVec,
+    handshakes_completed: IntCounterVec,
+    failures: IntCounterVec,
+    crl_next_update: GaugeVec,
+    identity_revoked: IntGaugeVec,
+    connections_active: IntGaugeVec,
+    connections_total: IntCounterVec,
+    received: IntCounterVec,
+    sent: IntCounterVec,
+}
+
+impl StateMetrics {
+    fn new() -> prometheus::Result<Self> {
+        let cert = &["trust_domain", "kind", "fingerprint"];
+        Ok(Self {
+            build_info: IntGaugeVec::new(
+                Opts::new(
+                    "mtlsd_build_info",
+                    "Always 1; the labels name the running build.",
+                ),
+                &["version", "rustls_version"],
+            )?,
+            not_after: GaugeVec::new(
+                Opts::new(
+                    "mtlsd_cert_not_after_timestamp_seconds",
+                    "Unix time after which a loaded certificate (identity or CA of a trust bundle) is no longer valid.",
+                ),
+                cert,
+            )?,
+            not_before: GaugeVec::new(
+                Opts::new(
+                    "mtlsd_cert_not_before_timestamp_seconds",
+                    "Unix time before which a loaded certificate is not yet valid.",
+                ),
+                cert,
+            )?,
+            expiry_state: IntGaugeVec::new(
+                Opts::new(
+                    "mtlsd_cert_expiry_state",
+                    "1 for the expiry state each loaded certificate is in (ok, warning, critical, expired, not_yet_valid), 0 for the others.",
+                ),
+                &["trust_domain", "kind", "fingerprint", "state"],
+            )?,
+            bundle_info: IntGaugeVec::new(
+                Opts::new(
+                    "mtlsd_trust_bundle_info",
+                    "Always 1; one series per loaded trust bundle with its fingerprint and operator-supplied version.",
+                ),
+                &["trust_domain", "fingerprint", "version"],
+            )?,
+            peer_not_after: GaugeVec::new(
+                Opts::new(
+                    "mtlsd_peer_cert_not_after_timestamp_seconds",
+                    "Earliest not-after of the certificates an inventory host presented to us in the last day.",
+                ),
+                &["host"],
+            )?,
+            peer_last_handshake: GaugeVec::new(
+                Opts::new(
+                    "mtlsd_peer_last_handshake_timestamp_seconds",
+                    "Unix time of the last successful handshake with an inventory host, in either direction.",
+                ),
+                &["host"],
+            )?,
+            handshakes_attempted: IntCounterVec::new(
+                Opts::new(
+                    "mtlsd_handshakes_attempted_total",
+                    "TLS handshakes started, by listener: completed, refused, failed, or still running.",
+                ),
+                &["listener"],
+            )?,
+            handshakes_completed: IntCounterVec::new(
+                Opts::new(
+                    "mtlsd_handshakes_completed_total",
+                    "TLS handshakes that completed with an admitted peer, by listener (a peer that resets the connection right after completing counts here).",
+                ),
+                &["listener"],
+            )?,
+            identity_revoked: IntGaugeVec::new(
+                Opts::new(
+                    "mtlsd_identity_revoked",
+                    "1 when this host's own certificate is revoked (in the inventory or by a CRL): peers refuse it until a new one is installed.",
+                ),
+                &["trust_domain"],
+            )?,
+            crl_next_update: GaugeVec::new(
+                Opts::new(
+                    "mtlsd_crl_next_update_timestamp_seconds",
+                    "Unix time of each loaded CRL's nextUpdate: a CRL past it is still enforced, but its publisher is late.",
+                ),
+                &["trust_domain", "issuer", "fingerprint"],
+            )?,
+            failures: IntCounterVec::new(
+                Opts::new(
+                    "mtlsd_handshake_failures_total",
+                    "TLS handshakes that failed or were refused, by listener and reason class.",
+                ),
+                &["listener", "reason"],
+            )?,
+            connections_active: IntGaugeVec::new(
+                Opts::new(
+                    "mtlsd_connections_active",
+                    "Connections open now, by listener.",
+                ),
+                &["listener"],
+            )?,
+            connections_total: IntCounterVec::new(
+                Opts::new(
+                    "mtlsd_connections_total",
+                    "Connections accepted, by listener.",
+                ),
+                &["listener"],
+            )?,
+            received: IntCounterVec::new(
+                Opts::new(
+                    "mtlsd_received_bytes_total",
+                    "Bytes received from the remote side, by listener.",
+                ),
+                &["listener"],
+            )?,
+            sent: IntCounterVec::new(
+                Opts::new(
+                    "mtlsd_sent_bytes_total",
+                    "Bytes sent to the remote side, by listener.",
+                ),
+                &["listener"],
+            )?,
+        })
+    }
+
+    fn all(&self) -> [&dyn Collector; 16] {
+        [
+            &self.build_info,
+            &self.not_after,
+            &self.not_before,
+            &self.expiry_state,
+            &self.bundle_info,
+            &self.peer_not_after,
+            &self.peer_last_handshake,
+            &self.handshakes_attempted,
+            &self.handshakes_completed,
+            &self.failures,
+            &self.crl_next_update,
+            &self.identity_revoked,
+            &self.connections_active,
+            &self.connections_total,
+            &self.received,
+            &self.sent,
+        ]
+    }
+
+    fn fill(&self, state: &DaemonState, now: SystemTime) {
+        self.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), RUSTLS_VERSION])
+            .set(1);
+        let windows = state.expiry_windows();
+        let generation = state.store.current();
+        let identity = generation.identity();
+        let cert = |domain: &str, kind: &str, facts: &CertFacts| {
+            let fp = short_fingerprint(facts.fingerprint);
+            let labels = [domain, kind, fp.as_str()];
+            self.not_after
+                .with_label_values(&labels)
+                .set(facts.not_after_unix() as f64);
+            self.not_before
+                .with_label_values(&labels)
+                .set(facts.not_before_unix() as f64);
+            let current = ExpiryState::of(facts, now, windows);
+            for s in ExpiryState::ALL {
+                self.expiry_state
+                    .with_label_values(&[domain, kind, fp.as_str(), s.as_str()])
+                    .set(i64::from(s == current));
+            }
+        };
+        cert(&identity.spec().trust_domain, "identity", identity.leaf());
+        self.identity_revoked
+            .with_label_values(&[identity.spec().trust_domain.as_str()])
+            .set(i64::from(generation.own_revocation().is_some()));
+        for (domain, bundle) in generation.bundles() {
+            self.bundle_info
+                .with_label_values(&[
+                    domain.as_str(),
+                    short_fingerprint(bundle.fingerprint()).as_str(),
+                    bundle.version().unwrap_or(""),
+                ])
+                .set(1);
+            for ca in bundle.cas() {
+                cert(domain, "ca", &ca.facts);
+            }
+            for crl in bundle.crls() {
+                if let Some(next_update) = crl.next_update() {
+                    self.crl_next_update
+                        .with_label_values(&[
+                            domain.as_str(),
+                            crl.issuer(),
+                            short_fingerprint(crl.fingerprint()).as_str(),
+                        ])
+                        .set(unix(next_update));
+                }
+            }
+        }
+        for peer in state.peers.snapshot() {
+            if generation
+                .inventory()
+                .is_some_and(|inv| inv.host(&peer.host).is_some())
+            {
+                self.peer_not_after
+                    .with_label_values(&[peer.host.as_str()])
+                    .set(unix(peer.earliest_not_after));
+                self.peer_last_handshake
+                    .with_label_values(&[peer.host.as_str()])
+                    .set(unix(peer.last_handshake));
+            }
+        }
+        for (name, stats) in state.listener_stats() {
+            self.handshakes_attempted
+                .with_label_values(&[name.as_str()])
+                .inc_by(stats.handshakes_attempted());
+            self.handshakes_completed
+                .with_label_values(&[name.as_str()])
+                .inc_by(stats.handshakes());
+            for reason in RejectReason::ALL {
+                let count = stats.refusals(reason);
+                if count > 0 {
+                    self.failures
+                        .with_label_values(&[name.as_str(), reason.as_str()])
+                        .inc_by(count);
+                }
+            }
+            let (total, active) = stats.connections();
+            self.connections_total
+                .with_label_values(&[name.as_str()])
+                .inc_by(total);
+            self.connections_active
+                .with_label_values(&[name.as_str()])
+                .set(i64::try_from(active).unwrap_or(i64::MAX));
+            let (received, sent) = stats.bytes();
+            self.received
+                .with_label_values(&[name.as_str()])
+                .inc_by(received);
+            self.sent.with_label_values(&[name.as_str()]).inc_by(sent);
+        }
+    }
+}
+
+/// The rustls version this binary was built with (from Cargo.lock, pinned).
+const RUSTLS_VERSION: &str = "0.23";
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as f64)
+        .unwrap_or(0.0)
+}
