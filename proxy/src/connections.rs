@@ -148,42 +148,39 @@ impl ConnectionRegistry {
     /// re-judging of that reload may have missed it. One that does not
     /// qualify is closed at once (it never qualified under this policy).
     pub fn judge_late(&self, registration: &Registration, generation: &Generation) {
-        let now = UnixTime::since_unix_epoch(
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default(),
-        );
+        let now = unix_now();
         let mut live = self.lock();
         let Some(conn) = live.get_mut(&registration.id).filter(|c| !c.doomed) else {
             return;
         };
-        let verdict = match generation.policy(&conn.listener) {
-            None => Err((
-                "listener_removed",
-                None,
-                "its listener was removed".to_owned(),
-            )),
-            Some(policy) => policy
-                .admit(&conn.chain, None, now, Stage::Connection)
-                .map(|_| ())
-                .map_err(|v| (v.refusal.as_str(), v.host, v.detail)),
-        };
-        if let Err((reason, host, detail)) = verdict {
-            conn.doomed = true;
-            tracing::warn!(
-                listener = %conn.listener,
-                peer = %conn.peer,
-                host = host.as_deref().unwrap_or("-"),
-                reason,
-                %detail,
-                "peer completed its handshake under the previous trust policy and no longer qualifies; closing"
-            );
-            self.closed
-                .with_label_values(&[conn.listener.as_str(), reason])
-                .inc();
-            conn.signals.leave.cancel();
+        if let Some(refused) = judge(conn, generation, now) {
+            self.doom(conn, &refused, None);
             conn.signals.close.cancel();
         }
+    }
+
+    /// Marks `conn` as no longer qualifying: logged, counted, told to
+    /// leave. `grace`: how long it may still finish its work (`None`: it
+    /// registered after the change and is closed at once).
+    fn doom(&self, conn: &mut LiveConnection, refused: &Refused, grace: Option<Duration>) {
+        conn.doomed = true;
+        let host = refused.host.as_deref().unwrap_or("-");
+        match grace {
+            Some(grace) => tracing::warn!(
+                listener = %conn.listener, peer = %conn.peer, host, reason = refused.reason,
+                detail = %refused.detail, grace = ?grace,
+                "peer no longer qualifies after a trust change; closing its connection after the grace period"
+            ),
+            None => tracing::warn!(
+                listener = %conn.listener, peer = %conn.peer, host, reason = refused.reason,
+                detail = %refused.detail,
+                "peer completed its handshake under the previous trust policy and no longer qualifies; closing"
+            ),
+        }
+        self.closed
+            .with_label_values(&[conn.listener.as_str(), refused.reason])
+            .inc();
+        conn.signals.leave.cancel();
     }
 
     pub fn len(&self) -> usize {
@@ -199,47 +196,19 @@ impl ConnectionRegistry {
     /// and closed after `grace`; each is logged and counted. A connection
     /// of a listener the generation no longer has is judged gone.
     pub fn rejudge(&self, generation: &Generation, grace: Duration) -> Vec<Closing> {
-        let now = UnixTime::since_unix_epoch(
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default(),
-        );
+        let now = unix_now();
         let mut doomed = Vec::new();
         let mut closing = Vec::new();
         for conn in self.lock().values_mut().filter(|c| !c.doomed) {
-            let verdict = match generation.policy(&conn.listener) {
-                None => Err((
-                    "listener_removed",
-                    None,
-                    "its listener was removed".to_owned(),
-                )),
-                Some(policy) => policy
-                    .admit(&conn.chain, None, now, Stage::Connection)
-                    .map(|_| ())
-                    .map_err(|v| (v.refusal.as_str(), v.host, v.detail)),
-            };
-            let Err((reason, host, detail)) = verdict else {
+            let Some(refused) = judge(conn, generation, now) else {
                 continue;
             };
-            conn.doomed = true;
-            tracing::warn!(
-                listener = %conn.listener,
-                peer = %conn.peer,
-                host = host.as_deref().unwrap_or("-"),
-                reason,
-                %detail,
-                grace = ?grace,
-                "peer no longer qualifies after a trust change; closing its connection after the grace period"
-            );
-            self.closed
-                .with_label_values(&[conn.listener.as_str(), reason])
-                .inc();
-            conn.signals.leave.cancel();
+            self.doom(conn, &refused, Some(grace));
             doomed.push(conn.signals.close.clone());
             closing.push(Closing {
                 listener: conn.listener.clone(),
                 peer: conn.peer,
-                reason,
+                reason: refused.reason,
             });
         }
         if !doomed.is_empty() {
@@ -252,4 +221,39 @@ impl ConnectionRegistry {
         }
         closing
     }
+}
+
+/// Why a live connection no longer qualifies.
+struct Refused {
+    reason: &'static str,
+    host: Option<String>,
+    detail: String,
+}
+
+/// `generation`'s verdict on `conn`: `None` while it qualifies. A
+/// connection of a listener the generation no longer has is judged gone.
+fn judge(conn: &LiveConnection, generation: &Generation, now: UnixTime) -> Option<Refused> {
+    let Some(policy) = generation.policy(&conn.listener) else {
+        return Some(Refused {
+            reason: "listener_removed",
+            host: None,
+            detail: "its listener was removed".to_owned(),
+        });
+    };
+    policy
+        .admit(&conn.chain, None, now, Stage::Connection)
+        .err()
+        .map(|verdict| Refused {
+            reason: verdict.refusal.as_str(),
+            host: verdict.host,
+            detail: verdict.detail,
+        })
+}
+
+fn unix_now() -> UnixTime {
+    UnixTime::since_unix_epoch(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
 }

@@ -61,7 +61,7 @@ impl LoadedCrl {
     /// Every CRL in `path`: PEM (`-----BEGIN X509 CRL-----`, one or more)
     /// or a single DER CRL.
     pub(crate) fn read(path: &Path, domain: &str) -> Result<Vec<Self>, MaterialError> {
-        let bytes = read_bounded(path)?;
+        let bytes = crate::pem::read_bounded(path, MAX_CRL_BYTES)?;
         let ders: Vec<CertificateRevocationListDer<'static>> =
             if bytes.starts_with(b"-----") || bytes.windows(11).any(|w| w == b"-----BEGIN ") {
                 CertificateRevocationListDer::pem_slice_iter(&bytes)
@@ -222,24 +222,4 @@ impl LoadedCrl {
     pub fn fingerprint(&self) -> Fingerprint {
         Fingerprint::of(self.der.as_ref())
     }
-}
-
-fn read_bounded(path: &Path) -> Result<Vec<u8>, MaterialError> {
-    use std::io::Read;
-    let read_err = |source| MaterialError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(read_err)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_CRL_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_err)?;
-    if bytes.len() as u64 > MAX_CRL_BYTES {
-        return Err(MaterialError::Pem {
-            path: path.to_owned(),
-            reason: format!("file is larger than {MAX_CRL_BYTES} bytes"),
-        });
-    }
-    Ok(bytes)
 }

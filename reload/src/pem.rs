@@ -59,7 +59,7 @@ const LEGACY_ENCRYPTION_HEADER: &[u8] = b"Proc-Type: 4,ENCRYPTED";
 
 /// Reads `path` and sorts its PEM sections.
 pub fn read_pem(path: &Path) -> Result<PemContents, MaterialError> {
-    let bytes = read_bounded(path)?;
+    let bytes = read_bounded(path, MAX_FILE_BYTES)?;
     parse_pem(path, &bytes)
 }
 
@@ -251,7 +251,9 @@ pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, MaterialEr
     }
 }
 
-fn read_bounded(path: &Path) -> Result<Vec<u8>, MaterialError> {
+/// Reads `path` whole, refusing files larger than `max` bytes (material
+/// files are small; anything bigger is not what the config meant).
+pub(crate) fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, MaterialError> {
     use std::io::Read;
     let read_err = |source| MaterialError::Read {
         path: path.to_owned(),
@@ -259,13 +261,13 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, MaterialError> {
     };
     let file = std::fs::File::open(path).map_err(read_err)?;
     let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
+    file.take(max + 1)
         .read_to_end(&mut bytes)
         .map_err(read_err)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
+    if bytes.len() as u64 > max {
         return Err(MaterialError::Pem {
             path: path.to_owned(),
-            reason: format!("file is larger than {MAX_FILE_BYTES} bytes"),
+            reason: format!("file is larger than {max} bytes"),
         });
     }
     Ok(bytes)
