@@ -744,3 +744,39 @@ async fn periodic_check_picks_up_changes_without_watching() {
     assert_eq!(last["trigger"], "timer");
     assert_eq!(last["result"], "applied");
 }
+
+/// A SIGHUP or `mtlsd reload` that arrives while a file change is still
+/// settling is served at once, not after the settle time (issue 13).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_reload_during_a_settle_wait_is_served_at_once() {
+    let pki = Pki::new();
+    let echo = Echo::start().await;
+    let files = pki.host("server", &localhost_leaf("server"));
+    let toml = material_toml(&files, &pki.ca_file())
+        + "[reload]\nwatch = true\nsettle = \"5s\"\n"
+        + &inbound_toml("in", echo.addr, "");
+    let (server, _) = start_daemon(&pki, "server.toml", &toml).await;
+    // A file event starts a 5 s settle wait...
+    let next = rotate(&pki, &files, "rotated");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...and an explicit reload does not wait it out.
+    let started = tokio::time::Instant::now();
+    let outcome = within(
+        "an admin reload during a settle wait",
+        Duration::from_secs(3),
+        server.reload(Trigger::Admin),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.result, ReloadResult::Applied, "{outcome}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let addr = server.local_addr("in").unwrap();
+    assert_eq!(
+        served_serial(addr, &client_config_for(&pki)).await,
+        next.serial_hex
+    );
+}
