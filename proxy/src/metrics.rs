@@ -82,37 +82,15 @@ impl RequestMetrics {
             .inc();
     }
 
-    pub fn grpc_request(&self, listener: &str, rule: &str, status: u16, elapsed: Duration) {
+    /// One gRPC request that ended with `status` (its name, as
+    /// `GrpcCode::name` gives it) after `elapsed`.
+    pub fn grpc_request(&self, listener: &str, rule: &str, status: &str, elapsed: Duration) {
         self.grpc_requests
-            .with_label_values(&[listener, rule, grpc_status_name(status)])
+            .with_label_values(&[listener, rule, status])
             .inc();
         self.grpc_duration
             .with_label_values(&[listener, rule])
             .observe(elapsed.as_secs_f64());
-    }
-}
-
-/// gRPC status code names, as the label values read.
-pub fn grpc_status_name(code: u16) -> &'static str {
-    match code {
-        0 => "OK",
-        1 => "CANCELLED",
-        2 => "UNKNOWN",
-        3 => "INVALID_ARGUMENT",
-        4 => "DEADLINE_EXCEEDED",
-        5 => "NOT_FOUND",
-        6 => "ALREADY_EXISTS",
-        7 => "PERMISSION_DENIED",
-        8 => "RESOURCE_EXHAUSTED",
-        9 => "FAILED_PRECONDITION",
-        10 => "ABORTED",
-        11 => "OUT_OF_RANGE",
-        12 => "UNIMPLEMENTED",
-        13 => "INTERNAL",
-        14 => "UNAVAILABLE",
-        15 => "DATA_LOSS",
-        16 => "UNAUTHENTICATED",
-        _ => "UNKNOWN",
     }
 }
 

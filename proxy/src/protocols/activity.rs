@@ -216,7 +216,7 @@ impl<S> TrackStreams<S> {
     }
 }
 
-type BoxBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+use super::l7::Body as BoxBody;
 
 impl<S, Req> hyper::service::Service<Req> for TrackStreams<S>
 where

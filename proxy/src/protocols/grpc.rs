@@ -22,9 +22,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::Scheme;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty};
+use http::{Request, Response};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -34,6 +33,7 @@ use tokio::net::TcpStream;
 
 use super::activity::{Activity, TrackStreams, Watched};
 use super::coalesce::Coalescing;
+use super::grpc_status::{self, GrpcCode};
 use super::grpc_wire::{grpc_timeout, split_path};
 use super::handshake;
 use super::identity_headers::{self, ConnectionIdentity};
@@ -42,15 +42,7 @@ use crate::config::ListenerConfig;
 use crate::listener::ListenerContext;
 use crate::metrics::RequestMetrics;
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
-
-/// gRPC status codes mtlsd answers with itself.
-mod code {
-    pub(super) const DEADLINE_EXCEEDED: u16 = 4;
-    pub(super) const PERMISSION_DENIED: u16 = 7;
-    pub(super) const UNIMPLEMENTED: u16 = 12;
-    pub(super) const UNAVAILABLE: u16 = 14;
-}
+pub use super::l7::Body;
 
 struct Inbound {
     ctx: Arc<ListenerContext>,
@@ -92,7 +84,10 @@ async fn handle_inbound(
 ) -> Result<Response<Body>, Infallible> {
     let listener = &state.listener;
     let Some((service, method)) = split_path(request.uri().path()) else {
-        return Ok(grpc_error(code::UNIMPLEMENTED, "not a gRPC method path"));
+        return Ok(grpc_status::error(
+            GrpcCode::Unimplemented,
+            "not a gRPC method path",
+        ));
     };
     let started = std::time::Instant::now();
     // Decided against the generation in force now, not the one the
@@ -100,8 +95,8 @@ async fn handle_inbound(
     // applies to the next call on a held connection.
     let generation = state.ctx.store.current();
     let Some(policy) = generation.policy(&listener.name) else {
-        return Ok(grpc_error(
-            code::UNAVAILABLE,
+        return Ok(grpc_status::error(
+            GrpcCode::Unavailable,
             "this listener is being removed",
         ));
     };
@@ -113,7 +108,7 @@ async fn handle_inbound(
         metrics.grpc_request(
             &listener.name,
             &rule,
-            code::PERMISSION_DENIED,
+            GrpcCode::PermissionDenied.name(),
             started.elapsed(),
         );
         tracing::warn!(
@@ -124,7 +119,7 @@ async fn handle_inbound(
             %why,
             "gRPC call refused"
         );
-        return Ok(grpc_error(code::PERMISSION_DENIED, &why));
+        return Ok(grpc_status::error(GrpcCode::PermissionDenied, &why));
     }
     let headers = state.identity.headers(generation.number(), decision.host);
     drop(generation);
@@ -139,7 +134,10 @@ async fn handle_inbound(
         .as_ref()
         .and_then(|t| t.uri(parts.uri.path_and_query()))
     else {
-        return Ok(grpc_error(code::UNAVAILABLE, "upstream is not host:port"));
+        return Ok(grpc_status::error(
+            GrpcCode::Unavailable,
+            "upstream is not host:port",
+        ));
     };
     parts.uri = uri;
     let deadline = grpc_timeout(&parts.headers);
@@ -169,7 +167,7 @@ fn observed(
     started: std::time::Instant,
 ) -> Response<Body> {
     let Ok(response) = response;
-    let status = grpc_status(response.headers());
+    let status = grpc_status::status_of(response.headers());
     response.map(|body| {
         ObservedBody {
             inner: body,
@@ -184,17 +182,13 @@ fn observed(
     })
 }
 
-fn grpc_status(headers: &HeaderMap) -> Option<u16> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
-}
-
 struct ObservedBody {
     inner: Body,
     metrics: Arc<RequestMetrics>,
     listener: String,
     rule: String,
     started: std::time::Instant,
-    status: Option<u16>,
+    status: Option<GrpcCode>,
     recorded: bool,
 }
 
@@ -203,9 +197,13 @@ impl ObservedBody {
         if !self.recorded {
             self.recorded = true;
             // No status by the end: the stream was cut (CANCELLED).
-            let status = self.status.unwrap_or(1);
-            self.metrics
-                .grpc_request(&self.listener, &self.rule, status, self.started.elapsed());
+            let status = self.status.unwrap_or(GrpcCode::Cancelled);
+            self.metrics.grpc_request(
+                &self.listener,
+                &self.rule,
+                status.name(),
+                self.started.elapsed(),
+            );
         }
     }
 }
@@ -222,7 +220,7 @@ impl hyper::body::Body for ObservedBody {
         match &polled {
             std::task::Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref()
-                    && let Some(status) = grpc_status(trailers)
+                    && let Some(status) = grpc_status::status_of(trailers)
                 {
                     self.status = Some(status);
                 }
@@ -284,7 +282,10 @@ async fn handle_outbound(
         .as_ref()
         .and_then(|t| t.uri(parts.uri.path_and_query()))
     else {
-        return Ok(grpc_error(code::UNAVAILABLE, "upstream is not host:port"));
+        return Ok(grpc_status::error(
+            GrpcCode::Unavailable,
+            "upstream is not host:port",
+        ));
     };
     parts.uri = uri;
     let deadline = grpc_timeout(&parts.headers);
@@ -357,8 +358,8 @@ async fn forward(
         Some(deadline) => match tokio::time::timeout(deadline, request).await {
             Ok(response) => response,
             Err(_) => {
-                return Ok(grpc_error(
-                    code::DEADLINE_EXCEEDED,
+                return Ok(grpc_status::error(
+                    GrpcCode::DeadlineExceeded,
                     &format!("deadline passed waiting for the {what}"),
                 ));
             }
@@ -373,50 +374,18 @@ async fn forward(
                 cause = next;
             }
             tracing::warn!(error = %e, cause = %cause, "cannot reach the {what}");
-            grpc_error(
-                code::UNAVAILABLE,
+            grpc_status::error(
+                GrpcCode::Unavailable,
                 &format!("mtlsd cannot reach the {what}: {cause}"),
             )
         }
     })
 }
 
-/// A trailers-only gRPC response: HTTP 200 with the status in the headers.
-pub fn grpc_error(status: u16, message: &str) -> Response<Body> {
-    let mut response = Response::new(
-        Empty::<Bytes>::new()
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = StatusCode::OK;
-    let headers = response.headers_mut();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    headers.insert("grpc-status", HeaderValue::from(status));
-    if let Ok(value) = HeaderValue::from_str(&percent_encode(message)) {
-        headers.insert("grpc-message", value);
-    }
-    response
-}
-
-/// gRPC's grpc-message encoding: printable ASCII except '%' stays.
-fn percent_encode(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    for byte in message.bytes() {
-        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{HeaderMap, HeaderValue};
 
     #[test]
     fn paths_and_timeouts_parse_and_garbage_is_ignored() {
@@ -431,6 +400,5 @@ mod tests {
             headers.insert("grpc-timeout", HeaderValue::from_str(bad).unwrap());
             assert_eq!(grpc_timeout(&headers), None, "{bad}");
         }
-        assert_eq!(percent_encode("50% über"), "50%25 %C3%BCber");
     }
 }

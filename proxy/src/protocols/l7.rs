@@ -14,6 +14,9 @@ use super::activity::Activity;
 use crate::connections::Registration;
 use crate::metrics::RequestMetrics;
 
+/// The body type of every response the L7 modes send.
+pub type Body = http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error>;
+
 /// How long a connection told to go away (idle, flood) may take to close
 /// on its own before it is dropped.
 const GOAWAY_GRACE: Duration = Duration::from_secs(1);

@@ -5,6 +5,7 @@
 pub mod activity;
 pub mod coalesce;
 pub mod grpc;
+pub mod grpc_status;
 pub mod grpc_wire;
 pub mod handshake;
 pub mod http;
