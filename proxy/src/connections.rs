@@ -85,14 +85,6 @@ impl Drop for Registration {
     }
 }
 
-/// One connection scheduled for closing by [`ConnectionRegistry::rejudge`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Closing {
-    pub listener: String,
-    pub peer: SocketAddr,
-    pub reason: &'static str,
-}
-
 impl ConnectionRegistry {
     pub fn new(registry: &Registry) -> prometheus::Result<Arc<Self>> {
         let closed = IntCounterVec::new(
@@ -194,23 +186,19 @@ impl ConnectionRegistry {
     /// Re-judges every live connection with `generation`'s policy for its
     /// listener. The ones that no longer qualify are told to leave at once
     /// and closed after `grace`; each is logged and counted. A connection
-    /// of a listener the generation no longer has is judged gone.
-    pub fn rejudge(&self, generation: &Generation, grace: Duration) -> Vec<Closing> {
+    /// of a listener the generation no longer has is judged gone. Returns
+    /// how many were scheduled for closing.
+    pub fn rejudge(&self, generation: &Generation, grace: Duration) -> usize {
         let now = unix_now();
         let mut doomed = Vec::new();
-        let mut closing = Vec::new();
         for conn in self.lock().values_mut().filter(|c| !c.doomed) {
             let Some(refused) = judge(conn, generation, now) else {
                 continue;
             };
             self.doom(conn, &refused, Some(grace));
             doomed.push(conn.signals.close.clone());
-            closing.push(Closing {
-                listener: conn.listener.clone(),
-                peer: conn.peer,
-                reason: refused.reason,
-            });
         }
+        let count = doomed.len();
         if !doomed.is_empty() {
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
@@ -219,7 +207,7 @@ impl ConnectionRegistry {
                 }
             });
         }
-        closing
+        count
     }
 }
 

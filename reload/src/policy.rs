@@ -23,6 +23,7 @@
 //! decides. A live connection there still *qualifies* only while its host
 //! holds a role that the listener or one of its routes admits.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -250,15 +251,6 @@ impl UsePolicy {
         stage: Stage,
     ) -> Result<PeerIdentity, Verdict> {
         let facts = chain.first().and_then(|der| CertFacts::from_der(der).ok());
-        let sans = facts
-            .as_ref()
-            .map(|f| f.sans.iter().map(ToString::to_string).collect::<Vec<_>>());
-        let refuse = |refusal: Refusal, host: Option<&str>, detail: String| Verdict {
-            refusal,
-            sans: sans.clone().unwrap_or_default(),
-            host: host.map(str::to_owned),
-            detail,
-        };
         let name = match (self.verify, server_name, stage) {
             (ServerVerification::Full, Some(name), Stage::Handshake) => NameCheck::Server(name),
             _ => NameCheck::None,
@@ -273,17 +265,19 @@ impl UsePolicy {
             {
                 Ok(verified) => Some(verified.issuer_spki_sha256),
                 Err(e @ ChainError::WrongUsage(_)) => {
-                    return Err(refuse(e.refusal(), None, e.to_string()));
+                    return Err(verdict(e.refusal(), facts.as_ref(), None, e.to_string()));
                 }
                 Err(ChainError::Invalid(e)) => {
                     let refusal = crate::trust::refusal_of(&e);
-                    return Err(refuse(refusal, None, crate::trust::describe(&e)));
+                    let detail = crate::trust::describe(&e);
+                    return Err(verdict(refusal, facts.as_ref(), None, detail));
                 }
             }
         };
         let Some(facts) = facts else {
-            return Err(refuse(
+            return Err(verdict(
                 Refusal::BadCertificate,
+                None,
                 None,
                 "the certificate cannot be parsed".to_owned(),
             ));
@@ -301,24 +295,26 @@ impl UsePolicy {
         let host = match inventory.identify(&facts, issuer.as_ref()) {
             Ok(host) => host,
             Err(refusal) => {
-                return Err(refuse(refusal, None, identify_detail(refusal, &facts)));
+                let detail = identify_detail(refusal, &facts);
+                return Err(verdict(refusal, Some(&facts), None, detail));
             }
         };
         let roles = match stage {
             Stage::Handshake if self.rule.roles_per_request => None,
-            Stage::Handshake => self.rule.roles.clone(),
-            Stage::Connection => self.rule.connection_roles(),
+            Stage::Handshake => self.rule.roles.as_ref().map(Cow::Borrowed),
+            Stage::Connection => self.rule.connection_roles().map(Cow::Owned),
         };
-        if !self.rule.allows(host, roles.as_ref()) {
-            return Err(refuse(
+        if !self.rule.allows(host, roles.as_deref()) {
+            return Err(verdict(
                 Refusal::RoleNotAllowed,
+                Some(&facts),
                 Some(&host.name),
                 format!(
                     "host '{}' (roles: {}) holds none of the roles '{}' allows ({})",
                     host.name,
                     join(&host.roles),
                     self.name,
-                    roles.as_ref().map(join).unwrap_or_default()
+                    roles.as_deref().map(join).unwrap_or_default()
                 ),
             ));
         }
@@ -403,6 +399,24 @@ impl UsePolicy {
                 None,
             ),
         }
+    }
+}
+
+/// A refusal, with the SANs of what was presented (built only when a peer
+/// is refused: admitted handshakes never format them).
+fn verdict(
+    refusal: Refusal,
+    facts: Option<&CertFacts>,
+    host: Option<&str>,
+    detail: String,
+) -> Verdict {
+    Verdict {
+        refusal,
+        sans: facts
+            .map(|f| f.sans.iter().map(ToString::to_string).collect())
+            .unwrap_or_default(),
+        host: host.map(str::to_owned),
+        detail,
     }
 }
 

@@ -446,7 +446,6 @@ impl Reloader {
             self.state
                 .connections
                 .rejudge(&self.state.store.current(), next_config.reload.drain_grace)
-                .len()
         } else {
             0
         };
