@@ -21,7 +21,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ExpiryConfig, ListenerConfig};
 use crate::connections::ConnectionRegistry;
-use crate::listener::{self, Lifecycle, ListenerContext, ListenerStats};
+use crate::listener::{self, Lifecycle, ListenerStats};
+use crate::listener_context::ListenerContext;
 use crate::metrics::RequestMetrics;
 use crate::peers::PeerBook;
 use crate::reload_report::ReloadOutcome;
@@ -109,7 +110,7 @@ impl DaemonState {
     pub fn listener_stats(&self) -> Vec<(String, Arc<ListenerStats>)> {
         self.listeners()
             .iter()
-            .map(|(name, (_, ctx))| (name.clone(), ctx.stats.clone()))
+            .map(|(name, (_, ctx))| (name.clone(), ctx.stats().clone()))
             .collect()
     }
 

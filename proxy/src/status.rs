@@ -214,7 +214,7 @@ pub fn status(state: &DaemonState) -> Status {
             .into_iter()
             .map(|(name, addr, ctx)| {
                 let config = ctx.config.load();
-                let stats = &ctx.stats;
+                let stats = ctx.stats();
                 let (connections_total, connections_active) = stats.connections();
                 let (bytes_received, bytes_sent) = stats.bytes();
                 Listener {

@@ -32,15 +32,15 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::activity::{Activity, TrackStreams, Watched};
-use super::coalesce::Coalescing;
 use super::grpc_status::{self, GrpcCode};
 use super::grpc_wire::{grpc_timeout, split_path};
-use super::handshake;
 use super::identity_headers::{self, ConnectionIdentity};
-use super::pool::UpstreamTarget;
 use crate::config::ListenerConfig;
-use crate::listener::ListenerContext;
+use crate::listener_context::ListenerContext;
 use crate::metrics::RequestMetrics;
+use crate::transport::coalesce::Coalescing;
+use crate::transport::handshake;
+use crate::transport::pool::UpstreamTarget;
 
 pub use super::l7::Body;
 
@@ -59,14 +59,16 @@ pub async fn serve_inbound(
     tcp: TcpStream,
     peer: SocketAddr,
 ) {
-    let Some(accepted) = handshake::accept(&ctx, &listener, tcp, peer).await else {
+    let Some(accepted) = handshake::accept(&ctx.handshaker, &listener, tcp, peer).await else {
         return;
     };
     if accepted.tls.get_ref().1.alpn_protocol() != Some(b"h2") {
         tracing::warn!(listener = %listener.name, %peer, "peer did not negotiate h2 (ALPN); closing");
         return;
     }
-    let registration = ctx.register(&listener, peer, accepted.chain, accepted.generation);
+    let registration =
+        ctx.handshaker
+            .register(&listener, peer, accepted.chain, accepted.generation);
     let state = Arc::new(Inbound {
         ctx: ctx.clone(),
         listener: listener.clone(),
@@ -93,7 +95,7 @@ async fn handle_inbound(
     // Decided against the generation in force now, not the one the
     // connection was accepted under: a narrowed route or a removed role
     // applies to the next call on a held connection.
-    let generation = state.ctx.store.current();
+    let generation = state.ctx.store().current();
     let Some(policy) = generation.policy(&listener.name) else {
         return Ok(grpc_status::error(
             GrpcCode::Unavailable,
@@ -289,11 +291,11 @@ async fn handle_outbound(
     };
     parts.uri = uri;
     let deadline = grpc_timeout(&parts.headers);
-    let generation = state.ctx.store.current().number();
+    let generation = state.ctx.store().current().number();
     let client = state
         .ctx
         .pool
-        .remote(&state.ctx, listener, generation, state.client);
+        .remote(&state.ctx.handshaker, listener, generation, state.client);
     forward(
         client.request(Request::from_parts(parts, body)),
         deadline,

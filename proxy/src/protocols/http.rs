@@ -25,11 +25,11 @@ use tokio::net::TcpStream;
 
 use super::activity::{Activity, TrackStreams, Watched};
 use super::grpc::Body;
-use super::handshake;
 use super::identity_headers::{self, ConnectionIdentity};
-use super::pool::UpstreamTarget;
 use crate::config::ListenerConfig;
-use crate::listener::ListenerContext;
+use crate::listener_context::ListenerContext;
+use crate::transport::handshake;
+use crate::transport::pool::UpstreamTarget;
 
 struct Inbound {
     ctx: Arc<ListenerContext>,
@@ -55,11 +55,13 @@ pub async fn serve_inbound(
     tcp: TcpStream,
     peer: SocketAddr,
 ) {
-    let Some(accepted) = handshake::accept(&ctx, &listener, tcp, peer).await else {
+    let Some(accepted) = handshake::accept(&ctx.handshaker, &listener, tcp, peer).await else {
         return;
     };
-    let registration = (!accepted.chain.is_empty())
-        .then(|| ctx.register(&listener, peer, accepted.chain.clone(), accepted.generation));
+    let registration = (!accepted.chain.is_empty()).then(|| {
+        ctx.handshaker
+            .register(&listener, peer, accepted.chain.clone(), accepted.generation)
+    });
     let target = UpstreamTarget::new(http::uri::Scheme::HTTP, &listener.upstream);
     let state = Arc::new(Inbound {
         ctx: ctx.clone(),
@@ -117,7 +119,7 @@ async fn handle(
     let listener = &state.listener;
     // Decided against the generation in force now: a role removed from
     // the inventory applies to the next request on a held connection.
-    let generation = state.ctx.store.current();
+    let generation = state.ctx.store().current();
     let Some(policy) = generation.policy(&listener.name) else {
         return Ok(text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -210,7 +212,7 @@ async fn handle(
         // The tunnel outlives the HTTP connection, so it registers itself:
         // a peer that stops qualifying loses its tunnels too.
         let registration = (!state.chain.is_empty()).then(|| {
-            state.ctx.register(
+            state.ctx.handshaker.register(
                 listener,
                 state.peer,
                 state.chain.clone(),

@@ -16,16 +16,15 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
 
-use super::handshake;
 use crate::config::ListenerConfig;
-use crate::listener::ListenerContext;
 use crate::reject::RejectReason;
 use crate::relay::{RelayError, Transferred, relay};
+use crate::transport::handshake::{self, Handshaker};
 use crate::upstream::{self, UpstreamStream};
 
 /// Serves one connection accepted by an inbound tcp listener.
 pub async fn serve_inbound(
-    ctx: &ListenerContext,
+    ctx: &Handshaker,
     listener: &ListenerConfig,
     tcp: TcpStream,
     peer: SocketAddr,
@@ -62,7 +61,7 @@ pub async fn serve_inbound(
 
 /// Serves one connection accepted by an outbound tcp listener.
 pub async fn serve_outbound(
-    ctx: &ListenerContext,
+    ctx: &Handshaker,
     listener: &ListenerConfig,
     plain: TcpStream,
     client: SocketAddr,
@@ -87,7 +86,7 @@ pub async fn serve_outbound(
 }
 
 fn finished(
-    ctx: &ListenerContext,
+    ctx: &Handshaker,
     listener: &ListenerConfig,
     peer: SocketAddr,
     result: Result<Transferred, RelayError>,

@@ -30,11 +30,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use self::wire::{Message, WireError};
-use super::handshake;
 use crate::config::ListenerConfig;
-use crate::listener::ListenerContext;
 use crate::reject::RejectReason;
 use crate::relay::relay;
+use crate::transport::handshake::{self, Handshaker};
 use crate::upstream::{self, UpstreamStream};
 
 /// ER_ACCESS_DENIED_ERROR: the client must use TLS with a certificate.
@@ -172,7 +171,7 @@ async fn send<W: AsyncWrite + Unpin>(io: &mut W, seq: u8, payload: &[u8]) -> std
 
 /// Serves one connection on an outbound mariadb listener (upgrade).
 pub async fn serve_outbound(
-    ctx: &ListenerContext,
+    ctx: &Handshaker,
     listener: &ListenerConfig,
     mut client: TcpStream,
     client_addr: SocketAddr,
@@ -277,7 +276,7 @@ pub async fn serve_outbound(
 
 /// Serves one connection on an inbound mariadb listener (terminate).
 pub async fn serve_inbound(
-    ctx: &ListenerContext,
+    ctx: &Handshaker,
     listener: &ListenerConfig,
     mut client: TcpStream,
     peer: SocketAddr,
@@ -498,12 +497,7 @@ where
 }
 
 /// Counts and logs a connection phase that did not finish.
-fn phase_ended(
-    ctx: &ListenerContext,
-    listener: &ListenerConfig,
-    peer: SocketAddr,
-    error: &PhaseError,
-) {
+fn phase_ended(ctx: &Handshaker, listener: &ListenerConfig, peer: SocketAddr, error: &PhaseError) {
     match error {
         // TLS refusals were logged and counted by the handshake.
         PhaseError::ServerTls(_) => {}
@@ -525,7 +519,7 @@ fn phase_ended(
 /// Logs the end of a connection; a failure still inside the connection
 /// phase is counted as a refusal.
 fn connection_ended(
-    ctx: &ListenerContext,
+    ctx: &Handshaker,
     listener: &ListenerConfig,
     peer: SocketAddr,
     result: Result<(), PhaseError>,

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,12 +26,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use super::coalesce::Coalescing;
+use super::handshake::{self, Handshaker};
 use crate::config::{ListenerConfig, Upstream};
 use crate::connections::Registration;
 use crate::counting::CountingIo;
-use crate::listener::ListenerContext;
-use crate::protocols::coalesce::Coalescing;
-use crate::protocols::handshake;
 
 /// Plaintext upstream on loopback (h2c for grpc, HTTP/1.1 for http).
 pub type PlainClient = Client<PlainConnector, Incoming>;
@@ -100,7 +99,7 @@ impl PoolSlot {
     /// An mTLS h2 client to `listener`'s remote upstream for `generation`.
     pub fn remote(
         &self,
-        ctx: &Arc<ListenerContext>,
+        handshaker: &Handshaker,
         listener: &Arc<ListenerConfig>,
         generation: u64,
         client_addr: SocketAddr,
@@ -114,7 +113,7 @@ impl PoolSlot {
             let mut builder = Client::builder(TokioExecutor::new());
             keep_alive(&mut builder, timeouts);
             builder.http2_only(true).build(RemoteConnector {
-                ctx: Arc::downgrade(ctx),
+                handshaker: handshaker.clone(),
                 listener: listener.clone(),
                 client_addr,
             })
@@ -181,8 +180,7 @@ impl<T: Connection> Connection for Coalescing<T> {
 /// handshake, so refusals are classified and counted).
 #[derive(Debug, Clone)]
 pub struct RemoteConnector {
-    // Weak: the pool lives inside the listener context.
-    ctx: Weak<ListenerContext>,
+    handshaker: Handshaker,
     listener: Arc<ListenerConfig>,
     client_addr: SocketAddr,
 }
@@ -199,12 +197,9 @@ impl tower_service::Service<Uri> for RemoteConnector {
     fn call(&mut self, _uri: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let ctx = this
-                .ctx
-                .upgrade()
-                .ok_or_else(|| io::Error::other("listener removed"))?;
+            let ctx = &this.handshaker;
             let judged_under = ctx.store.current().number();
-            let tls = handshake::connect(&ctx, &this.listener, this.client_addr).await?;
+            let tls = handshake::connect(ctx, &this.listener, this.client_addr).await?;
             let (tcp, session) = tls.get_ref();
             let remote = tcp.get_ref().peer_addr().unwrap_or(this.client_addr);
             let chain = session.peer_certificates().unwrap_or_default().into();
