@@ -157,10 +157,10 @@ impl DaemonState {
         let addr = socket.local_addr().unwrap_or(config.listen);
         tracing::info!(
             listener = %config.name,
-            direction = %config.direction,
-            protocol = config.protocol.as_str(),
+            direction = %config.direction(),
+            protocol = config.protocol().as_str(),
             addr = %addr,
-            upstream = %config.upstream,
+            upstream = %config.upstream(),
             trust_domain = %config.trust_domain,
             "listening"
         );

@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::Scheme;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -35,7 +34,7 @@ use super::activity::{Activity, TrackStreams, Watched};
 use super::grpc_status::{self, GrpcCode};
 use super::grpc_wire::{grpc_timeout, split_path};
 use super::identity_headers::{self, ConnectionIdentity};
-use crate::config::ListenerConfig;
+use crate::config::{ListenerConfig, Outbound};
 use crate::listener_context::ListenerContext;
 use crate::metrics::RequestMetrics;
 use crate::transport::coalesce::Coalescing;
@@ -48,7 +47,7 @@ struct Inbound {
     ctx: Arc<ListenerContext>,
     listener: Arc<ListenerConfig>,
     identity: ConnectionIdentity,
-    target: Option<UpstreamTarget>,
+    target: UpstreamTarget,
     peer: SocketAddr,
 }
 
@@ -56,6 +55,7 @@ struct Inbound {
 pub async fn serve_inbound(
     ctx: Arc<ListenerContext>,
     listener: Arc<ListenerConfig>,
+    target: UpstreamTarget,
     tcp: TcpStream,
     peer: SocketAddr,
 ) {
@@ -73,7 +73,7 @@ pub async fn serve_inbound(
         ctx: ctx.clone(),
         listener: listener.clone(),
         identity: ConnectionIdentity::new(accepted.identity, accepted.generation),
-        target: UpstreamTarget::new(Scheme::HTTP, &listener.upstream),
+        target,
         peer,
     });
     let service = service_fn(move |request| handle_inbound(state.clone(), request));
@@ -131,19 +131,15 @@ async fn handle_inbound(
     if let Some(identity) = &headers {
         identity.set(&mut parts.headers);
     }
-    let Some(uri) = state
-        .target
-        .as_ref()
-        .and_then(|t| t.uri(parts.uri.path_and_query()))
-    else {
+    let Some(uri) = state.target.uri(parts.uri.path_and_query()) else {
         return Ok(grpc_status::error(
-            GrpcCode::Unavailable,
-            "upstream is not host:port",
+            GrpcCode::Internal,
+            "cannot build the upstream URI",
         ));
     };
     parts.uri = uri;
     let deadline = grpc_timeout(&parts.headers);
-    let client = state.ctx.pool.plain(listener, true);
+    let client = state.ctx.pool.plain(listener, &state.target, true);
     let response = forward(
         client.request(Request::from_parts(parts, body)),
         deadline,
@@ -248,10 +244,11 @@ impl Drop for ObservedBody {
     }
 }
 
-struct Outbound {
+struct OutboundCalls {
     ctx: Arc<ListenerContext>,
     listener: Arc<ListenerConfig>,
-    target: Option<UpstreamTarget>,
+    outbound: Outbound,
+    target: UpstreamTarget,
     client: SocketAddr,
 }
 
@@ -259,13 +256,16 @@ struct Outbound {
 pub async fn serve_outbound(
     ctx: Arc<ListenerContext>,
     listener: Arc<ListenerConfig>,
+    outbound: Outbound,
+    target: UpstreamTarget,
     plain: TcpStream,
     client: SocketAddr,
 ) {
     let listener_config = listener.clone();
-    let state = Arc::new(Outbound {
+    let state = Arc::new(OutboundCalls {
         ctx: ctx.clone(),
-        target: UpstreamTarget::new(Scheme::HTTPS, &listener.upstream),
+        target,
+        outbound,
         listener,
         client,
     });
@@ -274,28 +274,28 @@ pub async fn serve_outbound(
 }
 
 async fn handle_outbound(
-    state: Arc<Outbound>,
+    state: Arc<OutboundCalls>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let listener = &state.listener;
     let (mut parts, body) = request.into_parts();
-    let Some(uri) = state
-        .target
-        .as_ref()
-        .and_then(|t| t.uri(parts.uri.path_and_query()))
-    else {
+    let Some(uri) = state.target.uri(parts.uri.path_and_query()) else {
         return Ok(grpc_status::error(
-            GrpcCode::Unavailable,
-            "upstream is not host:port",
+            GrpcCode::Internal,
+            "cannot build the upstream URI",
         ));
     };
     parts.uri = uri;
     let deadline = grpc_timeout(&parts.headers);
     let generation = state.ctx.store().current().number();
-    let client = state
-        .ctx
-        .pool
-        .remote(&state.ctx.handshaker, listener, generation, state.client);
+    let client = state.ctx.pool.remote(
+        &state.ctx.handshaker,
+        listener,
+        &state.outbound,
+        &state.target,
+        generation,
+        state.client,
+    );
     forward(
         client.request(Request::from_parts(parts, body)),
         deadline,

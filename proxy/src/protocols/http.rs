@@ -40,7 +40,7 @@ struct Inbound {
     chain: Arc<[CertificateDer<'static>]>,
     /// The generation whose policy admitted the peer.
     judged_under: u64,
-    target: Option<UpstreamTarget>,
+    target: UpstreamTarget,
     /// `x-forwarded-for`, the same for every request of the connection.
     forwarded_for: Option<HeaderValue>,
     /// `host` for the upstream: its authority.
@@ -52,6 +52,7 @@ struct Inbound {
 pub async fn serve_inbound(
     ctx: Arc<ListenerContext>,
     listener: Arc<ListenerConfig>,
+    target: UpstreamTarget,
     tcp: TcpStream,
     peer: SocketAddr,
 ) {
@@ -62,16 +63,13 @@ pub async fn serve_inbound(
         ctx.handshaker
             .register(&listener, peer, accepted.chain.clone(), accepted.generation)
     });
-    let target = UpstreamTarget::new(http::uri::Scheme::HTTP, &listener.upstream);
     let state = Arc::new(Inbound {
         ctx: ctx.clone(),
         listener: listener.clone(),
         identity: ConnectionIdentity::new(accepted.identity, accepted.generation),
         chain: accepted.chain,
         judged_under: accepted.generation,
-        upstream_host: target
-            .as_ref()
-            .and_then(|t| HeaderValue::from_str(t.authority().as_str()).ok()),
+        upstream_host: HeaderValue::from_str(target.authority().as_str()).ok(),
         target,
         forwarded_for: HeaderValue::from_str(&peer.ip().to_string()).ok(),
         peer,
@@ -180,12 +178,11 @@ async fn handle(
     if let Some(host) = original_host {
         headers.insert("x-forwarded-host", host);
     }
-    let Some(uri) = state
-        .target
-        .as_ref()
-        .and_then(|t| t.uri(parts.uri.path_and_query()))
-    else {
-        return Ok(text(StatusCode::BAD_GATEWAY, "upstream is not host:port\n"));
+    let Some(uri) = state.target.uri(parts.uri.path_and_query()) else {
+        return Ok(text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot build the upstream URI\n",
+        ));
     };
     parts.uri = uri;
     // HTTP/1.1 to the upstream whatever the client spoke.
@@ -194,7 +191,7 @@ async fn handle(
         parts.headers.insert(header::HOST, host.clone());
     }
 
-    let client = state.ctx.pool.plain(listener, false);
+    let client = state.ctx.pool.plain(listener, &state.target, false);
     let mut response = match client.request(Request::from_parts(parts, body)).await {
         Ok(response) => response,
         Err(e) => {

@@ -18,38 +18,74 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use crate::config::{Direction, Protocol};
+use ::http::uri::Scheme;
+
+use crate::config::{HostPort, InboundMode, ListenerConfig, OutboundProtocol, Side};
 use crate::listener_context::ListenerContext;
+use crate::transport::pool::UpstreamTarget;
 
 /// Serves one accepted connection with the protocol its listener speaks,
-/// under the settings in force when it was accepted.
+/// under the settings in force when it was accepted. The match is
+/// exhaustive: what a side cannot speak has no variant to dispatch.
 pub async fn serve(ctx: Arc<ListenerContext>, stream: TcpStream, peer: SocketAddr) {
     let config = ctx.config.load_full();
-    match (config.protocol, config.direction) {
-        (Protocol::Tcp, Direction::Inbound) => {
-            tcp::serve_inbound(&ctx.handshaker, &config, stream, peer).await
-        }
-        (Protocol::Tcp, Direction::Outbound) => {
-            tcp::serve_outbound(&ctx.handshaker, &config, stream, peer).await
-        }
-        (Protocol::Grpc, Direction::Inbound) => {
-            grpc::serve_inbound(ctx, config, stream, peer).await
-        }
-        (Protocol::Grpc, Direction::Outbound) => {
-            grpc::serve_outbound(ctx, config, stream, peer).await
-        }
-        (Protocol::Http, Direction::Inbound) => {
-            http::serve_inbound(ctx, config, stream, peer).await
-        }
-        (Protocol::Mariadb, Direction::Inbound) => {
-            mariadb::serve_inbound(&ctx.handshaker, &config, stream, peer).await
-        }
-        (Protocol::Mariadb, Direction::Outbound) => {
-            mariadb::serve_outbound(&ctx.handshaker, &config, stream, peer).await
-        }
-        (other, _) => {
-            // Validation refuses protocols that are not served yet.
-            tracing::error!(listener = %config.name, protocol = other.as_str(), "protocol not served");
-        }
+    let tls = &ctx.handshaker;
+    match &config.side {
+        Side::Inbound(inbound) => match &inbound.mode {
+            InboundMode::Tcp { upstream } => {
+                tcp::serve_inbound(tls, &config, upstream, stream, peer).await
+            }
+            InboundMode::Mariadb { upstream } => {
+                mariadb::serve_inbound(tls, &config, upstream, stream, peer).await
+            }
+            InboundMode::Grpc { upstream, .. } => {
+                let Some(target) = l7_target(&config, Scheme::HTTP, upstream) else {
+                    return;
+                };
+                grpc::serve_inbound(ctx.clone(), config.clone(), target, stream, peer).await
+            }
+            InboundMode::Http { upstream } => {
+                let Some(target) = l7_target(&config, Scheme::HTTP, upstream) else {
+                    return;
+                };
+                http::serve_inbound(ctx.clone(), config.clone(), target, stream, peer).await
+            }
+        },
+        Side::Outbound(outbound) => match outbound.protocol {
+            OutboundProtocol::Tcp => {
+                tcp::serve_outbound(tls, &config, outbound, stream, peer).await
+            }
+            OutboundProtocol::Mariadb => {
+                mariadb::serve_outbound(tls, &config, outbound, stream, peer).await
+            }
+            OutboundProtocol::Grpc => {
+                let Some(target) = l7_target(&config, Scheme::HTTPS, &outbound.remote) else {
+                    return;
+                };
+                grpc::serve_outbound(
+                    ctx.clone(),
+                    config.clone(),
+                    outbound.clone(),
+                    target,
+                    stream,
+                    peer,
+                )
+                .await
+            }
+        },
     }
+}
+
+/// The URI authority an L7 listener forwards to. Validation refuses a
+/// host that is not one, so this only guards against a bug.
+fn l7_target(
+    config: &ListenerConfig,
+    scheme: Scheme,
+    upstream: &HostPort,
+) -> Option<UpstreamTarget> {
+    let target = UpstreamTarget::new(scheme, upstream);
+    if target.is_none() {
+        tracing::error!(listener = %config.name, %upstream, "upstream is not a URI authority");
+    }
+    target
 }

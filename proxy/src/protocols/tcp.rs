@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
 
-use crate::config::ListenerConfig;
+use crate::config::{ListenerConfig, Outbound, Upstream};
 use crate::reject::RejectReason;
 use crate::relay::{RelayError, Transferred, relay};
 use crate::transport::handshake::{self, Handshaker};
@@ -26,6 +26,7 @@ use crate::upstream::{self, UpstreamStream};
 pub async fn serve_inbound(
     ctx: &Handshaker,
     listener: &ListenerConfig,
+    upstream: &Upstream,
     tcp: TcpStream,
     peer: SocketAddr,
 ) {
@@ -34,11 +35,11 @@ pub async fn serve_inbound(
     };
     let registration = ctx.register(listener, peer, accepted.chain, accepted.generation);
 
-    let upstream = match upstream::connect(&listener.upstream, listener.timeouts.connect).await {
-        Ok(upstream) => upstream,
+    let upstream = match upstream::connect(upstream, listener.timeouts.connect).await {
+        Ok(connected) => connected,
         Err(e) => {
             tracing::warn!(
-                listener = %listener.name, %peer, upstream = %listener.upstream,
+                listener = %listener.name, %peer, %upstream,
                 error = %e, "cannot reach upstream; closing the peer's connection"
             );
             return;
@@ -63,11 +64,12 @@ pub async fn serve_inbound(
 pub async fn serve_outbound(
     ctx: &Handshaker,
     listener: &ListenerConfig,
+    outbound: &Outbound,
     plain: TcpStream,
     client: SocketAddr,
 ) {
     let judged_under = ctx.store.current().number();
-    let Ok(tls) = handshake::connect(ctx, listener, client).await else {
+    let Ok(tls) = handshake::connect(ctx, listener, outbound, client).await else {
         return;
     };
     let remote = tls.get_ref().0.get_ref().peer_addr().unwrap_or(client);

@@ -18,7 +18,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
-use crate::config::ListenerConfig;
+use crate::config::{ListenerConfig, Outbound};
 use crate::connections::{ConnectionRegistry, Registration};
 use crate::counting::{CountingIo, ListenerStats};
 use crate::peers::PeerBook;
@@ -189,23 +189,21 @@ fn now() -> UnixTime {
 pub async fn connect(
     ctx: &Handshaker,
     listener: &ListenerConfig,
+    outbound: &Outbound,
     client_addr: SocketAddr,
 ) -> io::Result<client::TlsStream<CountingIo<TcpStream>>> {
-    let remote = match crate::upstream::connect(&listener.upstream, listener.timeouts.connect).await
-    {
-        Ok(crate::upstream::UpstreamStream::Tcp(tcp)) => tcp,
-        Ok(crate::upstream::UpstreamStream::Unix(_)) => {
-            return Err(io::Error::other("outbound listener with a unix upstream"));
-        }
-        Err(e) => {
-            tracing::warn!(
-                listener = %listener.name, client = %client_addr, upstream = %listener.upstream,
-                error = %e, "cannot reach remote host"
-            );
-            return Err(e);
-        }
-    };
-    handshake_over(ctx, listener, remote, client_addr).await
+    let remote =
+        match crate::upstream::connect_tcp(&outbound.remote, listener.timeouts.connect).await {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::warn!(
+                    listener = %listener.name, client = %client_addr, upstream = %outbound.remote,
+                    error = %e, "cannot reach remote host"
+                );
+                return Err(e);
+            }
+        };
+    handshake_over(ctx, listener, outbound, remote, client_addr).await
 }
 
 /// Runs the client side of the handshake on an already connected socket
@@ -213,6 +211,7 @@ pub async fn connect(
 pub async fn handshake_over(
     ctx: &Handshaker,
     listener: &ListenerConfig,
+    outbound: &Outbound,
     remote: TcpStream,
     client_addr: SocketAddr,
 ) -> io::Result<client::TlsStream<CountingIo<TcpStream>>> {
@@ -221,10 +220,7 @@ pub async fn handshake_over(
     let tls_config = generation
         .client_config(&listener.name)
         .ok_or_else(|| io::Error::other(format!("no TLS client config for '{}'", listener.name)))?;
-    let server_name = listener
-        .server_name
-        .clone()
-        .ok_or_else(|| io::Error::other("outbound listener without a server name"))?;
+    let server_name = outbound.server_name.clone();
 
     let remote_addr = remote.peer_addr().unwrap_or(client_addr);
     let remote = CountingIo::new(remote, ctx.stats.clone());
@@ -303,7 +299,7 @@ pub fn refused(
     let detail = verdict.map(|v| v.detail.as_str()).unwrap_or("");
     tracing::warn!(
         listener = %listener.name,
-        direction = %listener.direction,
+        direction = %listener.direction(),
         %peer,
         reason = reason.as_str(),
         sans = %sans,

@@ -28,7 +28,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::coalesce::Coalescing;
 use super::handshake::{self, Handshaker};
-use crate::config::{ListenerConfig, Upstream};
+use crate::config::{HostPort, ListenerConfig, Outbound};
 use crate::connections::Registration;
 use crate::counting::CountingIo;
 
@@ -39,7 +39,7 @@ pub type RemoteClient = Client<RemoteConnector, Incoming>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PoolKey {
-    upstream: Upstream,
+    upstream: http::uri::Authority,
     generation: u64,
 }
 
@@ -75,10 +75,15 @@ impl<C: Clone> Slot<C> {
 }
 
 impl PoolSlot {
-    /// A plaintext client for `listener`'s upstream.
-    pub fn plain(&self, listener: &ListenerConfig, http2: bool) -> PlainClient {
+    /// A plaintext client for `target`, a grpc or http listener's upstream.
+    pub fn plain(
+        &self,
+        listener: &ListenerConfig,
+        target: &UpstreamTarget,
+        http2: bool,
+    ) -> PlainClient {
         let key = PoolKey {
-            upstream: listener.upstream.clone(),
+            upstream: target.authority().clone(),
             generation: 0,
         };
         let connect_timeout = listener.timeouts.connect;
@@ -96,16 +101,19 @@ impl PoolSlot {
         })
     }
 
-    /// An mTLS h2 client to `listener`'s remote upstream for `generation`.
+    /// An mTLS h2 client to an outbound listener's remote host for
+    /// `generation`.
     pub fn remote(
         &self,
         handshaker: &Handshaker,
         listener: &Arc<ListenerConfig>,
+        outbound: &Outbound,
+        target: &UpstreamTarget,
         generation: u64,
         client_addr: SocketAddr,
     ) -> RemoteClient {
         let key = PoolKey {
-            upstream: listener.upstream.clone(),
+            upstream: target.authority().clone(),
             generation,
         };
         let timeouts = listener.timeouts;
@@ -115,6 +123,7 @@ impl PoolSlot {
             builder.http2_only(true).build(RemoteConnector {
                 handshaker: handshaker.clone(),
                 listener: listener.clone(),
+                outbound: outbound.clone(),
                 client_addr,
             })
         })
@@ -182,6 +191,7 @@ impl<T: Connection> Connection for Coalescing<T> {
 pub struct RemoteConnector {
     handshaker: Handshaker,
     listener: Arc<ListenerConfig>,
+    outbound: Outbound,
     client_addr: SocketAddr,
 }
 
@@ -199,7 +209,8 @@ impl tower_service::Service<Uri> for RemoteConnector {
         Box::pin(async move {
             let ctx = &this.handshaker;
             let judged_under = ctx.store.current().number();
-            let tls = handshake::connect(ctx, &this.listener, this.client_addr).await?;
+            let tls =
+                handshake::connect(ctx, &this.listener, &this.outbound, this.client_addr).await?;
             let (tcp, session) = tls.get_ref();
             let remote = tcp.get_ref().peer_addr().unwrap_or(this.client_addr);
             let chain = session.peer_certificates().unwrap_or_default().into();
@@ -291,20 +302,12 @@ pub struct UpstreamTarget {
 }
 
 impl UpstreamTarget {
-    /// `None` for a unix-socket upstream (grpc and http forward to
-    /// host:port; the config refuses the rest).
-    pub fn new(scheme: http::uri::Scheme, upstream: &Upstream) -> Option<Self> {
-        let Upstream::Tcp { host, port } = upstream else {
-            return None;
-        };
-        let authority = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
+    /// `None` when `upstream` is not a URI authority (validation refuses
+    /// such hosts, so the caller only logs it).
+    pub fn new(scheme: http::uri::Scheme, upstream: &HostPort) -> Option<Self> {
         Some(Self {
             scheme,
-            authority: authority.parse().ok()?,
+            authority: upstream.to_string().parse().ok()?,
         })
     }
 
@@ -332,7 +335,7 @@ mod tests {
 
     #[test]
     fn a_target_keeps_the_request_path_and_brackets_ipv6() {
-        let tcp = |host: &str| Upstream::Tcp {
+        let tcp = |host: &str| HostPort {
             host: host.to_owned(),
             port: 7000,
         };
@@ -352,7 +355,6 @@ mod tests {
             v6.uri(Some(&path)).unwrap().to_string(),
             "https://[::1]:7000/pkg.Svc/Call?x=1"
         );
-        let unix = Upstream::Unix("/run/x.sock".into());
-        assert!(UpstreamTarget::new(Scheme::HTTP, &unix).is_none());
+        assert!(UpstreamTarget::new(Scheme::HTTP, &tcp("not a host")).is_none());
     }
 }
