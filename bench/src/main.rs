@@ -8,6 +8,7 @@
 
 mod chart;
 mod compare;
+mod fleet;
 mod load;
 mod procfs;
 mod reload;
@@ -75,6 +76,31 @@ enum Command {
         #[arg(long, default_value = "/usr/bin/stunnel4")]
         stunnel: PathBuf,
     },
+    /// Fleet scale: check, start-up, reload, memory, handshake CPU and
+    /// metric series for role inventories of many hosts (TOML and YAML).
+    /// Writes <out-dir>/<date>-fleet.{json,md}.
+    Fleet {
+        /// Inventory sizes (hosts).
+        #[arg(long, value_delimiter = ',', default_values_t = [100, 1_000, 10_000, 50_000])]
+        sizes: Vec<usize>,
+        /// Changing reloads per size (RSS is taken after the first and the last).
+        #[arg(long, default_value_t = 50)]
+        reloads: usize,
+        /// Full handshakes for the CPU-per-handshake figure.
+        #[arg(long, default_value_t = 300)]
+        handshakes: usize,
+        /// Distinct inventory hosts that connect before series are counted.
+        #[arg(long, default_value_t = 50)]
+        peers: usize,
+        /// Inventory formats (toml, yaml).
+        #[arg(long, value_delimiter = ',', default_values_t = ["toml".to_owned(), "yaml".to_owned()])]
+        formats: Vec<String>,
+        #[arg(long, default_value = "bench/results")]
+        out_dir: PathBuf,
+        /// Names the files (default: today, UTC).
+        #[arg(long)]
+        date: Option<String>,
+    },
     /// Internal: the upstream servers `compare` runs in a child process.
     #[command(hide = true)]
     Upstream,
@@ -91,6 +117,40 @@ async fn main() -> anyhow::Result<()> {
             if let Some(out) = out {
                 std::fs::write(&out, text + "\n")?;
             }
+        }
+        Command::Fleet {
+            sizes,
+            reloads,
+            handshakes,
+            peers,
+            formats,
+            out_dir,
+            date,
+        } => {
+            let params = fleet::Params {
+                sizes,
+                reloads,
+                handshakes,
+                peers,
+                formats: formats
+                    .iter()
+                    .map(|f| fleet::Format::parse(f))
+                    .collect::<anyhow::Result<_>>()?,
+            };
+            let report = fleet::run(&cli.mtlsd, &params).await?;
+            let date = date.unwrap_or_else(|| {
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()[..10]
+                    .to_owned()
+            });
+            std::fs::create_dir_all(&out_dir)?;
+            let base = out_dir.join(format!("{date}-fleet"));
+            std::fs::write(
+                base.with_extension("json"),
+                serde_json::to_string_pretty(&report)? + "\n",
+            )?;
+            let table = fleet::markdown(&report);
+            std::fs::write(base.with_extension("md"), &table)?;
+            println!("{table}");
         }
         Command::Compare {
             quick,

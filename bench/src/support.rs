@@ -51,6 +51,8 @@ pub(crate) async fn echo() -> anyhow::Result<SocketAddr> {
 pub(crate) struct Daemon {
     child: Child,
     pub(crate) listeners: Vec<(String, SocketAddr)>,
+    /// Where the admin endpoint listens.
+    pub(crate) admin: Option<SocketAddr>,
 }
 
 impl Daemon {
@@ -70,6 +72,7 @@ impl Daemon {
         let stderr = child.stderr.take().context("stderr")?;
         let mut lines = std::io::BufReader::new(stderr).lines();
         let mut listeners = Vec::new();
+        let mut admin = None;
         let mut seen = Vec::new();
         loop {
             let Some(line) = lines.next() else {
@@ -84,13 +87,20 @@ impl Daemon {
                     let addr = line["addr"].as_str().unwrap_or_default().parse()?;
                     listeners.push((name, addr));
                 }
+                Some("admin endpoint listening") => {
+                    admin = line["addr"].as_str().and_then(|a| a.parse().ok());
+                }
                 Some("ready") => break,
                 _ => {}
             }
         }
         // Keep draining stderr so the daemon never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Ok(Self { child, listeners })
+        Ok(Self {
+            child,
+            listeners,
+            admin,
+        })
     }
 
     pub(crate) fn addr(&self, name: &str) -> anyhow::Result<SocketAddr> {
