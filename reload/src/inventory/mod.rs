@@ -24,6 +24,16 @@
 //! ```
 //!
 //! YAML with the same shape is accepted for files ending in `.yaml`/`.yml`.
+//!
+//! Every host reads the whole inventory, at start and on every reload, so
+//! a 50,000-host fleet must not pay for a general parser: the shape above
+//! (and its YAML twin) is read by [`canonical`], a line reader that knows
+//! only these keys and gives up on anything else; then the general
+//! parser (`config` with `serde_ignored`) reads the file and reports
+//! whatever is unusual or wrong. Both produce the same raw tree, checked
+//! by the same validation below.
+
+mod canonical;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -74,7 +84,7 @@ pub struct InventoryDelta {
     pub serials_unrevoked: usize,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
 struct RawInventory {
     cluster: Option<String>,
     #[serde(default)]
@@ -83,13 +93,13 @@ struct RawInventory {
     revoked: Vec<RawRevoked>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
 struct RawHost {
     sans: Option<Vec<String>>,
     roles: Option<Vec<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
 struct RawRevoked {
     serial: Option<String>,
     issuer: Option<String>,
@@ -118,20 +128,13 @@ impl RoleInventory {
             field: field.to_owned(),
             reason,
         };
-        let text = String::from_utf8(bytes.to_vec())
+        let text = std::str::from_utf8(bytes)
             .map_err(|_| vec![problem("(file)", "is not UTF-8 text".to_owned())])?;
-        let format = match path.extension().and_then(|e| e.to_str()) {
-            Some("yaml" | "yml") => config::FileFormat::Yaml,
-            _ => config::FileFormat::Toml,
+        let format = Format::of(path);
+        let (raw, unknown) = match canonical::read(text, format) {
+            Some(raw) => (raw, Vec::new()),
+            None => general(text, format).map_err(|reason| vec![problem("(file)", reason)])?,
         };
-        let merged = config::Config::builder()
-            .add_source(config::File::from_str(&text, format))
-            .build()
-            .map_err(|e| vec![problem("(file)", e.to_string())])?;
-        let mut unknown = Vec::new();
-        let raw: RawInventory =
-            serde_ignored::deserialize(merged, |key| unknown.push(key.to_string()))
-                .map_err(|e| vec![problem("(file)", e.to_string())])?;
 
         let mut problems: Vec<MaterialError> = unknown
             .iter()
@@ -344,6 +347,38 @@ impl RoleInventory {
             (Some(host), None) => self.hosts.get(host).ok_or(Refusal::SanNotInInventory),
         }
     }
+}
+
+/// How the file is written, by its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Toml,
+    Yaml,
+}
+
+impl Format {
+    fn of(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("yaml" | "yml") => Self::Yaml,
+            _ => Self::Toml,
+        }
+    }
+}
+
+/// The general parser: any TOML or YAML, with every unknown key named.
+fn general(text: &str, format: Format) -> Result<(RawInventory, Vec<String>), String> {
+    let format = match format {
+        Format::Toml => config::FileFormat::Toml,
+        Format::Yaml => config::FileFormat::Yaml,
+    };
+    let merged = config::Config::builder()
+        .add_source(config::File::from_str(text, format))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut unknown = Vec::new();
+    let raw = serde_ignored::deserialize(merged, |key| unknown.push(key.to_string()))
+        .map_err(|e| e.to_string())?;
+    Ok((raw, unknown))
 }
 
 /// `DNS:name`, `IP:addr`, `URI:uri`; without a prefix, an IP address or a
