@@ -6,7 +6,8 @@
 //! Where things live: [`config`] (the file and its validation), [`daemon`]
 //! (lifecycle), [`listener`] (accept loops and back-pressure),
 //! [`protocols`] (one module per protocol), [`relay`] (moving bytes),
-//! [`reject`] (why peers are refused), [`commands`] (the CLI verbs).
+//! [`reject`] (why peers are refused), [`commands`] (the CLI verbs),
+//! [`logging`] (stderr or the journal).
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,7 @@ pub mod counting;
 pub mod daemon;
 pub mod expiry_watch;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub(crate) mod notify;
 pub mod peers;
