@@ -104,9 +104,7 @@ impl Fleet {
         support::replace(&dir.path().join("host.crt"), &host.cert_pem, 0o644)?;
         support::replace(&dir.path().join("host.key"), &host.key_pem, 0o600)?;
         support::replace(&dir.path().join("ca.pem"), ca.cert_pem(), 0o644)?;
-        let inventory = dir
-            .path()
-            .join(format!("inventory.{}", format.extension()));
+        let inventory = dir.path().join(format!("inventory.{}", format.extension()));
         let fleet = Self {
             upstream: support::echo().await?,
             dir,
@@ -406,8 +404,11 @@ pub(crate) fn markdown(report: &serde_json::Value) -> String {
          |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for row in report["rows"].as_array().into_iter().flatten() {
-        let ms = |v: &serde_json::Value| format!("{:.0} ms", v["median_ms"].as_f64().unwrap_or(f64::NAN));
-        let mb = |v: &serde_json::Value| format!("{:.0} MB", v.as_f64().unwrap_or(f64::NAN) / 1024.0);
+        let ms = |v: &serde_json::Value| {
+            format!("{:.0} ms", v["median_ms"].as_f64().unwrap_or(f64::NAN))
+        };
+        let mb =
+            |v: &serde_json::Value| format!("{:.0} MB", v.as_f64().unwrap_or(f64::NAN) / 1024.0);
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} | {} / {} | {} µs | {} / {} |",

@@ -8,8 +8,8 @@
 //! [`listener_context`] (what a listener's connections share),
 //! [`protocols`] (one module per protocol, and the dispatch to them),
 //! [`transport`] (TLS handshakes and pooled upstream clients), [`relay`]
-//! (moving bytes),
-//! [`reject`] (why peers are refused), [`commands`] (the CLI verbs).
+//! (moving bytes), [`reject`] (why peers are refused), [`commands`] (the
+//! CLI verbs), [`logging`] (stderr or the journal).
 
 #![forbid(unsafe_code)]
 
@@ -22,6 +22,7 @@ pub mod daemon;
 pub mod expiry_watch;
 pub mod listener;
 pub mod listener_context;
+pub mod logging;
 pub mod metrics;
 pub(crate) mod notify;
 pub mod peers;

@@ -89,7 +89,9 @@ pub enum Command {
         json: bool,
     },
     /// Validate the configuration and all TLS material exactly as start-up
-    /// would; print every problem; exit 1 if there is any.
+    /// would; print every problem; exit 1 if there is any. With --compare,
+    /// also say what a reload would change and exit 4 when something needs
+    /// a restart.
     Check {
         /// Configuration file.
         #[arg(long, short, env = "MTLSD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
@@ -98,6 +100,16 @@ pub enum Command {
         /// holds) as problems: exit 1.
         #[arg(long)]
         strict: bool,
+        /// The configuration the daemon runs with: print each difference
+        /// (material and settings) as `live: ITEM` or `restart: ITEM: WHY`,
+        /// exactly as a reload would classify it; exit 4 when any needs a
+        /// restart.
+        #[arg(long, value_name = "RUNNING_CONFIG")]
+        compare: Option<PathBuf>,
+        /// Also check what only binding shows: every listen address
+        /// (listeners and admin) is on this host.
+        #[arg(long)]
+        bind: bool,
     },
     /// Ask the running daemon to reload now and wait for the outcome: exit 0
     /// when applied or unchanged, 1 when rejected (the reason is printed),
@@ -144,7 +156,19 @@ pub async fn dispatch(cli: Cli, prepared: Prepared) -> anyhow::Result<ExitCode> 
             let loaded = prepared.run_config.unwrap_or_else(|| Config::load(&config));
             run::run(loaded).await
         }
-        Command::Check { config, strict } => check::check(&config, strict),
+        Command::Check {
+            config,
+            strict,
+            compare,
+            bind,
+        } => check::check(
+            &config,
+            &check::Options {
+                strict,
+                compare,
+                bind,
+            },
+        ),
         Command::Reload { admin, config } => reload::reload(admin, &config).await,
         Command::Status {
             admin,

@@ -4,7 +4,10 @@
 //! `println!` panics once the reader has gone; the writers here stop
 //! writing instead, quietly, and the command ends with its normal exit
 //! code. Problems are text lines on stderr, or JSON lines shaped like the
-//! log's with `--log-format json`, so one parser reads both.
+//! log's with `--log-format json`, so one parser reads both. When stderr
+//! is the journal stream (under systemd, e.g. `ExecStartPre=mtlsd check`),
+//! each text line starts with its `<N>` priority prefix, so journald ranks
+//! it (`journalctl -p err` finds a failed check).
 
 use std::fmt;
 use std::io::{self, Write};
@@ -82,6 +85,21 @@ impl Level {
             Self::Warn => "WARN",
         }
     }
+
+    /// `text` as written to stderr: on the journal stream, every line
+    /// starts with `<3>` or `<4>`.
+    fn rank(self, text: &str) -> String {
+        if !crate::logging::stderr_is_journal() {
+            return text.to_owned();
+        }
+        let prefix = crate::logging::priority_prefix(match self {
+            Self::Error => tracing::Level::ERROR,
+            Self::Warn => tracing::Level::WARN,
+        });
+        text.split_inclusive('\n')
+            .map(|line| format!("{prefix}{line}"))
+            .collect()
+    }
 }
 
 /// A problem a command reports: `mtlsd COMMAND: MESSAGE`, then one
@@ -94,7 +112,7 @@ pub fn report(level: Level, command: &str, message: &str, items: &[String]) {
             for item in items {
                 text.push_str(&format!("  - {item}\n"));
             }
-            stderr(format_args!("{text}"));
+            stderr(format_args!("{}", level.rank(&text)));
         }
         LogFormat::Json => {
             let mut line = json_line(level, message);
@@ -111,7 +129,7 @@ pub fn report(level: Level, command: &str, message: &str, items: &[String]) {
 /// JSON line.
 pub fn detail(level: Level, command: &str, message: &str) {
     match format() {
-        LogFormat::Text => stderr(format_args!("  {message}\n")),
+        LogFormat::Text => stderr(format_args!("{}", level.rank(&format!("  {message}\n")))),
         LogFormat::Json => {
             let mut line = json_line(level, message);
             line["command"] = command.into();
@@ -123,7 +141,10 @@ pub fn detail(level: Level, command: &str, message: &str) {
 /// The error that ends the program: `mtlsd: error: …`, or a JSON line.
 pub fn fatal(message: &str) {
     match format() {
-        LogFormat::Text => stderr(format_args!("mtlsd: error: {message}\n")),
+        LogFormat::Text => stderr(format_args!(
+            "{}",
+            Level::Error.rank(&format!("mtlsd: error: {message}\n"))
+        )),
         LogFormat::Json => stderr(format_args!("{}\n", json_line(Level::Error, message))),
     }
 }

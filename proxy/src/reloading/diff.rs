@@ -13,8 +13,65 @@ use std::collections::{BTreeMap, BTreeSet};
 use mtlsd_expiry::Fingerprint;
 use mtlsd_reload::Generation;
 
-use crate::config::Section;
+use crate::config::{Config, Section};
 pub use crate::reload_report::{Applies, Item, ItemChange};
+
+/// What a configuration file changes against the running configuration,
+/// decided before its material is loaded: the reloader and `mtlsd check
+/// --compare` both classify a change with this, so they cannot disagree
+/// about what needs a restart.
+#[derive(Debug)]
+pub struct ConfigChange {
+    /// The configuration to run with: the file's, but every setting only a
+    /// restart applies kept at its running value (see
+    /// [`Config::apply_live`]).
+    pub effective: Config,
+    /// Each change only a restart applies: its section and what to tell
+    /// the operator.
+    pub refused: Vec<(Section, String)>,
+    running_sections: BTreeMap<Section, Fingerprint>,
+    /// Sections as they will run, except restart-only ones as the file has
+    /// them (so the diff shows what waits for a restart).
+    compared_sections: BTreeMap<Section, Fingerprint>,
+}
+
+impl ConfigChange {
+    /// Classifies `file` (a freshly parsed configuration) against `running`.
+    pub fn new(running: &Config, file: Config) -> Self {
+        let in_file = file.sections();
+        let (effective, refused) = running.apply_live(file);
+        let mut compared_sections = effective.sections();
+        for (section, _) in &refused {
+            match in_file.get(section) {
+                Some(fp) => compared_sections.insert(section.clone(), *fp),
+                None => compared_sections.remove(section),
+            };
+        }
+        Self {
+            effective,
+            refused,
+            running_sections: running.sections(),
+            compared_sections,
+        }
+    }
+
+    /// The sections only a restart applies.
+    pub fn restart_sections(&self) -> BTreeSet<Section> {
+        self.refused.iter().map(|(s, _)| s.clone()).collect()
+    }
+
+    /// Every item that differs, material and configuration, with how it
+    /// applies. `running` is `None` when the running material is unknown:
+    /// every material item is then listed as new.
+    pub fn items(&self, running: Option<&Generation>, next: &Generation) -> Vec<ItemChange> {
+        diff(
+            running,
+            &self.running_sections,
+            (next, &self.compared_sections),
+            &self.restart_sections(),
+        )
+    }
+}
 
 /// Every material item of a generation with its fingerprint.
 fn material(generation: &Generation) -> BTreeMap<Item, Fingerprint> {
@@ -42,15 +99,16 @@ fn material(generation: &Generation) -> BTreeMap<Item, Fingerprint> {
 }
 
 /// The items that differ between the running state and the next one.
-/// `old` is `None` at start-up: every item is then listed as new.
+/// `old` is `None` at start-up (with no sections): every item is then
+/// listed as new.
 pub fn diff(
-    old: Option<(&Generation, &BTreeMap<Section, Fingerprint>)>,
+    old: Option<&Generation>,
+    old_sections: &BTreeMap<Section, Fingerprint>,
     new: (&Generation, &BTreeMap<Section, Fingerprint>),
     restart: &BTreeSet<Section>,
 ) -> Vec<ItemChange> {
     let show = |fp: Option<&Fingerprint>| fp.map(Fingerprint::to_hex);
-    let empty = BTreeMap::new();
-    let old_material = old.map(|(g, _)| material(g)).unwrap_or_default();
+    let old_material = old.map(material).unwrap_or_default();
     let new_material = material(new.0);
     let mut changes = Vec::new();
     let keys: BTreeSet<&Item> = old_material.keys().chain(new_material.keys()).collect();
@@ -60,7 +118,7 @@ pub fn diff(
             continue;
         }
         let inventory = match (item, old, new.0.inventory()) {
-            (Item::Inventory, Some((old, _)), Some(next)) => {
+            (Item::Inventory, Some(old), Some(next)) => {
                 old.inventory().map(|before| next.delta_from(before))
             }
             _ => None,
@@ -73,7 +131,6 @@ pub fn diff(
             inventory,
         });
     }
-    let old_sections = old.map(|(_, s)| s).unwrap_or(&empty);
     let sections: BTreeSet<&Section> = old_sections.keys().chain(new.1.keys()).collect();
     for section in sections {
         let (before, after) = (old_sections.get(section), new.1.get(section));

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use audit::AuditLog;
 
-use crate::config::{Config, ListenerConfig, Section};
+use crate::config::{Config, ListenerConfig};
 use crate::state::{BoundListener, DaemonState};
 
 /// A request to the reloader task.
@@ -162,7 +162,12 @@ impl Reloader {
             result: ReloadResult::Applied,
             generation: current.number(),
             reason: None,
-            items: diff::diff(None, (&current, &sections), &BTreeSet::new()),
+            items: diff::diff(
+                None,
+                &BTreeMap::new(),
+                (&current, &sections),
+                &BTreeSet::new(),
+            ),
             refused: Vec::new(),
             closing: 0,
         };
@@ -326,12 +331,11 @@ impl Reloader {
         };
         let file_changed = self.config_fingerprint != Some(config_fingerprint);
         self.config_fingerprint = Some(config_fingerprint);
-        let sections_in_file = parsed.sections();
-        let (next_config, restart) = self.config.apply_live(parsed);
-        let refused: Vec<String> = restart.iter().map(|(_, m)| m.clone()).collect();
-        let restart: BTreeSet<Section> = restart.into_iter().map(|(s, _)| s).collect();
+        let change = diff::ConfigChange::new(&self.config, parsed);
+        let refused: Vec<String> = change.refused.iter().map(|(_, m)| m.clone()).collect();
+        let restart = change.restart_sections();
 
-        let spec = next_config.material_spec();
+        let spec = change.effective.material_spec();
         let built =
             tokio::task::spawn_blocking(move || Generation::load(&spec, SystemTime::now())).await;
         let next = match built {
@@ -339,22 +343,8 @@ impl Reloader {
             Ok(Err(problems)) => return rejected(problems.to_string(), refused),
             Err(e) => return rejected(format!("building the generation failed: {e}"), refused),
         };
-
-        // Restart-only sections are compared as the file has them (the
-        // diff shows what waits for a restart); the rest as they will run.
-        let running_sections = self.config.sections();
-        let mut file_sections = next_config.sections();
-        for section in &restart {
-            match sections_in_file.get(section) {
-                Some(fp) => file_sections.insert(section.clone(), *fp),
-                None => file_sections.remove(section),
-            };
-        }
-        let items = diff::diff(
-            Some((&current, &running_sections)),
-            (&next, &file_sections),
-            &restart,
-        );
+        let items = change.items(Some(&current), &next);
+        let next_config = change.effective;
         let live_changed = items.iter().any(|i| i.applies == Applies::Live);
         let restart_result = |generation: u64, closing: usize| ReloadOutcome {
             trigger,

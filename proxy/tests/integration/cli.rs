@@ -666,3 +666,296 @@ async fn the_runtime_has_the_configured_worker_threads() {
         assert_eq!(mtlsd.exited(SOON).await.code(), Some(0));
     }
 }
+
+/// `mtlsd check --compare`: every kind of section and key, each with the
+/// exit code and the lines a reload's own classification gives it.
+#[test]
+fn check_compare_says_what_applies_live_and_what_needs_a_restart() {
+    let setup = Setup::new();
+    let running_text = format!(
+        "{}[reload]\nsettle = \"250ms\"\n\n[expiry]\nwarning = \"21days\"\n\n[tls]\nmin_version = \"1.3\"\n\n\
+         [runtime]\nworker_threads = 1\n\n\
+         [[inbound]]\nname = \"in\"\nlisten = \"127.0.0.1:18443\"\nupstream = \"127.0.0.1:9\"\nprotocol = \"tcp\"\nmax_connections = 100\n\n\
+         [[outbound]]\nname = \"out\"\nlisten = \"127.0.0.1:18080\"\nupstream = \"127.0.0.1:9443\"\nserver_name = \"localhost\"\n",
+        material_toml(&setup.host, &setup.ca)
+    );
+    let running = setup.pki.write("running.toml", &running_text, 0o600);
+    let running_arg = running.display().to_string();
+    let other_ca = CertificateAuthority::new("next mesh CA").unwrap();
+    let both_cas = setup.pki.write(
+        "both-cas.pem",
+        &format!("{}{}", setup.pki.ca.cert_pem(), other_ca.cert_pem()),
+        0o644,
+    );
+    let reissued = setup.pki.host("reissued", &localhost_leaf("host"));
+
+    struct Case {
+        what: &'static str,
+        edits: Vec<(String, String)>,
+        code: i32,
+        lines: Vec<&'static str>,
+    }
+    let edit = |from: &str, to: &str| vec![(from.to_owned(), to.to_owned())];
+    let ca = setup.ca.display().to_string();
+    let cert = setup.host.cert.display().to_string();
+    let key = setup.host.key.display().to_string();
+    let cases = vec![
+        Case {
+            what: "identical",
+            edits: vec![],
+            code: 0,
+            lines: vec!["  no differences"],
+        },
+        Case {
+            what: "a comment",
+            edits: edit("[tls]\n", "# rotated\n[tls]\n"),
+            code: 0,
+            lines: vec!["  no differences"],
+        },
+        Case {
+            what: "tls.min_version",
+            edits: edit("min_version = \"1.3\"", "min_version = \"1.2\""),
+            code: 0,
+            lines: vec!["live: config.tls"],
+        },
+        Case {
+            what: "shutdown.drain_timeout",
+            edits: edit("drain_timeout = \"2s\"", "drain_timeout = \"9s\""),
+            code: 0,
+            lines: vec!["live: config.shutdown"],
+        },
+        Case {
+            what: "reload.settle",
+            edits: edit("settle = \"250ms\"", "settle = \"1s\""),
+            code: 0,
+            lines: vec!["live: config.reload"],
+        },
+        Case {
+            what: "expiry.warning",
+            edits: edit("warning = \"21days\"", "warning = \"30days\""),
+            code: 0,
+            lines: vec!["live: config.expiry"],
+        },
+        Case {
+            what: "trust_domains.mesh.version",
+            edits: edit(
+                "[trust_domains.mesh]\n",
+                "[trust_domains.mesh]\nversion = \"2\"\n",
+            ),
+            code: 0,
+            lines: vec!["live: config.trust_domains.mesh"],
+        },
+        Case {
+            what: "a CA bundle's content",
+            edits: vec![(ca.clone(), both_cas.display().to_string())],
+            code: 0,
+            lines: vec!["live: trust_domain.mesh", "live: config.trust_domains.mesh"],
+        },
+        Case {
+            what: "a reissued certificate",
+            edits: vec![
+                (cert.clone(), reissued.cert.display().to_string()),
+                (key.clone(), reissued.key.display().to_string()),
+            ],
+            code: 0,
+            lines: vec!["live: identity", "live: config.identity"],
+        },
+        Case {
+            what: "a listener's limit",
+            edits: edit("max_connections = 100", "max_connections = 5"),
+            code: 0,
+            lines: vec!["live: config.listener.in"],
+        },
+        Case {
+            what: "a listener's address",
+            edits: edit("127.0.0.1:18443", "127.0.0.1:18444"),
+            code: 0,
+            lines: vec!["live: config.listener.in"],
+        },
+        Case {
+            what: "a listener's upstream",
+            edits: edit("upstream = \"127.0.0.1:9\"", "upstream = \"127.0.0.1:10\""),
+            code: 0,
+            lines: vec!["live: config.listener.in"],
+        },
+        Case {
+            what: "a new listener",
+            edits: edit(
+                "[[outbound]]\n",
+                "[[inbound]]\nname = \"in2\"\nlisten = \"127.0.0.1:18445\"\nupstream = \"127.0.0.1:9\"\n\n[[outbound]]\n",
+            ),
+            code: 0,
+            lines: vec!["live: config.listener.in2 (added)"],
+        },
+        Case {
+            what: "a listener's protocol",
+            edits: edit("protocol = \"tcp\"", "protocol = \"http\""),
+            code: 4,
+            lines: vec![
+                "restart: config.listener.in: listener 'in': direction and protocol cannot change while running (kept inbound tcp)",
+            ],
+        },
+        Case {
+            what: "admin.listen",
+            edits: edit("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:19650\""),
+            code: 4,
+            lines: vec!["restart: config.admin: admin.listen"],
+        },
+        Case {
+            what: "reload.audit_log",
+            edits: edit(
+                "settle = \"250ms\"",
+                "settle = \"250ms\"\naudit_log = \"/tmp/elsewhere.jsonl\"",
+            ),
+            code: 4,
+            lines: vec![
+                "restart: config.reload.audit_log: reload.audit_log: cannot change while running",
+            ],
+        },
+        Case {
+            what: "runtime.worker_threads",
+            edits: edit("worker_threads = 1", "worker_threads = 2"),
+            code: 4,
+            lines: vec![
+                "restart: config.runtime: runtime.worker_threads: cannot change while running",
+            ],
+        },
+        Case {
+            what: "state_dir",
+            edits: edit("state_dir = ", "state_dir = \"/tmp/other-state\"\n#"),
+            code: 4,
+            lines: vec![
+                "restart: config.state_dir: state_dir: cannot change while running",
+                // The default audit log lives in the state directory.
+                "restart: config.reload.audit_log:",
+            ],
+        },
+        Case {
+            what: "live and restart together",
+            edits: vec![
+                ("max_connections = 100".into(), "max_connections = 5".into()),
+                ("worker_threads = 1".into(), "worker_threads = 2".into()),
+            ],
+            code: 4,
+            lines: vec!["live: config.listener.in", "restart: config.runtime:"],
+        },
+        Case {
+            what: "an invalid new file",
+            edits: edit("protocol = \"tcp\"", "protocol = \"telnet\""),
+            code: 1,
+            lines: vec![],
+        },
+    ];
+    for case in cases {
+        let mut text = running_text.clone();
+        for (from, to) in &case.edits {
+            assert!(
+                text.contains(from.as_str()),
+                "{}: {from:?} not in the base",
+                case.what
+            );
+            text = text.replace(from.as_str(), to);
+        }
+        let new = setup.pki.write("new.toml", &text, 0o600);
+        let (status, stdout, stderr) = run_to_end(
+            &[
+                "check",
+                "--config",
+                &new.display().to_string(),
+                "--compare",
+                &running_arg,
+            ],
+            Duration::from_secs(20),
+        );
+        assert_eq!(
+            status.code(),
+            Some(case.code),
+            "{}: exit code; stdout:\n{stdout}\nstderr:\n{stderr}",
+            case.what
+        );
+        for line in &case.lines {
+            assert!(
+                stdout.lines().any(|l| l.starts_with(line)),
+                "{}: no line starting {line:?} in:\n{stdout}",
+                case.what
+            );
+        }
+        let restarts = stdout
+            .lines()
+            .filter(|l| l.starts_with("restart: "))
+            .count();
+        let expected = case
+            .lines
+            .iter()
+            .filter(|l| l.starts_with("restart: "))
+            .count();
+        assert_eq!(
+            restarts, expected,
+            "{}: restart lines in:\n{stdout}",
+            case.what
+        );
+        if case.code == 0 {
+            let changes = stdout.lines().filter(|l| l.starts_with("live: ")).count();
+            assert_eq!(
+                changes,
+                case.lines
+                    .iter()
+                    .filter(|l| l.starts_with("live: "))
+                    .count(),
+                "{}: live lines in:\n{stdout}",
+                case.what
+            );
+        }
+    }
+
+    // A running file that does not load: only a restart applies the new one.
+    let (status, stdout, _) = run_to_end(
+        &[
+            "check",
+            "--config",
+            &running_arg,
+            "--compare",
+            "/nonexistent/mtlsd.toml",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(status.code(), Some(4), "{stdout}");
+    assert!(
+        stdout.contains("restart: config: the running configuration does not load"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_bind_names_a_listen_address_that_is_not_on_this_host() {
+    let setup = Setup::new();
+    let good = setup.config("127.0.0.1:9", "");
+    let (status, _, stderr) = run_to_end(
+        &["check", "--bind", "--config", &good.display().to_string()],
+        Duration::from_secs(20),
+    );
+    assert_eq!(status.code(), Some(0), "{stderr}");
+
+    let text = format!(
+        "{}[[inbound]]\nname = \"web\"\nlisten = \"192.0.2.1:8443\"\nupstream = \"127.0.0.1:9\"\n",
+        material_toml(&setup.host, &setup.ca)
+            .replace("listen = \"127.0.0.1:0\"", "listen = \"192.0.2.1:9650\"")
+    );
+    let away = setup.pki.write("away.toml", &text, 0o600);
+    let away_arg = away.display().to_string();
+    // Without --bind the file is valid: only binding shows the problem.
+    let (status, _, stderr) =
+        run_to_end(&["check", "--config", &away_arg], Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let (status, _, stderr) = run_to_end(
+        &["check", "--bind", "--config", &away_arg],
+        Duration::from_secs(20),
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    for expected in [
+        "listener 'web': listen 192.0.2.1:8443: address not on this host (EADDRNOTAVAIL)",
+        "admin: listen 192.0.2.1:9650: address not on this host (EADDRNOTAVAIL)",
+    ] {
+        assert!(stderr.contains(expected), "no {expected:?} in:\n{stderr}");
+    }
+}

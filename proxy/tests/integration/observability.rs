@@ -542,3 +542,269 @@ async fn a_reset_right_after_a_completed_handshake_is_no_failure_but_one_before_
         "{listener}"
     );
 }
+
+/// Decodes one journald native-protocol datagram (both field forms).
+fn journal_fields(mut data: &[u8]) -> std::collections::BTreeMap<String, String> {
+    let mut fields = std::collections::BTreeMap::new();
+    while let Some(end) = data.iter().position(|&b| b == b'\n') {
+        let head = &data[..end];
+        if let Some(eq) = head.iter().position(|&b| b == b'=') {
+            fields.insert(
+                String::from_utf8_lossy(&head[..eq]).into_owned(),
+                String::from_utf8_lossy(&head[eq + 1..]).into_owned(),
+            );
+            data = &data[end + 1..];
+        } else {
+            let len = u64::from_le_bytes(data[end + 1..end + 9].try_into().unwrap());
+            let start = end + 9;
+            let stop = start + usize::try_from(len).unwrap();
+            fields.insert(
+                String::from_utf8_lossy(head).into_owned(),
+                String::from_utf8_lossy(&data[start..stop]).into_owned(),
+            );
+            data = &data[stop + 1..];
+        }
+    }
+    fields
+}
+
+/// `mtlsd run` as systemd starts it: stderr is a file whose device and
+/// inode `JOURNAL_STREAM` names, in a private mount namespace whose
+/// `/run/systemd/journal` is `journal_dir` (so the daemon's journal socket
+/// is one this test binds). `None` when mount namespaces are not allowed
+/// here (not root).
+fn spawn_under_journal(
+    config: &std::path::Path,
+    journal_dir: &std::path::Path,
+    stderr_file: &std::path::Path,
+) -> Option<std::process::Child> {
+    use std::os::unix::fs::MetadataExt;
+    let probe = std::process::Command::new("unshare")
+        .args(["-m", "true"])
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!(
+            "skipped: needs `unshare -m` (root) to give mtlsd a journal socket of the test's"
+        );
+        return None;
+    }
+    let stderr = std::fs::File::create(stderr_file).unwrap();
+    let meta = stderr.metadata().unwrap();
+    let child = std::process::Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && \
+             mount --bind \"$1\" /run/systemd/journal && shift && exec \"$@\"",
+            "sh",
+        ])
+        .arg(journal_dir)
+        .arg(env!("CARGO_BIN_EXE_mtlsd"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .env("MTLSD_LOG", "info")
+        .env_remove("MTLSD_LOG_FORMAT")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    Some(child)
+}
+
+fn signal_child(child: &std::process::Child, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, signal).unwrap();
+}
+
+/// Under systemd, each event is one journal entry: a real priority, the
+/// tracing fields as journal fields, no colour, no timestamp of mtlsd's
+/// own; nothing goes to stderr.
+#[tokio::test]
+async fn under_systemd_events_go_to_the_journal_ranked_with_their_fields() {
+    let pki = Pki::new();
+    let host = pki.host("host", &localhost_leaf("host"));
+    // No file watching: the reload below is the SIGHUP's alone.
+    let toml = format!(
+        "{}[reload]\nwatch = false\n\n{}",
+        material_toml(&host, &pki.ca_file()),
+        inbound_toml("web", "127.0.0.1:9".parse().unwrap(), "")
+    );
+    let config = pki.write("mtlsd.toml", &toml, 0o600);
+    let journal_dir = pki.path("journal");
+    std::fs::create_dir(&journal_dir).unwrap();
+    let journald = std::os::unix::net::UnixDatagram::bind(journal_dir.join("socket")).unwrap();
+    journald
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let stderr_file = pki.path("stderr");
+    let Some(mut child) = spawn_under_journal(&config, &journal_dir, &stderr_file) else {
+        return;
+    };
+    let mut entries: Vec<std::collections::BTreeMap<String, String>> = Vec::new();
+    let next_until =
+        |entries: &mut Vec<_>,
+         what: &str,
+         found: &dyn Fn(&std::collections::BTreeMap<String, String>) -> bool| {
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                if let Some(entry) = entries.iter().find(|e| found(e)) {
+                    return std::collections::BTreeMap::clone(entry);
+                }
+                let n = journald
+                    .recv(&mut buf)
+                    .unwrap_or_else(|e| panic!("no journal entry {what}: {e}; got {entries:#?}"));
+                if n > 0 {
+                    entries.push(journal_fields(&buf[..n]));
+                }
+            }
+        };
+
+    let listening = next_until(&mut entries, "listening", &|e| {
+        e.get("MESSAGE").is_some_and(|m| m.starts_with("listening"))
+    });
+    assert_eq!(listening["PRIORITY"], "6", "{listening:?}");
+    assert_eq!(listening["LISTENER"], "web", "{listening:?}");
+    assert_eq!(listening["SYSLOG_IDENTIFIER"], "mtlsd");
+    assert!(
+        listening["MESSAGE"].contains("listener=web"),
+        "{listening:?}"
+    );
+    let addr: std::net::SocketAddr = listening["ADDR"].parse().unwrap();
+
+    // A client of another CA: refused, a warning with listener and reason.
+    let stranger = CertificateAuthority::new("stranger").unwrap();
+    let client = stranger.issue(&localhost_leaf("client")).unwrap();
+    if let Ok(mut stream) = tls_connect(addr, client_config(pki.ca.cert_der(), Some(&client))).await
+    {
+        let _ = round_trip(&mut stream, b"x").await;
+    }
+    let refused = next_until(&mut entries, "handshake refused", &|e| {
+        e.get("MESSAGE")
+            .is_some_and(|m| m.starts_with("TLS handshake refused"))
+    });
+    assert_eq!(refused["PRIORITY"], "4", "{refused:?}");
+    assert_eq!(refused["LISTENER"], "web", "{refused:?}");
+    assert_eq!(refused["REASON"], "unknown_ca", "{refused:?}");
+    assert!(refused.contains_key("PEER"), "{refused:?}");
+
+    // A rejected reload: an error.
+    std::fs::write(&host.cert, "not a certificate").unwrap();
+    signal_child(&child, nix::sys::signal::Signal::SIGHUP);
+    let rejected = next_until(&mut entries, "reload rejected", &|e| {
+        e.get("MESSAGE")
+            .is_some_and(|m| m.starts_with("reload rejected"))
+    });
+    assert_eq!(rejected["PRIORITY"], "3", "{rejected:?}");
+    assert_eq!(rejected["TRIGGER"], "sighup", "{rejected:?}");
+
+    signal_child(&child, nix::sys::signal::Signal::SIGTERM);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    for entry in &entries {
+        assert!(
+            entry.values().all(|v| !v.contains('\u{1b}')),
+            "an escape code went to the journal: {entry:?}"
+        );
+        let message = &entry["MESSAGE"];
+        assert!(
+            !message.starts_with(|c: char| c.is_ascii_digit()) && !message.contains(" INFO "),
+            "time or level in the message: {message:?}"
+        );
+    }
+    let stderr = std::fs::read_to_string(&stderr_file).unwrap();
+    assert!(stderr.is_empty(), "stderr carried logs too:\n{stderr}");
+}
+
+/// Under systemd with no journal socket: stderr, ranked with `<N>`
+/// prefixes, said once, no colour, no timestamp. Elsewhere (stderr is
+/// not the stream `JOURNAL_STREAM` names, nor a terminal): plain text.
+#[test]
+fn without_the_journal_socket_lines_are_ranked_on_stderr() {
+    let pki = Pki::new();
+    let host = pki.host("host", &localhost_leaf("host"));
+    let toml = format!(
+        "{}{}",
+        material_toml(&host, &pki.ca_file()),
+        inbound_toml("web", "127.0.0.1:9".parse().unwrap(), "")
+    );
+    let config = pki.write("mtlsd.toml", &toml, 0o600);
+    let wait_for = |path: &std::path::Path, needle: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} in:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // Not the journal stream: JOURNAL_STREAM names another file.
+    let stderr_file = pki.path("plain-stderr");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mtlsd"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("JOURNAL_STREAM", "1:1")
+        .env("MTLSD_LOG", "info")
+        .env_remove("MTLSD_LOG_FORMAT")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_file).unwrap())
+        .spawn()
+        .unwrap();
+    let text = wait_for(&stderr_file, "ready");
+    signal_child(&child, nix::sys::signal::Signal::SIGTERM);
+    assert!(child.wait().unwrap().success());
+    assert!(!text.contains('\u{1b}'), "escape codes in a file:\n{text}");
+    assert!(
+        !text.contains("<6>"),
+        "priority prefixes off the journal:\n{text}"
+    );
+    assert!(text.contains(" INFO "), "{text}");
+
+    // The journal stream, but nothing listens on the journal socket.
+    let journal_dir = pki.path("journal");
+    std::fs::create_dir(&journal_dir).unwrap();
+    let stderr_file = pki.path("journal-stderr");
+    let Some(mut child) = spawn_under_journal(&config, &journal_dir, &stderr_file) else {
+        return;
+    };
+    let text = wait_for(&stderr_file, "ready");
+    signal_child(&child, nix::sys::signal::Signal::SIGTERM);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        text.matches("cannot write to the journal socket").count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("<4>") && l.contains("cannot write to the journal socket")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("<6>") && l.contains("listening")),
+        "{text}"
+    );
+    assert!(
+        text.lines().all(|l| l.starts_with('<')),
+        "an unranked line:\n{text}"
+    );
+    assert!(!text.contains('\u{1b}'), "escape codes:\n{text}");
+    assert!(
+        text.lines()
+            .all(|l| !l[3..].starts_with(|c: char| c.is_ascii_digit())),
+        "a timestamp:\n{text}"
+    );
+}
