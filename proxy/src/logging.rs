@@ -32,7 +32,12 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::commands::LogFormat;
+/// How log lines are written: text for people, JSON lines for machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// journald's socket for the native protocol.
 pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
