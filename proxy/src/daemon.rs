@@ -55,6 +55,8 @@ pub enum StartError {
     },
     #[error("metrics")]
     Metrics(#[from] prometheus::Error),
+    #[error("cannot start the thread that builds generations")]
+    Builder(#[source] std::io::Error),
     #[error("{cert}: {reason}; install a new certificate before starting mtlsd")]
     OwnCertificateRevoked {
         cert: std::path::PathBuf,
@@ -163,7 +165,8 @@ impl Running {
             audit,
             reload_metrics,
             env,
-        );
+        )
+        .map_err(StartError::Builder)?;
         tasks.spawn(reloader.run(requests, stop_tasks.clone()));
 
         let admin_addr = admin_socket.local_addr().unwrap_or(config.admin_listen);

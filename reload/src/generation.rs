@@ -125,6 +125,17 @@ impl Generation {
     /// Loads and checks everything `spec` names, as of `now`, and builds
     /// every TLS config. Returns every problem found, not just the first.
     pub fn load(spec: &MaterialSpec, now: SystemTime) -> Result<Self, MaterialErrors> {
+        Self::load_after(spec, now, None)
+    }
+
+    /// [`Self::load`] for a reload: what has not changed since `previous`
+    /// is taken from it instead of parsed again (today the inventory,
+    /// whose size grows with the fleet).
+    pub fn load_after(
+        spec: &MaterialSpec,
+        now: SystemTime,
+        previous: Option<&Generation>,
+    ) -> Result<Self, MaterialErrors> {
         let provider = tls::provider();
         let mut problems = Vec::new();
 
@@ -177,8 +188,11 @@ impl Generation {
 
         let inventory = match &spec.inventory {
             None => None,
-            Some(path) => match RoleInventory::load(path) {
-                Ok(inventory) => Some(Arc::new(inventory)),
+            Some(path) => match RoleInventory::load_unless_unchanged(
+                path,
+                previous.and_then(|p| p.inventory.as_ref()),
+            ) {
+                Ok(inventory) => Some(inventory),
                 Err(errors) => {
                     problems.extend(errors);
                     None

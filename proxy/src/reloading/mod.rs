@@ -22,6 +22,7 @@
 //! [`ConnectionRegistry`]: crate::connections::ConnectionRegistry
 
 mod audit;
+mod builder;
 pub mod diff;
 mod watch;
 
@@ -118,6 +119,8 @@ pub struct Reloader {
     watcher: Option<watch::DirWatcher>,
     changed_tx: mpsc::Sender<()>,
     changed_rx: mpsc::Receiver<()>,
+    /// Where files are read and generations built.
+    builder: builder::Builder,
 }
 
 impl fmt::Debug for Reloader {
@@ -137,7 +140,8 @@ impl Reloader {
         audit: AuditLog,
         metrics: ReloadMetrics,
         env: Vec<(String, String)>,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
+        let builder = builder::Builder::spawn()?;
         let config_fingerprint = std::fs::read(&config.source)
             .ok()
             .map(|text| Fingerprint::of(&text));
@@ -153,6 +157,7 @@ impl Reloader {
             watcher: None,
             changed_tx,
             changed_rx,
+            builder,
         };
         reloader.watcher = reloader.start_watcher(reloader.changed_tx.clone());
         let current = reloader.state.store.current();
@@ -172,7 +177,7 @@ impl Reloader {
             closing: 0,
         };
         reloader.finish(&startup);
-        reloader
+        Ok(reloader)
     }
 
     /// Serves reload requests and file-change triggers until `stop`.
@@ -315,16 +320,18 @@ impl Reloader {
         // every connection for the length of the build.
         let source = self.config.source.clone();
         let env = self.env.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let text = std::fs::read_to_string(&source)
-                .map_err(|e| format!("{}: cannot read: {e}", source.display()))?;
-            let fingerprint = Fingerprint::of(text.as_bytes());
-            Config::parse(&source, &text, env)
-                .map(|parsed| (parsed, fingerprint))
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("reading the configuration failed: {e}")));
+        let read = self
+            .builder
+            .run(move || {
+                let text = std::fs::read_to_string(&source)
+                    .map_err(|e| format!("{}: cannot read: {e}", source.display()))?;
+                let fingerprint = Fingerprint::of(text.as_bytes());
+                Config::parse(&source, &text, env)
+                    .map(|parsed| (parsed, fingerprint))
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("reading the configuration failed: {e}")));
         let (parsed, config_fingerprint) = match read {
             Ok(read) => read,
             Err(reason) => return rejected(reason, Vec::new()),
@@ -336,8 +343,11 @@ impl Reloader {
         let restart = change.restart_sections();
 
         let spec = change.effective.material_spec();
-        let built =
-            tokio::task::spawn_blocking(move || Generation::load(&spec, SystemTime::now())).await;
+        let previous = current.clone();
+        let built = self
+            .builder
+            .run(move || Generation::load_after(&spec, SystemTime::now(), Some(&previous)))
+            .await;
         let next = match built {
             Ok(Ok(next)) => next,
             Ok(Err(problems)) => return rejected(problems.to_string(), refused),

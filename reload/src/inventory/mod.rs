@@ -38,6 +38,7 @@ mod canonical;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use mtlsd_expiry::{CertFacts, Fingerprint, SubjectAltName};
 use serde::Deserialize;
@@ -120,9 +121,40 @@ impl RoleInventory {
         Self::parse(path, &bytes)
     }
 
+    /// Like [`Self::load`], but when the file holds the same bytes as
+    /// `previous` (same path, same SHA-256), `previous` is the answer: an
+    /// unchanged inventory costs a read and a hash, not a parse.
+    pub fn load_unless_unchanged(
+        path: &Path,
+        previous: Option<&Arc<Self>>,
+    ) -> Result<Arc<Self>, Vec<MaterialError>> {
+        let bytes = std::fs::read(path).map_err(|source| {
+            vec![MaterialError::Read {
+                path: path.to_owned(),
+                source,
+            }]
+        })?;
+        let fingerprint = Fingerprint::of(&bytes);
+        if let Some(previous) = previous
+            && previous.path == path
+            && previous.fingerprint == fingerprint
+        {
+            return Ok(previous.clone());
+        }
+        Self::parse_with(path, &bytes, fingerprint).map(Arc::new)
+    }
+
     /// Validates `bytes`, the contents of `path` (which names the file in
     /// problems and picks TOML or YAML by its extension).
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self, Vec<MaterialError>> {
+        Self::parse_with(path, bytes, Fingerprint::of(bytes))
+    }
+
+    fn parse_with(
+        path: &Path,
+        bytes: &[u8],
+        fingerprint: Fingerprint,
+    ) -> Result<Self, Vec<MaterialError>> {
         let problem = |field: &str, reason: String| MaterialError::Inventory {
             path: path.to_owned(),
             field: field.to_owned(),
@@ -249,7 +281,7 @@ impl RoleInventory {
             hosts,
             by_san,
             revoked,
-            fingerprint: Fingerprint::of(bytes),
+            fingerprint,
         })
     }
 
@@ -511,6 +543,32 @@ mod tests {
             .issue(&LeafSpec::new("peer", sans).serial(serial))
             .unwrap();
         CertFacts::from_der(&leaf.cert_der).unwrap()
+    }
+
+    #[test]
+    fn an_unchanged_file_is_not_parsed_again_and_a_changed_one_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "inv.toml", GOOD);
+        let first = RoleInventory::load_unless_unchanged(&path, None).unwrap();
+        let same = RoleInventory::load_unless_unchanged(&path, Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(&first, &same), "unchanged bytes are reused");
+
+        // The same content at another path is another file: parsed.
+        let elsewhere = write(&dir, "copy.toml", GOOD);
+        let copy = RoleInventory::load_unless_unchanged(&elsewhere, Some(&first)).unwrap();
+        assert!(!Arc::ptr_eq(&first, &copy));
+        assert_eq!(copy.path(), elsewhere.as_path());
+
+        // One byte more (a revocation): parsed, and the change is seen.
+        std::fs::write(&path, format!("{GOOD}\n[[revoked]]\nserial = \"ff\"\n")).unwrap();
+        let changed = RoleInventory::load_unless_unchanged(&path, Some(&first)).unwrap();
+        assert!(!Arc::ptr_eq(&first, &changed));
+        assert!(changed.is_revoked("ff", None));
+        assert!(!first.is_revoked("ff", None));
+
+        // A broken file is an error even when the previous one was good.
+        std::fs::write(&path, "cluster = ").unwrap();
+        assert!(RoleInventory::load_unless_unchanged(&path, Some(&changed)).is_err());
     }
 
     #[test]
