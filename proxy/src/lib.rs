@@ -9,7 +9,8 @@
 //! [`protocols`] (one module per protocol, and the dispatch to them),
 //! [`transport`] (TLS handshakes and pooled upstream clients), [`relay`]
 //! (moving bytes),
-//! [`reject`] (why peers are refused), [`commands`] (the CLI verbs).
+//! [`reject`] (why peers are refused), [`status_report`] (what `/status`
+//! serves and `mtlsd status` reads back), [`commands`] (the CLI verbs).
 
 #![forbid(unsafe_code)]
 
@@ -33,5 +34,6 @@ pub mod reloading;
 pub mod scrape;
 pub mod state;
 pub mod status;
+pub mod status_report;
 pub mod transport;
 pub mod upstream;

@@ -293,6 +293,37 @@ impl fmt::Display for Section {
     }
 }
 
+impl std::str::FromStr for Section {
+    type Err = UnknownSection;
+
+    /// Reads what [`Display`](fmt::Display) writes.
+    fn from_str(text: &str) -> Result<Self, UnknownSection> {
+        let section = match text {
+            "identity" => Self::Identity,
+            "inventory" => Self::Inventory,
+            "admin" => Self::Admin,
+            "tls" => Self::Tls,
+            "shutdown" => Self::Shutdown,
+            "reload" => Self::Reload,
+            "reload.audit_log" => Self::AuditLog,
+            "expiry" => Self::Expiry,
+            "runtime" => Self::Runtime,
+            "state_dir" => Self::StateDir,
+            _ => match text.split_once('.') {
+                Some(("trust_domains", name)) => Self::TrustDomain(name.to_owned()),
+                Some(("listener", name)) => Self::Listener(name.to_owned()),
+                _ => return Err(UnknownSection(text.to_owned())),
+            },
+        };
+        Ok(section)
+    }
+}
+
+/// A configuration section name this version does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown configuration section '{0}'")]
+pub struct UnknownSection(pub String);
+
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
