@@ -20,6 +20,7 @@ pub mod config;
 pub mod connections;
 pub mod counting;
 pub mod daemon;
+pub mod error_chain;
 pub mod expiry_watch;
 pub mod listener;
 pub mod listener_context;

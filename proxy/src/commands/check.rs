@@ -8,6 +8,7 @@ use mtlsd_reload::Generation;
 
 use super::out::{self, Level, outln};
 use crate::config::{Config, ConfigError};
+use crate::error_chain::WithCauses;
 
 pub(super) fn check(config_path: &Path, strict: bool) -> anyhow::Result<ExitCode> {
     let config = match Config::load(config_path) {
@@ -99,6 +100,6 @@ fn report_config_error(e: &ConfigError) {
                 &problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
             );
         }
-        other => out::report(Level::Error, "check", &other.to_string(), &[]),
+        other => out::report(Level::Error, "check", &WithCauses(other).to_string(), &[]),
     }
 }

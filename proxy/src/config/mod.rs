@@ -324,11 +324,25 @@ impl std::str::FromStr for Section {
 #[error("unknown configuration section '{0}'")]
 pub struct UnknownSection(pub String);
 
-/// Why a configuration could not be used.
+/// Why a configuration could not be used. The library's error is each
+/// variant's source, not part of its message: `{:#}` (and
+/// [`WithCauses`](crate::error_chain::WithCauses)) print the chain, so it
+/// appears once.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read or parse: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("{path}: cannot read")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not TOML, or a value the environment overrides cannot hold.
+    #[error("{path}: cannot parse")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: config::ConfigError,
+    },
     #[error("{}", DisplayProblems(path, problems))]
     Invalid {
         path: PathBuf,
@@ -386,9 +400,9 @@ impl Config {
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Parse {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
-            message: e.to_string(),
+            source,
         })?;
         Self::parse(path, &text, env)
     }
