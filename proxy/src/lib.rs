@@ -8,8 +8,9 @@
 //! [`listener_context`] (what a listener's connections share),
 //! [`protocols`] (one module per protocol, and the dispatch to them),
 //! [`transport`] (TLS handshakes and pooled upstream clients), [`relay`]
-//! (moving bytes), [`reject`] (why peers are refused), [`commands`] (the
-//! CLI verbs), [`logging`] (stderr or the journal).
+//! (moving bytes), [`reject`] (why peers are refused), [`status_report`] (what
+//! `/status` serves and `mtlsd status` reads back), [`commands`] (the CLI
+//! verbs), [`logging`] (stderr or the journal).
 
 #![forbid(unsafe_code)]
 
@@ -19,6 +20,7 @@ pub mod config;
 pub mod connections;
 pub mod counting;
 pub mod daemon;
+pub mod error_chain;
 pub mod expiry_watch;
 pub mod listener;
 pub mod listener_context;
@@ -34,5 +36,6 @@ pub mod reloading;
 pub mod scrape;
 pub mod state;
 pub mod status;
+pub mod status_report;
 pub mod transport;
 pub mod upstream;

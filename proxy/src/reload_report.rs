@@ -4,14 +4,15 @@
 //! the admin endpoint and status read it, without importing each other.
 
 use std::fmt;
+use std::str::FromStr;
 
 use mtlsd_reload::InventoryDelta;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::config::Section;
 
 /// What asked for a reload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Trigger {
     Startup,
@@ -39,7 +40,7 @@ impl Trigger {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReloadResult {
     Applied,
@@ -61,23 +62,28 @@ impl ReloadResult {
     }
 }
 
-/// What one reload attempt did.
-#[derive(Debug, Clone, Serialize)]
+/// What one reload attempt did. `/reload` answers with it, the audit log
+/// writes it and `/status` carries the last one; `mtlsd status` reads it
+/// back, so optional fields read as absent when left out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReloadOutcome {
     pub trigger: Trigger,
     pub result: ReloadResult,
     /// The generation in force after the attempt.
     pub generation: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Why a rejected attempt was rejected, in words: built from the
+    /// typed error (and its causes) that stopped it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    #[serde(default)]
     pub items: Vec<ItemChange>,
     /// Config changes that only a restart applies, kept at their running
     /// values; one sentence each.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<String>,
     /// Established connections scheduled to close because their peer no
     /// longer qualifies.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub closing: usize,
 }
 
@@ -130,14 +136,45 @@ impl fmt::Display for Item {
     }
 }
 
+impl FromStr for Item {
+    type Err = UnknownItem;
+
+    /// Reads what [`Display`](fmt::Display) writes.
+    fn from_str(text: &str) -> Result<Self, UnknownItem> {
+        let item = match text.split_once('.') {
+            None if text == "identity" => Self::Identity,
+            None if text == "inventory" => Self::Inventory,
+            Some(("trust_domain", domain)) => Self::TrustBundle(domain.to_owned()),
+            Some(("crl", domain)) => Self::Crl(domain.to_owned()),
+            Some(("config", section)) => {
+                Self::Config(section.parse().map_err(|_| UnknownItem(text.to_owned()))?)
+            }
+            _ => return Err(UnknownItem(text.to_owned())),
+        };
+        Ok(item)
+    }
+}
+
+/// A reload item name this version does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown reload item '{0}'")]
+pub struct UnknownItem(pub String);
+
 impl Serialize for Item {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
     }
 }
 
+impl<'de> Deserialize<'de> for Item {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// How a change takes effect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Applies {
     /// Applied by this reload.
@@ -147,7 +184,7 @@ pub enum Applies {
 }
 
 /// One item's fingerprint before and after (absent = did not exist).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemChange {
     pub item: Item,
     pub old: Option<String>,
@@ -156,4 +193,41 @@ pub struct ItemChange {
     /// For the inventory: what changed in it.
     #[serde(skip_serializing_if = "Option::is_none", flatten)]
     pub inventory: Option<InventoryDelta>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_read_back_what_they_write() {
+        let sections = [
+            Section::Identity,
+            Section::TrustDomain("mesh.a".to_owned()),
+            Section::Inventory,
+            Section::Admin,
+            Section::Tls,
+            Section::Shutdown,
+            Section::Reload,
+            Section::AuditLog,
+            Section::Expiry,
+            Section::Runtime,
+            Section::StateDir,
+            Section::Listener("in".to_owned()),
+        ];
+        let items = [
+            Item::Identity,
+            Item::TrustBundle("mesh.a".to_owned()),
+            Item::Crl("mesh".to_owned()),
+            Item::Inventory,
+        ]
+        .into_iter()
+        .chain(sections.into_iter().map(Item::Config));
+        for item in items {
+            assert_eq!(item.to_string().parse::<Item>(), Ok(item.clone()), "{item}");
+        }
+        for unknown in ["", "identity.x", "config.nope", "crls.mesh", "config"] {
+            assert!(unknown.parse::<Item>().is_err(), "{unknown}");
+        }
+    }
 }

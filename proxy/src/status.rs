@@ -1,112 +1,16 @@
-//! What `/status` reports and `mtlsd status` shows: the material in force
-//! per trust domain, the last reload, the listeners with their counters,
-//! and the peers seen.
+//! Builds what `/status` reports and `mtlsd status` shows from the
+//! daemon's state: the material in force per trust domain, the last
+//! reload, the listeners with their counters, and the peers seen. The
+//! report's types are in [`crate::status_report`], which the CLI reads
+//! back.
 
 use std::time::SystemTime;
 
 use mtlsd_expiry::{CertFacts, ExpiryState, ExpiryWindows};
-use serde::Serialize;
 
 use crate::reject::RejectReason;
-use crate::reload_report::ReloadOutcome;
 use crate::state::DaemonState;
-
-#[derive(Debug, Serialize)]
-pub struct Status {
-    pub version: &'static str,
-    pub ready: bool,
-    pub started_at: String,
-    /// The runtime's worker threads (`runtime.worker_threads`).
-    pub worker_threads: usize,
-    pub generation: u64,
-    pub loaded_at: String,
-    pub last_reload: Option<LastReload>,
-    pub identity: Cert,
-    pub trust_domains: Vec<TrustDomain>,
-    pub inventory: Option<Inventory>,
-    pub listeners: Vec<Listener>,
-    pub peers: Vec<Peer>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct LastReload {
-    pub time: String,
-    #[serde(flatten)]
-    pub outcome: ReloadOutcome,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Cert {
-    pub subject: String,
-    pub issuer: String,
-    pub sans: Vec<String>,
-    pub serial: String,
-    pub sha256: String,
-    pub not_before: String,
-    pub not_after: String,
-    pub state: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct TrustDomain {
-    pub name: String,
-    pub version: Option<String>,
-    pub sha256: String,
-    pub cas: Vec<Cert>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub crls: Vec<Crl>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Crl {
-    pub file: String,
-    pub issuer: String,
-    pub this_update: String,
-    pub next_update: Option<String>,
-    /// Past its nextUpdate: still enforced, but the publisher is late.
-    pub late: bool,
-    pub entries: usize,
-    pub sha256: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Inventory {
-    pub cluster: String,
-    pub hosts: usize,
-    pub revoked: usize,
-    pub sha256: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Listener {
-    pub name: String,
-    pub direction: String,
-    pub protocol: &'static str,
-    pub addr: String,
-    pub upstream: String,
-    pub trust_domain: String,
-    /// Handshakes started: completed, refused, failed or running.
-    pub handshakes_attempted: u64,
-    /// Handshakes completed with an admitted peer.
-    pub handshakes_completed: u64,
-    pub refused: std::collections::BTreeMap<&'static str, u64>,
-    pub connections_total: u64,
-    pub connections_active: u64,
-    pub bytes_received: u64,
-    pub bytes_sent: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Peer {
-    pub host: String,
-    pub roles: Vec<String>,
-    pub last_handshake: String,
-    pub cert_not_after: String,
-    pub cert_serial: String,
-    pub state: &'static str,
-}
+use crate::status_report::{Cert, Crl, Inventory, LastReload, Listener, Peer, Status, TrustDomain};
 
 fn time(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
@@ -121,7 +25,7 @@ fn cert(facts: &CertFacts, file: Option<String>, now: SystemTime, windows: Expir
         sha256: facts.fingerprint.to_string(),
         not_before: time(facts.not_before),
         not_after: time(facts.not_after),
-        state: ExpiryState::of(facts, now, windows).as_str(),
+        state: ExpiryState::of(facts, now, windows).as_str().to_owned(),
         file,
     }
 }
@@ -158,7 +62,7 @@ pub fn status(state: &DaemonState) -> Status {
     let generation = state.store.current();
     let identity = generation.identity();
     Status {
-        version: env!("CARGO_PKG_VERSION"),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
         ready: readiness(state).is_ok(),
         started_at: time(state.started_at),
         worker_threads: tokio::runtime::Handle::try_current()
@@ -220,7 +124,7 @@ pub fn status(state: &DaemonState) -> Status {
                 Listener {
                     name,
                     direction: config.direction().to_string(),
-                    protocol: config.protocol().as_str(),
+                    protocol: config.protocol().as_str().to_owned(),
                     addr: addr.to_string(),
                     upstream: config.upstream().to_string(),
                     trust_domain: config.trust_domain.clone(),
@@ -228,7 +132,7 @@ pub fn status(state: &DaemonState) -> Status {
                     handshakes_completed: stats.handshakes(),
                     refused: RejectReason::ALL
                         .iter()
-                        .map(|r| (r.as_str(), stats.refusals(*r)))
+                        .map(|r| (r.as_str().to_owned(), stats.refusals(*r)))
                         .filter(|(_, n)| *n > 0)
                         .collect(),
                     connections_total,
@@ -243,7 +147,9 @@ pub fn status(state: &DaemonState) -> Status {
             .snapshot()
             .into_iter()
             .map(|peer| Peer {
-                state: ExpiryState::of(&peer.latest, now, windows).as_str(),
+                state: ExpiryState::of(&peer.latest, now, windows)
+                    .as_str()
+                    .to_owned(),
                 host: peer.host,
                 roles: peer.roles,
                 last_handshake: time(peer.last_handshake),

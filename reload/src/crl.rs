@@ -19,7 +19,7 @@ use rustls_pki_types::CertificateRevocationListDer;
 use rustls_pki_types::pem::PemObject;
 use x509_parser::prelude::FromDer;
 
-use crate::error::MaterialError;
+use crate::error::{CrlProblem, MaterialError};
 
 /// Upper bound on one CRL file; a CRL of a large CA with 100,000 entries
 /// is a few MB.
@@ -69,7 +69,7 @@ impl LoadedCrl {
                     .map_err(|e| MaterialError::Crl {
                         path: path.to_owned(),
                         domain: domain.to_owned(),
-                        reason: format!("malformed PEM: {e}"),
+                        source: CrlProblem::Pem(e),
                     })?
             } else {
                 vec![CertificateRevocationListDer::from(bytes)]
@@ -78,7 +78,7 @@ impl LoadedCrl {
             return Err(MaterialError::Crl {
                 path: path.to_owned(),
                 domain: domain.to_owned(),
-                reason: "no X509 CRL block found".to_owned(),
+                source: CrlProblem::NoCrl,
             });
         }
         ders.into_iter()
@@ -91,27 +91,19 @@ impl LoadedCrl {
         domain: &str,
         der: CertificateRevocationListDer<'static>,
     ) -> Result<Self, MaterialError> {
-        let bad = |reason: String| MaterialError::Crl {
+        let bad = |source: CrlProblem| MaterialError::Crl {
             path: path.to_owned(),
             domain: domain.to_owned(),
-            reason,
+            source,
         };
         let (_, parsed) =
             x509_parser::revocation_list::CertificateRevocationList::from_der(der.as_ref())
-                .map_err(|e| bad(format!("not a valid CRL: {e}")))?;
+                .map_err(|e| bad(CrlProblem::Parse(e.into())))?;
         if parsed.extensions().is_empty() {
-            // webpki refuses these with a bare "BadDer" or
-            // "MalformedExtensions"; an `openssl ca` without `crlnumber`
-            // and `crl_extensions` makes them.
-            return Err(bad(
-                "not a valid CRL: it has no extensions (RFC 5280 requires a CRL \
-                 number and an authority key identifier; `openssl ca` adds them with \
-                 `crlnumber` and `crl_extensions` in its configuration)"
-                    .to_owned(),
-            ));
+            return Err(bad(CrlProblem::NoExtensions));
         }
         let crl = webpki::OwnedCertRevocationList::from_der(der.as_ref())
-            .map_err(|e| bad(format!("not a valid CRL: {e}")))?;
+            .map_err(|e| bad(CrlProblem::Refused(e)))?;
         let to_system = |t: x509_parser::time::ASN1Time| {
             SystemTime::UNIX_EPOCH
                 + std::time::Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0))
@@ -135,14 +127,14 @@ impl LoadedCrl {
         domain: &str,
         with_own_chain: bool,
     ) -> Result<(), MaterialError> {
-        let bad = |reason: String| MaterialError::Crl {
+        let bad = |source: CrlProblem| MaterialError::Crl {
             path: self.path.clone(),
             domain: domain.to_owned(),
-            reason,
+            source,
         };
         let (_, crl) =
             x509_parser::revocation_list::CertificateRevocationList::from_der(self.der.as_ref())
-                .map_err(|e| bad(format!("not a valid CRL: {e}")))?;
+                .map_err(|e| bad(CrlProblem::Parse(e.into())))?;
         let mut named = 0;
         for der in candidates {
             let Ok((_, ca)) = x509_parser::certificate::X509Certificate::from_der(der) else {
@@ -157,21 +149,16 @@ impl LoadedCrl {
             }
         }
         Err(bad(if named == 0 {
-            let also = if with_own_chain {
-                " nor an intermediate of this host's certificate chain"
-            } else {
-                ""
-            };
-            format!(
-                "issued by '{}', which is not a CA of trust domain '{domain}'{also}",
-                self.issuer
-            )
+            CrlProblem::UnknownIssuer {
+                issuer: self.issuer.clone(),
+                domain: domain.to_owned(),
+                with_own_chain,
+            }
         } else {
-            format!(
-                "its signature does not verify against the CA '{}' of trust domain \
-                 '{domain}' (signed by a different CA with the same name?)",
-                self.issuer
-            )
+            CrlProblem::BadSignature {
+                issuer: self.issuer.clone(),
+                domain: domain.to_owned(),
+            }
         }))
     }
 

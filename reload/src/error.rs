@@ -4,6 +4,11 @@
 //! unusable, because the reader is an operator at a terminal who must fix the
 //! file, not a developer reading a backtrace. Loading reports *all* problems
 //! it finds ([`MaterialErrors`]) so one `mtlsd check` run lists everything.
+//!
+//! Where a library gave a typed cause (an I/O, PEM, webpki or rustls error)
+//! the variant keeps it as its `source`, and its message also says it in
+//! words: [`MaterialErrors`] lists problems by their messages, one line
+//! each, and has no source of its own, so nothing is printed twice.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -18,8 +23,14 @@ pub enum MaterialError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: malformed PEM: {reason}")]
-    Pem { path: PathBuf, reason: String },
+    #[error("{path}: malformed PEM: {source}")]
+    Pem {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{path}: the file is larger than {max} bytes, far more than TLS material takes")]
+    TooLarge { path: PathBuf, max: u64 },
     #[error(
         "{path}: this looks like DER (binary), but mtlsd reads PEM; convert it with \
          `{}`", holds.convert_command(path)
@@ -48,8 +59,12 @@ pub enum MaterialError {
     NoPrivateKey { path: PathBuf, found: FoundInstead },
     #[error("{path}: holds {count} private keys; exactly one is expected")]
     SeveralPrivateKeys { path: PathBuf, count: usize },
-    #[error("{path}: private key is not usable: {reason}")]
-    UnusableKey { path: PathBuf, reason: String },
+    #[error("{path}: private key is not usable: {source}")]
+    UnusableKey {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
     #[error(
         "{path}: private key is readable by group or others (mode {mode:04o}); \
          run `chmod 600 {path}` or set identity.insecure_key_permissions = true"
@@ -74,11 +89,15 @@ pub enum MaterialError {
          identity.cert must be this host's own certificate, issued by the CA"
     )]
     CaAsHostCertificate { path: PathBuf, subject: String },
-    #[error("{path}: certificate does not chain to trust domain '{domain}': {reason}")]
+    #[error(
+        "{path}: certificate does not chain to trust domain '{domain}': {}",
+        describe(source)
+    )]
     NotChained {
         path: PathBuf,
         domain: String,
-        reason: String,
+        #[source]
+        source: webpki::Error,
     },
     #[error(
         "{path}: certificate cannot be used for {usage} authentication \
@@ -96,11 +115,15 @@ pub enum MaterialError {
         domain: String,
         subject: String,
     },
-    #[error("{path}: CA certificate {subject} cannot be used as a trust anchor: {reason}")]
+    #[error(
+        "{path}: CA certificate {subject} cannot be used as a trust anchor: {}",
+        describe(source)
+    )]
     BadTrustAnchor {
         path: PathBuf,
         subject: String,
-        reason: String,
+        #[source]
+        source: webpki::Error,
     },
     #[error("{path}: {field}: {reason}")]
     Inventory {
@@ -119,16 +142,57 @@ pub enum MaterialError {
     },
     #[error("identity.host '{host}' is not a host in the inventory {inventory}")]
     HostNotInInventory { host: String, inventory: PathBuf },
-    #[error("{path}: CRL of trust domain '{domain}': {reason}")]
+    #[error("{path}: CRL of trust domain '{domain}': {source}")]
     Crl {
         path: PathBuf,
         domain: String,
-        reason: String,
+        #[source]
+        source: CrlProblem,
     },
     #[error("trust domain '{domain}' is not defined")]
     UnknownTrustDomain { domain: String },
-    #[error("cannot build TLS configuration for '{listener}': {reason}")]
-    TlsConfig { listener: String, reason: String },
+    #[error("cannot build TLS configuration for '{listener}': {source}")]
+    TlsConfig {
+        listener: String,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+/// What is wrong with a CRL file.
+#[derive(Debug, thiserror::Error)]
+pub enum CrlProblem {
+    #[error("malformed PEM: {0}")]
+    Pem(#[source] rustls_pki_types::pem::Error),
+    #[error("no X509 CRL block found")]
+    NoCrl,
+    #[error("not a valid CRL: {0}")]
+    Parse(#[source] x509_parser::error::X509Error),
+    /// webpki refuses these with a bare "BadDer" or "MalformedExtensions";
+    /// an `openssl ca` without `crlnumber` and `crl_extensions` makes them.
+    #[error(
+        "not a valid CRL: it has no extensions (RFC 5280 requires a CRL number and an \
+         authority key identifier; `openssl ca` adds them with `crlnumber` and \
+         `crl_extensions` in its configuration)"
+    )]
+    NoExtensions,
+    #[error("not a valid CRL: {0}")]
+    Refused(#[source] webpki::Error),
+    #[error(
+        "issued by '{issuer}', which is not a CA of trust domain '{domain}'{}",
+        if *with_own_chain { " nor an intermediate of this host's certificate chain" } else { "" }
+    )]
+    UnknownIssuer {
+        issuer: String,
+        domain: String,
+        /// Whether this host's own intermediates were candidates too.
+        with_own_chain: bool,
+    },
+    #[error(
+        "its signature does not verify against the CA '{issuer}' of trust domain '{domain}' \
+         (signed by a different CA with the same name?)"
+    )]
+    BadSignature { issuer: String, domain: String },
 }
 
 /// The smallest RSA key mtlsd signs with (what the crypto provider accepts,
@@ -218,4 +282,101 @@ fn paths_list(paths: &[PathBuf]) -> String {
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// An operator's sentence for a webpki error.
+pub fn describe(error: &webpki::Error) -> String {
+    use webpki::Error as E;
+    match error {
+        E::UnknownIssuer => {
+            "its issuer is not in the bundle (signed by a different CA?)".to_owned()
+        }
+        E::InvalidSignatureForPublicKey => {
+            "its signature does not verify against the bundle's CA".to_owned()
+        }
+        E::CertExpired { .. } => "a certificate in the chain has expired".to_owned(),
+        E::CertNotValidYet { .. } => "a certificate in the chain is not valid yet".to_owned(),
+        E::CertRevoked => "a certificate in the chain is revoked by a CRL".to_owned(),
+        E::UnknownRevocationStatus => {
+            "no CRL covers a certificate of the chain and crl_unknown_status = \"deny\"".to_owned()
+        }
+        E::CertNotValidForName(_) => {
+            "the certificate is not valid for the name that was dialled".to_owned()
+        }
+        E::CaUsedAsEndEntity => {
+            "this is a CA certificate; a host needs a leaf certificate issued by the CA".to_owned()
+        }
+        E::EndEntityUsedAsCa => "a leaf certificate appears where a CA should sign".to_owned(),
+        E::BadDer | E::BadDerTime => "the certificate is not valid DER".to_owned(),
+        E::MaximumPathDepthExceeded | E::MaximumPathBuildCallsExceeded => {
+            "the chain is too long".to_owned()
+        }
+        E::InvalidCrlSignatureForPublicKey => {
+            "a CRL's signature does not verify against its issuer".to_owned()
+        }
+        other => describe_rest(other),
+    }
+}
+
+/// The variants an operator meets rarely, in words all the same: only a
+/// webpki release newer than this list falls back to the variant's name.
+fn describe_rest(error: &webpki::Error) -> String {
+    use webpki::Error as E;
+    #[allow(deprecated)]
+    let text = match error {
+        E::InvalidCertValidity => "its validity period is invalid (not-after is before not-before)",
+        E::CertDistrusted => "its public key is explicitly distrusted",
+        E::RequiredEkuNotFound | E::RequiredEkuNotFoundContext(_) => {
+            "its extended key usage does not allow this use"
+        }
+        E::EmptyEkuExtension => "it has an extended key usage extension that allows nothing",
+        E::PathLenConstraintViolated => {
+            "the chain is longer than a CA's path length constraint allows"
+        }
+        E::NameConstraintViolation => "it violates a CA's name constraints",
+        E::MaximumSignatureChecksExceeded | E::MaximumNameConstraintComparisonsExceeded => {
+            "the chain is too complex to verify (too many candidate issuers or name constraints)"
+        }
+        E::UnsupportedCertVersion => "it is not an X.509 v3 certificate",
+        E::UnsupportedCriticalExtension => {
+            "it has a critical extension that mtlsd does not understand"
+        }
+        E::SignatureAlgorithmMismatch => {
+            "its signature algorithm does not match the one its body names"
+        }
+        E::UnsupportedSignatureAlgorithm | E::UnsupportedSignatureAlgorithmContext(_) => {
+            "it is signed with an algorithm mtlsd does not accept (use ECDSA P-256/P-384, \
+             Ed25519, or RSA with SHA-256 or better)"
+        }
+        E::UnsupportedSignatureAlgorithmForPublicKey
+        | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
+            "its signature algorithm does not fit the issuer's key, or the key type is not \
+             supported (DSA, for example)"
+        }
+        E::TrailingData(_) => "it has trailing bytes after the DER (a damaged file?)",
+        E::ExtensionValueInvalid | E::MalformedExtensions => "it has a malformed extension",
+        E::MalformedDnsIdentifier => "it has a malformed DNS name",
+        E::MalformedNameConstraint | E::InvalidNetworkMaskConstraint => {
+            "a CA has a malformed name constraint"
+        }
+        E::InvalidSerialNumber => "its serial number is invalid (negative or longer than 20 bytes)",
+        E::UnsupportedNameType => "the name to check it against is of an unsupported type",
+        E::CrlExpired { .. } => "a CRL is past its next update",
+        E::InvalidCrlNumber
+        | E::IssuerNotCrlSigner
+        | E::UnsupportedCrlIssuingDistributionPoint
+        | E::UnsupportedCrlVersion
+        | E::UnsupportedDeltaCrl
+        | E::UnsupportedIndirectCrl
+        | E::UnsupportedRevocationReason
+        | E::UnsupportedRevocationReasonsPartitioning
+        | E::UnsupportedCrlSignatureAlgorithm
+        | E::UnsupportedCrlSignatureAlgorithmContext(_)
+        | E::UnsupportedCrlSignatureAlgorithmForPublicKey
+        | E::UnsupportedCrlSignatureAlgorithmForPublicKeyContext(_) => {
+            "a CRL of the bundle is of a kind mtlsd cannot use"
+        }
+        other => return format!("refused by the verifier ({other})"),
+    };
+    text.to_owned()
 }

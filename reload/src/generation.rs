@@ -260,10 +260,10 @@ impl Generation {
                         })
                 }
             };
-            if let Err(e) = built {
+            if let Err(source) = built {
                 problems.push(MaterialError::TlsConfig {
                     listener: u.name.clone(),
-                    reason: e.to_string(),
+                    source,
                 });
             }
         }
@@ -521,6 +521,16 @@ mod tests {
         assert!(
             matches!(found.as_slice(), [MaterialError::NotChained { domain, .. }] if domain == "mesh"),
             "{found:?}"
+        );
+        // webpki's error is kept as the cause; the message puts it in words.
+        let cause = std::error::Error::source(&found[0]).and_then(|e| e.downcast_ref());
+        assert_eq!(cause, Some(&webpki::Error::UnknownIssuer));
+        assert!(
+            found[0]
+                .to_string()
+                .ends_with("does not chain to trust domain 'mesh': its issuer is not in the bundle (signed by a different CA?)"),
+            "{}",
+            found[0]
         );
     }
 

@@ -161,14 +161,13 @@ fn certify(
             bits,
         });
     }
-    let signing_key =
-        provider
-            .key_provider
-            .load_private_key(key)
-            .map_err(|e| MaterialError::UnusableKey {
-                path: spec.key.clone(),
-                reason: e.to_string(),
-            })?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|source| MaterialError::UnusableKey {
+            path: spec.key.clone(),
+            source,
+        })?;
     let certified = CertifiedKey::new(chain, signing_key);
     // Fail closed: a key whose public half cannot be compared is treated
     // as a mismatch, never waved through.
@@ -232,11 +231,11 @@ fn check_chain(
                 path: spec.cert.clone(),
                 usage: usage.as_str(),
             }),
-            Err(e @ ChainError::Invalid(_)) => {
+            Err(ChainError::Invalid(source)) => {
                 problems.push(MaterialError::NotChained {
                     path: spec.cert.clone(),
                     domain: bundle.name().to_owned(),
-                    reason: e.to_string(),
+                    source,
                 });
                 // The same chain failure would repeat for the other usage.
                 break;

@@ -34,7 +34,7 @@ mod trust;
 mod verify;
 
 pub use crl::{CrlUnknownStatus, LoadedCrl};
-pub use error::{DerKind, FoundInstead, MaterialError, MaterialErrors};
+pub use error::{CrlProblem, DerKind, FoundInstead, MaterialError, MaterialErrors};
 pub use generation::{Generation, MaterialSpec};
 pub use identity::{Identity, IdentitySpec};
 pub use inventory::{InventoryDelta, InventoryHost, RoleInventory};

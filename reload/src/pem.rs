@@ -95,9 +95,9 @@ pub fn parse_pem(path: &Path, bytes: &[u8]) -> Result<PemContents, MaterialError
         }
     }
     for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(bytes) {
-        let (kind, der) = section.map_err(|e| MaterialError::Pem {
+        let (kind, der) = section.map_err(|source| MaterialError::Pem {
             path: path.to_owned(),
-            reason: e.to_string(),
+            source,
         })?;
         match kind {
             SectionKind::Certificate => contents.certs.push(CertificateDer::from(der)),
@@ -265,9 +265,9 @@ pub(crate) fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, MaterialErr
         .read_to_end(&mut bytes)
         .map_err(read_err)?;
     if bytes.len() as u64 > max {
-        return Err(MaterialError::Pem {
+        return Err(MaterialError::TooLarge {
             path: path.to_owned(),
-            reason: format!("file is larger than {max} bytes"),
+            max,
         });
     }
     Ok(bytes)

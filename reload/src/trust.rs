@@ -23,6 +23,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::crl::{CrlUnknownStatus, LoadedCrl};
 use crate::error::MaterialError;
+pub use crate::error::describe;
 use crate::pem::read_certs;
 use crate::refusal::Refusal;
 
@@ -123,10 +124,10 @@ impl TrustBundle {
             // put into words.
             match webpki::anchor_from_trusted_cert(&ca.der) {
                 Ok(anchor) => roots.roots.push(anchor.to_owned()),
-                Err(e) => problems.push(MaterialError::BadTrustAnchor {
+                Err(source) => problems.push(MaterialError::BadTrustAnchor {
                     path: ca.path.clone(),
                     subject: ca.facts.subject.clone(),
-                    reason: describe(&e),
+                    source,
                 }),
             }
         }
@@ -243,7 +244,7 @@ pub enum ChainError {
     #[error("not usable for {} authentication (its extended key usage does not allow it)", .0.as_str())]
     WrongUsage(AuthUsage),
     #[error("{}", describe(.0))]
-    Invalid(webpki::Error),
+    Invalid(#[source] webpki::Error),
 }
 
 impl ChainError {
@@ -500,103 +501,6 @@ pub(crate) fn refusal_of(error: &webpki::Error) -> Refusal {
         E::CertNotValidForName(_) => Refusal::NameMismatch,
         _ => Refusal::BadCertificate,
     }
-}
-
-/// An operator's sentence for a webpki error.
-pub fn describe(error: &webpki::Error) -> String {
-    use webpki::Error as E;
-    match error {
-        E::UnknownIssuer => {
-            "its issuer is not in the bundle (signed by a different CA?)".to_owned()
-        }
-        E::InvalidSignatureForPublicKey => {
-            "its signature does not verify against the bundle's CA".to_owned()
-        }
-        E::CertExpired { .. } => "a certificate in the chain has expired".to_owned(),
-        E::CertNotValidYet { .. } => "a certificate in the chain is not valid yet".to_owned(),
-        E::CertRevoked => "a certificate in the chain is revoked by a CRL".to_owned(),
-        E::UnknownRevocationStatus => {
-            "no CRL covers a certificate of the chain and crl_unknown_status = \"deny\"".to_owned()
-        }
-        E::CertNotValidForName(_) => {
-            "the certificate is not valid for the name that was dialled".to_owned()
-        }
-        E::CaUsedAsEndEntity => {
-            "this is a CA certificate; a host needs a leaf certificate issued by the CA".to_owned()
-        }
-        E::EndEntityUsedAsCa => "a leaf certificate appears where a CA should sign".to_owned(),
-        E::BadDer | E::BadDerTime => "the certificate is not valid DER".to_owned(),
-        E::MaximumPathDepthExceeded | E::MaximumPathBuildCallsExceeded => {
-            "the chain is too long".to_owned()
-        }
-        E::InvalidCrlSignatureForPublicKey => {
-            "a CRL's signature does not verify against its issuer".to_owned()
-        }
-        other => describe_rest(other),
-    }
-}
-
-/// The variants an operator meets rarely, in words all the same: only a
-/// webpki release newer than this list falls back to the variant's name.
-fn describe_rest(error: &webpki::Error) -> String {
-    use webpki::Error as E;
-    #[allow(deprecated)]
-    let text = match error {
-        E::InvalidCertValidity => "its validity period is invalid (not-after is before not-before)",
-        E::CertDistrusted => "its public key is explicitly distrusted",
-        E::RequiredEkuNotFound | E::RequiredEkuNotFoundContext(_) => {
-            "its extended key usage does not allow this use"
-        }
-        E::EmptyEkuExtension => "it has an extended key usage extension that allows nothing",
-        E::PathLenConstraintViolated => {
-            "the chain is longer than a CA's path length constraint allows"
-        }
-        E::NameConstraintViolation => "it violates a CA's name constraints",
-        E::MaximumSignatureChecksExceeded | E::MaximumNameConstraintComparisonsExceeded => {
-            "the chain is too complex to verify (too many candidate issuers or name constraints)"
-        }
-        E::UnsupportedCertVersion => "it is not an X.509 v3 certificate",
-        E::UnsupportedCriticalExtension => {
-            "it has a critical extension that mtlsd does not understand"
-        }
-        E::SignatureAlgorithmMismatch => {
-            "its signature algorithm does not match the one its body names"
-        }
-        E::UnsupportedSignatureAlgorithm | E::UnsupportedSignatureAlgorithmContext(_) => {
-            "it is signed with an algorithm mtlsd does not accept (use ECDSA P-256/P-384, \
-             Ed25519, or RSA with SHA-256 or better)"
-        }
-        E::UnsupportedSignatureAlgorithmForPublicKey
-        | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
-            "its signature algorithm does not fit the issuer's key, or the key type is not \
-             supported (DSA, for example)"
-        }
-        E::TrailingData(_) => "it has trailing bytes after the DER (a damaged file?)",
-        E::ExtensionValueInvalid | E::MalformedExtensions => "it has a malformed extension",
-        E::MalformedDnsIdentifier => "it has a malformed DNS name",
-        E::MalformedNameConstraint | E::InvalidNetworkMaskConstraint => {
-            "a CA has a malformed name constraint"
-        }
-        E::InvalidSerialNumber => "its serial number is invalid (negative or longer than 20 bytes)",
-        E::UnsupportedNameType => "the name to check it against is of an unsupported type",
-        E::CrlExpired { .. } => "a CRL is past its next update",
-        E::InvalidCrlNumber
-        | E::IssuerNotCrlSigner
-        | E::UnsupportedCrlIssuingDistributionPoint
-        | E::UnsupportedCrlVersion
-        | E::UnsupportedDeltaCrl
-        | E::UnsupportedIndirectCrl
-        | E::UnsupportedRevocationReason
-        | E::UnsupportedRevocationReasonsPartitioning
-        | E::UnsupportedCrlSignatureAlgorithm
-        | E::UnsupportedCrlSignatureAlgorithmContext(_)
-        | E::UnsupportedCrlSignatureAlgorithmForPublicKey
-        | E::UnsupportedCrlSignatureAlgorithmForPublicKeyContext(_) => {
-            "a CRL of the bundle is of a kind mtlsd cannot use"
-        }
-        other => return format!("refused by the verifier ({other})"),
-    };
-    text.to_owned()
 }
 
 #[cfg(test)]

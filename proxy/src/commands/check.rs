@@ -13,6 +13,7 @@ use mtlsd_reload::Generation;
 
 use super::out::{self, Level, outln};
 use crate::config::{Config, ConfigError};
+use crate::error_chain::WithCauses;
 use crate::reloading::diff::ConfigChange;
 use crate::reloading::{Applies, ItemChange};
 
@@ -248,6 +249,6 @@ fn report_config_error(e: &ConfigError) {
                 &problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
             );
         }
-        other => out::report(Level::Error, "check", &other.to_string(), &[]),
+        other => out::report(Level::Error, "check", &WithCauses(other).to_string(), &[]),
     }
 }

@@ -7,7 +7,7 @@ mod inspect;
 pub mod out;
 mod reload;
 mod run;
-mod status;
+pub mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

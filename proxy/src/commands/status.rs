@@ -1,4 +1,6 @@
 //! `mtlsd status`: what a running daemon serves, for humans or as JSON.
+//! The human view renders the typed report ([`crate::status_report`]) the
+//! daemon serialises.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -6,10 +8,12 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use http::{Method, StatusCode};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::admin_client::{self, AdminError};
 use super::out::{self, Level, out, outln};
+use crate::status_report::Status;
 
 /// Exit code when no daemon answered.
 const NOT_RUNNING: u8 = 3;
@@ -32,88 +36,74 @@ pub(super) async fn status(
     if code != StatusCode::OK {
         anyhow::bail!("{addr} answered {code}: {}", String::from_utf8_lossy(&body));
     }
-    let status: Value = serde_json::from_slice(&body)
+    // Read as JSON first: `--json` prints what the daemon sent, fields this
+    // version does not know included.
+    let answer: Value = serde_json::from_slice(&body)
         .map_err(|e| anyhow::anyhow!("unexpected answer from {addr}: {e}"))?;
     if json {
-        outln!("{}", serde_json::to_string_pretty(&status)?);
-    } else {
-        out!("{}", render(&status));
+        outln!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(ExitCode::SUCCESS);
     }
+    let status = Status::deserialize(&answer).map_err(|e| {
+        anyhow::anyhow!(
+            "unexpected status from {addr}: {e}; `mtlsd status --json` shows it as sent"
+        )
+    })?;
+    out!("{}", render(&status));
     Ok(ExitCode::SUCCESS)
 }
 
-fn s(v: &Value) -> &str {
-    v.as_str().unwrap_or("-")
-}
-
 /// The human view: a header, material, listeners and peers as tables.
-fn render(st: &Value) -> String {
+pub fn render(st: &Status) -> String {
     let mut out = String::new();
-    let ready = if st["ready"].as_bool() == Some(true) {
-        "ready"
-    } else {
-        "NOT READY"
-    };
+    let ready = if st.ready { "ready" } else { "NOT READY" };
     let _ = writeln!(
         out,
         "mtlsd {}: {ready}, generation {} (loaded {}, started {}), {} worker thread(s)",
-        s(&st["version"]),
-        st["generation"],
-        s(&st["loaded_at"]),
-        s(&st["started_at"]),
-        st["worker_threads"]
+        st.version, st.generation, st.loaded_at, st.started_at, st.worker_threads
     );
-    if let Some(reload) = st["last_reload"].as_object() {
+    if let Some(reload) = &st.last_reload {
         let _ = write!(
             out,
             "last reload: {} {} {}",
-            s(&reload["time"]),
-            s(&reload["trigger"]),
-            s(&reload["result"])
+            reload.time,
+            reload.outcome.trigger.as_str(),
+            reload.outcome.result.as_str()
         );
-        if let Some(reason) = reload.get("reason").and_then(Value::as_str) {
+        if let Some(reason) = &reload.outcome.reason {
             let _ = write!(out, ": {reason}");
         }
         out.push('\n');
     }
-    let id = &st["identity"];
-    let _ = writeln!(out, "\nidentity  {}", s(&id["subject"]));
+    let id = &st.identity;
+    let _ = writeln!(out, "\nidentity  {}", id.subject);
     let _ = writeln!(
         out,
         "          serial {}  expires {} ({})  sha256 {}",
-        s(&id["serial"]),
-        s(&id["not_after"]),
-        s(&id["state"]),
-        s(&id["sha256"])
+        id.serial, id.not_after, id.state, id.sha256
     );
-    let sans: Vec<&str> = id["sans"].as_array().into_iter().flatten().map(s).collect();
-    let _ = writeln!(out, "          SANs {}", sans.join(", "));
-    for domain in st["trust_domains"].as_array().into_iter().flatten() {
+    let _ = writeln!(out, "          SANs {}", id.sans.join(", "));
+    for domain in &st.trust_domains {
         let _ = writeln!(
             out,
             "trust     {} version {}  sha256 {}",
-            s(&domain["name"]),
-            domain["version"].as_str().unwrap_or("-"),
-            s(&domain["sha256"])
+            domain.name,
+            domain.version.as_deref().unwrap_or("-"),
+            domain.sha256
         );
-        for ca in domain["cas"].as_array().into_iter().flatten() {
+        for ca in &domain.cas {
             let _ = writeln!(
                 out,
                 "            CA {}  serial {}  expires {} ({})",
-                s(&ca["subject"]),
-                s(&ca["serial"]),
-                s(&ca["not_after"]),
-                s(&ca["state"])
+                ca.subject, ca.serial, ca.not_after, ca.state
             );
         }
     }
-    if let Some(inv) = st["inventory"].as_object() {
+    if let Some(inv) = &st.inventory {
         let _ = writeln!(
             out,
             "inventory cluster {}, {} hosts, sha256 {}",
-            s(&inv["cluster"]),
-            inv["hosts"],
-            s(&inv["sha256"])
+            inv.cluster, inv.hosts, inv.sha256
         );
     }
 
@@ -127,29 +117,25 @@ fn render(st: &Value) -> String {
         "REFUSED".to_owned(),
         "OPEN".to_owned(),
     ]];
-    for l in st["listeners"].as_array().into_iter().flatten() {
-        let refused: Vec<String> = l["refused"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(k, v)| format!("{k}={v}"))
+    for l in &st.listeners {
+        let refused: Vec<String> = l
+            .refused
+            .iter()
+            .map(|(reason, n)| format!("{reason}={n}"))
             .collect();
         rows.push(vec![
-            s(&l["name"]).to_owned(),
-            s(&l["direction"]).to_owned(),
-            s(&l["protocol"]).to_owned(),
-            s(&l["addr"]).to_owned(),
-            s(&l["upstream"]).to_owned(),
-            format!(
-                "{}/{}",
-                l["handshakes_completed"], l["handshakes_attempted"]
-            ),
+            l.name.clone(),
+            l.direction.clone(),
+            l.protocol.clone(),
+            l.addr.clone(),
+            l.upstream.clone(),
+            format!("{}/{}", l.handshakes_completed, l.handshakes_attempted),
             if refused.is_empty() {
                 "-".to_owned()
             } else {
                 refused.join(",")
             },
-            l["connections_active"].to_string(),
+            l.connections_active.to_string(),
         ]);
     }
     out.push('\n');
@@ -162,14 +148,13 @@ fn render(st: &Value) -> String {
         "CERT EXPIRES".to_owned(),
         "STATE".to_owned(),
     ]];
-    for p in st["peers"].as_array().into_iter().flatten() {
-        let roles: Vec<&str> = p["roles"].as_array().into_iter().flatten().map(s).collect();
+    for p in &st.peers {
         rows.push(vec![
-            s(&p["host"]).to_owned(),
-            roles.join(","),
-            s(&p["last_handshake"]).to_owned(),
-            s(&p["cert_not_after"]).to_owned(),
-            s(&p["state"]).to_owned(),
+            p.host.clone(),
+            p.roles.join(","),
+            p.last_handshake.clone(),
+            p.cert_not_after.clone(),
+            p.state.clone(),
         ]);
     }
     out.push('\n');

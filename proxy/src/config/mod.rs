@@ -429,11 +429,56 @@ impl fmt::Display for Section {
     }
 }
 
-/// Why a configuration could not be used.
+impl std::str::FromStr for Section {
+    type Err = UnknownSection;
+
+    /// Reads what [`Display`](fmt::Display) writes.
+    fn from_str(text: &str) -> Result<Self, UnknownSection> {
+        let section = match text {
+            "identity" => Self::Identity,
+            "inventory" => Self::Inventory,
+            "admin" => Self::Admin,
+            "tls" => Self::Tls,
+            "shutdown" => Self::Shutdown,
+            "reload" => Self::Reload,
+            "reload.audit_log" => Self::AuditLog,
+            "expiry" => Self::Expiry,
+            "runtime" => Self::Runtime,
+            "state_dir" => Self::StateDir,
+            _ => match text.split_once('.') {
+                Some(("trust_domains", name)) => Self::TrustDomain(name.to_owned()),
+                Some(("listener", name)) => Self::Listener(name.to_owned()),
+                _ => return Err(UnknownSection(text.to_owned())),
+            },
+        };
+        Ok(section)
+    }
+}
+
+/// A configuration section name this version does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown configuration section '{0}'")]
+pub struct UnknownSection(pub String);
+
+/// Why a configuration could not be used. The library's error is each
+/// variant's source, not part of its message: `{:#}` (and
+/// [`WithCauses`](crate::error_chain::WithCauses)) print the chain, so it
+/// appears once.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read or parse: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("{path}: cannot read")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not TOML, or a value the environment overrides cannot hold.
+    #[error("{path}: cannot parse")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: config::ConfigError,
+    },
     #[error("{}", DisplayProblems(path, problems))]
     Invalid {
         path: PathBuf,
@@ -491,9 +536,9 @@ impl Config {
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Parse {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
-            message: e.to_string(),
+            source,
         })?;
         Self::parse(path, &text, env)
     }

@@ -38,9 +38,9 @@ pub(super) fn parse(
         .into_iter()
         .filter(|(name, _)| name.starts_with(ENV_PREFIX) && !CLI_ENV_VARS.contains(&name.as_str()))
         .collect();
-    let parse_error = |message: String| ConfigError::Parse {
+    let parse_error = |source: config::ConfigError| ConfigError::Parse {
         path: path.to_owned(),
-        message,
+        source,
     };
     let merged = config::Config::builder()
         .add_source(config::File::from_str(text, config::FileFormat::Toml))
@@ -52,7 +52,7 @@ pub(super) fn parse(
                 .source(Some(overrides.clone())),
         )
         .build()
-        .map_err(|e| parse_error(e.to_string()))?;
+        .map_err(parse_error)?;
 
     let mut v = Validator {
         problems: Vec::new(),
@@ -76,7 +76,7 @@ pub(super) fn parse(
                         problems: v.problems,
                     });
                 }
-                None => return Err(parse_error(e.to_string())),
+                None => return Err(parse_error(e)),
             },
         };
 
@@ -1375,8 +1375,27 @@ mod tests {
     fn syntax_errors_name_the_file() {
         let err = parse_str("[identity\ncert = 1", &[]).unwrap_err();
         assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        assert_eq!(err.to_string(), "/etc/mtlsd/mtlsd.toml: cannot parse");
+        // The parser's own words are the cause, printed after it.
+        let cause = std::error::Error::source(&err).unwrap();
+        assert!(cause.is::<config::ConfigError>(), "{cause:?}");
+        let shown = crate::error_chain::WithCauses(&err).to_string();
+        assert_eq!(shown, format!("{err}: {cause}"));
+        assert!(shown.contains("TOML parse error"), "{shown}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("mtlsd.toml");
+        let err = Config::load(&missing).unwrap_err();
+        let cause =
+            std::error::Error::source(&err).and_then(|e| e.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            cause.map(std::io::Error::kind),
+            Some(std::io::ErrorKind::NotFound)
+        );
         assert!(
-            err.to_string().starts_with("/etc/mtlsd/mtlsd.toml: "),
+            crate::error_chain::WithCauses(&err)
+                .to_string()
+                .starts_with(&format!("{}: cannot read: ", missing.display())),
             "{err}"
         );
     }

@@ -23,9 +23,10 @@ pub(super) struct Builder {
     jobs: mpsc::Sender<Job>,
 }
 
-/// The builder thread is gone (it cannot be, unless a job panicked).
+/// A job gave no answer: it panicked (the thread carries on with the next
+/// one), or the thread is gone.
 #[derive(Debug, thiserror::Error)]
-#[error("the generation builder thread has stopped")]
+#[error("the generation builder thread gave no answer (a bug: see the log for a panic)")]
 pub(super) struct BuilderGone;
 
 impl Builder {
@@ -35,7 +36,10 @@ impl Builder {
             .name("mtlsd-builder".to_owned())
             .spawn(move || {
                 for job in queue {
-                    job();
+                    // A panic in one build must not leave every later
+                    // reload without a builder: its answer is dropped,
+                    // which the caller sees as `BuilderGone`.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                 }
             })?;
         Ok(Self { jobs })
@@ -69,6 +73,14 @@ mod tests {
         let second = builder.run(|| std::thread::current().id()).await.unwrap();
         assert_eq!(first, second);
         assert_ne!(first, runtime_thread);
+        assert_eq!(builder.run(|| 6 * 7).await.unwrap(), 42);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_panicking_job_is_an_error_and_the_next_job_still_runs() {
+        let builder = Builder::spawn().unwrap();
+        let failed = builder.run(|| -> u8 { panic!("bad build") }).await;
+        assert!(matches!(failed, Err(BuilderGone)), "{failed:?}");
         assert_eq!(builder.run(|| 6 * 7).await.unwrap(), 42);
     }
 }

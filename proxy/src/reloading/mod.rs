@@ -41,7 +41,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use audit::AuditLog;
 
-use crate::config::{Config, ListenerConfig};
+use crate::config::{Config, ConfigError, ListenerConfig};
+use crate::error_chain::WithCauses;
 use crate::state::{BoundListener, DaemonState};
 
 /// A request to the reloader task.
@@ -100,6 +101,39 @@ impl ReloadMetrics {
         }
         self.generation
             .set(i64::try_from(outcome.generation).unwrap_or(i64::MAX));
+    }
+}
+
+/// Why an attempt was rejected before anything changed. The outcome's
+/// `reason` is its message with its causes (what operators read in the
+/// log, the audit line, `/status` and `mtlsd reload`).
+#[derive(Debug, thiserror::Error)]
+enum Rejection {
+    /// Boxed: the config crate's error is large.
+    #[error(transparent)]
+    Config(Box<ConfigError>),
+    #[error(transparent)]
+    Material(#[from] mtlsd_reload::MaterialErrors),
+    /// As at start-up: a new listener's address is taken.
+    #[error("listener '{name}': cannot listen on {addr}")]
+    Bind {
+        name: String,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The builder thread gave no answer.
+    #[error("{step} failed")]
+    TaskFailed {
+        step: &'static str,
+        #[source]
+        source: builder::BuilderGone,
+    },
+}
+
+impl From<ConfigError> for Rejection {
+    fn from(error: ConfigError) -> Self {
+        Self::Config(Box::new(error))
     }
 }
 
@@ -305,11 +339,11 @@ impl Reloader {
 
     async fn try_attempt(&mut self, trigger: Trigger) -> ReloadOutcome {
         let current = self.state.store.current();
-        let rejected = |reason: String, refused: Vec<String>| ReloadOutcome {
+        let rejected = |why: Rejection, refused: Vec<String>| ReloadOutcome {
             trigger,
             result: ReloadResult::Rejected,
             generation: current.number(),
-            reason: Some(reason),
+            reason: Some(WithCauses(&why).to_string()),
             items: Vec::new(),
             refused,
             closing: 0,
@@ -323,15 +357,23 @@ impl Reloader {
         let read = self
             .builder
             .run(move || {
-                let text = std::fs::read_to_string(&source)
-                    .map_err(|e| format!("{}: cannot read: {e}", source.display()))?;
+                let text =
+                    std::fs::read_to_string(&source).map_err(|source_error| ConfigError::Read {
+                        path: source.clone(),
+                        source: source_error,
+                    })?;
                 let fingerprint = Fingerprint::of(text.as_bytes());
                 Config::parse(&source, &text, env)
                     .map(|parsed| (parsed, fingerprint))
-                    .map_err(|e| e.to_string())
+                    .map_err(Rejection::from)
             })
             .await
-            .unwrap_or_else(|e| Err(format!("reading the configuration failed: {e}")));
+            .unwrap_or_else(|source| {
+                Err(Rejection::TaskFailed {
+                    step: "reading the configuration",
+                    source,
+                })
+            });
         let (parsed, config_fingerprint) = match read {
             Ok(read) => read,
             Err(reason) => return rejected(reason, Vec::new()),
@@ -350,8 +392,11 @@ impl Reloader {
             .await;
         let next = match built {
             Ok(Ok(next)) => next,
-            Ok(Err(problems)) => return rejected(problems.to_string(), refused),
-            Err(e) => return rejected(format!("building the generation failed: {e}"), refused),
+            Ok(Err(problems)) => return rejected(problems.into(), refused),
+            Err(source) => {
+                let step = "building the generation";
+                return rejected(Rejection::TaskFailed { step, source }, refused);
+            }
         };
         let items = change.items(Some(&current), &next);
         let next_config = change.effective;
@@ -389,14 +434,13 @@ impl Reloader {
                 Ok(socket) => {
                     fresh.insert(listener.name.clone(), socket);
                 }
-                Err(e) => {
-                    let mut outcome = rejected(
-                        format!(
-                            "listener '{}': cannot listen on {}: {e}",
-                            listener.name, listener.listen
-                        ),
-                        refused,
-                    );
+                Err(source) => {
+                    let why = Rejection::Bind {
+                        name: listener.name.clone(),
+                        addr: listener.listen,
+                        source,
+                    };
+                    let mut outcome = rejected(why, refused);
                     outcome.items = items;
                     return outcome;
                 }

@@ -306,6 +306,15 @@ async fn status_shows_a_live_daemon_and_says_when_none_runs() {
         .unwrap();
     assert_eq!(round_trip(&mut stream, b"x").await.unwrap(), b"x");
 
+    // The report as served, read into the type the CLI reads it into:
+    // nothing is dropped or changed on the way. Nothing moves between this
+    // read and the CLI's below (the api1 connection stays idle).
+    let (code, served) = http_get(admin.parse().unwrap(), "/status").await;
+    assert_eq!(code, 200, "{served}");
+    let served: serde_json::Value = serde_json::from_str(&served).unwrap();
+    let typed: mtlsd::status_report::Status = serde_json::from_value(served.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&typed).unwrap(), served);
+
     let status = |args: Vec<String>| {
         tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -316,6 +325,14 @@ async fn status_shows_a_live_daemon_and_says_when_none_runs() {
         .await
         .unwrap();
     assert_eq!(code.code(), Some(0), "{stderr}");
+    // (run_to_end hands back stdout's lines, joined without the last
+    // newline.)
+    assert_eq!(
+        table.lines().collect::<Vec<_>>(),
+        mtlsd::commands::status::render(&typed)
+            .lines()
+            .collect::<Vec<_>>()
+    );
     assert!(table.contains("ready, generation 1"), "{table}");
     assert!(
         table.contains(&format!("serial {}", files.issued.serial_hex)),
@@ -346,6 +363,7 @@ async fn status_shows_a_live_daemon_and_says_when_none_runs() {
     .unwrap();
     assert_eq!(code.code(), Some(0));
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json, served, "--json prints what the daemon serves");
     assert_eq!(json["identity"]["serial"], files.issued.serial_hex.as_str());
     assert_eq!(json["peers"][0]["host"], "api1");
     assert_eq!(json["listeners"][0]["handshakes_completed"], 1);

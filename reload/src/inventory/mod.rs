@@ -74,8 +74,9 @@ struct RevokedSerial {
     issuers: BTreeSet<[u8; 32]>,
 }
 
-/// What changed between two inventories, for the audit log.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+/// What changed between two inventories, for the audit log (and what
+/// `mtlsd status` reads back from `/status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InventoryDelta {
     pub hosts_added: usize,
     pub hosts_removed: usize,

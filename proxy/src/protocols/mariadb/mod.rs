@@ -51,17 +51,47 @@ enum PhaseError {
     Wire(#[from] WireError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Refused(String),
+    #[error(transparent)]
+    Refused(#[from] PhaseRefusal),
     /// The TLS handshake with the server failed; the handshake has logged
     /// and counted it already.
     #[error("TLS to the server failed: {0}")]
-    ServerTls(String),
+    ServerTls(#[source] std::io::Error),
     #[error("the connection phase did not finish within {0:?}")]
     Timeout(std::time::Duration),
     /// Past the connection phase: the byte copy ended with an error.
     #[error(transparent)]
     Relay(#[from] crate::relay::RelayError),
+}
+
+/// What the client of an upgrade listener is told when the server offers
+/// no TLS.
+const SERVER_WITHOUT_TLS: &str =
+    "mtlsd: the MariaDB server does not offer TLS; refusing to continue in plaintext";
+/// What the client of an upgrade listener is told when it asks for TLS.
+const CLIENT_TLS_IN_UPGRADE: &str = "mtlsd: TLS between a local client and mtlsd is not \
+                                     supported in upgrade mode; connect without TLS (mtlsd \
+                                     encrypts the connection to the server)";
+
+/// Why mtlsd ended a connection phase on purpose.
+#[derive(Debug, thiserror::Error)]
+enum PhaseRefusal {
+    /// The server refused us outright (host blocked, too many
+    /// connections); its ERR was passed on to the client.
+    #[error("the {}server answered with an ERR ({err})", if *local { "local " } else { "" })]
+    ServerErr {
+        /// The inbound side's local server, not a remote one.
+        local: bool,
+        /// The server's own words ([`wire::err_text`]): a string, as the
+        /// peer's text is all there is.
+        err: String,
+    },
+    #[error("{}", SERVER_WITHOUT_TLS)]
+    ServerWithoutTls,
+    #[error("{}", CLIENT_TLS_IN_UPGRADE)]
+    ClientTlsInUpgrade,
+    #[error("client did not request TLS")]
+    ClientWithoutTls,
 }
 
 impl PhaseError {
@@ -188,15 +218,12 @@ pub async fn serve_outbound(
             // The server refused us outright (host blocked, too many
             // connections): pass its ERR on.
             send(client, greeting.seq, &greeting.payload).await?;
-            return Err(PhaseError::Refused(
-                "the server answered with an ERR".to_owned(),
-            ));
+            let err = wire::err_text(&greeting.payload);
+            return Err(PhaseRefusal::ServerErr { local: false, err }.into());
         }
         if !wire::greeting_offers_tls(&greeting.payload)? {
-            let message =
-                "mtlsd: the MariaDB server does not offer TLS; refusing to continue in plaintext";
-            send(client, 0, &err(ERR_UNSECURE, message)).await?;
-            return Err(PhaseError::Refused(message.to_owned()));
+            send(client, 0, &err(ERR_UNSECURE, SERVER_WITHOUT_TLS)).await?;
+            return Err(PhaseRefusal::ServerWithoutTls.into());
         }
         wire::set_greeting_tls(&mut greeting.payload, false)?;
         send(client, greeting.seq, &greeting.payload).await?;
@@ -207,15 +234,13 @@ pub async fn serve_outbound(
         let mut response = client_reader.message().await?;
         seq.after(response.seq, response.packets);
         if wire::response_caps(&response.payload)? & wire::CLIENT_SSL != 0 {
-            let message = "mtlsd: TLS between a local client and mtlsd is not supported in upgrade \
-                           mode; connect without TLS (mtlsd encrypts the connection to the server)";
             send(
                 &mut client_reader.inner,
                 seq.next(),
-                &err(ERR_UNSECURE, message),
+                &err(ERR_UNSECURE, CLIENT_TLS_IN_UPGRADE),
             )
             .await?;
-            return Err(PhaseError::Refused(message.to_owned()));
+            return Err(PhaseRefusal::ClientTlsInUpgrade.into());
         }
         send(
             &mut server,
@@ -237,7 +262,7 @@ pub async fn serve_outbound(
                         &err(ERR_UNSECURE, &message),
                     )
                     .await;
-                    return Err(PhaseError::ServerTls(e.to_string()));
+                    return Err(PhaseError::ServerTls(e));
                 }
             };
         response.seq = response.seq.wrapping_add(1);
@@ -288,9 +313,8 @@ pub async fn serve_inbound(
         let mut greeting = read_exact_message(&mut server).await?;
         if greeting.first_byte() == Some(0xFF) {
             send(client, greeting.seq, &greeting.payload).await?;
-            return Err(PhaseError::Refused(
-                "the local server answered with an ERR".to_owned(),
-            ));
+            let err = wire::err_text(&greeting.payload);
+            return Err(PhaseRefusal::ServerErr { local: true, err }.into());
         }
         wire::set_greeting_tls(&mut greeting.payload, true)?;
         send(client, greeting.seq, &greeting.payload).await?;
@@ -302,7 +326,7 @@ pub async fn serve_inbound(
         if !is_ssl_request {
             let message = "mtlsd: this server requires TLS with a client certificate";
             send(client, seq.next(), &err(ERR_ACCESS, message)).await?;
-            return Err(PhaseError::Refused("client did not request TLS".to_owned()));
+            return Err(PhaseRefusal::ClientWithoutTls.into());
         }
         // Over TLS the client sends its response as SSLRequest + 1 and
         // expects the server's next packet after that.

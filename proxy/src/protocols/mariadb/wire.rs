@@ -210,6 +210,23 @@ pub fn err_payload(code: u16, sqlstate: &[u8; 5], message: &str) -> Vec<u8> {
     payload
 }
 
+/// What an ERR packet from a server says (`ERROR 1129: Host … is
+/// blocked`), at most 200 characters of it, for the log. The server's own
+/// words are all there is to report: its code says little on its own.
+pub fn err_text(payload: &[u8]) -> String {
+    let Some([lo, hi, rest @ ..]) = payload.strip_prefix(&[0xFF]) else {
+        return "an unreadable ERR".to_owned();
+    };
+    let code = u16::from_le_bytes([*lo, *hi]);
+    // `#` and a five-byte SQL state, sent by every server of this century.
+    let message = match rest {
+        [b'#', _, _, _, _, _, message @ ..] => message,
+        message => message,
+    };
+    let message: String = String::from_utf8_lossy(message).chars().take(200).collect();
+    format!("ERROR {code}: {message}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,5 +328,15 @@ mod tests {
             let _ = ssl_request_from(&bytes);
             let _ = set_response_tls(&mut bytes, false);
         }
+    }
+
+    #[test]
+    fn err_text_reads_code_and_message() {
+        let payload = err_payload(1129, b"HY000", "Host 'a' is blocked");
+        assert_eq!(err_text(&payload), "ERROR 1129: Host 'a' is blocked");
+        assert_eq!(err_text(&[0xFF, 0x15, 0x04, b'n', b'o']), "ERROR 1045: no");
+        assert_eq!(err_text(&[0xFF, 1]), "an unreadable ERR");
+        let long = err_payload(1105, b"HY000", &"x".repeat(500));
+        assert_eq!(err_text(&long).len(), "ERROR 1105: ".len() + 200);
     }
 }
