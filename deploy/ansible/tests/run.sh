@@ -20,6 +20,8 @@
 #  5. the role's unit template rendered with the defaults is byte for byte
 #     deploy/systemd/mtlsd.service, and deploy/systemd/check.sh passes for
 #     it and for the variant with a port below 1024 (CAP_NET_BIND_SERVICE);
+#     the drop-in of mtlsd_install=deb carries the site settings (and the
+#     capability only for a port below 1024);
 #  6. dev-ca.yml applied with -c local to three inventory hosts (db1, api1,
 #     hv1), each into its own throw-away root (mtlsd_supervisor=external),
 #     succeeds; `mtlsd check` accepts every host's result; owners and modes
@@ -230,6 +232,38 @@ else
     fail "unit for a listener on :443 (CAP_NET_BIND_SERVICE):"
 fi
 sed 's/^/      /' "$work/unit-check.log"
+for f in mtlsd-retry.path mtlsd-retry.service; do
+    check "roles/mtlsd/files/$f is deploy/systemd/$f" cmp -s "roles/mtlsd/files/$f" "$repo/deploy/systemd/$f"
+done
+# mtlsd_install=deb: the package's unit plus the drop-in of site settings.
+render_dropin() {
+    # render_dropin DEST [EXTRA_VARS_JSON]
+    ansible localhost -i localhost, -c local -m ansible.builtin.template \
+        -a "src=roles/mtlsd/templates/mtlsd-site.conf.j2 dest=$1 mode=0644" \
+        -e @roles/mtlsd/defaults/main.yml -e @roles/mtlsd/vars/main.yml -e "${2:-{\}}" \
+        -e ansible_python_interpreter="$venv/bin/python" >"$work/render.log" 2>&1 ||
+        { sed 's/^/      /' "$work/render.log"; return 1; }
+}
+if render_dropin "$work/units/default/site.conf" &&
+    grep -qx 'TimeoutStopSec=45' "$work/units/default/site.conf" &&
+    ! grep -q 'CAP_NET_BIND_SERVICE\|PrivateUsers\|IPAddress' "$work/units/default/site.conf"; then
+    pass "deb drop-in with the defaults: stop timeout and LimitNOFILE only, no capability"
+else
+    fail "deb drop-in with the defaults:"
+    sed 's/^/      /' "$work/units/default/site.conf" 2>/dev/null || true
+fi
+if render_dropin "$work/units/low-port/site.conf" \
+    '{"mtlsd_inbound": [{"name": "api", "listen": "0.0.0.0:443", "upstream": "127.0.0.1:13000"}], "mtlsd_ip_address_allow": ["127.0.0.0/8", "10.0.0.0/8"], "mtlsd_drain_timeout_seconds": 10}' &&
+    grep -qx 'CapabilityBoundingSet=CAP_NET_BIND_SERVICE' "$work/units/low-port/site.conf" &&
+    grep -qx 'AmbientCapabilities=CAP_NET_BIND_SERVICE' "$work/units/low-port/site.conf" &&
+    grep -qx 'PrivateUsers=no' "$work/units/low-port/site.conf" &&
+    grep -qx 'IPAddressAllow=127.0.0.0/8 10.0.0.0/8' "$work/units/low-port/site.conf" &&
+    grep -qx 'TimeoutStopSec=25' "$work/units/low-port/site.conf"; then
+    pass "deb drop-in for a listener on :443 with an IP fence: CAP_NET_BIND_SERVICE, PrivateUsers=no, IPAddressAllow, TimeoutStopSec"
+else
+    fail "deb drop-in for a listener on :443:"
+    sed 's/^/      /' "$work/units/low-port/site.conf" 2>/dev/null || true
+fi
 
 # --- 6. apply dev-ca.yml into throw-away roots ------------------------------------
 step "apply dev-ca.yml to db1, api1, hv1 (-c local, each into its own root)"
@@ -248,6 +282,7 @@ all:
     ansible_become: false
     mtlsd_supervisor: external
     mtlsd_root: "$work/hosts/{{ inventory_hostname }}"
+    mtlsd_install: binary
     mtlsd_binary_src: "$bin"
     mtlsd_cluster_name: sf-test
     mtlsd_dns_domain: sf.test
