@@ -21,9 +21,10 @@ Clients (through the local mtlsd outbound listener on loopback):
       saw HOST as the verified caller, 1 otherwise. KIND: grpc (unary),
       grpc-stream (server streaming), http.
   hold TARGET --out FILE --stop-file F --expect-peer HOST [--stream PATH]
-       [--calls PATH,PATH] [--interval S] [--tls CA,CERT,KEY,NAME]
+       [--stream-seconds S] [--calls PATH,PATH] [--interval S] [--tls CA,CERT,KEY,NAME]
       One gRPC channel held open for the whole run (never re-opened by this
-      client): optionally one long server-streaming call on it, and every
+      client): optionally one long server-streaming call on it (for
+      --stream-seconds, default the whole --duration), and every
       --interval seconds a unary call to each of --calls, on the same
       channel. Writes one JSON line per event to FILE (wall-clock time,
       stream messages and the stream's end, each call's status code and
@@ -298,8 +299,9 @@ def hold(args):
 
     def streamer():
         marker = f"{args.marker}-stream"
-        request = json.dumps({"marker": marker, "seconds": args.duration}).encode()
-        call = channel.unary_stream(args.stream)(request, timeout=args.duration + 5)
+        seconds = args.stream_seconds or args.duration
+        request = json.dumps({"marker": marker, "seconds": seconds}).encode()
+        call = channel.unary_stream(args.stream)(request, timeout=seconds + 5)
         event(kind="stream-start", path=args.stream)
         n = 0
         try:
@@ -625,6 +627,7 @@ def main():
     hd.add_argument("--marker", required=True)
     hd.add_argument("--expect-peer", required=True)
     hd.add_argument("--stream", default="")
+    hd.add_argument("--stream-seconds", type=float, default=0.0)
     hd.add_argument("--calls", default="")
     hd.add_argument("--interval", type=float, default=0.5)
     hd.add_argument("--stop-file", default="")
