@@ -204,7 +204,7 @@ impl Running {
         self.state
             .listeners()
             .get(listener)
-            .map(|(_, ctx)| ctx.stats.clone())
+            .map(|(_, ctx)| ctx.stats().clone())
     }
 
     pub fn store(&self) -> &Arc<MaterialStore> {

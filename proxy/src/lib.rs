@@ -5,7 +5,10 @@
 //!
 //! Where things live: [`config`] (the file and its validation), [`daemon`]
 //! (lifecycle), [`listener`] (accept loops and back-pressure),
-//! [`protocols`] (one module per protocol), [`relay`] (moving bytes),
+//! [`listener_context`] (what a listener's connections share),
+//! [`protocols`] (one module per protocol, and the dispatch to them),
+//! [`transport`] (TLS handshakes and pooled upstream clients), [`relay`]
+//! (moving bytes),
 //! [`reject`] (why peers are refused), [`commands`] (the CLI verbs).
 
 #![forbid(unsafe_code)]
@@ -18,6 +21,7 @@ pub mod counting;
 pub mod daemon;
 pub mod expiry_watch;
 pub mod listener;
+pub mod listener_context;
 pub mod metrics;
 pub(crate) mod notify;
 pub mod peers;
@@ -29,4 +33,5 @@ pub mod reloading;
 pub mod scrape;
 pub mod state;
 pub mod status;
+pub mod transport;
 pub mod upstream;

@@ -21,7 +21,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ExpiryConfig, ListenerConfig};
 use crate::connections::ConnectionRegistry;
-use crate::listener::{self, Lifecycle, ListenerContext, ListenerStats};
+use crate::listener::{self, Lifecycle, ListenerStats};
+use crate::listener_context::ListenerContext;
 use crate::metrics::RequestMetrics;
 use crate::peers::PeerBook;
 use crate::reload_report::ReloadOutcome;
@@ -109,7 +110,7 @@ impl DaemonState {
     pub fn listener_stats(&self) -> Vec<(String, Arc<ListenerStats>)> {
         self.listeners()
             .iter()
-            .map(|(name, (_, ctx))| (name.clone(), ctx.stats.clone()))
+            .map(|(name, (_, ctx))| (name.clone(), ctx.stats().clone()))
             .collect()
     }
 
@@ -156,10 +157,10 @@ impl DaemonState {
         let addr = socket.local_addr().unwrap_or(config.listen);
         tracing::info!(
             listener = %config.name,
-            direction = %config.direction,
-            protocol = config.protocol.as_str(),
+            direction = %config.direction(),
+            protocol = config.protocol().as_str(),
             addr = %addr,
-            upstream = %config.upstream,
+            upstream = %config.upstream(),
             trust_domain = %config.trust_domain,
             "listening"
         );

@@ -214,15 +214,15 @@ pub fn status(state: &DaemonState) -> Status {
             .into_iter()
             .map(|(name, addr, ctx)| {
                 let config = ctx.config.load();
-                let stats = &ctx.stats;
+                let stats = ctx.stats();
                 let (connections_total, connections_active) = stats.connections();
                 let (bytes_received, bytes_sent) = stats.bytes();
                 Listener {
                     name,
-                    direction: config.direction.to_string(),
-                    protocol: config.protocol.as_str(),
+                    direction: config.direction().to_string(),
+                    protocol: config.protocol().as_str(),
                     addr: addr.to_string(),
-                    upstream: config.upstream.to_string(),
+                    upstream: config.upstream().to_string(),
                     trust_domain: config.trust_domain.clone(),
                     handshakes_attempted: stats.handshakes_attempted(),
                     handshakes_completed: stats.handshakes(),

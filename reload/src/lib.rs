@@ -1,12 +1,21 @@
-//! Loading, validating and atomically publishing mtlsd's TLS material.
+//! What a reload publishes: mtlsd's TLS material, role inventory, CRLs and
+//! the one admission policy built from them.
 //!
 //! The contract this crate keeps: material is read whole, checked whole
 //! (PEM, key ↔ certificate, chain to the named trust bundle, validity,
-//! key usages, key-file permissions), turned into complete rustls configs,
-//! and only then published as one [`Generation`] through a
-//! [`MaterialStore`]. Callers — start-up, `mtlsd check`, and every reload
-//! trigger — go through [`Generation::load`], so "would this reload work?"
-//! and "does this start?" are the same question.
+//! key usages, key-file permissions, inventory, CRL signatures), turned
+//! into complete rustls configs and per-use [`UsePolicy`]s, and only then
+//! published as one [`Generation`] through a [`MaterialStore`]. Callers —
+//! start-up, `mtlsd check`, and every reload trigger — go through
+//! [`Generation::load`], so "would this reload work?" and "does this
+//! start?" are the same question. Every admission decision (handshake
+//! verifiers, resumed sessions, re-judging after a reload, each gRPC call
+//! and HTTP request) is [`UsePolicy::admit`] or
+//! [`UsePolicy::authorize_request`].
+//!
+//! The reload *loop* — triggers, the diff, the audit log — lives in the
+//! daemon (`proxy/src/reloading/`): it decides what to do with listeners
+//! and connections, which this crate knows nothing of.
 
 #![forbid(unsafe_code)]
 

@@ -79,10 +79,10 @@ pub(super) fn check(config_path: &Path, strict: bool) -> anyhow::Result<ExitCode
         outln!(
             "  listener   {} {} {} {} -> {} (trust domain {})",
             listener.name,
-            listener.direction,
-            listener.protocol.as_str(),
+            listener.direction(),
+            listener.protocol().as_str(),
             listener.listen,
-            listener.upstream,
+            listener.upstream(),
             listener.trust_domain
         );
     }

@@ -63,8 +63,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub reload: ReloadConfig,
     pub expiry: ExpiryConfig,
-    pub inbound: Vec<ListenerConfig>,
-    pub outbound: Vec<ListenerConfig>,
+    /// Every `[[inbound]]`, then every `[[outbound]]`, in file order.
+    pub listeners: Vec<ListenerConfig>,
 }
 
 /// `[admin] tls = true`: the admin endpoint requires a client certificate
@@ -148,8 +148,7 @@ impl fmt::Display for Direction {
     }
 }
 
-/// What a listener speaks. Only `tcp` is served by this version; the others
-/// are recognised so that configs can name them and get a clear refusal.
+/// What a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Tcp,
@@ -159,15 +158,6 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    /// ALPN protocols offered on the TLS side.
-    pub fn alpn(self, direction: Direction) -> Vec<Vec<u8>> {
-        match (self, direction) {
-            (Self::Grpc, _) => vec![b"h2".to_vec()],
-            (Self::Http, Direction::Inbound) => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-            _ => Vec::new(),
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Tcp => "tcp",
@@ -178,11 +168,27 @@ impl Protocol {
     }
 }
 
-/// Where a listener forwards to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A remote or loopback `host:port`; the host is resolved at connect time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Where an inbound tcp or mariadb listener forwards to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Upstream {
-    /// `host:port`; the host is resolved at connect time.
-    Tcp { host: String, port: u16 },
+    Tcp(HostPort),
     /// `unix:/path/to.sock`
     Unix(PathBuf),
 }
@@ -190,8 +196,7 @@ pub enum Upstream {
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
-            Self::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Self::Tcp(addr) => addr.fmt(f),
             Self::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }
@@ -207,37 +212,168 @@ pub struct Timeouts {
     pub connect: Duration,
 }
 
+/// One `[[inbound]]` or `[[outbound]]` entry. What only one side has lives
+/// in [`Side`], so the data path never asks at run time for something
+/// validation already ruled out (an outbound listener without a server
+/// name, a grpc listener forwarding to a unix socket).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
     pub name: String,
-    pub direction: Direction,
     pub listen: SocketAddr,
-    pub upstream: Upstream,
-    pub protocol: Protocol,
     pub trust_domain: String,
-    /// Outbound only: the name the remote server's certificate must be
-    /// valid for.
-    pub server_name: Option<ServerName<'static>>,
     pub timeouts: Timeouts,
     /// Accepting pauses (the kernel backlog holds new clients) while this
     /// many connections are open.
     pub max_connections: usize,
-    /// Inbound: the roles a peer's inventory host must hold one of
-    /// (`allow_roles`). Outbound: the roles the server we dial must hold
-    /// one of (`expect_roles`). `None`: any inventory host.
-    pub roles: Option<BTreeSet<String>>,
-    /// Inbound: whether peers must present a certificate. Only http
-    /// listeners may make it optional or turn it off.
+    pub side: Side,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Side {
+    Inbound(Inbound),
+    Outbound(Outbound),
+}
+
+/// Accepts mTLS from other hosts, forwards plaintext to a local daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    pub mode: InboundMode,
+    /// The roles a peer's inventory host must hold one of; `None`: any
+    /// inventory host.
+    pub allow_roles: Option<BTreeSet<String>>,
+    /// Whether peers must present a certificate. Only http listeners may
+    /// make it optional or turn it off.
     pub client_auth: ClientAuth,
-    /// grpc inbound: per service or method rules; the first match wins,
-    /// and calls no rule matches fall back to `roles`.
-    pub routes: Vec<RouteRule>,
-    /// Outbound: how the server's certificate is checked.
+}
+
+/// An inbound listener's protocol and what it forwards to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboundMode {
+    /// Bytes, to a port or a unix socket.
+    Tcp { upstream: Upstream },
+    /// HTTP/2 gRPC calls, to an h2c port, checked per call against
+    /// `routes` (first match wins; calls no rule matches fall back to
+    /// `allow_roles`).
+    Grpc {
+        upstream: HostPort,
+        routes: Vec<RouteRule>,
+    },
+    /// HTTP/1.1 and HTTP/2 requests, to an HTTP/1.1 port.
+    Http { upstream: HostPort },
+    /// MariaDB clients that start TLS in the protocol, to a plaintext server.
+    Mariadb { upstream: Upstream },
+}
+
+/// Accepts plaintext from local daemons, originates mTLS to a remote host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    pub protocol: OutboundProtocol,
+    pub remote: HostPort,
+    /// The name the remote server's certificate must be valid for.
+    pub server_name: ServerName<'static>,
+    /// The roles the server we dial must hold one of; `None`: any
+    /// inventory host.
+    pub expect_roles: Option<BTreeSet<String>>,
+    /// How the server's certificate is checked.
     pub server_verify: ServerVerification,
-    /// Outbound: offer the host certificate when the server asks for one.
-    /// Only an outbound mariadb listener may turn it off (a stock server
-    /// whose CA list does not include the mesh CA); mesh peers require it.
+    /// Offer the host certificate when the server asks for one. Only an
+    /// outbound mariadb listener may turn it off (a stock server whose CA
+    /// list does not include the mesh CA); mesh peers require it.
     pub present_certificate: bool,
+}
+
+/// What an outbound listener speaks (http is inbound only: outbound HTTP
+/// rides in a tcp tunnel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundProtocol {
+    Tcp,
+    Grpc,
+    Mariadb,
+}
+
+impl From<OutboundProtocol> for Protocol {
+    fn from(protocol: OutboundProtocol) -> Self {
+        match protocol {
+            OutboundProtocol::Tcp => Self::Tcp,
+            OutboundProtocol::Grpc => Self::Grpc,
+            OutboundProtocol::Mariadb => Self::Mariadb,
+        }
+    }
+}
+
+impl InboundMode {
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Self::Tcp { .. } => Protocol::Tcp,
+            Self::Grpc { .. } => Protocol::Grpc,
+            Self::Http { .. } => Protocol::Http,
+            Self::Mariadb { .. } => Protocol::Mariadb,
+        }
+    }
+
+    /// Where the plaintext goes.
+    pub fn upstream(&self) -> Upstream {
+        match self {
+            Self::Tcp { upstream } | Self::Mariadb { upstream } => upstream.clone(),
+            Self::Grpc { upstream, .. } | Self::Http { upstream } => {
+                Upstream::Tcp(upstream.clone())
+            }
+        }
+    }
+
+    /// ALPN protocols offered to peers.
+    fn alpn(&self) -> Vec<Vec<u8>> {
+        match self {
+            Self::Grpc { .. } => vec![b"h2".to_vec()],
+            Self::Http { .. } => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            Self::Tcp { .. } | Self::Mariadb { .. } => Vec::new(),
+        }
+    }
+}
+
+impl ListenerConfig {
+    pub fn direction(&self) -> Direction {
+        match self.side {
+            Side::Inbound(_) => Direction::Inbound,
+            Side::Outbound(_) => Direction::Outbound,
+        }
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        match &self.side {
+            Side::Inbound(inbound) => inbound.mode.protocol(),
+            Side::Outbound(outbound) => outbound.protocol.into(),
+        }
+    }
+
+    /// Where the listener forwards: the local daemon (inbound) or the
+    /// remote host (outbound). For logs, status and pool keys.
+    pub fn upstream(&self) -> Upstream {
+        match &self.side {
+            Side::Inbound(inbound) => inbound.mode.upstream(),
+            Side::Outbound(outbound) => Upstream::Tcp(outbound.remote.clone()),
+        }
+    }
+
+    /// `allow_roles` (inbound) or `expect_roles` (outbound), with the key
+    /// that set it.
+    pub fn roles(&self) -> (&'static str, Option<&BTreeSet<String>>) {
+        match &self.side {
+            Side::Inbound(inbound) => ("allow_roles", inbound.allow_roles.as_ref()),
+            Side::Outbound(outbound) => ("expect_roles", outbound.expect_roles.as_ref()),
+        }
+    }
+
+    /// The per-method rules of an inbound grpc listener; none elsewhere.
+    pub fn routes(&self) -> &[RouteRule] {
+        match &self.side {
+            Side::Inbound(Inbound {
+                mode: InboundMode::Grpc { routes, .. },
+                ..
+            }) => routes,
+            _ => &[],
+        }
+    }
 }
 
 /// One section of the configuration, as reloads report and classify it.
@@ -420,25 +556,23 @@ impl Config {
             refused.push((Section::AuditLog, format!("reload.audit_log: {restart}")));
             effective.reload.audit_log = self.reload.audit_log.clone();
         }
-        for list in [&mut effective.inbound, &mut effective.outbound] {
-            for listener in list.iter_mut() {
-                let Some(old) = self.listeners().find(|l| l.name == listener.name) else {
-                    continue;
-                };
-                if old.direction != listener.direction || old.protocol != listener.protocol {
-                    refused.push((
-                        Section::Listener(listener.name.clone()),
-                        format!(
-                            "listener '{}': direction and protocol cannot change while running \
-                             (kept {} {}); restart mtlsd, or give the new listener a new name to \
-                             replace it",
-                            listener.name,
-                            old.direction,
-                            old.protocol.as_str()
-                        ),
-                    ));
-                    *listener = old.clone();
-                }
+        for listener in &mut effective.listeners {
+            let Some(old) = self.listeners().find(|l| l.name == listener.name) else {
+                continue;
+            };
+            if old.direction() != listener.direction() || old.protocol() != listener.protocol() {
+                refused.push((
+                    Section::Listener(listener.name.clone()),
+                    format!(
+                        "listener '{}': direction and protocol cannot change while running \
+                         (kept {} {}); restart mtlsd, or give the new listener a new name to \
+                         replace it",
+                        listener.name,
+                        old.direction(),
+                        old.protocol().as_str()
+                    ),
+                ));
+                *listener = old.clone();
             }
         }
         (effective, refused)
@@ -473,7 +607,7 @@ impl Config {
 
     /// Every listener, inbound first.
     pub fn listeners(&self) -> impl Iterator<Item = &ListenerConfig> {
-        self.inbound.iter().chain(self.outbound.iter())
+        self.listeners.iter()
     }
 
     /// Roles named by a listener (`allow_roles`, `expect_roles`, a route)
@@ -499,14 +633,10 @@ impl Config {
             .filter(|l| l.trust_domain == self.identity.trust_domain)
         {
             let place = format!("listener '{}'", listener.name);
-            let rule = match listener.direction {
-                Direction::Inbound => "allow_roles",
-                Direction::Outbound => "expect_roles",
-            };
-            if let Some(roles) = &listener.roles {
+            if let (rule, Some(roles)) = listener.roles() {
                 check(place.clone(), rule, roles);
             }
-            for route in &listener.routes {
+            for route in listener.routes() {
                 check(
                     place.clone(),
                     &format!("route {}", route.path),
@@ -553,27 +683,33 @@ impl Config {
                 .map(|listener| TlsUse {
                     name: listener.name.clone(),
                     trust_domain: listener.trust_domain.clone(),
-                    side: match listener.direction {
-                        Direction::Inbound => TlsSide::Server {
-                            client_auth: listener.client_auth,
-                            alpn: listener.protocol.alpn(Direction::Inbound),
+                    side: match &listener.side {
+                        Side::Inbound(inbound) => TlsSide::Server {
+                            client_auth: inbound.client_auth,
+                            alpn: inbound.mode.alpn(),
                         },
-                        Direction::Outbound => TlsSide::Client {
-                            alpn: listener.protocol.alpn(Direction::Outbound),
-                            verify: listener.server_verify,
-                            present_certificate: listener.present_certificate,
+                        Side::Outbound(outbound) => TlsSide::Client {
+                            alpn: match outbound.protocol {
+                                OutboundProtocol::Grpc => vec![b"h2".to_vec()],
+                                OutboundProtocol::Tcp | OutboundProtocol::Mariadb => Vec::new(),
+                            },
+                            verify: outbound.server_verify,
+                            present_certificate: outbound.present_certificate,
                         },
                     },
                     policy: PeerPolicy {
                         identify: listener.trust_domain == self.identity.trust_domain,
-                        roles: listener.roles.clone(),
-                        routes: listener.routes.clone(),
+                        roles: listener.roles().1.cloned(),
+                        routes: listener.routes().to_vec(),
                         // L7 inbound listeners answer a role refusal with a
                         // protocol-level error (gRPC status, HTTP 403), so
                         // their handshake only identifies the peer.
                         roles_per_request: matches!(
-                            (listener.direction, listener.protocol),
-                            (Direction::Inbound, Protocol::Grpc | Protocol::Http)
+                            &listener.side,
+                            Side::Inbound(Inbound {
+                                mode: InboundMode::Grpc { .. } | InboundMode::Http { .. },
+                                ..
+                            })
                         ),
                         also_host: None,
                     },
@@ -611,31 +747,31 @@ impl Config {
         }
         for listener in self.listeners() {
             let name = &listener.name;
-            match listener.direction {
-                Direction::Outbound if !listener.listen.ip().is_loopback() => found.push(format!(
-                    "listener '{name}': insecure_allow_remote_clients is on: it accepts \
-                     plaintext from the network and dials out with this host's identity"
-                )),
-                Direction::Inbound => {
-                    if let Upstream::Tcp { host, .. } = &listener.upstream
-                        && !validate::is_loopback_host(host)
-                    {
+            match &listener.side {
+                Side::Outbound(outbound) => {
+                    if !listener.listen.ip().is_loopback() {
                         found.push(format!(
-                            "listener '{name}': insecure_remote_upstream is on: plaintext to \
-                             {} crosses the network",
-                            listener.upstream
+                            "listener '{name}': insecure_allow_remote_clients is on: it accepts \
+                             plaintext from the network and dials out with this host's identity"
+                        ));
+                    }
+                    if outbound.server_verify == ServerVerification::InsecureNone {
+                        found.push(format!(
+                            "listener '{name}': insecure_skip_verify is on: the server's \
+                             certificate is not checked at all"
                         ));
                     }
                 }
-                Direction::Outbound => {}
-            }
-            if listener.server_verify == ServerVerification::InsecureNone
-                && listener.direction == Direction::Outbound
-            {
-                found.push(format!(
-                    "listener '{name}': insecure_skip_verify is on: the server's certificate \
-                     is not checked at all"
-                ));
+                Side::Inbound(inbound) => {
+                    if let Upstream::Tcp(addr) = inbound.mode.upstream()
+                        && !validate::is_loopback_host(&addr.host)
+                    {
+                        found.push(format!(
+                            "listener '{name}': insecure_remote_upstream is on: plaintext to \
+                             {addr} crosses the network"
+                        ));
+                    }
+                }
             }
         }
         found

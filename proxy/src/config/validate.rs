@@ -10,8 +10,9 @@ use rustls_pki_types::ServerName;
 use super::raw::{OneOrMany, RawConfig, RawListener};
 use super::{
     AdminTls, CLI_ENV_VARS, ClientAuth, Config, ConfigError, ConfigProblem, CrlUnknownStatus,
-    Direction, ENV_PREFIX, ExpiryConfig, IdentityConfig, ListenerConfig, MethodPattern, Protocol,
-    ReloadConfig, RouteRule, ServerVerification, Timeouts, TrustDomainConfig, Upstream,
+    Direction, ENV_PREFIX, ExpiryConfig, HostPort, IdentityConfig, Inbound, InboundMode,
+    ListenerConfig, MethodPattern, Outbound, OutboundProtocol, Protocol, ReloadConfig, RouteRule,
+    ServerVerification, Side, Timeouts, TrustDomainConfig, Upstream,
 };
 
 use super::DEFAULT_ADMIN_LISTEN;
@@ -148,6 +149,32 @@ fn dotted(path: &str) -> String {
     out
 }
 
+/// Where a listener sits in the file: `inbound[2]`.
+#[derive(Debug, Clone, Copy)]
+struct ListenerKey {
+    direction: Direction,
+    index: usize,
+}
+
+impl ListenerKey {
+    fn key(&self, field: &str) -> String {
+        format!("{self}.{field}")
+    }
+}
+
+impl std::fmt::Display for ListenerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]", self.direction, self.index)
+    }
+}
+
+/// What a listener's validation needs from the rest of the file.
+struct ListenerScope<'a> {
+    trust_domains: &'a BTreeMap<String, TrustDomainConfig>,
+    identity_domain: &'a str,
+    has_inventory: bool,
+}
+
 struct Validator {
     problems: Vec<ConfigProblem>,
     base_dir: PathBuf,
@@ -218,74 +245,11 @@ impl Validator {
         }
     }
 
+    /// The whole file, section by section; every section is checked even
+    /// when an earlier one failed, so all problems come out at once.
     fn config(&mut self, path: &Path, raw: RawConfig) -> Option<Config> {
-        let mut trust_domains = BTreeMap::new();
-        if raw.trust_domains.is_empty() {
-            self.problem(
-                "trust_domains",
-                "at least one trust domain is required, e.g. [trust_domains.mesh] \
-                 with bundle = \"/etc/mtlsd/tls/mesh-ca.pem\""
-                    .to_owned(),
-            );
-        }
-        for (name, domain) in raw.trust_domains {
-            let key = format!("trust_domains.{name}");
-            if !is_domain_name(&name) {
-                self.problem(
-                    &key,
-                    "trust domain names use lowercase letters, digits, '-' and '_'".to_owned(),
-                );
-            }
-            let bundle = match domain.bundle {
-                None => {
-                    self.problem(&format!("{key}.bundle"), "is required".to_owned());
-                    Vec::new()
-                }
-                Some(OneOrMany::One(one)) => vec![one],
-                Some(OneOrMany::Many(many)) => many,
-            };
-            if bundle.is_empty() {
-                self.problem(
-                    &format!("{key}.bundle"),
-                    "must name at least one PEM file".to_owned(),
-                );
-            }
-            let bundle = bundle
-                .into_iter()
-                .filter_map(|p| self.path(&format!("{key}.bundle"), Some(p)))
-                .collect();
-            let crl = match domain.crl {
-                None => Vec::new(),
-                Some(OneOrMany::One(one)) => vec![one],
-                Some(OneOrMany::Many(many)) => many,
-            }
-            .into_iter()
-            .filter_map(|p| self.path(&format!("{key}.crl"), Some(p)))
-            .collect();
-            let crl_unknown_status = match domain.crl_unknown_status.as_deref() {
-                None | Some("allow") => CrlUnknownStatus::Allow,
-                Some("deny") => CrlUnknownStatus::Deny,
-                Some(other) => {
-                    self.problem(
-                        &format!("{key}.crl_unknown_status"),
-                        format!("{other:?} is not one of \"allow\", \"deny\""),
-                    );
-                    CrlUnknownStatus::Allow
-                }
-            };
-            trust_domains.insert(
-                name,
-                TrustDomainConfig {
-                    bundle,
-                    version: domain.version,
-                    crl,
-                    crl_unknown_status,
-                },
-            );
-        }
-
+        let trust_domains = self.trust_domains(raw.trust_domains);
         let identity = self.identity(raw.identity.unwrap_or_default(), &trust_domains);
-
         let inventory = raw
             .inventory
             .and_then(|inv| self.path("inventory.path", inv.path));
@@ -295,20 +259,148 @@ impl Validator {
                 "is required with [inventory]: this host's name in the inventory".to_owned(),
             );
         }
-        let admin = raw.admin.unwrap_or_default();
+        let identity_domain = identity
+            .as_ref()
+            .map(|i| i.trust_domain.clone())
+            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned());
+        let scope = ListenerScope {
+            trust_domains: &trust_domains,
+            identity_domain: &identity_domain,
+            has_inventory: inventory.is_some(),
+        };
+        let (admin_listen, admin_tls) = self.admin(raw.admin.unwrap_or_default(), &scope);
+        let allow_tls12 = self.allow_tls12(raw.tls.and_then(|t| t.min_version).as_deref());
+        let drain_timeout = self.duration(
+            "shutdown.drain_timeout",
+            raw.shutdown.and_then(|s| s.drain_timeout),
+            DEFAULT_DRAIN_TIMEOUT,
+        );
+        let worker_threads = self.worker_threads(raw.runtime.and_then(|r| r.worker_threads));
+        let state_dir = self
+            .path(
+                "state_dir",
+                Some(
+                    raw.state_dir
+                        .unwrap_or_else(|| DEFAULT_STATE_DIR.to_owned()),
+                ),
+            )
+            .unwrap_or_default();
+        let reload = self.reload(raw.reload.unwrap_or_default(), &state_dir);
+        let expiry = self.expiry(raw.expiry.unwrap_or_default());
+        let listeners = self.listeners(raw.inbound, raw.outbound, &scope);
+
+        Some(Config {
+            source: path.to_owned(),
+            identity: identity?,
+            trust_domains,
+            inventory,
+            admin_listen: admin_listen?,
+            admin_tls,
+            allow_tls12,
+            drain_timeout,
+            worker_threads,
+            state_dir,
+            reload,
+            expiry,
+            listeners,
+        })
+    }
+
+    /// `[trust_domains.NAME]`: at least one, each with a bundle.
+    fn trust_domains(
+        &mut self,
+        raw: BTreeMap<String, super::raw::RawTrustDomain>,
+    ) -> BTreeMap<String, TrustDomainConfig> {
+        if raw.is_empty() {
+            self.problem(
+                "trust_domains",
+                "at least one trust domain is required, e.g. [trust_domains.mesh] \
+                 with bundle = \"/etc/mtlsd/tls/mesh-ca.pem\""
+                    .to_owned(),
+            );
+        }
+        raw.into_iter()
+            .map(|(name, domain)| {
+                let domain = self.trust_domain(&name, domain);
+                (name, domain)
+            })
+            .collect()
+    }
+
+    fn trust_domain(
+        &mut self,
+        name: &str,
+        domain: super::raw::RawTrustDomain,
+    ) -> TrustDomainConfig {
+        let key = format!("trust_domains.{name}");
+        if !is_domain_name(name) {
+            self.problem(
+                &key,
+                "trust domain names use lowercase letters, digits, '-' and '_'".to_owned(),
+            );
+        }
+        let bundle = match domain.bundle {
+            None => {
+                self.problem(&format!("{key}.bundle"), "is required".to_owned());
+                Vec::new()
+            }
+            Some(OneOrMany::One(one)) => vec![one],
+            Some(OneOrMany::Many(many)) => many,
+        };
+        if bundle.is_empty() {
+            self.problem(
+                &format!("{key}.bundle"),
+                "must name at least one PEM file".to_owned(),
+            );
+        }
+        let bundle = bundle
+            .into_iter()
+            .filter_map(|p| self.path(&format!("{key}.bundle"), Some(p)))
+            .collect();
+        let crl = match domain.crl {
+            None => Vec::new(),
+            Some(OneOrMany::One(one)) => vec![one],
+            Some(OneOrMany::Many(many)) => many,
+        }
+        .into_iter()
+        .filter_map(|p| self.path(&format!("{key}.crl"), Some(p)))
+        .collect();
+        let crl_unknown_status = match domain.crl_unknown_status.as_deref() {
+            None | Some("allow") => CrlUnknownStatus::Allow,
+            Some("deny") => CrlUnknownStatus::Deny,
+            Some(other) => {
+                self.problem(
+                    &format!("{key}.crl_unknown_status"),
+                    format!("{other:?} is not one of \"allow\", \"deny\""),
+                );
+                CrlUnknownStatus::Allow
+            }
+        };
+        TrustDomainConfig {
+            bundle,
+            version: domain.version,
+            crl,
+            crl_unknown_status,
+        }
+    }
+
+    /// `[admin]`: where the endpoint listens and, with `tls = true`, who
+    /// may read it.
+    fn admin(
+        &mut self,
+        admin: super::raw::RawAdmin,
+        scope: &ListenerScope<'_>,
+    ) -> (Option<SocketAddr>, Option<AdminTls>) {
         let admin_listen = {
             let text = admin
                 .listen
                 .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.to_owned());
             self.socket_addr("admin.listen", &text)
         };
-        let admin_domain = admin.trust_domain.unwrap_or_else(|| {
-            identity
-                .as_ref()
-                .map(|i| i.trust_domain.clone())
-                .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned())
-        });
-        if !trust_domains.is_empty() && !trust_domains.contains_key(&admin_domain) {
+        let admin_domain = admin
+            .trust_domain
+            .unwrap_or_else(|| scope.identity_domain.to_owned());
+        if !scope.trust_domains.is_empty() && !scope.trust_domains.contains_key(&admin_domain) {
             self.problem(
                 "admin.trust_domain",
                 format!("trust domain '{admin_domain}' is not defined under [trust_domains]"),
@@ -316,10 +408,10 @@ impl Validator {
         }
         let admin_tls = if admin.tls.unwrap_or(false) {
             let roles = match admin.allow_roles {
-                Some(list) => Some(self.roles("admin.allow_roles", list, inventory.is_some())),
+                Some(list) => Some(self.roles("admin.allow_roles", list, scope.has_inventory)),
                 // Without an inventory there are no roles: any certificate
                 // of the trust domain may read the admin endpoint.
-                None if inventory.is_some() => Some(BTreeSet::from(["monitoring".to_owned()])),
+                None if scope.has_inventory => Some(BTreeSet::from(["monitoring".to_owned()])),
                 None => None,
             };
             Some(AdminTls {
@@ -335,7 +427,12 @@ impl Validator {
             }
             None
         };
-        let allow_tls12 = match raw.tls.and_then(|t| t.min_version).as_deref() {
+        (admin_listen, admin_tls)
+    }
+
+    /// `tls.min_version`: TLS 1.3 unless the operator opts into 1.2.
+    fn allow_tls12(&mut self, min_version: Option<&str>) -> bool {
+        match min_version {
             None | Some("1.3") => false,
             Some("1.2") => true,
             Some(other) => {
@@ -345,13 +442,11 @@ impl Validator {
                 );
                 false
             }
-        };
-        let drain_timeout = self.duration(
-            "shutdown.drain_timeout",
-            raw.shutdown.and_then(|s| s.drain_timeout),
-            DEFAULT_DRAIN_TIMEOUT,
-        );
-        let worker_threads = match raw.runtime.and_then(|r| r.worker_threads) {
+        }
+    }
+
+    fn worker_threads(&mut self, raw: Option<u64>) -> usize {
+        match raw {
             None => DEFAULT_WORKER_THREADS,
             Some(n @ 1..=MAX_WORKER_THREADS) => usize::try_from(n).unwrap_or(1),
             Some(n) => {
@@ -361,72 +456,31 @@ impl Validator {
                 );
                 DEFAULT_WORKER_THREADS
             }
-        };
-        let state_dir = self
-            .path(
-                "state_dir",
-                Some(
-                    raw.state_dir
-                        .unwrap_or_else(|| DEFAULT_STATE_DIR.to_owned()),
-                ),
-            )
-            .unwrap_or_default();
+        }
+    }
 
-        let reload = self.reload(raw.reload.unwrap_or_default(), &state_dir);
-        let expiry = self.expiry(raw.expiry.unwrap_or_default());
-
-        let identity_domain = identity
-            .as_ref()
-            .map(|i| i.trust_domain.clone())
-            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned());
-        let inbound = raw
-            .inbound
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, l)| {
-                self.listener(
-                    Direction::Inbound,
-                    i,
-                    l,
-                    &trust_domains,
-                    &identity_domain,
-                    inventory.is_some(),
-                )
-            })
-            .collect::<Vec<_>>();
-        let outbound = raw
-            .outbound
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, l)| {
-                self.listener(
-                    Direction::Outbound,
-                    i,
-                    l,
-                    &trust_domains,
-                    &identity_domain,
-                    inventory.is_some(),
-                )
-            })
-            .collect::<Vec<_>>();
-        self.check_unique(&inbound, &outbound);
-
-        Some(Config {
-            source: path.to_owned(),
-            identity: identity?,
-            trust_domains,
-            inventory,
-            admin_listen: admin_listen?,
-            admin_tls,
-            allow_tls12,
-            drain_timeout,
-            worker_threads,
-            state_dir,
-            reload,
-            expiry,
-            inbound,
-            outbound,
-        })
+    /// Every `[[inbound]]`, then every `[[outbound]]`; names and listen
+    /// addresses unique across both.
+    fn listeners(
+        &mut self,
+        inbound: Vec<RawListener>,
+        outbound: Vec<RawListener>,
+        scope: &ListenerScope<'_>,
+    ) -> Vec<ListenerConfig> {
+        let mut listeners = Vec::new();
+        for (direction, list) in [
+            (Direction::Inbound, inbound),
+            (Direction::Outbound, outbound),
+        ] {
+            for (index, raw) in list.into_iter().enumerate() {
+                let at = ListenerKey { direction, index };
+                if let Some(listener) = self.listener(at, raw, scope) {
+                    listeners.push((at, listener));
+                }
+            }
+        }
+        self.check_unique(&listeners);
+        listeners.into_iter().map(|(_, l)| l).collect()
     }
 
     fn reload(&mut self, raw: super::raw::RawReload, state_dir: &Path) -> ReloadConfig {
@@ -500,18 +554,16 @@ impl Validator {
         })
     }
 
+    /// One `[[inbound]]` or `[[outbound]]` entry: what both sides share
+    /// here, the rest in [`Self::inbound`] or [`Self::outbound`].
     fn listener(
         &mut self,
-        direction: Direction,
-        index: usize,
-        raw: RawListener,
-        trust_domains: &BTreeMap<String, TrustDomainConfig>,
-        identity_domain: &str,
-        has_inventory: bool,
+        at: ListenerKey,
+        mut raw: RawListener,
+        scope: &ListenerScope<'_>,
     ) -> Option<ListenerConfig> {
-        let key = |field: &str| format!("{direction}[{index}].{field}");
-
-        let name = self.required(&key("name"), raw.name);
+        let key = |field: &str| at.key(field);
+        let name = self.required(&key("name"), raw.name.take());
         if let Some(name) = &name
             && (name.is_empty()
                 || !name
@@ -523,277 +575,20 @@ impl Validator {
                 format!("{name:?}: names use letters, digits, '-', '_' and '.'"),
             );
         }
-
         let listen = self
-            .required(&key("listen"), raw.listen)
+            .required(&key("listen"), raw.listen.take())
             .and_then(|text| self.socket_addr(&key("listen"), &text));
-        let remote_clients = raw.insecure_allow_remote_clients.unwrap_or(false);
-        let remote_upstream = raw.insecure_remote_upstream.unwrap_or(false);
-        match direction {
-            Direction::Inbound => {
-                if raw.server_name.is_some() {
-                    self.problem(
-                        &key("server_name"),
-                        "only outbound listeners dial a server name".to_owned(),
-                    );
-                }
-                if raw.insecure_allow_remote_clients.is_some() {
-                    self.problem(
-                        &key("insecure_allow_remote_clients"),
-                        "only applies to outbound listeners".to_owned(),
-                    );
-                }
-            }
-            Direction::Outbound => {
-                if raw.insecure_remote_upstream.is_some() {
-                    self.problem(
-                        &key("insecure_remote_upstream"),
-                        "only applies to inbound listeners".to_owned(),
-                    );
-                }
-                if let Some(addr) = listen
-                    && !addr.ip().is_loopback()
-                    && !remote_clients
-                {
-                    self.problem(
-                        &key("listen"),
-                        format!(
-                            "{addr} is not a loopback address; an outbound listener \
-                             accepts plaintext and dials with this host's certificate, \
-                             so it must only be reachable locally (set \
-                             insecure_allow_remote_clients = true to override)"
-                        ),
-                    );
-                }
-            }
-        }
-
-        let upstream = self
-            .required(&key("upstream"), raw.upstream)
-            .and_then(|text| self.upstream(&key("upstream"), &text));
-        if let Some(upstream) = &upstream {
-            match (direction, upstream) {
-                (Direction::Outbound, Upstream::Unix(_)) => self.problem(
-                    &key("upstream"),
-                    "an outbound listener dials a remote host; use host:port".to_owned(),
-                ),
-                (Direction::Inbound, Upstream::Tcp { host, .. })
-                    if !is_loopback_host(host) && !remote_upstream =>
-                {
-                    self.problem(
-                        &key("upstream"),
-                        format!(
-                            "{upstream} is not on loopback; an inbound listener forwards \
-                             plaintext, which must not cross the network (set \
-                             insecure_remote_upstream = true to override)"
-                        ),
-                    )
-                }
-                _ => {}
-            }
-        }
-
-        let server_name = match (direction, &upstream) {
-            (Direction::Outbound, Some(Upstream::Tcp { host, .. })) => {
-                let text = raw.server_name.unwrap_or_else(|| host.clone());
-                match ServerName::try_from(text.clone()) {
-                    Ok(name) => Some(name),
-                    Err(_) => {
-                        self.problem(
-                            &key("server_name"),
-                            format!("{text:?} is not a valid DNS name or IP address"),
-                        );
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
-
-        let protocol = match raw.protocol.as_deref().unwrap_or("tcp") {
-            "tcp" => Some(Protocol::Tcp),
-            "grpc" => Some(Protocol::Grpc),
-            "http" if direction == Direction::Inbound => Some(Protocol::Http),
-            "http" => {
-                self.problem(
-                    &key("protocol"),
-                    "http mode is for inbound listeners (the API and exporters); carry \
-                     outbound HTTP with protocol = \"tcp\""
-                        .to_owned(),
-                );
-                None
-            }
-            "mariadb" => Some(Protocol::Mariadb),
-            other => {
-                self.problem(
-                    &key("protocol"),
-                    format!("unknown protocol {other:?}; expected tcp, grpc, http or mariadb"),
-                );
-                None
-            }
-        };
-
         let trust_domain = raw
             .trust_domain
-            .unwrap_or_else(|| identity_domain.to_owned());
-        if !trust_domains.is_empty() && !trust_domains.contains_key(&trust_domain) {
+            .take()
+            .unwrap_or_else(|| scope.identity_domain.to_owned());
+        if !scope.trust_domains.is_empty() && !scope.trust_domains.contains_key(&trust_domain) {
             self.problem(
                 &key("trust_domain"),
                 format!("trust domain '{trust_domain}' is not defined under [trust_domains]"),
             );
         }
-
-        let timeouts = Timeouts {
-            handshake: self.duration(
-                &key("handshake_timeout"),
-                raw.handshake_timeout,
-                DEFAULT_HANDSHAKE_TIMEOUT,
-            ),
-            idle: self.duration(&key("idle_timeout"), raw.idle_timeout, DEFAULT_IDLE_TIMEOUT),
-            connect: self.duration(
-                &key("connect_timeout"),
-                raw.connect_timeout,
-                DEFAULT_CONNECT_TIMEOUT,
-            ),
-        };
-        let server_verify = match (
-            direction,
-            raw.server_verify.as_deref(),
-            raw.insecure_skip_verify.unwrap_or(false),
-        ) {
-            (Direction::Outbound, _, true) => {
-                if raw.server_verify.is_some() {
-                    self.problem(
-                        &key("insecure_skip_verify"),
-                        "contradicts server_verify; keep one".to_owned(),
-                    );
-                }
-                ServerVerification::InsecureNone
-            }
-            (Direction::Outbound, None | Some("verify_full"), false) => ServerVerification::Full,
-            (Direction::Outbound, Some("verify_ca"), false) => ServerVerification::CaOnly,
-            (Direction::Outbound, Some(other), false) => {
-                self.problem(
-                    &key("server_verify"),
-                    format!("{other:?}: expected \"verify_full\" (default) or \"verify_ca\""),
-                );
-                ServerVerification::Full
-            }
-            (Direction::Inbound, _, _) => {
-                if raw.server_verify.is_some() || raw.insecure_skip_verify.is_some() {
-                    self.problem(
-                        &key("server_verify"),
-                        "server verification applies to outbound listeners".to_owned(),
-                    );
-                }
-                ServerVerification::Full
-            }
-        };
-        if let (Some(Upstream::Unix(_)), Some(Protocol::Grpc | Protocol::Http)) =
-            (&upstream, protocol)
-        {
-            self.problem(
-                &key("upstream"),
-                "grpc and http listeners forward to host:port; unix sockets are served by \
-                 tcp listeners"
-                    .to_owned(),
-            );
-        }
-        let roles_key = match direction {
-            Direction::Inbound => "allow_roles",
-            Direction::Outbound => "expect_roles",
-        };
-        let (roles_raw, wrong_roles) = match direction {
-            Direction::Inbound => (raw.allow_roles, raw.expect_roles.map(|_| "expect_roles")),
-            Direction::Outbound => (raw.expect_roles, raw.allow_roles.map(|_| "allow_roles")),
-        };
-        if let Some(wrong) = wrong_roles {
-            self.problem(
-                &key(wrong),
-                format!("{direction} listeners use {roles_key}, not {wrong}"),
-            );
-        }
-        let roles = roles_raw.map(|list| self.roles(&key(roles_key), list, has_inventory));
-        let client_auth = match (raw.client_auth.as_deref(), direction, protocol) {
-            (None | Some("required"), _, _) => ClientAuth::Required,
-            (Some(mode @ ("optional" | "none")), Direction::Inbound, Some(Protocol::Http)) => {
-                if mode == "optional" {
-                    ClientAuth::Optional
-                } else {
-                    ClientAuth::None
-                }
-            }
-            (Some("optional" | "none"), _, _) => {
-                self.problem(
-                    &key("client_auth"),
-                    "only inbound http listeners may accept peers without a certificate".to_owned(),
-                );
-                ClientAuth::Required
-            }
-            (Some(other), _, _) => {
-                self.problem(
-                    &key("client_auth"),
-                    format!("{other:?}: expected \"required\", \"optional\" or \"none\""),
-                );
-                ClientAuth::Required
-            }
-        };
-        if client_auth != ClientAuth::Required && roles.is_some() {
-            self.problem(
-                &key("allow_roles"),
-                "needs client_auth = \"required\" (anonymous peers hold no role)".to_owned(),
-            );
-        }
-        let mut routes = Vec::new();
-        if let Some(raw_routes) = raw.routes {
-            if direction != Direction::Inbound || protocol != Some(Protocol::Grpc) {
-                self.problem(
-                    &key("routes"),
-                    "only inbound grpc listeners have routes".to_owned(),
-                );
-            }
-            for (r, route) in raw_routes.into_iter().enumerate() {
-                let route_key = |f: &str| format!("{direction}[{index}].routes[{r}].{f}");
-                let path = self.required(&route_key("path"), route.path);
-                let allow = self
-                    .required(&route_key("allow_roles"), route.allow_roles)
-                    .map(|list| self.roles(&route_key("allow_roles"), list, has_inventory));
-                let parsed = path.as_deref().and_then(|p| {
-                    let parsed = parse_route_path(p);
-                    if parsed.is_none() {
-                        self.problem(
-                            &route_key("path"),
-                            format!(
-                                "{p:?}: write /package.Service/Method, \
-                                 /package.Service/Prefix* or /package.Service/*"
-                            ),
-                        );
-                    }
-                    parsed
-                });
-                if let (Some(path), Some((service, method)), Some(allow_roles)) =
-                    (path, parsed, allow)
-                {
-                    routes.push(RouteRule {
-                        path,
-                        service,
-                        method,
-                        allow_roles,
-                    });
-                }
-            }
-        }
-        let present_certificate = raw.present_certificate.unwrap_or(true);
-        if !present_certificate
-            && (direction != Direction::Outbound || protocol != Some(Protocol::Mariadb))
-        {
-            self.problem(
-                &key("present_certificate"),
-                "only an outbound mariadb listener can withhold the host certificate; \
-                 mesh peers require it"
-                    .to_owned(),
-            );
-        }
+        let timeouts = self.timeouts(&at, &mut raw);
         let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
         if max_connections == 0 || max_connections > 1_000_000 {
             self.problem(
@@ -801,23 +596,413 @@ impl Validator {
                 format!("{max_connections} is out of range (1 to 1000000)"),
             );
         }
-
+        let side = match at.direction {
+            Direction::Inbound => self
+                .inbound(&at, raw, scope.has_inventory)
+                .map(Side::Inbound),
+            Direction::Outbound => self
+                .outbound(&at, raw, listen, scope.has_inventory)
+                .map(Side::Outbound),
+        };
         Some(ListenerConfig {
             name: name?,
-            direction,
             listen: listen?,
-            upstream: upstream?,
-            protocol: protocol?,
             trust_domain,
-            server_name,
             timeouts,
             max_connections: usize::try_from(max_connections).ok()?,
-            roles,
+            side: side?,
+        })
+    }
+
+    fn timeouts(&mut self, at: &ListenerKey, raw: &mut RawListener) -> Timeouts {
+        Timeouts {
+            handshake: self.duration(
+                &at.key("handshake_timeout"),
+                raw.handshake_timeout.take(),
+                DEFAULT_HANDSHAKE_TIMEOUT,
+            ),
+            idle: self.duration(
+                &at.key("idle_timeout"),
+                raw.idle_timeout.take(),
+                DEFAULT_IDLE_TIMEOUT,
+            ),
+            connect: self.duration(
+                &at.key("connect_timeout"),
+                raw.connect_timeout.take(),
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
+        }
+    }
+
+    /// Names each key of `raw` that only the other side reads.
+    fn other_side_keys(&mut self, at: &ListenerKey, keys: &[(&str, bool, &str)]) {
+        for (field, set, why) in keys {
+            if *set {
+                self.problem(&at.key(field), (*why).to_owned());
+            }
+        }
+    }
+
+    /// An inbound listener: its protocol and upstream, who may connect.
+    fn inbound(
+        &mut self,
+        at: &ListenerKey,
+        raw: RawListener,
+        has_inventory: bool,
+    ) -> Option<Inbound> {
+        self.other_side_keys(
+            at,
+            &[
+                (
+                    "server_name",
+                    raw.server_name.is_some(),
+                    "only outbound listeners dial a server name",
+                ),
+                (
+                    "insecure_allow_remote_clients",
+                    raw.insecure_allow_remote_clients.is_some(),
+                    "only applies to outbound listeners",
+                ),
+                (
+                    "server_verify",
+                    raw.server_verify.is_some() || raw.insecure_skip_verify.is_some(),
+                    "server verification applies to outbound listeners",
+                ),
+                (
+                    "expect_roles",
+                    raw.expect_roles.is_some(),
+                    "inbound listeners use allow_roles, not expect_roles",
+                ),
+                (
+                    "present_certificate",
+                    raw.present_certificate == Some(false),
+                    "only an outbound mariadb listener can withhold the host certificate; \
+                     mesh peers require it",
+                ),
+            ],
+        );
+        let upstream = self
+            .required(&at.key("upstream"), raw.upstream)
+            .and_then(|text| self.upstream(&at.key("upstream"), &text));
+        if let Some(Upstream::Tcp(addr)) = &upstream
+            && !is_loopback_host(&addr.host)
+            && !raw.insecure_remote_upstream.unwrap_or(false)
+        {
+            self.problem(
+                &at.key("upstream"),
+                format!(
+                    "{addr} is not on loopback; an inbound listener forwards plaintext, \
+                     which must not cross the network (set insecure_remote_upstream = true \
+                     to override)"
+                ),
+            );
+        }
+        let protocol = self.protocol(at, raw.protocol.as_deref());
+        let client_auth = self.client_auth(at, raw.client_auth.as_deref(), protocol);
+        let allow_roles = raw
+            .allow_roles
+            .map(|list| self.roles(&at.key("allow_roles"), list, has_inventory));
+        if client_auth != ClientAuth::Required && allow_roles.is_some() {
+            self.problem(
+                &at.key("allow_roles"),
+                "needs client_auth = \"required\" (anonymous peers hold no role)".to_owned(),
+            );
+        }
+        let routes = match raw.routes {
+            Some(routes) => {
+                if protocol != Some(Protocol::Grpc) {
+                    self.problem(
+                        &at.key("routes"),
+                        "only inbound grpc listeners have routes".to_owned(),
+                    );
+                }
+                self.routes(at, routes, has_inventory)
+            }
+            None => Vec::new(),
+        };
+        let mode = self.inbound_mode(at, protocol?, upstream?, routes)?;
+        Some(Inbound {
+            mode,
+            allow_roles,
             client_auth,
-            routes,
+        })
+    }
+
+    /// The protocol with what it forwards to; grpc and http need host:port.
+    fn inbound_mode(
+        &mut self,
+        at: &ListenerKey,
+        protocol: Protocol,
+        upstream: Upstream,
+        routes: Vec<RouteRule>,
+    ) -> Option<InboundMode> {
+        let mut host_port = |upstream: Upstream| match upstream {
+            Upstream::Tcp(addr) => Some(addr),
+            Upstream::Unix(_) => {
+                self.problem(
+                    &at.key("upstream"),
+                    "grpc and http listeners forward to host:port; unix sockets are served \
+                     by tcp listeners"
+                        .to_owned(),
+                );
+                None
+            }
+        };
+        Some(match protocol {
+            Protocol::Tcp => InboundMode::Tcp { upstream },
+            Protocol::Mariadb => InboundMode::Mariadb { upstream },
+            Protocol::Grpc => InboundMode::Grpc {
+                upstream: host_port(upstream)?,
+                routes,
+            },
+            Protocol::Http => InboundMode::Http {
+                upstream: host_port(upstream)?,
+            },
+        })
+    }
+
+    /// An outbound listener: where it dials, how it checks the server.
+    fn outbound(
+        &mut self,
+        at: &ListenerKey,
+        raw: RawListener,
+        listen: Option<SocketAddr>,
+        has_inventory: bool,
+    ) -> Option<Outbound> {
+        self.other_side_keys(
+            at,
+            &[
+                (
+                    "insecure_remote_upstream",
+                    raw.insecure_remote_upstream.is_some(),
+                    "only applies to inbound listeners",
+                ),
+                (
+                    "allow_roles",
+                    raw.allow_roles.is_some(),
+                    "outbound listeners use expect_roles, not allow_roles",
+                ),
+                (
+                    "client_auth",
+                    raw.client_auth
+                        .as_deref()
+                        .is_some_and(|mode| mode != "required"),
+                    "only inbound http listeners may accept peers without a certificate",
+                ),
+                (
+                    "routes",
+                    raw.routes.is_some(),
+                    "only inbound grpc listeners have routes",
+                ),
+            ],
+        );
+        if let Some(addr) = listen
+            && !addr.ip().is_loopback()
+            && !raw.insecure_allow_remote_clients.unwrap_or(false)
+        {
+            self.problem(
+                &at.key("listen"),
+                format!(
+                    "{addr} is not a loopback address; an outbound listener accepts \
+                     plaintext and dials with this host's certificate, so it must only be \
+                     reachable locally (set insecure_allow_remote_clients = true to override)"
+                ),
+            );
+        }
+        let (remote, server_name) = self.remote(at, raw.upstream, raw.server_name);
+        let protocol = self.outbound_protocol(at, raw.protocol.as_deref());
+        let server_verify = self.server_verify(
+            at,
+            raw.server_verify.as_deref(),
+            raw.insecure_skip_verify.unwrap_or(false),
+        );
+        let expect_roles = raw
+            .expect_roles
+            .map(|list| self.roles(&at.key("expect_roles"), list, has_inventory));
+        let present_certificate = raw.present_certificate.unwrap_or(true);
+        if !present_certificate && protocol != Some(OutboundProtocol::Mariadb) {
+            self.problem(
+                &at.key("present_certificate"),
+                "only an outbound mariadb listener can withhold the host certificate; \
+                 mesh peers require it"
+                    .to_owned(),
+            );
+        }
+        Some(Outbound {
+            protocol: protocol?,
+            remote: remote?,
+            server_name: server_name?,
+            expect_roles,
             server_verify,
             present_certificate,
         })
+    }
+
+    /// Where an outbound listener dials, and the name the server's
+    /// certificate must hold (the host unless `server_name` says otherwise).
+    fn remote(
+        &mut self,
+        at: &ListenerKey,
+        upstream: Option<String>,
+        server_name: Option<String>,
+    ) -> (Option<HostPort>, Option<ServerName<'static>>) {
+        let remote = match self
+            .required(&at.key("upstream"), upstream)
+            .and_then(|text| self.upstream(&at.key("upstream"), &text))
+        {
+            Some(Upstream::Tcp(addr)) => addr,
+            Some(Upstream::Unix(_)) => {
+                self.problem(
+                    &at.key("upstream"),
+                    "an outbound listener dials a remote host; use host:port".to_owned(),
+                );
+                return (None, None);
+            }
+            None => return (None, None),
+        };
+        let text = server_name.unwrap_or_else(|| remote.host.clone());
+        let server_name = ServerName::try_from(text.clone())
+            .map_err(|_| {
+                self.problem(
+                    &at.key("server_name"),
+                    format!("{text:?} is not a valid DNS name or IP address"),
+                );
+            })
+            .ok();
+        (Some(remote), server_name)
+    }
+
+    fn outbound_protocol(
+        &mut self,
+        at: &ListenerKey,
+        text: Option<&str>,
+    ) -> Option<OutboundProtocol> {
+        match self.protocol(at, text)? {
+            Protocol::Tcp => Some(OutboundProtocol::Tcp),
+            Protocol::Grpc => Some(OutboundProtocol::Grpc),
+            Protocol::Mariadb => Some(OutboundProtocol::Mariadb),
+            Protocol::Http => {
+                self.problem(
+                    &at.key("protocol"),
+                    "http mode is for inbound listeners (the API and exporters); carry \
+                     outbound HTTP with protocol = \"tcp\""
+                        .to_owned(),
+                );
+                None
+            }
+        }
+    }
+
+    /// `protocol`, either side; which side serves what is checked by the
+    /// caller.
+    fn protocol(&mut self, at: &ListenerKey, text: Option<&str>) -> Option<Protocol> {
+        match text.unwrap_or("tcp") {
+            "tcp" => Some(Protocol::Tcp),
+            "grpc" => Some(Protocol::Grpc),
+            "http" => Some(Protocol::Http),
+            "mariadb" => Some(Protocol::Mariadb),
+            other => {
+                self.problem(
+                    &at.key("protocol"),
+                    format!("unknown protocol {other:?}; expected tcp, grpc, http or mariadb"),
+                );
+                None
+            }
+        }
+    }
+
+    fn client_auth(
+        &mut self,
+        at: &ListenerKey,
+        text: Option<&str>,
+        protocol: Option<Protocol>,
+    ) -> ClientAuth {
+        match (text, protocol) {
+            (None | Some("required"), _) => ClientAuth::Required,
+            (Some("optional"), Some(Protocol::Http)) => ClientAuth::Optional,
+            (Some("none"), Some(Protocol::Http)) => ClientAuth::None,
+            (Some("optional" | "none"), _) => {
+                self.problem(
+                    &at.key("client_auth"),
+                    "only inbound http listeners may accept peers without a certificate".to_owned(),
+                );
+                ClientAuth::Required
+            }
+            (Some(other), _) => {
+                self.problem(
+                    &at.key("client_auth"),
+                    format!("{other:?}: expected \"required\", \"optional\" or \"none\""),
+                );
+                ClientAuth::Required
+            }
+        }
+    }
+
+    fn server_verify(
+        &mut self,
+        at: &ListenerKey,
+        text: Option<&str>,
+        insecure_skip_verify: bool,
+    ) -> ServerVerification {
+        match (text, insecure_skip_verify) {
+            (Some(_), true) => {
+                self.problem(
+                    &at.key("insecure_skip_verify"),
+                    "contradicts server_verify; keep one".to_owned(),
+                );
+                ServerVerification::InsecureNone
+            }
+            (None, true) => ServerVerification::InsecureNone,
+            (None | Some("verify_full"), false) => ServerVerification::Full,
+            (Some("verify_ca"), false) => ServerVerification::CaOnly,
+            (Some(other), false) => {
+                self.problem(
+                    &at.key("server_verify"),
+                    format!("{other:?}: expected \"verify_full\" (default) or \"verify_ca\""),
+                );
+                ServerVerification::Full
+            }
+        }
+    }
+
+    /// `[[inbound.routes]]` of a grpc listener.
+    fn routes(
+        &mut self,
+        at: &ListenerKey,
+        raw: Vec<super::raw::RawRoute>,
+        has_inventory: bool,
+    ) -> Vec<RouteRule> {
+        let mut routes = Vec::new();
+        for (r, route) in raw.into_iter().enumerate() {
+            let route_key = |f: &str| at.key(&format!("routes[{r}].{f}"));
+            let path = self.required(&route_key("path"), route.path);
+            let allow = self
+                .required(&route_key("allow_roles"), route.allow_roles)
+                .map(|list| self.roles(&route_key("allow_roles"), list, has_inventory));
+            let parsed = path.as_deref().and_then(|p| {
+                let parsed = parse_route_path(p);
+                if parsed.is_none() {
+                    self.problem(
+                        &route_key("path"),
+                        format!(
+                            "{p:?}: write /package.Service/Method, \
+                             /package.Service/Prefix* or /package.Service/*"
+                        ),
+                    );
+                }
+                parsed
+            });
+            if let (Some(path), Some((service, method)), Some(allow_roles)) = (path, parsed, allow)
+            {
+                routes.push(RouteRule {
+                    path,
+                    service,
+                    method,
+                    allow_roles,
+                });
+            }
+        }
+        routes
     }
 
     fn roles(&mut self, key: &str, list: Vec<String>, has_inventory: bool) -> BTreeSet<String> {
@@ -864,24 +1049,26 @@ impl Validator {
                 "has an IPv6 address that is invalid or not in brackets",
             );
         }
-        match port.parse::<u16>() {
-            Ok(0) | Err(_) => bad(self, "has an invalid port"),
-            Ok(port) => Some(Upstream::Tcp {
-                host: host.to_owned(),
-                port,
-            }),
+        let port = match port.parse::<u16>() {
+            Ok(0) | Err(_) => return bad(self, "has an invalid port"),
+            Ok(port) => port,
+        };
+        let addr = HostPort {
+            host: host.to_owned(),
+            port,
+        };
+        // The L7 modes put it in request URIs: it must be a URI authority.
+        if addr.to_string().parse::<http::uri::Authority>().is_err() {
+            return bad(self, "has a host that is not a host name or an address");
         }
+        Some(Upstream::Tcp(addr))
     }
 
-    fn check_unique(&mut self, inbound: &[ListenerConfig], outbound: &[ListenerConfig]) {
+    fn check_unique(&mut self, listeners: &[(ListenerKey, ListenerConfig)]) {
         let mut names: HashMap<&str, String> = HashMap::new();
         let mut addrs: HashMap<SocketAddr, String> = HashMap::new();
-        let all = inbound
-            .iter()
-            .enumerate()
-            .chain(outbound.iter().enumerate());
-        for (index, listener) in all {
-            let here = format!("{}[{index}]", listener.direction);
+        for (at, listener) in listeners {
+            let here = at.to_string();
             if let Some(first) = names.insert(&listener.name, here.clone()) {
                 self.problem(
                     &format!("{here}.name"),
@@ -997,15 +1184,19 @@ mod tests {
         );
         assert_eq!(config.admin_listen, "127.0.0.1:9650".parse().unwrap());
         assert!(!config.allow_tls12);
-        let inbound = &config.inbound[0];
+        let inbound = &config.listeners[0];
+        assert_eq!(inbound.direction(), Direction::Inbound);
         assert_eq!(inbound.timeouts.idle, Duration::from_secs(60));
         assert_eq!(inbound.timeouts.handshake, DEFAULT_HANDSHAKE_TIMEOUT);
         assert_eq!(inbound.trust_domain, "mesh");
-        let outbound = &config.outbound[0];
+        let outbound = &config.listeners[1];
         assert_eq!(outbound.max_connections, 64);
+        let Side::Outbound(side) = &outbound.side else {
+            panic!("the second listener is outbound: {outbound:?}");
+        };
         assert_eq!(
-            outbound.server_name,
-            Some(ServerName::try_from("db1.cluster.example").unwrap())
+            side.server_name,
+            ServerName::try_from("db1.cluster.example").unwrap()
         );
         let spec = config.material_spec();
         assert_eq!(spec.uses.len(), 2);
@@ -1126,8 +1317,10 @@ mod tests {
             "protocol = \"mariadb\"\ntrust_domain = \"mariadb\"\npresent_certificate = false",
         );
         let config = parse_str(&mariadb, &[]).unwrap();
-        assert!(!config.outbound[0].present_certificate);
-        assert!(config.inbound[0].present_certificate);
+        let Side::Outbound(side) = &config.listeners[1].side else {
+            panic!("the second listener is outbound");
+        };
+        assert!(!side.present_certificate);
 
         let tcp = GOOD.replace("max_connections = 64", "present_certificate = false");
         let found = problems(&tcp, &[]);
@@ -1246,10 +1439,18 @@ mod tests {
         };
         assert_eq!(
             v.upstream("k", "[::1]:80"),
-            Some(Upstream::Tcp {
+            Some(Upstream::Tcp(HostPort {
                 host: "::1".into(),
                 port: 80
-            })
+            }))
+        );
+        assert_eq!(v.upstream("k", "db host:80"), None);
+        assert!(
+            v.problems
+                .last()
+                .is_some_and(|p| p.message.contains("not a host name")),
+            "{:?}",
+            v.problems
         );
         assert_eq!(
             v.upstream("k", "unix:/run/db.sock"),
@@ -1259,6 +1460,6 @@ mod tests {
         assert_eq!(v.upstream("k", "host"), None);
         assert_eq!(v.upstream("k", "host:0"), None);
         assert_eq!(v.upstream("k", ":80"), None);
-        assert_eq!(v.problems.len(), 4);
+        assert_eq!(v.problems.len(), 5);
     }
 }

@@ -216,7 +216,9 @@ impl<S> TrackStreams<S> {
     }
 }
 
-use super::l7::Body as BoxBody;
+/// The body type of every response the L7 modes send: what
+/// [`TrackStreams`] wraps, so it lives here and `l7` re-exports it.
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 impl<S, Req> hyper::service::Service<Req> for TrackStreams<S>
 where

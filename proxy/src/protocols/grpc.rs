@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::Scheme;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -32,15 +31,15 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::activity::{Activity, TrackStreams, Watched};
-use super::coalesce::Coalescing;
 use super::grpc_status::{self, GrpcCode};
 use super::grpc_wire::{grpc_timeout, split_path};
-use super::handshake;
 use super::identity_headers::{self, ConnectionIdentity};
-use super::pool::UpstreamTarget;
-use crate::config::ListenerConfig;
-use crate::listener::ListenerContext;
+use crate::config::{ListenerConfig, Outbound};
+use crate::listener_context::ListenerContext;
 use crate::metrics::RequestMetrics;
+use crate::transport::coalesce::Coalescing;
+use crate::transport::handshake;
+use crate::transport::pool::UpstreamTarget;
 
 pub use super::l7::Body;
 
@@ -48,7 +47,7 @@ struct Inbound {
     ctx: Arc<ListenerContext>,
     listener: Arc<ListenerConfig>,
     identity: ConnectionIdentity,
-    target: Option<UpstreamTarget>,
+    target: UpstreamTarget,
     peer: SocketAddr,
 }
 
@@ -56,22 +55,25 @@ struct Inbound {
 pub async fn serve_inbound(
     ctx: Arc<ListenerContext>,
     listener: Arc<ListenerConfig>,
+    target: UpstreamTarget,
     tcp: TcpStream,
     peer: SocketAddr,
 ) {
-    let Some(accepted) = handshake::accept(&ctx, &listener, tcp, peer).await else {
+    let Some(accepted) = handshake::accept(&ctx.handshaker, &listener, tcp, peer).await else {
         return;
     };
     if accepted.tls.get_ref().1.alpn_protocol() != Some(b"h2") {
         tracing::warn!(listener = %listener.name, %peer, "peer did not negotiate h2 (ALPN); closing");
         return;
     }
-    let registration = ctx.register(&listener, peer, accepted.chain, accepted.generation);
+    let registration =
+        ctx.handshaker
+            .register(&listener, peer, accepted.chain, accepted.generation);
     let state = Arc::new(Inbound {
         ctx: ctx.clone(),
         listener: listener.clone(),
         identity: ConnectionIdentity::new(accepted.identity, accepted.generation),
-        target: UpstreamTarget::new(Scheme::HTTP, &listener.upstream),
+        target,
         peer,
     });
     let service = service_fn(move |request| handle_inbound(state.clone(), request));
@@ -93,7 +95,7 @@ async fn handle_inbound(
     // Decided against the generation in force now, not the one the
     // connection was accepted under: a narrowed route or a removed role
     // applies to the next call on a held connection.
-    let generation = state.ctx.store.current();
+    let generation = state.ctx.store().current();
     let Some(policy) = generation.policy(&listener.name) else {
         return Ok(grpc_status::error(
             GrpcCode::Unavailable,
@@ -129,19 +131,15 @@ async fn handle_inbound(
     if let Some(identity) = &headers {
         identity.set(&mut parts.headers);
     }
-    let Some(uri) = state
-        .target
-        .as_ref()
-        .and_then(|t| t.uri(parts.uri.path_and_query()))
-    else {
+    let Some(uri) = state.target.uri(parts.uri.path_and_query()) else {
         return Ok(grpc_status::error(
-            GrpcCode::Unavailable,
-            "upstream is not host:port",
+            GrpcCode::Internal,
+            "cannot build the upstream URI",
         ));
     };
     parts.uri = uri;
     let deadline = grpc_timeout(&parts.headers);
-    let client = state.ctx.pool.plain(listener, true);
+    let client = state.ctx.pool.plain(listener, &state.target, true);
     let response = forward(
         client.request(Request::from_parts(parts, body)),
         deadline,
@@ -246,10 +244,11 @@ impl Drop for ObservedBody {
     }
 }
 
-struct Outbound {
+struct OutboundCalls {
     ctx: Arc<ListenerContext>,
     listener: Arc<ListenerConfig>,
-    target: Option<UpstreamTarget>,
+    outbound: Outbound,
+    target: UpstreamTarget,
     client: SocketAddr,
 }
 
@@ -257,13 +256,16 @@ struct Outbound {
 pub async fn serve_outbound(
     ctx: Arc<ListenerContext>,
     listener: Arc<ListenerConfig>,
+    outbound: Outbound,
+    target: UpstreamTarget,
     plain: TcpStream,
     client: SocketAddr,
 ) {
     let listener_config = listener.clone();
-    let state = Arc::new(Outbound {
+    let state = Arc::new(OutboundCalls {
         ctx: ctx.clone(),
-        target: UpstreamTarget::new(Scheme::HTTPS, &listener.upstream),
+        target,
+        outbound,
         listener,
         client,
     });
@@ -272,28 +274,28 @@ pub async fn serve_outbound(
 }
 
 async fn handle_outbound(
-    state: Arc<Outbound>,
+    state: Arc<OutboundCalls>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let listener = &state.listener;
     let (mut parts, body) = request.into_parts();
-    let Some(uri) = state
-        .target
-        .as_ref()
-        .and_then(|t| t.uri(parts.uri.path_and_query()))
-    else {
+    let Some(uri) = state.target.uri(parts.uri.path_and_query()) else {
         return Ok(grpc_status::error(
-            GrpcCode::Unavailable,
-            "upstream is not host:port",
+            GrpcCode::Internal,
+            "cannot build the upstream URI",
         ));
     };
     parts.uri = uri;
     let deadline = grpc_timeout(&parts.headers);
-    let generation = state.ctx.store.current().number();
-    let client = state
-        .ctx
-        .pool
-        .remote(&state.ctx, listener, generation, state.client);
+    let generation = state.ctx.store().current().number();
+    let client = state.ctx.pool.remote(
+        &state.ctx.handshaker,
+        listener,
+        &state.outbound,
+        &state.target,
+        generation,
+        state.client,
+    );
     forward(
         client.request(Request::from_parts(parts, body)),
         deadline,

@@ -25,11 +25,11 @@ use tokio::net::TcpStream;
 
 use super::activity::{Activity, TrackStreams, Watched};
 use super::grpc::Body;
-use super::handshake;
 use super::identity_headers::{self, ConnectionIdentity};
-use super::pool::UpstreamTarget;
 use crate::config::ListenerConfig;
-use crate::listener::ListenerContext;
+use crate::listener_context::ListenerContext;
+use crate::transport::handshake;
+use crate::transport::pool::UpstreamTarget;
 
 struct Inbound {
     ctx: Arc<ListenerContext>,
@@ -40,7 +40,7 @@ struct Inbound {
     chain: Arc<[CertificateDer<'static>]>,
     /// The generation whose policy admitted the peer.
     judged_under: u64,
-    target: Option<UpstreamTarget>,
+    target: UpstreamTarget,
     /// `x-forwarded-for`, the same for every request of the connection.
     forwarded_for: Option<HeaderValue>,
     /// `host` for the upstream: its authority.
@@ -52,24 +52,24 @@ struct Inbound {
 pub async fn serve_inbound(
     ctx: Arc<ListenerContext>,
     listener: Arc<ListenerConfig>,
+    target: UpstreamTarget,
     tcp: TcpStream,
     peer: SocketAddr,
 ) {
-    let Some(accepted) = handshake::accept(&ctx, &listener, tcp, peer).await else {
+    let Some(accepted) = handshake::accept(&ctx.handshaker, &listener, tcp, peer).await else {
         return;
     };
-    let registration = (!accepted.chain.is_empty())
-        .then(|| ctx.register(&listener, peer, accepted.chain.clone(), accepted.generation));
-    let target = UpstreamTarget::new(http::uri::Scheme::HTTP, &listener.upstream);
+    let registration = (!accepted.chain.is_empty()).then(|| {
+        ctx.handshaker
+            .register(&listener, peer, accepted.chain.clone(), accepted.generation)
+    });
     let state = Arc::new(Inbound {
         ctx: ctx.clone(),
         listener: listener.clone(),
         identity: ConnectionIdentity::new(accepted.identity, accepted.generation),
         chain: accepted.chain,
         judged_under: accepted.generation,
-        upstream_host: target
-            .as_ref()
-            .and_then(|t| HeaderValue::from_str(t.authority().as_str()).ok()),
+        upstream_host: HeaderValue::from_str(target.authority().as_str()).ok(),
         target,
         forwarded_for: HeaderValue::from_str(&peer.ip().to_string()).ok(),
         peer,
@@ -117,7 +117,7 @@ async fn handle(
     let listener = &state.listener;
     // Decided against the generation in force now: a role removed from
     // the inventory applies to the next request on a held connection.
-    let generation = state.ctx.store.current();
+    let generation = state.ctx.store().current();
     let Some(policy) = generation.policy(&listener.name) else {
         return Ok(text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -178,12 +178,11 @@ async fn handle(
     if let Some(host) = original_host {
         headers.insert("x-forwarded-host", host);
     }
-    let Some(uri) = state
-        .target
-        .as_ref()
-        .and_then(|t| t.uri(parts.uri.path_and_query()))
-    else {
-        return Ok(text(StatusCode::BAD_GATEWAY, "upstream is not host:port\n"));
+    let Some(uri) = state.target.uri(parts.uri.path_and_query()) else {
+        return Ok(text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot build the upstream URI\n",
+        ));
     };
     parts.uri = uri;
     // HTTP/1.1 to the upstream whatever the client spoke.
@@ -192,7 +191,7 @@ async fn handle(
         parts.headers.insert(header::HOST, host.clone());
     }
 
-    let client = state.ctx.pool.plain(listener, false);
+    let client = state.ctx.pool.plain(listener, &state.target, false);
     let mut response = match client.request(Request::from_parts(parts, body)).await {
         Ok(response) => response,
         Err(e) => {
@@ -210,7 +209,7 @@ async fn handle(
         // The tunnel outlives the HTTP connection, so it registers itself:
         // a peer that stops qualifying loses its tunnels too.
         let registration = (!state.chain.is_empty()).then(|| {
-            state.ctx.register(
+            state.ctx.handshaker.register(
                 listener,
                 state.peer,
                 state.chain.clone(),

@@ -14,8 +14,9 @@ use super::activity::Activity;
 use crate::connections::Registration;
 use crate::metrics::RequestMetrics;
 
-/// The body type of every response the L7 modes send.
-pub type Body = http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error>;
+/// The body type of every response the L7 modes send (defined with the
+/// stream tracking that wraps it).
+pub use super::activity::BoxBody as Body;
 
 /// How long a connection told to go away (idle, flood) may take to close
 /// on its own before it is dropped.

@@ -16,17 +16,17 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
 
-use super::handshake;
-use crate::config::ListenerConfig;
-use crate::listener::ListenerContext;
+use crate::config::{ListenerConfig, Outbound, Upstream};
 use crate::reject::RejectReason;
 use crate::relay::{RelayError, Transferred, relay};
+use crate::transport::handshake::{self, Handshaker};
 use crate::upstream::{self, UpstreamStream};
 
 /// Serves one connection accepted by an inbound tcp listener.
 pub async fn serve_inbound(
-    ctx: &ListenerContext,
+    ctx: &Handshaker,
     listener: &ListenerConfig,
+    upstream: &Upstream,
     tcp: TcpStream,
     peer: SocketAddr,
 ) {
@@ -35,11 +35,11 @@ pub async fn serve_inbound(
     };
     let registration = ctx.register(listener, peer, accepted.chain, accepted.generation);
 
-    let upstream = match upstream::connect(&listener.upstream, listener.timeouts.connect).await {
-        Ok(upstream) => upstream,
+    let upstream = match upstream::connect(upstream, listener.timeouts.connect).await {
+        Ok(connected) => connected,
         Err(e) => {
             tracing::warn!(
-                listener = %listener.name, %peer, upstream = %listener.upstream,
+                listener = %listener.name, %peer, %upstream,
                 error = %e, "cannot reach upstream; closing the peer's connection"
             );
             return;
@@ -62,13 +62,14 @@ pub async fn serve_inbound(
 
 /// Serves one connection accepted by an outbound tcp listener.
 pub async fn serve_outbound(
-    ctx: &ListenerContext,
+    ctx: &Handshaker,
     listener: &ListenerConfig,
+    outbound: &Outbound,
     plain: TcpStream,
     client: SocketAddr,
 ) {
     let judged_under = ctx.store.current().number();
-    let Ok(tls) = handshake::connect(ctx, listener, client).await else {
+    let Ok(tls) = handshake::connect(ctx, listener, outbound, client).await else {
         return;
     };
     let remote = tls.get_ref().0.get_ref().peer_addr().unwrap_or(client);
@@ -87,7 +88,7 @@ pub async fn serve_outbound(
 }
 
 fn finished(
-    ctx: &ListenerContext,
+    ctx: &Handshaker,
     listener: &ListenerConfig,
     peer: SocketAddr,
     result: Result<Transferred, RelayError>,

@@ -30,11 +30,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use self::wire::{Message, WireError};
-use super::handshake;
-use crate::config::ListenerConfig;
-use crate::listener::ListenerContext;
+use crate::config::{ListenerConfig, Outbound, Upstream};
 use crate::reject::RejectReason;
 use crate::relay::relay;
+use crate::transport::handshake::{self, Handshaker};
 use crate::upstream::{self, UpstreamStream};
 
 /// ER_ACCESS_DENIED_ERROR: the client must use TLS with a certificate.
@@ -172,8 +171,9 @@ async fn send<W: AsyncWrite + Unpin>(io: &mut W, seq: u8, payload: &[u8]) -> std
 
 /// Serves one connection on an outbound mariadb listener (upgrade).
 pub async fn serve_outbound(
-    ctx: &ListenerContext,
+    ctx: &Handshaker,
     listener: &ListenerConfig,
+    outbound: &Outbound,
     mut client: TcpStream,
     client_addr: SocketAddr,
 ) {
@@ -182,15 +182,7 @@ pub async fn serve_outbound(
     let seq = ClientSeq::default();
     let phase = async {
         let client = &mut client;
-        let mut server =
-            match upstream::connect(&listener.upstream, listener.timeouts.connect).await? {
-                UpstreamStream::Tcp(tcp) => tcp,
-                UpstreamStream::Unix(_) => {
-                    return Err(PhaseError::Refused(
-                        "outbound listener with a unix upstream".to_owned(),
-                    ));
-                }
-            };
+        let mut server = upstream::connect_tcp(&outbound.remote, listener.timeouts.connect).await?;
         let mut greeting = read_exact_message(&mut server).await?;
         if greeting.first_byte() == Some(0xFF) {
             // The server refused us outright (host blocked, too many
@@ -231,22 +223,23 @@ pub async fn serve_outbound(
             &wire::ssl_request_from(&response.payload)?,
         )
         .await?;
-        let mut tls = match handshake::handshake_over(ctx, listener, server, client_addr).await {
-            Ok(tls) => tls,
-            Err(e) => {
-                // The client waits for the server's answer to its response:
-                // tell it why there will be none.
-                let message =
-                    format!("mtlsd: TLS to the MariaDB server failed: {e} (see the mtlsd log)");
-                let _ = send(
-                    &mut client_reader.inner,
-                    seq.next(),
-                    &err(ERR_UNSECURE, &message),
-                )
-                .await;
-                return Err(PhaseError::ServerTls(e.to_string()));
-            }
-        };
+        let mut tls =
+            match handshake::handshake_over(ctx, listener, outbound, server, client_addr).await {
+                Ok(tls) => tls,
+                Err(e) => {
+                    // The client waits for the server's answer to its response:
+                    // tell it why there will be none.
+                    let message =
+                        format!("mtlsd: TLS to the MariaDB server failed: {e} (see the mtlsd log)");
+                    let _ = send(
+                        &mut client_reader.inner,
+                        seq.next(),
+                        &err(ERR_UNSECURE, &message),
+                    )
+                    .await;
+                    return Err(PhaseError::ServerTls(e.to_string()));
+                }
+            };
         response.seq = response.seq.wrapping_add(1);
         send(&mut tls, response.seq, &response.payload).await?;
         Ok((client_reader, tls))
@@ -277,8 +270,9 @@ pub async fn serve_outbound(
 
 /// Serves one connection on an inbound mariadb listener (terminate).
 pub async fn serve_inbound(
-    ctx: &ListenerContext,
+    ctx: &Handshaker,
     listener: &ListenerConfig,
+    upstream: &Upstream,
     mut client: TcpStream,
     peer: SocketAddr,
 ) {
@@ -286,7 +280,7 @@ pub async fn serve_inbound(
     let seq = ClientSeq::default();
     let before_tls = async {
         let client = &mut client;
-        let upstream = upstream::connect(&listener.upstream, listener.timeouts.connect).await?;
+        let upstream = upstream::connect(upstream, listener.timeouts.connect).await?;
         let mut server: Box<dyn Stream> = match upstream {
             UpstreamStream::Tcp(tcp) => Box::new(tcp),
             UpstreamStream::Unix(unix) => Box::new(unix),
@@ -498,12 +492,7 @@ where
 }
 
 /// Counts and logs a connection phase that did not finish.
-fn phase_ended(
-    ctx: &ListenerContext,
-    listener: &ListenerConfig,
-    peer: SocketAddr,
-    error: &PhaseError,
-) {
+fn phase_ended(ctx: &Handshaker, listener: &ListenerConfig, peer: SocketAddr, error: &PhaseError) {
     match error {
         // TLS refusals were logged and counted by the handshake.
         PhaseError::ServerTls(_) => {}
@@ -525,7 +514,7 @@ fn phase_ended(
 /// Logs the end of a connection; a failure still inside the connection
 /// phase is counted as a refusal.
 fn connection_ended(
-    ctx: &ListenerContext,
+    ctx: &Handshaker,
     listener: &ListenerConfig,
     peer: SocketAddr,
     result: Result<(), PhaseError>,

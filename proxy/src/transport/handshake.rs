@@ -11,15 +11,52 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mtlsd_reload::{Generation, HandshakeReport, PeerIdentity, Stage, Verdict, observe};
+use mtlsd_reload::{
+    Generation, HandshakeReport, MaterialStore, PeerIdentity, Stage, Verdict, observe,
+};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
-use crate::config::ListenerConfig;
-use crate::counting::CountingIo;
-use crate::listener::ListenerContext;
+use crate::config::{ListenerConfig, Outbound};
+use crate::connections::{ConnectionRegistry, Registration};
+use crate::counting::{CountingIo, ListenerStats};
+use crate::peers::PeerBook;
 use crate::reject::RejectReason;
+
+/// What a listener's TLS handshakes need, and nothing else: the material
+/// in force, the listener's counters, the peer book and the registry of
+/// live connections. The protocols and the upstream pool hold this, not
+/// the whole listener context, so this layer never imports the one above.
+#[derive(Debug, Clone)]
+pub struct Handshaker {
+    pub store: Arc<MaterialStore>,
+    pub stats: Arc<ListenerStats>,
+    pub peers: Arc<PeerBook>,
+    pub connections: Arc<ConnectionRegistry>,
+}
+
+impl Handshaker {
+    /// Registers an established connection's verified peer, so a trust
+    /// change can re-judge it; dropping the registration unregisters.
+    /// `judged_under` is the generation whose policy admitted the peer: if
+    /// a reload published another since, the peer is judged again now (the
+    /// re-judging of that reload ran before this connection registered).
+    pub fn register(
+        &self,
+        listener: &ListenerConfig,
+        peer: SocketAddr,
+        chain: Arc<[CertificateDer<'static>]>,
+        judged_under: u64,
+    ) -> Registration {
+        let registration = self.connections.register(&listener.name, peer, chain);
+        let current = self.store.current();
+        if current.number() != judged_under {
+            self.connections.judge_late(&registration, &current);
+        }
+        registration
+    }
+}
 
 /// An accepted TLS connection and who is on the other end.
 #[derive(Debug)]
@@ -36,7 +73,7 @@ pub struct Accepted {
 /// Runs the server side of the handshake; `None` when the peer was
 /// refused (already logged and counted) or left right after completing it.
 pub async fn accept(
-    ctx: &ListenerContext,
+    ctx: &Handshaker,
     listener: &ListenerConfig,
     tcp: TcpStream,
     peer: SocketAddr,
@@ -150,32 +187,31 @@ fn now() -> UnixTime {
 /// Connects to the listener's upstream and runs the client side of the
 /// handshake. Refusals are logged and counted before the error returns.
 pub async fn connect(
-    ctx: &ListenerContext,
+    ctx: &Handshaker,
     listener: &ListenerConfig,
+    outbound: &Outbound,
     client_addr: SocketAddr,
 ) -> io::Result<client::TlsStream<CountingIo<TcpStream>>> {
-    let remote = match crate::upstream::connect(&listener.upstream, listener.timeouts.connect).await
-    {
-        Ok(crate::upstream::UpstreamStream::Tcp(tcp)) => tcp,
-        Ok(crate::upstream::UpstreamStream::Unix(_)) => {
-            return Err(io::Error::other("outbound listener with a unix upstream"));
-        }
-        Err(e) => {
-            tracing::warn!(
-                listener = %listener.name, client = %client_addr, upstream = %listener.upstream,
-                error = %e, "cannot reach remote host"
-            );
-            return Err(e);
-        }
-    };
-    handshake_over(ctx, listener, remote, client_addr).await
+    let remote =
+        match crate::upstream::connect_tcp(&outbound.remote, listener.timeouts.connect).await {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::warn!(
+                    listener = %listener.name, client = %client_addr, upstream = %outbound.remote,
+                    error = %e, "cannot reach remote host"
+                );
+                return Err(e);
+            }
+        };
+    handshake_over(ctx, listener, outbound, remote, client_addr).await
 }
 
 /// Runs the client side of the handshake on an already connected socket
 /// (MariaDB upgrades a connection that spoke plaintext first).
 pub async fn handshake_over(
-    ctx: &ListenerContext,
+    ctx: &Handshaker,
     listener: &ListenerConfig,
+    outbound: &Outbound,
     remote: TcpStream,
     client_addr: SocketAddr,
 ) -> io::Result<client::TlsStream<CountingIo<TcpStream>>> {
@@ -184,10 +220,7 @@ pub async fn handshake_over(
     let tls_config = generation
         .client_config(&listener.name)
         .ok_or_else(|| io::Error::other(format!("no TLS client config for '{}'", listener.name)))?;
-    let server_name = listener
-        .server_name
-        .clone()
-        .ok_or_else(|| io::Error::other("outbound listener without a server name"))?;
+    let server_name = outbound.server_name.clone();
 
     let remote_addr = remote.peer_addr().unwrap_or(client_addr);
     let remote = CountingIo::new(remote, ctx.stats.clone());
@@ -236,7 +269,7 @@ pub async fn handshake_over(
 }
 
 /// Notes a verified inventory host in the peer book.
-fn record_peer(ctx: &ListenerContext, identity: Option<&PeerIdentity>) {
+fn record_peer(ctx: &Handshaker, identity: Option<&PeerIdentity>) {
     if let Some(identity) = identity
         && let Some(host) = &identity.host
     {
@@ -253,7 +286,7 @@ fn record_peer(ctx: &ListenerContext, identity: Option<&PeerIdentity>) {
 /// Logs and counts one refused handshake. With a policy verdict, the
 /// line carries the SANs the refused certificate claimed.
 pub fn refused(
-    ctx: &ListenerContext,
+    ctx: &Handshaker,
     listener: &ListenerConfig,
     peer: SocketAddr,
     reason: RejectReason,
@@ -266,7 +299,7 @@ pub fn refused(
     let detail = verdict.map(|v| v.detail.as_str()).unwrap_or("");
     tracing::warn!(
         listener = %listener.name,
-        direction = %listener.direction,
+        direction = %listener.direction(),
         %peer,
         reason = reason.as_str(),
         sans = %sans,

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,12 +26,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::config::{ListenerConfig, Upstream};
+use super::coalesce::Coalescing;
+use super::handshake::{self, Handshaker};
+use crate::config::{HostPort, ListenerConfig, Outbound};
 use crate::connections::Registration;
 use crate::counting::CountingIo;
-use crate::listener::ListenerContext;
-use crate::protocols::coalesce::Coalescing;
-use crate::protocols::handshake;
 
 /// Plaintext upstream on loopback (h2c for grpc, HTTP/1.1 for http).
 pub type PlainClient = Client<PlainConnector, Incoming>;
@@ -40,7 +39,7 @@ pub type RemoteClient = Client<RemoteConnector, Incoming>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PoolKey {
-    upstream: Upstream,
+    upstream: http::uri::Authority,
     generation: u64,
 }
 
@@ -76,10 +75,15 @@ impl<C: Clone> Slot<C> {
 }
 
 impl PoolSlot {
-    /// A plaintext client for `listener`'s upstream.
-    pub fn plain(&self, listener: &ListenerConfig, http2: bool) -> PlainClient {
+    /// A plaintext client for `target`, a grpc or http listener's upstream.
+    pub fn plain(
+        &self,
+        listener: &ListenerConfig,
+        target: &UpstreamTarget,
+        http2: bool,
+    ) -> PlainClient {
         let key = PoolKey {
-            upstream: listener.upstream.clone(),
+            upstream: target.authority().clone(),
             generation: 0,
         };
         let connect_timeout = listener.timeouts.connect;
@@ -97,16 +101,19 @@ impl PoolSlot {
         })
     }
 
-    /// An mTLS h2 client to `listener`'s remote upstream for `generation`.
+    /// An mTLS h2 client to an outbound listener's remote host for
+    /// `generation`.
     pub fn remote(
         &self,
-        ctx: &Arc<ListenerContext>,
+        handshaker: &Handshaker,
         listener: &Arc<ListenerConfig>,
+        outbound: &Outbound,
+        target: &UpstreamTarget,
         generation: u64,
         client_addr: SocketAddr,
     ) -> RemoteClient {
         let key = PoolKey {
-            upstream: listener.upstream.clone(),
+            upstream: target.authority().clone(),
             generation,
         };
         let timeouts = listener.timeouts;
@@ -114,8 +121,9 @@ impl PoolSlot {
             let mut builder = Client::builder(TokioExecutor::new());
             keep_alive(&mut builder, timeouts);
             builder.http2_only(true).build(RemoteConnector {
-                ctx: Arc::downgrade(ctx),
+                handshaker: handshaker.clone(),
                 listener: listener.clone(),
+                outbound: outbound.clone(),
                 client_addr,
             })
         })
@@ -181,9 +189,9 @@ impl<T: Connection> Connection for Coalescing<T> {
 /// handshake, so refusals are classified and counted).
 #[derive(Debug, Clone)]
 pub struct RemoteConnector {
-    // Weak: the pool lives inside the listener context.
-    ctx: Weak<ListenerContext>,
+    handshaker: Handshaker,
     listener: Arc<ListenerConfig>,
+    outbound: Outbound,
     client_addr: SocketAddr,
 }
 
@@ -199,12 +207,10 @@ impl tower_service::Service<Uri> for RemoteConnector {
     fn call(&mut self, _uri: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let ctx = this
-                .ctx
-                .upgrade()
-                .ok_or_else(|| io::Error::other("listener removed"))?;
+            let ctx = &this.handshaker;
             let judged_under = ctx.store.current().number();
-            let tls = handshake::connect(&ctx, &this.listener, this.client_addr).await?;
+            let tls =
+                handshake::connect(ctx, &this.listener, &this.outbound, this.client_addr).await?;
             let (tcp, session) = tls.get_ref();
             let remote = tcp.get_ref().peer_addr().unwrap_or(this.client_addr);
             let chain = session.peer_certificates().unwrap_or_default().into();
@@ -296,20 +302,12 @@ pub struct UpstreamTarget {
 }
 
 impl UpstreamTarget {
-    /// `None` for a unix-socket upstream (grpc and http forward to
-    /// host:port; the config refuses the rest).
-    pub fn new(scheme: http::uri::Scheme, upstream: &Upstream) -> Option<Self> {
-        let Upstream::Tcp { host, port } = upstream else {
-            return None;
-        };
-        let authority = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
+    /// `None` when `upstream` is not a URI authority (validation refuses
+    /// such hosts, so the caller only logs it).
+    pub fn new(scheme: http::uri::Scheme, upstream: &HostPort) -> Option<Self> {
         Some(Self {
             scheme,
-            authority: authority.parse().ok()?,
+            authority: upstream.to_string().parse().ok()?,
         })
     }
 
@@ -337,7 +335,7 @@ mod tests {
 
     #[test]
     fn a_target_keeps_the_request_path_and_brackets_ipv6() {
-        let tcp = |host: &str| Upstream::Tcp {
+        let tcp = |host: &str| HostPort {
             host: host.to_owned(),
             port: 7000,
         };
@@ -357,7 +355,6 @@ mod tests {
             v6.uri(Some(&path)).unwrap().to_string(),
             "https://[::1]:7000/pkg.Svc/Call?x=1"
         );
-        let unix = Upstream::Unix("/run/x.sock".into());
-        assert!(UpstreamTarget::new(Scheme::HTTP, &unix).is_none());
+        assert!(UpstreamTarget::new(Scheme::HTTP, &tcp("not a host")).is_none());
     }
 }

@@ -1,0 +1,9 @@
+//! TLS to and from peers, below the protocols: the shared handshake (one
+//! snapshot of the material, the policy's verdict, counted refusals) and
+//! the pooled h2/HTTP clients of the L7 modes with their write coalescing.
+//! Nothing here knows which protocol or listener loop called it: it takes a
+//! [`handshake::Handshaker`] and the listener's settings.
+
+pub mod coalesce;
+pub mod handshake;
+pub mod pool;
