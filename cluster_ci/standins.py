@@ -21,9 +21,10 @@ Clients (through the local mtlsd outbound listener on loopback):
       saw HOST as the verified caller, 1 otherwise. KIND: grpc (unary),
       grpc-stream (server streaming), http.
   hold TARGET --out FILE --stop-file F --expect-peer HOST [--stream PATH]
-       [--calls PATH,PATH] [--interval S] [--tls CA,CERT,KEY,NAME]
+       [--stream-seconds S] [--calls PATH,PATH] [--interval S] [--tls CA,CERT,KEY,NAME]
       One gRPC channel held open for the whole run (never re-opened by this
-      client): optionally one long server-streaming call on it, and every
+      client): optionally one long server-streaming call on it (for
+      --stream-seconds, default the whole --duration), and every
       --interval seconds a unary call to each of --calls, on the same
       channel. Writes one JSON line per event to FILE (wall-clock time,
       stream messages and the stream's end, each call's status code and
@@ -44,6 +45,13 @@ Analysis:
       Prints the time (Unix seconds) of the first JSON line of FILE at or
       after SINCE (Unix seconds) whose fields hold every KEY=VALUE (an mtlsd JSON log, the audit
       log, a hold log); exit 1 when there is none.
+  journal-events
+      Reads `journalctl -o json` on stdin and writes one JSON event per
+      entry (for first-event): "t" from the journal's own time; the fields of
+      the message when it is a JSON log line; else "message" and the fields
+      of a text log line (`TIME LEVEL target: message key=value ...`, colour
+      codes removed) and every journal field of the entry (lower-cased, the
+      journal's own underscore fields left out).
   pcap-check PCAP --marker M --tls-ports P,P --other-ports P,P
       Reassembles every TCP stream of a capture (Ethernet, IPv4) and checks:
       the marker is in no packet and no reassembled stream; every stream on a
@@ -291,8 +299,9 @@ def hold(args):
 
     def streamer():
         marker = f"{args.marker}-stream"
-        request = json.dumps({"marker": marker, "seconds": args.duration}).encode()
-        call = channel.unary_stream(args.stream)(request, timeout=args.duration + 5)
+        seconds = args.stream_seconds or args.duration
+        request = json.dumps({"marker": marker, "seconds": seconds}).encode()
+        call = channel.unary_stream(args.stream)(request, timeout=seconds + 5)
         event(kind="stream-start", path=args.stream)
         n = 0
         try:
@@ -410,6 +419,45 @@ def first_event(args):
                 print(f"{t:.3f}")
                 return
     sys.exit(1)
+
+
+def journal_events(_args):
+    import re
+
+    ansi = re.compile(r"\x1b\[[0-9;]*m")
+    text_line = re.compile(r"^(?:\S+\s+)?(TRACE|DEBUG|INFO|WARN|ERROR)\s+(\S+?): (.*)$")
+    field = re.compile(r' ([A-Za-z_][A-Za-z0-9_.]*)=("(?:[^"\\]|\\.)*"|\S*)')
+    for raw in sys.stdin:
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue
+        message = entry.get("MESSAGE")
+        if isinstance(message, list):  # the journal's form for non-UTF-8 or escape codes
+            message = bytes(message).decode("utf-8", "replace")
+        message = ansi.sub("", message or "")
+        event = {k.lower(): v for k, v in entry.items() if not k.startswith("_") and k != "MESSAGE"}
+        parsed = None
+        if message.startswith("{"):
+            try:
+                parsed = json.loads(message)
+            except ValueError:
+                parsed = None
+        if isinstance(parsed, dict):
+            event.update(parsed)
+        else:
+            m = text_line.match(message)
+            if m:
+                event["level"], event["target"], rest = m.group(1), m.group(2), m.group(3)
+                first = field.search(rest)
+                event["message"] = rest[: first.start()] if first else rest
+                for k, v in field.findall(rest[first.start():] if first else ""):
+                    event[k] = json.loads(v) if v.startswith('"') else v
+            else:
+                event["message"] = message
+        event.pop("timestamp", None)
+        event["t"] = int(entry["__REALTIME_TIMESTAMP"]) / 1e6
+        print(json.dumps(event))
 
 
 # --- capture check -----------------------------------------------------------
@@ -579,6 +627,7 @@ def main():
     hd.add_argument("--marker", required=True)
     hd.add_argument("--expect-peer", required=True)
     hd.add_argument("--stream", default="")
+    hd.add_argument("--stream-seconds", type=float, default=0.0)
     hd.add_argument("--calls", default="")
     hd.add_argument("--interval", type=float, default=0.5)
     hd.add_argument("--stop-file", default="")
@@ -600,6 +649,7 @@ def main():
     fe.add_argument("file")
     fe.add_argument("since", type=float)
     fe.add_argument("match", nargs="*")
+    sub.add_parser("journal-events")
     pc = sub.add_parser("pcap-check")
     pc.add_argument("pcap")
     pc.add_argument("--marker", required=True)
@@ -613,6 +663,7 @@ def main():
         "hold": hold,
         "load": load,
         "first-event": first_event,
+        "journal-events": journal_events,
         "pcap-check": pcap_check,
     }[args.cmd](args)
 

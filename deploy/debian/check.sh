@@ -99,6 +99,8 @@ awk '{ print $6 }' "$work/listing" | sed 's|^\./|/|; s|/$||' | sort >"$work/cont
 expect_files=(
     /usr/bin/mtlsd
     /lib/systemd/system/mtlsd.service
+    /lib/systemd/system/mtlsd-retry.path
+    /lib/systemd/system/mtlsd-retry.service
     /usr/lib/sysusers.d/mtlsd.conf
     /usr/share/man/man8/mtlsd.8.gz
     /usr/share/bash-completion/completions/mtlsd

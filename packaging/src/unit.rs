@@ -135,19 +135,19 @@ mod tests {
     fn packaged_unit_is_the_role_unit_with_the_package_differences() {
         let role = role_unit();
         let package = package_unit(&role).unwrap();
-        let expected: Vec<String> = settings(&role)
+        let mut expected: Vec<String> = settings(&role)
             .into_iter()
             .flat_map(|l| {
                 let mut v = vec![l.replace(ROLE_BINARY, PACKAGE_BINARY)];
                 if l.starts_with("Description=") {
                     v.push(DOCUMENTATION.to_string());
                 }
-                if l == "After=network-online.target" {
-                    v.push(CONDITION.to_string());
-                }
                 v
             })
             .collect();
+        // The condition closes [Unit].
+        let service = expected.iter().position(|l| l == "[Service]").unwrap();
+        expected.insert(service, CONDITION.to_string());
         assert_eq!(settings(&package), expected, "{package}");
     }
 

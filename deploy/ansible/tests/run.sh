@@ -20,6 +20,8 @@
 #  5. the role's unit template rendered with the defaults is byte for byte
 #     deploy/systemd/mtlsd.service, and deploy/systemd/check.sh passes for
 #     it and for the variant with a port below 1024 (CAP_NET_BIND_SERVICE);
+#     the drop-in of mtlsd_install=deb carries the site settings (and the
+#     capability only for a port below 1024);
 #  6. dev-ca.yml applied with -c local to three inventory hosts (db1, api1,
 #     hv1), each into its own throw-away root (mtlsd_supervisor=external),
 #     succeeds; `mtlsd check` accepts every host's result; owners and modes
@@ -31,14 +33,20 @@
 #     certificate is refused by db1 with role_not_allowed (the rendered
 #     inventory is what decides);
 #  8. a second run reports changed=0 for every host;
-#  9. a bad listener (misspelt key) fails the play at validation and leaves
-#     the live mtlsd.toml untouched, the daemon serving; an invalid role name
-#     fails the inventory's validation and leaves inventory.toml untouched;
-# 10. a forced re-issue of db1's certificate runs the reload handler, not
-#     the restart one; the same db1 process then serves the new serial
-#     (openssl s_client), its audit log has the applied admin reload, and
-#     the round trip still works;
-# 11. changing admin.listen (restart-only) notifies the restart handler;
+#  9. the staged set is checked as one before it replaces the live one: a
+#     bad listener (misspelt key), an invalid role name, and a listen
+#     address not on this host (192.0.2.1, mtlsd check --bind) each fail
+#     the play, leave the live files untouched and the daemon serving, and
+#     fail again on a re-run; a listener on a port another process holds
+#     (which only the reload finds) fails the reload: the previous set is
+#     back in place and reloaded, the play fails with mtlsd's reason, and
+#     again on a re-run;
+# 10. a forced re-issue of db1's certificate reloads, does not restart;
+#     the same db1 process then serves the new serial (openssl s_client),
+#     its audit log has the applied admin reload, and the round trip still
+#     works;
+# 11. changing admin.listen: mtlsd check --compare says restart, and the
+#     role (external supervisor) asks the operator to restart;
 # 12. a CA rotation in three phases (pki_internal_ca generations 1 -> 2 with
 #     the overlap bundle) keeps the mesh working after every phase, with the
 #     same two processes, and ends with leaves and a bundle of generation 2;
@@ -230,6 +238,38 @@ else
     fail "unit for a listener on :443 (CAP_NET_BIND_SERVICE):"
 fi
 sed 's/^/      /' "$work/unit-check.log"
+for f in mtlsd-retry.path mtlsd-retry.service; do
+    check "roles/mtlsd/files/$f is deploy/systemd/$f" cmp -s "roles/mtlsd/files/$f" "$repo/deploy/systemd/$f"
+done
+# mtlsd_install=deb: the package's unit plus the drop-in of site settings.
+render_dropin() {
+    # render_dropin DEST [EXTRA_VARS_JSON]
+    ansible localhost -i localhost, -c local -m ansible.builtin.template \
+        -a "src=roles/mtlsd/templates/mtlsd-site.conf.j2 dest=$1 mode=0644" \
+        -e @roles/mtlsd/defaults/main.yml -e @roles/mtlsd/vars/main.yml -e "${2:-{\}}" \
+        -e ansible_python_interpreter="$venv/bin/python" >"$work/render.log" 2>&1 ||
+        { sed 's/^/      /' "$work/render.log"; return 1; }
+}
+if render_dropin "$work/units/default/site.conf" &&
+    grep -qx 'TimeoutStopSec=45' "$work/units/default/site.conf" &&
+    ! grep -q 'CAP_NET_BIND_SERVICE\|PrivateUsers\|IPAddress' "$work/units/default/site.conf"; then
+    pass "deb drop-in with the defaults: stop timeout and LimitNOFILE only, no capability"
+else
+    fail "deb drop-in with the defaults:"
+    sed 's/^/      /' "$work/units/default/site.conf" 2>/dev/null || true
+fi
+if render_dropin "$work/units/low-port/site.conf" \
+    '{"mtlsd_inbound": [{"name": "api", "listen": "0.0.0.0:443", "upstream": "127.0.0.1:13000"}], "mtlsd_ip_address_allow": ["127.0.0.0/8", "10.0.0.0/8"], "mtlsd_drain_timeout_seconds": 10}' &&
+    grep -qx 'CapabilityBoundingSet=CAP_NET_BIND_SERVICE' "$work/units/low-port/site.conf" &&
+    grep -qx 'AmbientCapabilities=CAP_NET_BIND_SERVICE' "$work/units/low-port/site.conf" &&
+    grep -qx 'PrivateUsers=no' "$work/units/low-port/site.conf" &&
+    grep -qx 'IPAddressAllow=127.0.0.0/8 10.0.0.0/8' "$work/units/low-port/site.conf" &&
+    grep -qx 'TimeoutStopSec=25' "$work/units/low-port/site.conf"; then
+    pass "deb drop-in for a listener on :443 with an IP fence: CAP_NET_BIND_SERVICE, PrivateUsers=no, IPAddressAllow, TimeoutStopSec"
+else
+    fail "deb drop-in for a listener on :443:"
+    sed 's/^/      /' "$work/units/low-port/site.conf" 2>/dev/null || true
+fi
 
 # --- 6. apply dev-ca.yml into throw-away roots ------------------------------------
 step "apply dev-ca.yml to db1, api1, hv1 (-c local, each into its own root)"
@@ -248,6 +288,7 @@ all:
     ansible_become: false
     mtlsd_supervisor: external
     mtlsd_root: "$work/hosts/{{ inventory_hostname }}"
+    mtlsd_install: binary
     mtlsd_binary_src: "$bin"
     mtlsd_cluster_name: sf-test
     mtlsd_dns_domain: sf.test
@@ -348,7 +389,7 @@ done
 layout_ok() {
     local root="$1" bad=0 path want got
     while read -r path want; do
-        got="$(stat -c '%U:%G %a' "$root$path" 2>/dev/null || echo missing)"
+        got="$(stat -L -c '%U:%G %a' "$root$path" 2>/dev/null || echo missing)"
         if [ "$got" != "$want" ]; then
             echo "      $path: $got, want $want"
             bad=1
@@ -361,6 +402,8 @@ layout_ok() {
 /etc/mtlsd/tls/host.crt root:mtlsd 644
 /etc/mtlsd/tls/host.key mtlsd:mtlsd 600
 /etc/mtlsd/tls/mesh-ca.pem root:mtlsd 644
+/etc/mtlsd/sets root:mtlsd 750
+/etc/mtlsd/sets/next/tls/host.key mtlsd:mtlsd 600
 /var/lib/mtlsd mtlsd:mtlsd 700
 /var/lib/mtlsd/audit.jsonl mtlsd:mtlsd 600
 /usr/local/bin/mtlsd root:root 755
@@ -368,6 +411,16 @@ D7
     return "$bad"
 }
 check "db1: owners and modes are those of decision D7" layout_ok "$work/hosts/db1"
+links_ok() {
+    # Every live path is a relative link through `current` into a set.
+    local etc="$work/hosts/db1/etc/mtlsd" f want
+    for f in mtlsd.toml inventory.toml tls/host.key tls/host.crt tls/mesh-ca.pem; do
+        case "$f" in */*) want="../current/$f" ;; *) want="current/$f" ;; esac
+        [ "$(readlink "$etc/$f")" = "$want" ] || { echo "      $f -> $(readlink "$etc/$f")"; return 1; }
+    done
+    [[ "$(readlink "$etc/current")" == sets/[0-9a-f]* ]] && cmp -s "$etc/sets/next/mtlsd.toml" "$etc/mtlsd.toml"
+}
+check "db1: the live paths are links through current into a set (the staged set is the live one)" links_ok
 login_shell() { getent passwd mtlsd | cut -d: -f7; }
 check "system user mtlsd has no login shell" test "$(login_shell)" = /usr/sbin/nologin
 
@@ -461,8 +514,8 @@ else
         sed 's/^/      /'
 fi
 
-# --- 9. a bad config is refused before it replaces the live one ------------------
-step "bad config"
+# --- 9. a bad set never replaces the live one --------------------------------------
+step "bad config, bad inventory, a listen address not on this host, a port in use"
 live="$work/hosts/db1/etc/mtlsd/mtlsd.toml"
 before="$(sha256sum <"$live")"
 if play "$work/run-bad.log" -l db1 \
@@ -470,9 +523,9 @@ if play "$work/run-bad.log" -l db1 \
     fail "a misspelt listener key did not fail the play"
 elif grep -q 'inbound\[0\].lisen: unknown key' "$work/run-bad.log" && [ "$before" = "$(sha256sum <"$live")" ] &&
     kill -0 "$db1_pid" 2>/dev/null; then
-    pass "a misspelt listener key fails validate: (mtlsd check names inbound[0].lisen); live mtlsd.toml untouched"
+    pass "a misspelt listener key fails the staged set's mtlsd check (it names inbound[0].lisen); live mtlsd.toml untouched"
 else
-    fail "bad config: play failed, but not at validation, or the live file changed:"
+    fail "bad config: play failed, but not at the check, or the live file changed:"
     grep -E 'fatal|FAILED|unknown key' "$work/run-bad.log" | sed 's/^/      /'
 fi
 
@@ -483,11 +536,49 @@ if play "$work/run-bad-inventory.log" -l db1 \
     fail "an invalid role name did not fail the play"
 elif grep -q 'roles use lowercase letters' "$work/run-bad-inventory.log" &&
     [ "$before" = "$(sha256sum <"$live_inventory")" ]; then
-    pass "an invalid role name fails the inventory's validate: (mtlsd check with MTLSD_INVENTORY__PATH); live inventory.toml untouched"
+    pass "an invalid role name fails the staged set's mtlsd check; live inventory.toml untouched"
 else
-    fail "bad inventory: play failed, but not at validation, or the live file changed:"
+    fail "bad inventory: play failed, but not at the check, or the live file changed:"
     grep -E 'fatal|FAILED|roles use' "$work/run-bad-inventory.log" | sed 's/^/      /'
 fi
+
+# A listen address that is not on this host: only binding shows it
+# (mtlsd check --bind). Twice: the second run must fail again, not find
+# "nothing changed".
+not_here='{"mtlsd_inbound": [{"name": "database", "listen": "192.0.2.1:'"$((port_base + 12))"'", "upstream": "127.0.0.1:'"$echo_port"'", "allow_roles": ["api"]}]}'
+before="$(sha256sum <"$live")"
+for attempt in 1 2; do
+    if play "$work/run-not-here-$attempt.log" -l db1 -e "$not_here"; then
+        fail "attempt $attempt: a listen address not on this host did not fail the play"
+    elif grep -q 'listen 192.0.2.1:.*address not on this host' "$work/run-not-here-$attempt.log" &&
+        [ "$before" = "$(sha256sum <"$live")" ] && kill -0 "$db1_pid" 2>/dev/null && round_trip "hello $attempt"; then
+        pass "attempt $attempt: listen 192.0.2.1 fails the play at mtlsd check --bind, naming the address; live files untouched, db1 serves"
+    else
+        fail "attempt $attempt: listen 192.0.2.1: the play failed, but not with the reason, or the live file changed:"
+        grep -E 'fatal|FAILED|192.0.2.1' "$work/run-not-here-$attempt.log" | sed 's/^/      /'
+    fi
+done
+
+# A port another process holds: the check (which binds IP:0) cannot see it,
+# the reload fails. The previous set must come back, loaded again, and the
+# play fail with mtlsd's reason — on a re-run too.
+in_use='{"mtlsd_inbound": [{"name": "database", "listen": "'"$db1_in"'", "upstream": "127.0.0.1:'"$echo_port"'", "allow_roles": ["api"], "handshake_timeout": "5s"}, {"name": "squatter", "listen": "127.0.0.1:'"$echo_port"'", "upstream": "127.0.0.1:1"}]}'
+before="$(sha256sum <"$live")"
+before_current="$(readlink "$work/hosts/db1/etc/mtlsd/current")"
+for attempt in 1 2; do
+    if play "$work/run-in-use-$attempt.log" -l db1 -e "$in_use"; then
+        fail "attempt $attempt: a listener on a port in use did not fail the play"
+    elif grep -q 'previous set .* is back in place and loaded again' "$work/run-in-use-$attempt.log" &&
+        grep -q "squatter" "$work/run-in-use-$attempt.log" &&
+        [ "$before" = "$(sha256sum <"$live")" ] &&
+        [ "$before_current" = "$(readlink "$work/hosts/db1/etc/mtlsd/current")" ] &&
+        kill -0 "$db1_pid" 2>/dev/null && round_trip "hello in use $attempt"; then
+        pass "attempt $attempt: a listener on a port in use: reload refused, previous set back ($before_current) and reloaded, the play fails with mtlsd's reason; db1 serves"
+    else
+        fail "attempt $attempt: a listener on a port in use:"
+        grep -E 'fatal|FAILED|msg' "$work/run-in-use-$attempt.log" | sed 's/^/      /'
+    fi
+done
 
 # --- 10. rotation: reload, not restart, and the new serial is served -------------
 step "force a new certificate for db1"
@@ -507,11 +598,12 @@ else
 fi
 new_serial="$(served_serial)"
 file_serial="$(openssl x509 -in "$work/hosts/db1/etc/mtlsd/tls/host.crt" -noout -serial | cut -d= -f2)"
-handler_result="$(sed -n '/^RUNNING HANDLER \[mtlsd : Reload mtlsd through its admin endpoint\]/{n;p;}' "$work/run-rotate.log")"
-check "the reload handler ran and changed db1 ($handler_result)" \
+handler_result="$(sed -n '/^TASK \[mtlsd : Reload mtlsd through its admin endpoint\]/{n;p;}' "$work/run-rotate.log")"
+check "the reload ran and changed db1 ($handler_result)" \
     grep -q '^changed: \[db1\]' <<<"$handler_result"
 check "no restart handler ran" \
-    bash -c "! grep -qE '^RUNNING HANDLER \[mtlsd : (Restart mtlsd|Remember that|Tell the operator)' '$work/run-rotate.log'"
+    bash -c "! grep -qE '^RUNNING HANDLER \[mtlsd : (Restart mtlsd|Tell the operator)' '$work/run-rotate.log' &&
+             sed -n '/^TASK \[mtlsd : Tell the operator to restart mtlsd\]/{n;p;}' '$work/run-rotate.log' | grep -q '^skipping'"
 check "db1 is the same process (pid $db1_pid)" kill -0 "$db1_pid"
 check "db1 serves the new serial ($old_serial -> $new_serial, file $file_serial)" \
     bash -c "[ -n '$new_serial' ] && [ '$new_serial' != '$old_serial' ] && [ '$new_serial' = '$file_serial' ]"
@@ -530,15 +622,15 @@ PY
 check "db1's audit log: the admin reload applied a new identity" audit_ok
 check "round trip after the rotation" round_trip "hello after the rotation"
 
-# --- 11. a restart-only setting notifies restart, not just reload -----------------
+# --- 11. a restart-only setting: mtlsd says so, the role restarts ------------------
 step "restart-only setting"
 if play "$work/run-admin.log" -l hv1 -e "mtlsd_admin_listen=127.0.0.1:$((port_base + 33))" &&
-    sed -n '/^RUNNING HANDLER \[mtlsd : Tell the operator to restart mtlsd\]/{n;p;}' "$work/run-admin.log" |
-    grep -q '^ok: \[hv1\]'; then
-    pass "changing admin.listen notifies the restart handler (external supervisor: it asks the operator)"
+    sed -n '/^TASK \[mtlsd : Tell the operator to restart mtlsd\]/,/^TASK/p' "$work/run-admin.log" |
+    grep -q 'restart: config.admin'; then
+    pass "changing admin.listen: mtlsd check --compare says restart (config.admin); the role asks the operator (external supervisor)"
 else
-    fail "changing admin.listen did not notify the restart handler:"
-    grep -E '^(TASK|RUNNING HANDLER|changed|fatal)' "$work/run-admin.log" | sed 's/^/      /'
+    fail "changing admin.listen did not lead to a restart:"
+    grep -E '^(TASK|RUNNING HANDLER|changed|fatal|ok)|restart' "$work/run-admin.log" | sed 's/^/      /'
 fi
 
 # --- 12. CA rotation in three phases ------------------------------------------
