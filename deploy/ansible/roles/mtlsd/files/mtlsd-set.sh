@@ -18,6 +18,9 @@
 #              pointed at before ("none" on a first install)
 #   restage    makes next a copy of the live set (push-inventory.yml
 #              stages only the inventory on top of it)
+#   check-config
+#              writes sets/next-check.toml: next's mtlsd.toml with every
+#              path under CONFIG_DIR led into sets/next, for `mtlsd check`
 #   restore S  points current back at S (what swap printed)
 #   prune      removes sets other than next, current and previous, and
 #              live links that no longer lead anywhere
@@ -137,6 +140,18 @@ restage)
     fi
     echo restaged
     ;;
+check-config)
+    # Made from the staged file itself, not rendered again: what is checked
+    # is exactly what will run, and push-inventory.yml, which has none of
+    # the configuration's variables (trust domains may be facts of another
+    # role), checks the live configuration with the staged inventory. The
+    # role writes every path as "CONFIG_DIR/..." (mtlsd.toml.j2).
+    base=${dir%/}
+    sed "s|\"$base/|\"$base/sets/next/|g" sets/next/mtlsd.toml >sets/.next-check.toml
+    chmod 0600 sets/.next-check.toml
+    mv -f sets/.next-check.toml sets/next-check.toml
+    echo sets/next-check.toml
+    ;;
 restore)
     point_current "$3"
     echo "current -> $3"
@@ -158,7 +173,7 @@ prune)
     echo pruned
     ;;
 *)
-    echo "usage: mtlsd-set.sh CONFIG_DIR state|swap|restage|restore SET|prune" >&2
+    echo "usage: mtlsd-set.sh CONFIG_DIR state|swap|restage|check-config|restore SET|prune" >&2
     exit 2
     ;;
 esac
