@@ -50,8 +50,10 @@ Analysis:
       entry (for first-event): "t" from the journal's own time; the fields of
       the message when it is a JSON log line; else "message" and the fields
       of a text log line (`TIME LEVEL target: message key=value ...`, colour
-      codes removed) and every journal field of the entry (lower-cased, the
-      journal's own underscore fields left out).
+      codes removed), or of mtlsd's native journal entries (`message
+      key=value ...`, the message up to the first field), and every journal
+      field of the entry (lower-cased, the journal's own underscore fields
+      left out).
   pcap-check PCAP --marker M --tls-ports P,P --other-ports P,P
       Reassembles every TCP stream of a capture (Ethernet, IPv4) and checks:
       the marker is in no packet and no reassembled stream; every stream on a
@@ -454,7 +456,11 @@ def journal_events(_args):
                 for k, v in field.findall(rest[first.start():] if first else ""):
                     event[k] = json.loads(v) if v.startswith('"') else v
             else:
-                event["message"] = message
+                # mtlsd's own journal entries (native protocol): the
+                # MESSAGE is the text line without time and level, and
+                # the fields are journal fields already.
+                first = field.search(message) if entry.get("_TRANSPORT") == "journal" else None
+                event["message"] = message[: first.start()] if first else message
         event.pop("timestamp", None)
         event["t"] = int(entry["__REALTIME_TIMESTAMP"]) / 1e6
         print(json.dumps(event))
