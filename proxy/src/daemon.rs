@@ -141,7 +141,7 @@ impl Running {
             connections,
             metrics,
             request_metrics,
-            config.expiry,
+            crate::state::Reporting::of(config),
         ));
         state
             .metrics

@@ -42,10 +42,11 @@ struct Subject<'a> {
 
 impl Reported {
     fn check(&mut self, state: &DaemonState, now: SystemTime, tick: Instant) {
-        let config = state.expiry_config();
+        let reporting = state.reporting();
+        let config = reporting.expiry;
         let generation = state.store.current();
         let identity = generation.identity();
-        let peers = state.peers.snapshot();
+        let peers = state.peers.current(now, reporting.peers.forget_after);
         let mut subjects = vec![Subject {
             kind: "identity",
             owner: &identity.spec().trust_domain,

@@ -3,14 +3,21 @@
 //!
 //! This is what lets an operator learn from *this* host that *another*
 //! host's certificate is about to expire, and which hosts have gone quiet.
-//! Only inventory hosts are recorded, so the metric labels stay bounded by
-//! the inventory.
+//! Only inventory hosts are recorded, and a record is forgotten when its
+//! host leaves the inventory or has not been seen for `peers.forget_after`,
+//! so the book stays bounded by the inventory and by who actually talks to
+//! this host.
+//!
+//! [`FleetSummary`] condenses the book into a handful of numbers — the
+//! earliest peer expiry and who holds it, peers per expiry state, inventory
+//! hosts by how recently they were seen — so that the metrics a host
+//! exports do not grow with the fleet (per-peer series are opt-in).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use mtlsd_expiry::{CertFacts, Fingerprint};
+use mtlsd_expiry::{CertFacts, ExpiryState, ExpiryWindows, Fingerprint};
 
 /// Certificates not seen for this long no longer count towards a host's
 /// earliest expiry (the host has rotated away from them).
@@ -21,8 +28,9 @@ pub struct PeerSeen {
     pub host: String,
     pub roles: Vec<String>,
     pub last_handshake: SystemTime,
-    /// The earliest not-after among the certificates seen in the window.
-    pub earliest_not_after: SystemTime,
+    /// The certificate with the earliest not-after among those seen in the
+    /// window: the one that will break first if the host does not rotate.
+    pub earliest: CertFacts,
     /// The certificate of the most recent handshake.
     pub latest: CertFacts,
 }
@@ -36,8 +44,30 @@ pub struct PeerBook {
 struct HostRecord {
     roles: Vec<String>,
     last_handshake: SystemTime,
-    certs: HashMap<Fingerprint, (SystemTime, SystemTime)>,
-    latest: CertFacts,
+    /// Every certificate seen in the window, with when it was last seen.
+    certs: HashMap<Fingerprint, (CertFacts, SystemTime)>,
+    /// Always a key of `certs`: it was seen at `last_handshake`.
+    latest: Fingerprint,
+}
+
+impl HostRecord {
+    fn view(&self, host: &str) -> Option<PeerSeen> {
+        let latest = self.certs.get(&self.latest)?.0.clone();
+        let earliest = self
+            .certs
+            .values()
+            .map(|(facts, _)| facts)
+            .min_by_key(|facts| facts.not_after)
+            .cloned()
+            .unwrap_or_else(|| latest.clone());
+        Some(PeerSeen {
+            host: host.to_owned(),
+            roles: self.roles.clone(),
+            last_handshake: self.last_handshake,
+            earliest,
+            latest,
+        })
+    }
 }
 
 impl PeerBook {
@@ -47,42 +77,52 @@ impl PeerBook {
         self.hosts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a successful handshake with inventory host `host`.
+    /// Records a successful handshake with inventory host `host`. Clones
+    /// only what changed: the same peer certificate on every handshake
+    /// costs a lookup, not an allocation.
     pub fn saw(&self, host: &str, roles: &[String], cert: &CertFacts, now: SystemTime) {
         let mut hosts = self.lock();
-        let record = hosts.entry(host.to_owned()).or_insert_with(|| HostRecord {
-            roles: roles.to_vec(),
-            last_handshake: now,
-            certs: HashMap::new(),
-            latest: cert.clone(),
-        });
-        record.roles = roles.to_vec();
+        let record = match hosts.get_mut(host) {
+            Some(record) => record,
+            None => hosts.entry(host.to_owned()).or_insert_with(|| HostRecord {
+                roles: roles.to_vec(),
+                last_handshake: now,
+                certs: HashMap::new(),
+                latest: cert.fingerprint,
+            }),
+        };
+        if record.roles != roles {
+            record.roles = roles.to_vec();
+        }
         record.last_handshake = now;
-        record.latest = cert.clone();
-        record.certs.insert(cert.fingerprint, (cert.not_after, now));
-        record
-            .certs
-            .retain(|_, (_, seen)| now.duration_since(*seen).unwrap_or_default() <= PEER_WINDOW);
+        record.latest = cert.fingerprint;
+        match record.certs.get_mut(&cert.fingerprint) {
+            Some((_, seen)) => *seen = now,
+            None => {
+                record.certs.insert(cert.fingerprint, (cert.clone(), now));
+            }
+        }
+        if record.certs.len() > 1 {
+            record.certs.retain(|_, (_, seen)| {
+                now.duration_since(*seen).unwrap_or_default() <= PEER_WINDOW
+            });
+        }
     }
 
-    /// Every host seen, sorted by name.
-    pub fn snapshot(&self) -> Vec<PeerSeen> {
-        let hosts = self.lock();
+    /// Every host seen within `forget_after` of `now`, sorted by name;
+    /// records older than that are dropped here.
+    pub fn current(&self, now: SystemTime, forget_after: Duration) -> Vec<PeerSeen> {
+        let mut hosts = self.lock();
+        hosts.retain(|_, record| {
+            now.duration_since(record.last_handshake)
+                .unwrap_or_default()
+                <= forget_after
+        });
         let mut seen: Vec<PeerSeen> = hosts
             .iter()
-            .map(|(host, record)| PeerSeen {
-                host: host.clone(),
-                roles: record.roles.clone(),
-                last_handshake: record.last_handshake,
-                earliest_not_after: record
-                    .certs
-                    .values()
-                    .map(|(not_after, _)| *not_after)
-                    .min()
-                    .unwrap_or(record.latest.not_after),
-                latest: record.latest.clone(),
-            })
+            .filter_map(|(host, record)| record.view(host))
             .collect();
+        drop(hosts);
         seen.sort_by(|a, b| a.host.cmp(&b.host));
         seen
     }
@@ -90,5 +130,186 @@ impl PeerBook {
     /// Forgets hosts no longer in the inventory.
     pub fn retain_hosts(&self, keep: impl Fn(&str) -> bool) {
         self.lock().retain(|host, _| keep(host));
+    }
+}
+
+/// How recently an inventory host was seen, as `mtlsd_inventory_hosts`
+/// counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeenCounts {
+    /// A handshake within `peers.stale_after`.
+    pub recent: u64,
+    /// A handshake longer ago, but within `peers.forget_after`.
+    pub stale: u64,
+    /// No handshake since start-up, or forgotten.
+    pub never: u64,
+}
+
+/// What the fleet looks like from this host, in a fixed number of numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetSummary {
+    /// The peer whose certificate expires first: host and certificate.
+    pub earliest: Option<(String, CertFacts)>,
+    /// Peers by the expiry state of their earliest certificate, in
+    /// [`ExpiryState::ALL`] order.
+    pub by_state: [u64; ExpiryState::ALL.len()],
+    /// Inventory hosts other than this one by how recently they were seen;
+    /// `None` without an inventory.
+    pub seen: Option<SeenCounts>,
+}
+
+impl FleetSummary {
+    /// Summarises `peers` (as [`PeerBook::current`] returns them) against
+    /// the inventory's host names, leaving out this host itself.
+    pub fn of<'a>(
+        peers: &[PeerSeen],
+        inventory_hosts: Option<impl Iterator<Item = &'a str>>,
+        this_host: Option<&str>,
+        now: SystemTime,
+        windows: ExpiryWindows,
+        stale_after: Duration,
+    ) -> Self {
+        let mut by_state = [0; ExpiryState::ALL.len()];
+        let mut earliest: Option<&PeerSeen> = None;
+        for peer in peers {
+            let state = ExpiryState::of(&peer.earliest, now, windows);
+            if let Some(i) = ExpiryState::ALL.iter().position(|s| *s == state) {
+                by_state[i] += 1;
+            }
+            if earliest.is_none_or(|e| peer.earliest.not_after < e.earliest.not_after) {
+                earliest = Some(peer);
+            }
+        }
+        let seen = inventory_hosts.map(|hosts| {
+            let last: HashMap<&str, SystemTime> = peers
+                .iter()
+                .map(|p| (p.host.as_str(), p.last_handshake))
+                .collect();
+            let mut counts = SeenCounts::default();
+            for host in hosts.filter(|h| Some(*h) != this_host) {
+                match last.get(host) {
+                    None => counts.never += 1,
+                    Some(at) if now.duration_since(*at).unwrap_or_default() <= stale_after => {
+                        counts.recent += 1
+                    }
+                    Some(_) => counts.stale += 1,
+                }
+            }
+            counts
+        });
+        Self {
+            earliest: earliest.map(|p| (p.host.clone(), p.earliest.clone())),
+            by_state,
+            seen,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    fn cert(id: u8, not_after_days: u64) -> CertFacts {
+        let epoch = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        CertFacts {
+            subject: format!("CN=c{id}"),
+            issuer: "CN=ca".to_owned(),
+            sans: Vec::new(),
+            serial_hex: format!("{id:02x}"),
+            fingerprint: Fingerprint::of(&[id]),
+            not_before: epoch - DAY,
+            not_after: epoch + DAY * u32::try_from(not_after_days).unwrap(),
+            is_ca: false,
+            server_auth: None,
+            client_auth: None,
+        }
+    }
+
+    fn at(days: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000) + DAY * days as u32
+    }
+
+    fn windows() -> ExpiryWindows {
+        ExpiryWindows {
+            warning: DAY * 21,
+            critical: DAY * 7,
+        }
+    }
+
+    #[test]
+    fn forgets_quiet_hosts_and_keeps_recent_ones() {
+        let book = PeerBook::default();
+        book.saw("a", &[], &cert(1, 90), at(0));
+        book.saw("b", &[], &cert(2, 90), at(5));
+        let forget = DAY * 7;
+        assert_eq!(book.current(at(6), forget).len(), 2);
+        // a: 8 days quiet → forgotten; b: 3 days → kept.
+        let left = book.current(at(8) + Duration::from_secs(1), forget);
+        assert_eq!(
+            left.iter().map(|p| p.host.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+        // Forgotten for good, not only hidden.
+        assert_eq!(book.current(at(6), forget).len(), 1);
+    }
+
+    #[test]
+    fn earliest_certificate_in_the_window_counts_until_it_leaves_it() {
+        let book = PeerBook::default();
+        book.saw("a", &[], &cert(1, 10), at(0));
+        book.saw("a", &[], &cert(2, 90), at(0) + Duration::from_secs(60));
+        let peer = &book.current(at(0), DAY * 7)[0];
+        assert_eq!(peer.earliest.serial_hex, "01");
+        assert_eq!(peer.latest.serial_hex, "02");
+        // Two days later the old certificate has not been seen for a day.
+        book.saw("a", &[], &cert(2, 90), at(2));
+        assert_eq!(book.current(at(2), DAY * 7)[0].earliest.serial_hex, "02");
+    }
+
+    #[test]
+    fn summary_counts_states_hosts_and_names_the_earliest() {
+        let book = PeerBook::default();
+        book.saw("a", &[], &cert(1, 90), at(0)); // ok
+        book.saw("b", &[], &cert(2, 10), at(0)); // warning at day 0
+        book.saw("c", &[], &cert(3, 3), at(0)); // critical, earliest
+        book.saw("d", &[], &cert(4, 90), at(2)); // ok, seen later
+        let now = at(2);
+        let peers = book.current(now, DAY * 7);
+        let inventory = ["a", "b", "c", "d", "e", "me"];
+        let summary = FleetSummary::of(
+            &peers,
+            Some(inventory.iter().copied()),
+            Some("me"),
+            now,
+            windows(),
+            DAY,
+        );
+        let (host, facts) = summary.earliest.clone().unwrap();
+        assert_eq!((host.as_str(), facts.serial_hex.as_str()), ("c", "03"));
+        // ok, warning, critical, expired, not_yet_valid
+        assert_eq!(summary.by_state, [2, 1, 1, 0, 0]);
+        // d recent; a, b, c two days quiet (stale after one day); e never;
+        // "me" is this host and not counted.
+        assert_eq!(
+            summary.seen,
+            Some(SeenCounts {
+                recent: 1,
+                stale: 3,
+                never: 1
+            })
+        );
+        let none = FleetSummary::of(
+            &[],
+            None::<std::iter::Empty<&str>>,
+            None,
+            now,
+            windows(),
+            DAY,
+        );
+        assert_eq!(none.earliest, None);
+        assert_eq!(none.by_state, [0; 5]);
+        assert_eq!(none.seen, None);
     }
 }

@@ -211,6 +211,8 @@ mod tests {
             Section::Reload,
             Section::AuditLog,
             Section::Expiry,
+            Section::Metrics,
+            Section::Peers,
             Section::Runtime,
             Section::StateDir,
             Section::Listener("in".to_owned()),

@@ -6,7 +6,9 @@
 //! inventory) and the data path never touches a metrics lock.
 //!
 //! Label sets are bounded by configuration: listener names, trust domains,
-//! loaded certificates, inventory hosts, reason classes.
+//! loaded certificates, reason classes; per-peer series (one per inventory
+//! host seen) only with `[metrics] per_peer = true`, otherwise the fleet
+//! summaries of [`FleetSummary`] in a fixed number of series.
 
 use std::sync::Weak;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,6 +19,7 @@ use prometheus::proto::MetricFamily;
 use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts};
 
 use crate::metrics::short_fingerprint;
+use crate::peers::FleetSummary;
 use crate::reject::RejectReason;
 use crate::state::DaemonState;
 
@@ -65,6 +68,10 @@ struct StateMetrics {
     bundle_info: IntGaugeVec,
     peer_not_after: GaugeVec,
     peer_last_handshake: GaugeVec,
+    peer_earliest_not_after: GaugeVec,
+    peer_earliest_info: IntGaugeVec,
+    peers_by_state: IntGaugeVec,
+    inventory_hosts: IntGaugeVec,
     handshakes_attempted: IntCounterVec,
     handshakes_completed: IntCounterVec,
     failures: IntCounterVec,
@@ -118,16 +125,44 @@ impl StateMetrics {
             peer_not_after: GaugeVec::new(
                 Opts::new(
                     "mtlsd_peer_cert_not_after_timestamp_seconds",
-                    "Earliest not-after of the certificates an inventory host presented to us in the last day.",
+                    "Earliest not-after of the certificates an inventory host presented to us in the last day (only with [metrics] per_peer = true).",
                 ),
                 &["host"],
             )?,
             peer_last_handshake: GaugeVec::new(
                 Opts::new(
                     "mtlsd_peer_last_handshake_timestamp_seconds",
-                    "Unix time of the last successful handshake with an inventory host, in either direction.",
+                    "Unix time of the last successful handshake with an inventory host, in either direction (only with [metrics] per_peer = true).",
                 ),
                 &["host"],
+            )?,
+            peer_earliest_not_after: GaugeVec::new(
+                Opts::new(
+                    "mtlsd_peer_cert_earliest_not_after_timestamp_seconds",
+                    "Earliest not-after among the certificates every recorded inventory peer presented to us in the last day; mtlsd_peer_cert_earliest_not_after_info names the host.",
+                ),
+                &[],
+            )?,
+            peer_earliest_info: IntGaugeVec::new(
+                Opts::new(
+                    "mtlsd_peer_cert_earliest_not_after_info",
+                    "Always 1; one series naming the inventory host and certificate serial behind mtlsd_peer_cert_earliest_not_after_timestamp_seconds.",
+                ),
+                &["host", "serial"],
+            )?,
+            peers_by_state: IntGaugeVec::new(
+                Opts::new(
+                    "mtlsd_peers_by_expiry_state",
+                    "Recorded inventory peers by the expiry state of the earliest certificate each presented to us in the last day.",
+                ),
+                &["state"],
+            )?,
+            inventory_hosts: IntGaugeVec::new(
+                Opts::new(
+                    "mtlsd_inventory_hosts",
+                    "Inventory hosts other than this one by their last successful handshake with us: recent (within peers.stale_after), stale (longer ago), never (none since start-up, or forgotten after peers.forget_after).",
+                ),
+                &["seen"],
             )?,
             handshakes_attempted: IntCounterVec::new(
                 Opts::new(
@@ -195,7 +230,7 @@ impl StateMetrics {
         })
     }
 
-    fn all(&self) -> [&dyn Collector; 16] {
+    fn all(&self) -> [&dyn Collector; 20] {
         [
             &self.build_info,
             &self.not_after,
@@ -204,6 +239,10 @@ impl StateMetrics {
             &self.bundle_info,
             &self.peer_not_after,
             &self.peer_last_handshake,
+            &self.peer_earliest_not_after,
+            &self.peer_earliest_info,
+            &self.peers_by_state,
+            &self.inventory_hosts,
             &self.handshakes_attempted,
             &self.handshakes_completed,
             &self.failures,
@@ -220,7 +259,8 @@ impl StateMetrics {
         self.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), RUSTLS_VERSION])
             .set(1);
-        let windows = state.expiry_windows();
+        let reporting = state.reporting();
+        let windows = reporting.expiry.windows;
         let generation = state.store.current();
         let identity = generation.identity();
         let cert = |domain: &str, kind: &str, facts: &CertFacts| {
@@ -266,14 +306,47 @@ impl StateMetrics {
                 }
             }
         }
-        for peer in state.peers.snapshot() {
-            if generation
-                .inventory()
-                .is_some_and(|inv| inv.host(&peer.host).is_some())
-            {
+        // The book only holds inventory hosts: a host leaving the
+        // inventory is forgotten when the reload that removes it applies.
+        let peers = state.peers.current(now, reporting.peers.forget_after);
+        let inventory = generation.inventory();
+        let summary = FleetSummary::of(
+            &peers,
+            inventory.map(|inv| inv.hosts().map(|h| h.name.as_str())),
+            identity.spec().host.as_deref(),
+            now,
+            windows,
+            reporting.peers.stale_after,
+        );
+        if let Some((host, facts)) = &summary.earliest {
+            self.peer_earliest_not_after
+                .with_label_values(&[] as &[&str])
+                .set(unix(facts.not_after));
+            self.peer_earliest_info
+                .with_label_values(&[host.as_str(), facts.serial_hex.as_str()])
+                .set(1);
+        }
+        for (state, count) in ExpiryState::ALL.iter().zip(summary.by_state) {
+            self.peers_by_state
+                .with_label_values(&[state.as_str()])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        if let Some(seen) = summary.seen {
+            for (label, count) in [
+                ("recent", seen.recent),
+                ("stale", seen.stale),
+                ("never", seen.never),
+            ] {
+                self.inventory_hosts
+                    .with_label_values(&[label])
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
+        }
+        if reporting.metrics.per_peer {
+            for peer in &peers {
                 self.peer_not_after
                     .with_label_values(&[peer.host.as_str()])
-                    .set(unix(peer.earliest_not_after));
+                    .set(unix(peer.earliest.not_after));
                 self.peer_last_handshake
                     .with_label_values(&[peer.host.as_str()])
                     .set(unix(peer.last_handshake));

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ExpiryConfig, ListenerConfig};
+use crate::config::{Config, ExpiryConfig, ListenerConfig, MetricsConfig, PeersConfig};
 use crate::connections::ConnectionRegistry;
 use crate::listener::{self, Lifecycle, ListenerStats};
 use crate::listener_context::ListenerContext;
@@ -38,11 +38,30 @@ pub struct DaemonState {
     /// Set once every listener accepts; cleared when draining starts.
     pub ready: AtomicBool,
     pub started_at: SystemTime,
-    expiry: Mutex<ExpiryConfig>,
+    reporting: Mutex<Reporting>,
     last_reload: Mutex<Option<(SystemTime, ReloadOutcome)>>,
     pub life: Lifecycle,
     accept_loops: TaskTracker,
     listeners: Mutex<BTreeMap<String, (SocketAddr, Arc<ListenerContext>)>>,
+}
+
+/// The settings that say what is reported about certificates and peers;
+/// all of them apply live, so the reloader replaces them as one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reporting {
+    pub expiry: ExpiryConfig,
+    pub metrics: MetricsConfig,
+    pub peers: PeersConfig,
+}
+
+impl Reporting {
+    pub fn of(config: &Config) -> Self {
+        Self {
+            expiry: config.expiry,
+            metrics: config.metrics,
+            peers: config.peers,
+        }
+    }
 }
 
 /// A listener's accept loop, as the reloader holds it.
@@ -60,7 +79,7 @@ impl DaemonState {
         connections: Arc<ConnectionRegistry>,
         metrics: prometheus::Registry,
         request_metrics: Arc<RequestMetrics>,
-        expiry: ExpiryConfig,
+        reporting: Reporting,
     ) -> Self {
         Self {
             store,
@@ -70,7 +89,7 @@ impl DaemonState {
             request_metrics,
             ready: AtomicBool::new(false),
             started_at: SystemTime::now(),
-            expiry: Mutex::new(expiry),
+            reporting: Mutex::new(reporting),
             last_reload: Mutex::new(None),
             life: Lifecycle {
                 stop_accepting: CancellationToken::new(),
@@ -127,11 +146,15 @@ impl DaemonState {
     }
 
     pub fn expiry_config(&self) -> ExpiryConfig {
-        *self.expiry.lock().unwrap_or_else(|p| p.into_inner())
+        self.reporting().expiry
     }
 
-    pub(crate) fn set_expiry_config(&self, config: ExpiryConfig) {
-        *self.expiry.lock().unwrap_or_else(|p| p.into_inner()) = config;
+    pub fn reporting(&self) -> Reporting {
+        *self.reporting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn set_reporting(&self, reporting: Reporting) {
+        *self.reporting.lock().unwrap_or_else(|p| p.into_inner()) = reporting;
     }
 
     pub(crate) fn record_reload(&self, outcome: &ReloadOutcome) {

@@ -144,7 +144,7 @@ pub fn status(state: &DaemonState) -> Status {
             .collect(),
         peers: state
             .peers
-            .snapshot()
+            .current(now, state.reporting().peers.forget_after)
             .into_iter()
             .map(|peer| Peer {
                 state: ExpiryState::of(&peer.latest, now, windows)
@@ -153,7 +153,7 @@ pub fn status(state: &DaemonState) -> Status {
                 host: peer.host,
                 roles: peer.roles,
                 last_handshake: time(peer.last_handshake),
-                cert_not_after: time(peer.earliest_not_after),
+                cert_not_after: time(peer.earliest.not_after),
                 cert_serial: peer.latest.serial_hex,
             })
             .collect(),

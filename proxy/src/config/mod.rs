@@ -63,6 +63,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub reload: ReloadConfig,
     pub expiry: ExpiryConfig,
+    pub metrics: MetricsConfig,
+    pub peers: PeersConfig,
     /// Every `[[inbound]]`, then every `[[outbound]]`, in file order.
     pub listeners: Vec<ListenerConfig>,
 }
@@ -92,6 +94,37 @@ pub struct ExpiryConfig {
     /// While a certificate stays in a warning state, its event repeats this
     /// often (a change of state is reported at once).
     pub repeat: Duration,
+}
+
+/// `[metrics]`: what `/metrics` exports beyond the fixed families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MetricsConfig {
+    /// Two series per peer host seen (`mtlsd_peer_cert_not_after_…`,
+    /// `mtlsd_peer_last_handshake_…`). Off by default: in a full mesh of
+    /// N hosts they add 2(N-1) series per host, N² across the fleet, and
+    /// the fleet summaries answer the same questions in ten.
+    pub per_peer: bool,
+}
+
+/// `[peers]`: how long what other hosts presented to us is remembered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeersConfig {
+    /// An inventory host with no handshake for this long counts as stale
+    /// (`mtlsd_inventory_hosts{seen="stale"}`).
+    pub stale_after: Duration,
+    /// A peer's record is dropped after this long without a handshake;
+    /// always longer than `stale_after`, so a host is stale before it is
+    /// forgotten.
+    pub forget_after: Duration,
+}
+
+impl Default for PeersConfig {
+    fn default() -> Self {
+        Self {
+            stale_after: Duration::from_secs(24 * 3600),
+            forget_after: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
 }
 
 /// `[reload]`: how changes are picked up.
@@ -391,6 +424,8 @@ pub enum Section {
     /// `reload.audit_log`: restart only.
     AuditLog,
     Expiry,
+    Metrics,
+    Peers,
     /// `runtime.*`: restart only.
     Runtime,
     /// `state_dir`: restart only.
@@ -422,6 +457,8 @@ impl fmt::Display for Section {
             Self::Reload => f.write_str("reload"),
             Self::AuditLog => f.write_str("reload.audit_log"),
             Self::Expiry => f.write_str("expiry"),
+            Self::Metrics => f.write_str("metrics"),
+            Self::Peers => f.write_str("peers"),
             Self::Runtime => f.write_str("runtime"),
             Self::StateDir => f.write_str("state_dir"),
             Self::Listener(name) => write!(f, "listener.{name}"),
@@ -443,6 +480,8 @@ impl std::str::FromStr for Section {
             "reload" => Self::Reload,
             "reload.audit_log" => Self::AuditLog,
             "expiry" => Self::Expiry,
+            "metrics" => Self::Metrics,
+            "peers" => Self::Peers,
             "runtime" => Self::Runtime,
             "state_dir" => Self::StateDir,
             _ => match text.split_once('.') {
@@ -642,6 +681,8 @@ impl Config {
         sections.insert(Section::Reload, fp(&reload));
         sections.insert(Section::AuditLog, fp(&self.reload.audit_log));
         sections.insert(Section::Expiry, fp(&self.expiry));
+        sections.insert(Section::Metrics, fp(&self.metrics));
+        sections.insert(Section::Peers, fp(&self.peers));
         sections.insert(Section::Runtime, fp(&self.worker_threads));
         sections.insert(Section::StateDir, fp(&self.state_dir));
         for listener in self.listeners() {

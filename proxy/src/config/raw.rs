@@ -21,6 +21,8 @@ pub(crate) struct RawConfig {
     pub(crate) shutdown: Option<RawShutdown>,
     pub(crate) reload: Option<RawReload>,
     pub(crate) expiry: Option<RawExpiry>,
+    pub(crate) metrics: Option<RawMetrics>,
+    pub(crate) peers: Option<RawPeers>,
     pub(crate) runtime: Option<RawRuntime>,
     pub(crate) state_dir: Option<String>,
     #[serde(default)]
@@ -87,6 +89,17 @@ pub(crate) struct RawExpiry {
     pub(crate) critical: Option<String>,
     pub(crate) check_interval: Option<String>,
     pub(crate) repeat: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawMetrics {
+    pub(crate) per_peer: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawPeers {
+    pub(crate) stale_after: Option<String>,
+    pub(crate) forget_after: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

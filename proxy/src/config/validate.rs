@@ -11,8 +11,9 @@ use super::raw::{OneOrMany, RawConfig, RawListener};
 use super::{
     AdminTls, CLI_ENV_VARS, ClientAuth, Config, ConfigError, ConfigProblem, CrlUnknownStatus,
     Direction, ENV_PREFIX, ExpiryConfig, HostPort, IdentityConfig, Inbound, InboundMode,
-    ListenerConfig, MethodPattern, Outbound, OutboundProtocol, Protocol, ReloadConfig, RouteRule,
-    ServerVerification, Side, Timeouts, TrustDomainConfig, Upstream,
+    ListenerConfig, MethodPattern, MetricsConfig, Outbound, OutboundProtocol, PeersConfig,
+    Protocol, ReloadConfig, RouteRule, ServerVerification, Side, Timeouts, TrustDomainConfig,
+    Upstream,
 };
 
 use super::DEFAULT_ADMIN_LISTEN;
@@ -287,6 +288,10 @@ impl Validator {
             .unwrap_or_default();
         let reload = self.reload(raw.reload.unwrap_or_default(), &state_dir);
         let expiry = self.expiry(raw.expiry.unwrap_or_default());
+        let metrics = MetricsConfig {
+            per_peer: raw.metrics.and_then(|m| m.per_peer).unwrap_or(false),
+        };
+        let peers = self.peers(raw.peers.unwrap_or_default());
         let listeners = self.listeners(raw.inbound, raw.outbound, &scope);
 
         Some(Config {
@@ -302,6 +307,8 @@ impl Validator {
             state_dir,
             reload,
             expiry,
+            metrics,
+            peers,
             listeners,
         })
     }
@@ -518,6 +525,35 @@ impl Validator {
                 Duration::from_secs(60),
             ),
             repeat: self.duration("expiry.repeat", raw.repeat, Duration::from_secs(24 * 3600)),
+        }
+    }
+
+    /// `[peers]`: `forget_after` must outlast `stale_after`, or a quiet
+    /// host would vanish from the counts instead of showing as stale.
+    fn peers(&mut self, raw: super::raw::RawPeers) -> PeersConfig {
+        let defaults = PeersConfig::default();
+        let stale_after = self.duration("peers.stale_after", raw.stale_after, defaults.stale_after);
+        let forget_after = self.duration(
+            "peers.forget_after",
+            raw.forget_after,
+            defaults.forget_after,
+        );
+        if stale_after.is_zero() {
+            self.problem("peers.stale_after", "must be longer than zero".to_owned());
+        }
+        if forget_after <= stale_after {
+            self.problem(
+                "peers.forget_after",
+                format!(
+                    "must be longer than peers.stale_after ({}): a quiet host is counted \
+                     as stale before its record is forgotten",
+                    humantime::format_duration(stale_after)
+                ),
+            );
+        }
+        PeersConfig {
+            stale_after,
+            forget_after,
         }
     }
 

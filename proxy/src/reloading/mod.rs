@@ -515,7 +515,8 @@ impl Reloader {
     fn finish(&mut self, outcome: &ReloadOutcome) {
         self.metrics.observe(outcome);
         self.state.record_reload(outcome);
-        self.state.set_expiry_config(self.config.expiry);
+        self.state
+            .set_reporting(crate::state::Reporting::of(&self.config));
         if let Some(inventory) = self.state.store.current().inventory() {
             self.state
                 .peers

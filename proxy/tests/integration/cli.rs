@@ -203,7 +203,8 @@ fn check_exit_codes_and_every_problem_listed() {
     // Config problems are listed with their keys.
     let bad = setup.pki.write(
         "bad.toml",
-        "[identity]\ncert = \"a\"\n[trust_domains.mesh]\n[[outbound]]\nname = \"o\"\nlisten = \"0.0.0.0:1\"\nupstream = \"x:1\"\n",
+        "[identity]\ncert = \"a\"\n[trust_domains.mesh]\n[[outbound]]\nname = \"o\"\nlisten = \"0.0.0.0:1\"\nupstream = \"x:1\"\n\
+         [peers]\nstale_after = \"2days\"\nforget_after = \"1day\"\n",
         0o600,
     );
     let (status, _, stderr) = run_to_end(
@@ -215,6 +216,7 @@ fn check_exit_codes_and_every_problem_listed() {
         "identity.key",
         "trust_domains.mesh.bundle",
         "outbound[0].listen",
+        "peers.forget_after: must be longer than peers.stale_after (2days)",
     ] {
         assert!(stderr.contains(key), "missing {key} in:\n{stderr}");
     }
@@ -735,6 +737,27 @@ fn check_compare_says_what_applies_live_and_what_needs_a_restart() {
             edits: edit("warning = \"21days\"", "warning = \"30days\""),
             code: 0,
             lines: vec!["live: config.expiry"],
+        },
+        Case {
+            what: "metrics.per_peer",
+            edits: edit("[tls]\n", "[metrics]\nper_peer = true\n\n[tls]\n"),
+            code: 0,
+            lines: vec!["live: config.metrics"],
+        },
+        Case {
+            what: "peers.stale_after",
+            edits: edit("[tls]\n", "[peers]\nstale_after = \"1h\"\n\n[tls]\n"),
+            code: 0,
+            lines: vec!["live: config.peers"],
+        },
+        Case {
+            what: "peers.forget_after not longer than stale_after",
+            edits: edit(
+                "[tls]\n",
+                "[peers]\nstale_after = \"2days\"\nforget_after = \"1day\"\n\n[tls]\n",
+            ),
+            code: 1,
+            lines: vec![],
         },
         Case {
             what: "trust_domains.mesh.version",

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use mtlsd::metrics::short_fingerprint;
 use mtlsd::reject::RejectReason;
+use mtlsd::reloading::{ReloadResult, Trigger};
 use mtlsd_devca::{CertificateAuthority, LeafSpec, OffsetDateTime};
 use mtlsd_expiry::CertFacts;
 
@@ -65,10 +66,15 @@ async fn metrics_carry_real_expiry_of_every_ca_and_peer_and_pass_promtool() {
     assert_eq!(
         metric(
             &before,
-            "mtlsd_peer_cert_not_after_timestamp_seconds",
-            &[("host", "api1")]
+            "mtlsd_peer_cert_earliest_not_after_timestamp_seconds",
+            &[]
         ),
         None
+    );
+    // api1 is the only other inventory host, and it has not talked to us.
+    assert_eq!(
+        metric(&before, "mtlsd_inventory_hosts", &[("seen", "never")]),
+        Some(1.0)
     );
 
     // api1 connects; a stranger is refused.
@@ -128,24 +134,37 @@ async fn metrics_carry_real_expiry_of_every_ca_and_peer_and_pass_promtool() {
         metric(&text, "mtlsd_cert_expiry_state", &ok_state),
         Some(1.0)
     );
+    // The fleet summaries name the peer; per-peer series are opt-in.
     let api1_facts = CertFacts::from_der(&api1.cert_der).unwrap();
     assert_eq!(
         metric(
             &text,
-            "mtlsd_peer_cert_not_after_timestamp_seconds",
-            &[("host", "api1")]
+            "mtlsd_peer_cert_earliest_not_after_timestamp_seconds",
+            &[]
         ),
         Some(api1_facts.not_after_unix() as f64)
     );
-    assert!(
+    assert_eq!(
         metric(
             &text,
-            "mtlsd_peer_last_handshake_timestamp_seconds",
-            &[("host", "api1")]
-        )
-        .unwrap()
-            > 1.7e9
+            "mtlsd_peer_cert_earliest_not_after_info",
+            &[("host", "api1"), ("serial", &api1_facts.serial_hex)]
+        ),
+        Some(1.0)
     );
+    assert_eq!(
+        metric(&text, "mtlsd_peers_by_expiry_state", &[("state", "ok")]),
+        Some(1.0)
+    );
+    for (seen, count) in [("recent", 1.0), ("stale", 0.0), ("never", 0.0)] {
+        assert_eq!(
+            metric(&text, "mtlsd_inventory_hosts", &[("seen", seen)]),
+            Some(count),
+            "{seen}"
+        );
+    }
+    assert!(!text.contains("mtlsd_peer_cert_not_after_timestamp_seconds{"));
+    assert!(!text.contains("mtlsd_peer_last_handshake_timestamp_seconds{"));
     // One admitted peer and one from an unknown CA: two attempts, one
     // completed; /status counts the same way.
     assert_eq!(
@@ -195,6 +214,119 @@ async fn metrics_carry_real_expiry_of_every_ca_and_peer_and_pass_promtool() {
         Some(1.0)
     );
     assert_eq!(metric(&text, "mtlsd_material_generation", &[]), Some(1.0));
+}
+
+/// `[metrics] per_peer` switches the per-peer series on at a reload; a
+/// peer that stops talking counts as stale after `peers.stale_after` and is
+/// forgotten (metrics and `/status`) after `peers.forget_after`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_peer_series_are_opt_in_and_quiet_peers_turn_stale_then_are_forgotten() {
+    let pki = Pki::new();
+    let echo = Echo::start().await;
+    let files = pki.host(
+        "server",
+        &LeafSpec::new("server", &["server.test", "localhost", "127.0.0.1"]),
+    );
+    let base = with_server_inventory(&pki, material_toml(&files, &pki.ca_file()))
+        + &inbound_toml("in", echo.addr, "");
+    let peers = "[peers]\nstale_after = \"2s\"\nforget_after = \"4s\"\n\n";
+    let (server, _) = start_daemon(&pki, "server.toml", &format!("{base}\n{peers}")).await;
+    let admin = server.admin_addr();
+    let addr = server.local_addr("in").unwrap();
+
+    let api1 = pki
+        .ca
+        .issue(&LeafSpec::new("api1", &["api1.test"]))
+        .unwrap();
+    let mut stream = tls_connect(addr, client_config(pki.ca.cert_der(), Some(&api1)))
+        .await
+        .unwrap();
+    assert_eq!(round_trip(&mut stream, b"hi").await.unwrap(), b"hi");
+    drop(stream);
+    let per_peer = |text: &str| {
+        metric(
+            text,
+            "mtlsd_peer_cert_not_after_timestamp_seconds",
+            &[("host", "api1")],
+        )
+    };
+    let (_, text) = http_get(admin, "/metrics").await;
+    assert_eq!(per_peer(&text), None, "per-peer series are off by default");
+    assert_eq!(
+        metric(&text, "mtlsd_inventory_hosts", &[("seen", "recent")]),
+        Some(1.0)
+    );
+
+    // Switched on by a reload, no restart.
+    pki.write(
+        "server.toml",
+        &format!("{base}\n{peers}[metrics]\nper_peer = true\n"),
+        0o600,
+    );
+    let outcome = server.reload(Trigger::Admin).await.unwrap();
+    assert_eq!(outcome.result, ReloadResult::Applied, "{outcome:?}");
+    let (_, text) = http_get(admin, "/metrics").await;
+    let api1_facts = CertFacts::from_der(&api1.cert_der).unwrap();
+    assert_eq!(per_peer(&text), Some(api1_facts.not_after_unix() as f64));
+    assert!(
+        metric(
+            &text,
+            "mtlsd_peer_last_handshake_timestamp_seconds",
+            &[("host", "api1")]
+        )
+        .is_some_and(|t| t > 1.7e9)
+    );
+    promtool_check_metrics(&text);
+
+    // Quiet for stale_after: stale, still listed.
+    let seen = |text: &str, label: &str| {
+        metric(text, "mtlsd_inventory_hosts", &[("seen", label)]).unwrap_or(-1.0)
+    };
+    let mut stale = String::new();
+    for _ in 0..60 {
+        let (_, text) = http_get(admin, "/metrics").await;
+        if seen(&text, "stale") == 1.0 {
+            stale = text;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen(&stale, "stale"), 1.0, "api1 never turned stale");
+    assert_eq!(seen(&stale, "recent"), 0.0);
+    assert!(per_peer(&stale).is_some());
+    let (_, status) = http_get(admin, "/status").await;
+    assert!(status.contains("\"api1\""), "{status}");
+
+    // Quiet for forget_after: forgotten everywhere.
+    let mut forgotten = String::new();
+    for _ in 0..60 {
+        let (_, text) = http_get(admin, "/metrics").await;
+        if seen(&text, "never") == 1.0 {
+            forgotten = text;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen(&forgotten, "never"), 1.0, "api1 never forgotten");
+    assert_eq!(per_peer(&forgotten), None);
+    assert_eq!(
+        metric(
+            &forgotten,
+            "mtlsd_peer_cert_earliest_not_after_timestamp_seconds",
+            &[]
+        ),
+        None
+    );
+    assert_eq!(
+        metric(
+            &forgotten,
+            "mtlsd_peers_by_expiry_state",
+            &[("state", "ok")]
+        ),
+        Some(0.0)
+    );
+    let (_, status) = http_get(admin, "/status").await;
+    assert!(!status.contains("\"api1\""), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
