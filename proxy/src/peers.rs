@@ -13,8 +13,8 @@
 //! hosts by how recently they were seen — so that the metrics a host
 //! exports do not grow with the fleet (per-peer series are opt-in).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use mtlsd_expiry::{CertFacts, ExpiryState, ExpiryWindows, Fingerprint};
@@ -42,7 +42,8 @@ pub struct PeerBook {
 
 #[derive(Debug)]
 struct HostRecord {
-    roles: Vec<String>,
+    /// The inventory's own (interned) set: no copy per handshake.
+    roles: Arc<BTreeSet<String>>,
     last_handshake: SystemTime,
     /// Every certificate seen in the window, with when it was last seen.
     certs: HashMap<Fingerprint, (CertFacts, SystemTime)>,
@@ -62,7 +63,7 @@ impl HostRecord {
             .unwrap_or_else(|| latest.clone());
         Some(PeerSeen {
             host: host.to_owned(),
-            roles: self.roles.clone(),
+            roles: self.roles.iter().cloned().collect(),
             last_handshake: self.last_handshake,
             earliest,
             latest,
@@ -80,19 +81,25 @@ impl PeerBook {
     /// Records a successful handshake with inventory host `host`. Clones
     /// only what changed: the same peer certificate on every handshake
     /// costs a lookup, not an allocation.
-    pub fn saw(&self, host: &str, roles: &[String], cert: &CertFacts, now: SystemTime) {
+    pub fn saw(
+        &self,
+        host: &str,
+        roles: &Arc<BTreeSet<String>>,
+        cert: &CertFacts,
+        now: SystemTime,
+    ) {
         let mut hosts = self.lock();
         let record = match hosts.get_mut(host) {
             Some(record) => record,
             None => hosts.entry(host.to_owned()).or_insert_with(|| HostRecord {
-                roles: roles.to_vec(),
+                roles: roles.clone(),
                 last_handshake: now,
                 certs: HashMap::new(),
                 latest: cert.fingerprint,
             }),
         };
-        if record.roles != roles {
-            record.roles = roles.to_vec();
+        if !Arc::ptr_eq(&record.roles, roles) {
+            record.roles = roles.clone();
         }
         record.last_handshake = now;
         record.latest = cert.fingerprint;
@@ -231,6 +238,10 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000) + DAY * days as u32
     }
 
+    fn no_roles() -> Arc<BTreeSet<String>> {
+        Arc::default()
+    }
+
     fn windows() -> ExpiryWindows {
         ExpiryWindows {
             warning: DAY * 21,
@@ -241,8 +252,8 @@ mod tests {
     #[test]
     fn forgets_quiet_hosts_and_keeps_recent_ones() {
         let book = PeerBook::default();
-        book.saw("a", &[], &cert(1, 90), at(0));
-        book.saw("b", &[], &cert(2, 90), at(5));
+        book.saw("a", &no_roles(), &cert(1, 90), at(0));
+        book.saw("b", &no_roles(), &cert(2, 90), at(5));
         let forget = DAY * 7;
         assert_eq!(book.current(at(6), forget).len(), 2);
         // a: 8 days quiet → forgotten; b: 3 days → kept.
@@ -258,23 +269,28 @@ mod tests {
     #[test]
     fn earliest_certificate_in_the_window_counts_until_it_leaves_it() {
         let book = PeerBook::default();
-        book.saw("a", &[], &cert(1, 10), at(0));
-        book.saw("a", &[], &cert(2, 90), at(0) + Duration::from_secs(60));
+        book.saw("a", &no_roles(), &cert(1, 10), at(0));
+        book.saw(
+            "a",
+            &no_roles(),
+            &cert(2, 90),
+            at(0) + Duration::from_secs(60),
+        );
         let peer = &book.current(at(0), DAY * 7)[0];
         assert_eq!(peer.earliest.serial_hex, "01");
         assert_eq!(peer.latest.serial_hex, "02");
         // Two days later the old certificate has not been seen for a day.
-        book.saw("a", &[], &cert(2, 90), at(2));
+        book.saw("a", &no_roles(), &cert(2, 90), at(2));
         assert_eq!(book.current(at(2), DAY * 7)[0].earliest.serial_hex, "02");
     }
 
     #[test]
     fn summary_counts_states_hosts_and_names_the_earliest() {
         let book = PeerBook::default();
-        book.saw("a", &[], &cert(1, 90), at(0)); // ok
-        book.saw("b", &[], &cert(2, 10), at(0)); // warning at day 0
-        book.saw("c", &[], &cert(3, 3), at(0)); // critical, earliest
-        book.saw("d", &[], &cert(4, 90), at(2)); // ok, seen later
+        book.saw("a", &no_roles(), &cert(1, 90), at(0)); // ok
+        book.saw("b", &no_roles(), &cert(2, 10), at(0)); // warning at day 0
+        book.saw("c", &no_roles(), &cert(3, 3), at(0)); // critical, earliest
+        book.saw("d", &no_roles(), &cert(4, 90), at(2)); // ok, seen later
         let now = at(2);
         let peers = book.current(now, DAY * 7);
         let inventory = ["a", "b", "c", "d", "e", "me"];

@@ -701,10 +701,7 @@ impl Config {
     /// always a typo that locks every peer out of that rule. One sentence
     /// each, naming the listener, the rule and the role.
     pub fn role_warnings(&self, inventory: &mtlsd_reload::RoleInventory) -> Vec<String> {
-        let held: BTreeSet<&str> = inventory
-            .hosts()
-            .flat_map(|h| h.roles.iter().map(String::as_str))
-            .collect();
+        let held = inventory.roles_held();
         let mut warnings = Vec::new();
         let mut check = |place: String, rule: &str, roles: &BTreeSet<String>| {
             for role in roles.iter().filter(|r| !held.contains(r.as_str())) {

@@ -273,10 +273,9 @@ fn record_peer(ctx: &Handshaker, identity: Option<&PeerIdentity>) {
     if let Some(identity) = identity
         && let Some(host) = &identity.host
     {
-        let roles: Vec<String> = host.roles.iter().cloned().collect();
         ctx.peers.saw(
             &host.name,
-            &roles,
+            &host.roles,
             &identity.facts,
             std::time::SystemTime::now(),
         );

@@ -51,19 +51,32 @@ use crate::refusal::Refusal;
 pub struct InventoryHost {
     pub name: String,
     pub sans: Vec<SubjectAltName>,
-    pub roles: BTreeSet<String>,
+    /// Shared by every host with the same roles: a fleet has a handful of
+    /// role sets and tens of thousands of hosts.
+    pub roles: Arc<BTreeSet<String>>,
 }
 
 /// A validated inventory.
+///
+/// Laid out for 50,000 hosts read on every host: the hosts in one vector
+/// sorted by name (looked up by binary search, compared with an old
+/// inventory in one merge pass), SANs mapped to a host's index rather than
+/// a copy of its name, role sets interned.
 #[derive(Debug)]
 pub struct RoleInventory {
     path: PathBuf,
     cluster: String,
-    hosts: BTreeMap<String, InventoryHost>,
-    by_san: HashMap<SubjectAltName, String>,
+    /// Sorted by name, names unique.
+    hosts: Vec<InventoryHost>,
+    by_san: HashMap<SubjectAltName, u32, foldhash::fast::RandomState>,
+    /// Every role some host holds.
+    roles_held: BTreeSet<String>,
     revoked: BTreeMap<String, RevokedSerial>,
     fingerprint: Fingerprint,
 }
+
+/// A role set as stored, and those of its roles that are not valid names.
+type InternedRoles = (Arc<BTreeSet<String>>, Vec<String>);
 
 /// How one revoked serial is listed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -184,9 +197,16 @@ impl RoleInventory {
             problems.push(problem("hosts", "lists no host".to_owned()));
         }
 
-        let mut hosts = BTreeMap::new();
-        let mut by_san: HashMap<SubjectAltName, String> = HashMap::new();
+        // raw.hosts is a BTreeMap: hosts arrive sorted by name, so the
+        // vector is sorted as built.
+        let mut hosts: Vec<InventoryHost> = Vec::with_capacity(raw.hosts.len());
+        let mut by_san: HashMap<SubjectAltName, u32, foldhash::fast::RandomState> =
+            HashMap::with_capacity_and_hasher(raw.hosts.len() * 2, Default::default());
+        // Role sets seen so far (sorted, deduplicated) with the roles of
+        // each that are not valid names.
+        let mut role_sets: HashMap<Vec<String>, InternedRoles> = HashMap::new();
         for (name, host) in raw.hosts {
+            let index = u32::try_from(hosts.len()).unwrap_or(u32::MAX);
             let field = |f: &str| format!("hosts.{name}.{f}");
             let mut sans = Vec::new();
             match host.sans {
@@ -196,18 +216,25 @@ impl RoleInventory {
                     "must name at least one SAN".to_owned(),
                 )),
                 Some(list) => {
+                    sans.reserve_exact(list.len());
                     for (i, text) in list.iter().enumerate() {
                         match parse_san(text) {
                             Ok(san) => {
-                                if let Some(other) = by_san.get(&san)
-                                    && other != &name
-                                {
-                                    problems.push(problem(
-                                        &format!("hosts.{name}.sans[{i}]"),
-                                        format!("{text:?} is also claimed by host '{other}'"),
-                                    ));
+                                match by_san.get(&san) {
+                                    Some(&other) if other != index => {
+                                        problems.push(problem(
+                                            &format!("hosts.{name}.sans[{i}]"),
+                                            format!(
+                                                "{text:?} is also claimed by host '{}'",
+                                                hosts[other as usize].name
+                                            ),
+                                        ));
+                                    }
+                                    Some(_) => {}
+                                    None => {
+                                        by_san.insert(san.clone(), index);
+                                    }
                                 }
-                                by_san.insert(san.clone(), name.clone());
                                 sans.push(san);
                             }
                             Err(reason) => problems.push(problem(
@@ -218,30 +245,39 @@ impl RoleInventory {
                     }
                 }
             }
-            let roles: BTreeSet<String> = host.roles.unwrap_or_default().into_iter().collect();
+            let mut roles = host.roles.unwrap_or_default();
+            roles.sort_unstable();
+            roles.dedup();
             if roles.is_empty() {
                 problems.push(problem(
                     &field("roles"),
                     "must name at least one role".to_owned(),
                 ));
             }
-            for role in &roles {
-                if !is_role_name(role) {
-                    problems.push(problem(
-                        &field("roles"),
-                        format!("{role:?}: roles use lowercase letters, digits, '-' and '_'"),
-                    ));
+            let (roles, bad) = match role_sets.get(roles.as_slice()) {
+                Some(known) => known,
+                None => {
+                    let bad = roles.iter().filter(|r| !is_role_name(r)).cloned().collect();
+                    let set = Arc::new(roles.iter().cloned().collect::<BTreeSet<_>>());
+                    role_sets.entry(roles).or_insert((set, bad))
                 }
+            };
+            for role in bad {
+                problems.push(problem(
+                    &field("roles"),
+                    format!("{role:?}: roles use lowercase letters, digits, '-' and '_'"),
+                ));
             }
-            hosts.insert(
-                name.clone(),
-                InventoryHost {
-                    name: name.clone(),
-                    sans,
-                    roles,
-                },
-            );
+            hosts.push(InventoryHost {
+                name,
+                sans,
+                roles: roles.clone(),
+            });
         }
+        let roles_held = role_sets
+            .values()
+            .flat_map(|(set, _)| set.iter().cloned())
+            .collect();
 
         let mut revoked: BTreeMap<String, RevokedSerial> = BTreeMap::new();
         for (i, entry) in raw.revoked.into_iter().enumerate() {
@@ -281,6 +317,7 @@ impl RoleInventory {
             cluster,
             hosts,
             by_san,
+            roles_held,
             revoked,
             fingerprint,
         })
@@ -294,12 +331,21 @@ impl RoleInventory {
         &self.cluster
     }
 
-    pub fn hosts(&self) -> impl Iterator<Item = &InventoryHost> {
-        self.hosts.values()
+    /// Every host, sorted by name.
+    pub fn hosts(&self) -> impl ExactSizeIterator<Item = &InventoryHost> {
+        self.hosts.iter()
     }
 
     pub fn host(&self, name: &str) -> Option<&InventoryHost> {
-        self.hosts.get(name)
+        self.hosts
+            .binary_search_by(|h| h.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.hosts[i])
+    }
+
+    /// Every role at least one host holds.
+    pub fn roles_held(&self) -> &BTreeSet<String> {
+        &self.roles_held
     }
 
     /// SHA-256 of the file as read.
@@ -332,18 +378,38 @@ impl RoleInventory {
     /// What changed from `old` to `self`.
     pub fn delta_from(&self, old: &RoleInventory) -> InventoryDelta {
         let mut delta = InventoryDelta::default();
-        for (name, host) in &self.hosts {
-            match old.hosts.get(name) {
-                None => delta.hosts_added += 1,
-                Some(before) if before != host => delta.hosts_changed += 1,
-                Some(_) => {}
+        // Both host lists are sorted by name: one merge pass.
+        let (mut new, mut old_hosts) = (self.hosts.iter().peekable(), old.hosts.iter().peekable());
+        loop {
+            match (new.peek(), old_hosts.peek()) {
+                (None, None) => break,
+                (Some(_), None) => {
+                    delta.hosts_added += new.len();
+                    break;
+                }
+                (None, Some(_)) => {
+                    delta.hosts_removed += old_hosts.len();
+                    break;
+                }
+                (Some(n), Some(o)) => match n.name.cmp(&o.name) {
+                    std::cmp::Ordering::Less => {
+                        delta.hosts_added += 1;
+                        new.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        delta.hosts_removed += 1;
+                        old_hosts.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if n != o {
+                            delta.hosts_changed += 1;
+                        }
+                        new.next();
+                        old_hosts.next();
+                    }
+                },
             }
         }
-        delta.hosts_removed = old
-            .hosts
-            .keys()
-            .filter(|name| !self.hosts.contains_key(*name))
-            .count();
         for (serial, listed) in &self.revoked {
             if old.revoked.get(serial) != Some(listed) {
                 delta.serials_revoked += 1;
@@ -368,16 +434,19 @@ impl RoleInventory {
         if self.is_revoked(&cert.serial_hex, issuer) {
             return Err(Refusal::Revoked);
         }
-        let matched: BTreeSet<&String> = cert
+        let matched: BTreeSet<u32> = cert
             .sans
             .iter()
-            .filter_map(|san| self.by_san.get(&normalize(san)))
+            .filter_map(|san| self.by_san.get(&normalize(san)).copied())
             .collect();
         let mut matched = matched.into_iter();
         match (matched.next(), matched.next()) {
             (None, _) => Err(Refusal::SanNotInInventory),
             (Some(_), Some(_)) => Err(Refusal::AmbiguousHost),
-            (Some(host), None) => self.hosts.get(host).ok_or(Refusal::SanNotInInventory),
+            (Some(host), None) => self
+                .hosts
+                .get(host as usize)
+                .ok_or(Refusal::SanNotInInventory),
         }
     }
 }
@@ -790,5 +859,72 @@ mod tests {
         let none = with_revoked(&dir, "");
         let delta = none.delta_from(&two);
         assert_eq!((delta.serials_revoked, delta.serials_unrevoked), (0, 1));
+    }
+
+    /// Hosts as the reload diff and the policy see them: looked up by
+    /// name, compared in one pass, role sets shared.
+    #[test]
+    fn hosts_are_found_compared_and_share_their_role_sets() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = |name: &str, roles: &str| {
+            format!("[hosts.{name}]\nsans = [\"DNS:{name}.test\"]\nroles = [{roles}]\n")
+        };
+        let one = RoleInventory::load(&write(
+            &dir,
+            "one.toml",
+            &format!(
+                "cluster = \"t\"\n{}{}{}{}",
+                host("a", "\"api\""),
+                host("b", "\"db\", \"api\""),
+                host("c", "\"api\", \"db\", \"api\""),
+                host("d", "\"api\""),
+            ),
+        ))
+        .unwrap();
+        // b and c hold the same set, written differently: one allocation.
+        let (b, c) = (one.host("b").unwrap(), one.host("c").unwrap());
+        assert!(Arc::ptr_eq(&b.roles, &c.roles));
+        assert!(!Arc::ptr_eq(&b.roles, &one.host("a").unwrap().roles));
+        assert_eq!(one.roles_held().iter().collect::<Vec<_>>(), ["api", "db"]);
+        assert!(one.host("e").is_none() && one.host("").is_none());
+        assert_eq!(
+            one.hosts().map(|h| h.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "c", "d"]
+        );
+        assert_eq!(
+            one.identify(&facts(&["c.test"], 9), None).map(|h| h.name.clone()),
+            Ok("c".to_owned())
+        );
+
+        // a removed, b's roles changed, c the same, d's SAN changed, e and
+        // f added (one before and one after every old name).
+        let two = RoleInventory::load(&write(
+            &dir,
+            "two.toml",
+            &format!(
+                "cluster = \"t\"\n{}{}{}{}{}",
+                host("b", "\"db\""),
+                host("c", "\"db\", \"api\""),
+                "[hosts.d]\nsans = [\"DNS:d2.test\"]\nroles = [\"api\"]\n",
+                host("e", "\"api\""),
+                host("0a", "\"api\""),
+            ),
+        ))
+        .unwrap();
+        assert_eq!(
+            two.delta_from(&one),
+            InventoryDelta {
+                hosts_added: 2,
+                hosts_removed: 1,
+                hosts_changed: 2,
+                ..InventoryDelta::default()
+            }
+        );
+        assert_eq!(one.delta_from(&one), InventoryDelta::default());
+        let back = one.delta_from(&two);
+        assert_eq!(
+            (back.hosts_added, back.hosts_removed, back.hosts_changed),
+            (1, 2, 2)
+        );
     }
 }
