@@ -892,7 +892,8 @@ mod tests {
             ["a", "b", "c", "d"]
         );
         assert_eq!(
-            one.identify(&facts(&["c.test"], 9), None).map(|h| h.name.clone()),
+            one.identify(&facts(&["c.test"], 9), None)
+                .map(|h| h.name.clone()),
             Ok("c".to_owned())
         );
 
