@@ -241,8 +241,10 @@ async fn measure(
     let inventory_bytes = std::fs::metadata(&fleet.inventory)?.len();
     let config = fleet.config(false)?;
 
+    // Whole processes on a shared 2-core machine: enough runs for a
+    // median that one slow start does not move.
     let mut checks = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..9 {
         let started = Instant::now();
         let out = std::process::Command::new(mtlsd)
             .args(["check", "--config"])
@@ -258,7 +260,7 @@ async fn measure(
     }
 
     let mut startups = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..5 {
         let started = Instant::now();
         let daemon = Daemon::start(mtlsd, &config)?;
         startups.push(started.elapsed());
@@ -296,18 +298,24 @@ async fn measure(
     let cpu_per_handshake_us =
         (procfs::cpu_seconds(&pid) - cpu_before) / params.handshakes.max(1) as f64 * 1e6;
 
-    let series_default = series_after_peers(&fleet, admin, addr, params.peers).await?;
     drop(daemon);
-    let per_peer = fleet.config(true)?;
-    let daemon = Daemon::start(mtlsd, &per_peer)?;
-    let series_per_peer = series_after_peers(
-        &fleet,
-        daemon.admin.context("no admin address")?,
-        daemon.addr("in")?,
-        params.peers,
-    )
-    .await?;
-    drop(daemon);
+    // Series on fresh daemons, one per setting, so the two counts differ
+    // only by the setting (a daemon that has reloaded also exports its
+    // reload counters). Peers are hosts 3, 7, 11, … of the inventory.
+    let peers = params.peers.min(hosts.saturating_sub(3).div_ceil(4));
+    let mut series = [0; 2];
+    for (slot, per_peer) in series.iter_mut().zip([false, true]) {
+        let config = fleet.config(per_peer)?;
+        let daemon = Daemon::start(mtlsd, &config)?;
+        *slot = series_after_peers(
+            &fleet,
+            daemon.admin.context("no admin address")?,
+            daemon.addr("in")?,
+            peers,
+        )
+        .await?;
+    }
+    let [series_default, series_per_peer] = series;
 
     Ok(serde_json::json!({
         "hosts": hosts,
@@ -322,6 +330,7 @@ async fn measure(
         "rss_after_last_reload_kib": rss_after_all,
         "rss_growth_over_reloads": rss_after_all as f64 / rss_after_first.max(1) as f64,
         "handshake_cpu_us": (cpu_per_handshake_us * 10.0).round() / 10.0,
+        "series_peers": peers,
         "series_per_peer_off": series_default,
         "series_per_peer_on": series_per_peer,
     }))
@@ -399,8 +408,18 @@ async fn http(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16
 
 /// The table of `report` as Markdown, for the results file.
 pub(crate) fn markdown(report: &serde_json::Value) -> String {
-    let mut out = String::from(
-        "| hosts | format | check | start-up | idle RSS | reload (changed) | reload (unchanged) | RSS after 1st / last reload | handshake CPU | series (per_peer off / on) |\n\
+    let mut out = format!(
+        "# mtlsd-bench fleet, {}\n\n\
+         {} revoked serials in every inventory; medians; RSS from procfs; one reload = \
+         `POST /reload` after the inventory file changed (\"unchanged\": nothing changed). \
+         Series: every sample `/metrics` exports after K distinct inventory hosts connected, \
+         fresh daemons with `[metrics] per_peer` off and on.\n\n",
+        report["date"].as_str().unwrap_or("-"),
+        report["revoked_serials"],
+    );
+    out.push_str(&goals(report));
+    out.push_str(
+        "| hosts | format | check | start-up | idle RSS | reload (changed) | reload (unchanged) | RSS after 1st / last reload | handshake CPU | series after K peers (K: per_peer off / on) |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for row in report["rows"].as_array().into_iter().flatten() {
@@ -411,7 +430,7 @@ pub(crate) fn markdown(report: &serde_json::Value) -> String {
             |v: &serde_json::Value| format!("{:.0} MB", v.as_f64().unwrap_or(f64::NAN) / 1024.0);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} / {} | {} µs | {} / {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} / {} | {} µs | {}: {} / {} |",
             row["hosts"],
             row["format"].as_str().unwrap_or("-"),
             ms(&row["check"]),
@@ -422,9 +441,74 @@ pub(crate) fn markdown(report: &serde_json::Value) -> String {
             mb(&row["rss_after_first_reload_kib"]),
             mb(&row["rss_after_last_reload_kib"]),
             row["handshake_cpu_us"],
+            row["series_peers"],
             row["series_per_peer_off"],
             row["series_per_peer_on"],
         );
     }
+    out
+}
+
+/// Issue 16's goals against the largest inventory of each format: check,
+/// start-up and a changing reload within 200 ms; at most 1 KB of idle RSS
+/// per host beyond the smallest inventory's; RSS after the last reload at
+/// most 1.2 times RSS after the first.
+fn goals(report: &serde_json::Value) -> String {
+    let rows: Vec<&serde_json::Value> = report["rows"].as_array().into_iter().flatten().collect();
+    let mut out =
+        String::from("| goal (largest inventory) | format | measured | met |\n|---|---|---|---|\n");
+    for format in ["toml", "yaml"] {
+        let of_format: Vec<&&serde_json::Value> =
+            rows.iter().filter(|r| r["format"] == format).collect();
+        let hosts = |r: &serde_json::Value| r["hosts"].as_f64().unwrap_or(0.0);
+        let (Some(big), Some(small)) = (
+            of_format
+                .iter()
+                .max_by(|a, b| hosts(a).total_cmp(&hosts(b))),
+            of_format
+                .iter()
+                .min_by(|a, b| hosts(a).total_cmp(&hosts(b))),
+        ) else {
+            continue;
+        };
+        let median = |key: &str| big[key]["median_ms"].as_f64().unwrap_or(f64::NAN);
+        let mut line = |goal: String, measured: String, met: bool| {
+            let _ = writeln!(
+                out,
+                "| {goal} | {format} | {measured} | {} |",
+                if met { "yes" } else { "**no**" }
+            );
+        };
+        for (key, what) in [
+            ("check", "check"),
+            ("startup", "start-up"),
+            ("reload_changed", "reload (changed)"),
+        ] {
+            let ms = median(key);
+            line(
+                format!("{what} of {} hosts ≤ 200 ms", hosts(big)),
+                format!("{ms:.0} ms"),
+                ms <= 200.0,
+            );
+        }
+        let kib = |r: &serde_json::Value, key: &str| r[key].as_f64().unwrap_or(f64::NAN);
+        let per_host = (kib(big, "rss_idle_kib") - kib(small, "rss_idle_kib"))
+            / (hosts(big) - hosts(small)).max(1.0);
+        line(
+            format!(
+                "idle RSS per host beyond the {}-host base ≤ 1 KB",
+                hosts(small)
+            ),
+            format!("{per_host:.2} KB"),
+            per_host <= 1.0,
+        );
+        let growth = big["rss_growth_over_reloads"].as_f64().unwrap_or(f64::NAN);
+        line(
+            "RSS after the last reload ≤ 1.2 × after the first".to_owned(),
+            format!("{growth:.2} ×"),
+            growth <= 1.2,
+        );
+    }
+    out.push('\n');
     out
 }

@@ -9,7 +9,9 @@
 //! from 167 MB to 657 MB over 16 reloads. With every build on the same
 //! thread, the memory a generation frees is what the next one reuses.
 //! (It also keeps the work off the runtime: with one worker, the
-//! default, a build there would stall every connection.)
+//! default, a build there would stall every connection.) The daemon now
+//! links mimalloc (see `main.rs`), which returns freed pages itself; one
+//! thread still means one build at a time and warm free lists for it.
 
 use std::sync::mpsc;
 
