@@ -37,7 +37,7 @@ pub use crl::{CrlUnknownStatus, LoadedCrl};
 pub use error::{CrlProblem, DerKind, FoundInstead, MaterialError, MaterialErrors};
 pub use generation::{Generation, MaterialSpec};
 pub use identity::{Identity, IdentitySpec};
-pub use inventory::{InventoryDelta, InventoryHost, RoleInventory};
+pub use inventory::{InventoryDelta, InventoryHost, InventoryReader, RoleInventory};
 pub use pem::{MIN_RSA_BITS, PemContents, parse_pem, read_pem, rsa_key_bits};
 pub use policy::{
     HandshakeReport, MethodPattern, PeerIdentity, PeerPolicy, Refusal, RequestDecision, RouteRule,

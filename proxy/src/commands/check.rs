@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::SystemTime;
 
-use mtlsd_reload::Generation;
+use mtlsd_reload::{Generation, InventoryReader};
 
 use super::out::{self, Level, outln};
 use crate::config::{Config, ConfigError};
@@ -20,6 +20,10 @@ use crate::reloading::{Applies, ItemChange};
 /// Exit code when the new configuration is valid but at least one
 /// difference from the running one needs a restart (as `mtlsd reload`).
 const RESTART_REQUIRED: u8 = 4;
+
+/// From this many hosts on, an inventory read by the general parser gets
+/// a hint: below it, the difference is a few milliseconds.
+const LARGE_INVENTORY: usize = 10_000;
 
 /// What `mtlsd check` checks beyond the configuration and its material.
 #[derive(Debug)]
@@ -110,6 +114,24 @@ pub(super) fn check(config_path: &Path, options: &Options) -> anyhow::Result<Exi
             bundle.cas().len(),
             bundle.version().unwrap_or("-"),
             bundle.fingerprint()
+        );
+    }
+    if let Some(inventory) = generation.inventory() {
+        outln!(
+            "  inventory  {}: {} host(s), {} revoked serial(s){}",
+            inventory.path().display(),
+            inventory.hosts().len(),
+            inventory.revoked_count(),
+            match inventory.read_by() {
+                InventoryReader::Canonical => "",
+                // Valid, but a 50,000-host file in this shape takes about
+                // 0.6 s and 235 MB to read instead of 0.1 s and 45 MB.
+                InventoryReader::General if inventory.hosts().len() >= LARGE_INVENTORY =>
+                    " (not in the shape the docs show, so read by the general parser: \
+                     several times slower and hungrier at this size; see \
+                     \"Large inventories\" in the configuration guide)",
+                InventoryReader::General => "",
+            }
         );
     }
     for listener in config.listeners() {

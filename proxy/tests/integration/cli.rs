@@ -229,6 +229,72 @@ fn check_exit_codes_and_every_problem_listed() {
     assert!(stderr.contains("/nonexistent/mtlsd.toml"), "{stderr}");
 }
 
+/// `check` names the inventory and, for a large one that is not in the
+/// canonical shape, says why it reads slowly; a small one gets no hint.
+#[test]
+fn check_says_when_a_large_inventory_is_read_by_the_general_parser() {
+    let setup = Setup::new();
+    let inventory = |hosts: usize, inline: bool| {
+        let mut text = String::from("cluster = \"big\"\n");
+        let host = |name: &str, sans: &str| {
+            if inline {
+                format!("{name} = {{ sans = [{sans}], roles = [\"api\"] }}\n")
+            } else {
+                format!("\n[hosts.{name}]\nsans = [{sans}]\nroles = [\"api\"]\n")
+            }
+        };
+        if inline {
+            text.push_str("[hosts]\n");
+        }
+        text.push_str(&host("host", "\"DNS:localhost\", \"IP:127.0.0.1\""));
+        for i in 1..hosts {
+            text.push_str(&host(&format!("h{i}"), &format!("\"DNS:h{i}.big.test\"")));
+        }
+        text
+    };
+    let check = |inventory: String| {
+        let text = with_inventory(
+            &setup.pki,
+            &inventory,
+            "host",
+            format!(
+                "{}[[inbound]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:9\"\nallow_roles = [\"api\"]\n",
+                material_toml(&setup.host, &setup.ca)
+            ),
+        );
+        let config = setup.pki.write("mtlsd.toml", &text, 0o600);
+        let (status, stdout, stderr) = run_to_end(
+            &["check", "--config", &config.display().to_string()],
+            Duration::from_secs(60),
+        );
+        assert_eq!(status.code(), Some(0), "{stderr}");
+        stdout
+            .lines()
+            .find(|line| line.starts_with("  inventory  "))
+            .unwrap_or_else(|| panic!("no inventory line in:\n{stdout}"))
+            .to_owned()
+    };
+    let hint = "read by the general parser";
+
+    let line = check(inventory(10_000, false));
+    assert!(
+        line.contains("inventory.toml: 10000 host(s), 0 revoked"),
+        "{line}"
+    );
+    assert!(!line.contains(hint), "{line}");
+
+    let line = check(inventory(10_000, true));
+    assert!(line.contains("10000 host(s)"), "{line}");
+    assert!(line.contains(hint), "{line}");
+    assert!(line.contains("Large inventories"), "{line}");
+
+    let line = check(inventory(10, true));
+    assert!(
+        line.contains("10 host(s)") && !line.contains(hint),
+        "{line}"
+    );
+}
+
 #[test]
 fn inspect_reports_facts_and_chain_status() {
     let setup = Setup::new();

@@ -73,6 +73,17 @@ pub struct RoleInventory {
     roles_held: BTreeSet<String>,
     revoked: BTreeMap<String, RevokedSerial>,
     fingerprint: Fingerprint,
+    read_by: InventoryReader,
+}
+
+/// Which reader read the file: the line reader for the canonical shape, or
+/// the general parser (valid, but several times slower and hungrier on a
+/// big file). `mtlsd check` says which, so an operator with a large
+/// hand-shaped inventory learns why it loads slowly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InventoryReader {
+    Canonical,
+    General,
 }
 
 /// A role set as stored, and those of its roles that are not valid names.
@@ -177,9 +188,13 @@ impl RoleInventory {
         let text = std::str::from_utf8(bytes)
             .map_err(|_| vec![problem("(file)", "is not UTF-8 text".to_owned())])?;
         let format = Format::of(path);
-        let (raw, unknown) = match canonical::read(text, format) {
-            Some(raw) => (raw, Vec::new()),
-            None => general(text, format).map_err(|reason| vec![problem("(file)", reason)])?,
+        let (raw, unknown, read_by) = match canonical::read(text, format) {
+            Some(raw) => (raw, Vec::new(), InventoryReader::Canonical),
+            None => {
+                let (raw, unknown) =
+                    general(text, format).map_err(|reason| vec![problem("(file)", reason)])?;
+                (raw, unknown, InventoryReader::General)
+            }
         };
 
         let mut problems: Vec<MaterialError> = unknown
@@ -320,6 +335,7 @@ impl RoleInventory {
             roles_held,
             revoked,
             fingerprint,
+            read_by,
         })
     }
 
@@ -349,6 +365,10 @@ impl RoleInventory {
     }
 
     /// SHA-256 of the file as read.
+    pub fn read_by(&self) -> InventoryReader {
+        self.read_by
+    }
+
     pub fn fingerprint(&self) -> Fingerprint {
         self.fingerprint
     }
@@ -613,6 +633,21 @@ mod tests {
             .issue(&LeafSpec::new("peer", sans).serial(serial))
             .unwrap();
         CertFacts::from_der(&leaf.cert_der).unwrap()
+    }
+
+    #[test]
+    fn says_which_reader_read_the_file_and_both_read_the_same() {
+        let canonical = "cluster = \"test\"\n\n[hosts.db1]\nsans = [\"DNS:db1.test\"]\nroles = [\"database\"]\n";
+        let inline = "cluster = \"test\"\n[hosts]\ndb1 = { sans = [\"DNS:db1.test\"], roles = [\"database\"] }\n";
+        let fast = RoleInventory::parse(Path::new("inv.toml"), canonical.as_bytes()).unwrap();
+        let slow = RoleInventory::parse(Path::new("inv.toml"), inline.as_bytes()).unwrap();
+        assert_eq!(fast.read_by(), InventoryReader::Canonical);
+        assert_eq!(slow.read_by(), InventoryReader::General);
+        let host = |inv: &RoleInventory| {
+            let h = inv.host("db1").unwrap();
+            (h.sans.clone(), h.roles.clone())
+        };
+        assert_eq!(host(&fast), host(&slow));
     }
 
     #[test]
