@@ -282,15 +282,19 @@ async fn per_peer_series_are_opt_in_and_quiet_peers_turn_stale_then_are_forgotte
     let seen = |text: &str, label: &str| {
         metric(text, "mtlsd_inventory_hosts", &[("seen", label)]).unwrap_or(-1.0)
     };
-    let mut stale = String::new();
-    for _ in 0..60 {
-        let (_, text) = http_get(admin, "/metrics").await;
-        if seen(&text, "stale") == 1.0 {
-            stale = text;
-            break;
+    // The last scrape within 6 s, as soon as one counts api1 as `label`.
+    let scrape_until_seen = |label: &'static str| async move {
+        let mut text = String::new();
+        for _ in 0..60 {
+            text = http_get(admin, "/metrics").await.1;
+            if seen(&text, label) == 1.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        text
+    };
+    let stale = scrape_until_seen("stale").await;
     assert_eq!(seen(&stale, "stale"), 1.0, "api1 never turned stale");
     assert_eq!(seen(&stale, "recent"), 0.0);
     assert!(per_peer(&stale).is_some());
@@ -298,15 +302,7 @@ async fn per_peer_series_are_opt_in_and_quiet_peers_turn_stale_then_are_forgotte
     assert!(status.contains("\"api1\""), "{status}");
 
     // Quiet for forget_after: forgotten everywhere.
-    let mut forgotten = String::new();
-    for _ in 0..60 {
-        let (_, text) = http_get(admin, "/metrics").await;
-        if seen(&text, "never") == 1.0 {
-            forgotten = text;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let forgotten = scrape_until_seen("never").await;
     assert_eq!(seen(&forgotten, "never"), 1.0, "api1 never forgotten");
     assert_eq!(per_peer(&forgotten), None);
     assert_eq!(
