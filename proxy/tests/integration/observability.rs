@@ -26,6 +26,25 @@ sans = ["DNS:api1.test"]
 roles = ["api"]
 "#;
 
+/// Inventory host api1 connects to `addr` and gets its bytes echoed.
+async fn connect_as_api1(
+    pki: &Pki,
+    addr: std::net::SocketAddr,
+) -> (
+    mtlsd_devca::IssuedCert,
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) {
+    let api1 = pki
+        .ca
+        .issue(&LeafSpec::new("api1", &["api1.test"]))
+        .unwrap();
+    let mut stream = tls_connect(addr, client_config(pki.ca.cert_der(), Some(&api1)))
+        .await
+        .unwrap();
+    assert_eq!(round_trip(&mut stream, b"hi").await.unwrap(), b"hi");
+    (api1, stream)
+}
+
 fn with_server_inventory(pki: &Pki, toml: String) -> String {
     with_inventory(pki, INVENTORY, "server", toml)
 }
@@ -78,14 +97,7 @@ async fn metrics_carry_real_expiry_of_every_ca_and_peer_and_pass_promtool() {
     );
 
     // api1 connects; a stranger is refused.
-    let api1 = pki
-        .ca
-        .issue(&LeafSpec::new("api1", &["api1.test"]))
-        .unwrap();
-    let mut stream = tls_connect(addr, client_config(pki.ca.cert_der(), Some(&api1)))
-        .await
-        .unwrap();
-    assert_eq!(round_trip(&mut stream, b"hi").await.unwrap(), b"hi");
+    let (api1, _held_open) = connect_as_api1(&pki, addr).await;
     let stranger = CertificateAuthority::new("stranger")
         .unwrap()
         .issue(&localhost_leaf("x"))
@@ -234,14 +246,7 @@ async fn per_peer_series_are_opt_in_and_quiet_peers_turn_stale_then_are_forgotte
     let admin = server.admin_addr();
     let addr = server.local_addr("in").unwrap();
 
-    let api1 = pki
-        .ca
-        .issue(&LeafSpec::new("api1", &["api1.test"]))
-        .unwrap();
-    let mut stream = tls_connect(addr, client_config(pki.ca.cert_der(), Some(&api1)))
-        .await
-        .unwrap();
-    assert_eq!(round_trip(&mut stream, b"hi").await.unwrap(), b"hi");
+    let (api1, stream) = connect_as_api1(&pki, addr).await;
     drop(stream);
     let per_peer = |text: &str| {
         metric(
