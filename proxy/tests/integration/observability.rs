@@ -430,14 +430,7 @@ async fn status_shows_a_live_daemon_and_says_when_none_runs() {
         .as_str()
         .unwrap()
         .to_owned();
-    let api1 = pki
-        .ca
-        .issue(&LeafSpec::new("api1", &["api1.test"]))
-        .unwrap();
-    let mut stream = tls_connect(addr, client_config(pki.ca.cert_der(), Some(&api1)))
-        .await
-        .unwrap();
-    assert_eq!(round_trip(&mut stream, b"x").await.unwrap(), b"x");
+    let (_, _held_open) = connect_as_api1(&pki, addr).await;
 
     // The report as served, read into the type the CLI reads it into:
     // nothing is dropped or changed on the way. Nothing moves between this
@@ -613,7 +606,18 @@ async fn a_reset_right_after_a_completed_handshake_is_no_failure_but_one_before_
     );
 
     for _ in 0..CLIENTS {
-        let tls = tls_connect(addr, client.clone()).await.unwrap();
+        // Without TCP_NODELAY, Nagle may still hold the client's Finished
+        // when the reset below discards the send queue: the server then
+        // rightly never sees a completed handshake (1 in 3 runs under load).
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let tls = tokio_rustls::TlsConnector::from(client.clone())
+            .connect(
+                rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
         let (tcp, session) = tls.get_ref();
         assert_eq!(
             session.protocol_version(),
@@ -627,7 +631,12 @@ async fn a_reset_right_after_a_completed_handshake_is_no_failure_but_one_before_
             && stats.handshakes() + stats.total_refusals() == CLIENTS
     })
     .await;
-    assert_eq!(stats.total_refusals(), 0);
+    let by_reason: Vec<(RejectReason, u64)> = RejectReason::ALL
+        .iter()
+        .map(|r| (*r, stats.refusals(*r)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(stats.total_refusals(), 0, "{by_reason:?}");
     assert_eq!(stats.handshakes(), CLIENTS);
 
     // Aborts before completion: a reset before any byte, and one in the
