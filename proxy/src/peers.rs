@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use mtlsd_expiry::{CertFacts, ExpiryState, ExpiryWindows, Fingerprint};
+use mtlsd_reload::{AuthUsage, CaDependence, Generation};
+use rustls_pki_types::CertificateDer;
 
 /// Certificates not seen for this long no longer count towards a host's
 /// earliest expiry (the host has rotated away from them).
@@ -49,6 +51,53 @@ struct HostRecord {
     certs: HashMap<Fingerprint, (CertFacts, SystemTime)>,
     /// Always a key of `certs`: it was seen at `last_handshake`.
     latest: Fingerprint,
+    /// The chain of the latest handshake that showed one, for CA
+    /// dependence (rotation readiness).
+    chain: Option<ChainRecord>,
+}
+
+/// A peer's latest chain and, once asked, which CAs it depends on.
+#[derive(Debug)]
+struct ChainRecord {
+    trust_domain: String,
+    usage: AuthUsage,
+    leaf_issuer: String,
+    chain: Arc<[CertificateDer<'static>]>,
+    /// The answer and the fingerprint of the bundle it was computed
+    /// against: a reload that changes the bundle makes it stale.
+    dependence: Option<(Fingerprint, CaDependence)>,
+}
+
+/// A stored chain whose dependence must be computed (again).
+struct ToJudge {
+    host: String,
+    /// Also tells, by pointer, whether it is still the stored chain once
+    /// the answer is in.
+    chain: Arc<[CertificateDer<'static>]>,
+    trust_domain: String,
+    usage: AuthUsage,
+}
+
+/// The chain a peer presented in one handshake, and how it was checked.
+#[derive(Debug, Clone, Copy)]
+pub struct PresentedChain<'a> {
+    pub trust_domain: &'a str,
+    /// What the peer's certificate was checked for: `Client` for peers
+    /// that connected to us, `Server` for those we connected to.
+    pub usage: AuthUsage,
+    pub chain: &'a [CertificateDer<'static>],
+}
+
+/// Where a peer stands in a CA rotation, as [`PeerBook::trust`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerTrust {
+    pub host: String,
+    pub last_handshake: SystemTime,
+    pub trust_domain: String,
+    /// The issuer name of the peer's latest leaf.
+    pub leaf_issuer: String,
+    /// Against the bundle in force; `None` when its trust domain is gone.
+    pub dependence: Option<CaDependence>,
 }
 
 impl HostRecord {
@@ -86,6 +135,7 @@ impl PeerBook {
         host: &str,
         roles: &Arc<BTreeSet<String>>,
         cert: &CertFacts,
+        presented: Option<PresentedChain<'_>>,
         now: SystemTime,
     ) {
         let mut hosts = self.lock();
@@ -96,8 +146,26 @@ impl PeerBook {
                 last_handshake: now,
                 certs: HashMap::new(),
                 latest: cert.fingerprint,
+                chain: None,
             }),
         };
+        if let Some(presented) = presented
+            // The same leaf may come with other intermediates (a
+            // cross-signed CA added): compare the whole chain.
+            && record.chain.as_ref().is_none_or(|c| {
+                *c.chain != *presented.chain
+                    || c.usage != presented.usage
+                    || c.trust_domain != presented.trust_domain
+            })
+        {
+            record.chain = Some(ChainRecord {
+                trust_domain: presented.trust_domain.to_owned(),
+                usage: presented.usage,
+                leaf_issuer: cert.issuer.clone(),
+                chain: presented.chain.into(),
+                dependence: None,
+            });
+        }
         if !Arc::ptr_eq(&record.roles, roles) {
             record.roles = roles.clone();
         }
@@ -132,6 +200,75 @@ impl PeerBook {
         drop(hosts);
         seen.sort_by(|a, b| a.host.cmp(&b.host));
         seen
+    }
+
+    /// Which CAs each recorded peer's latest chain depends on, against the
+    /// bundles of `generation`, sorted by host. Answers are cached per
+    /// chain and bundle; after a bundle change they are computed again
+    /// outside the lock, so handshakes are not held up meanwhile.
+    pub fn trust(&self, generation: &Generation, now: SystemTime) -> Vec<PeerTrust> {
+        let bundle_of = |domain: &str| generation.bundle(domain);
+        let stale: Vec<ToJudge> = self
+            .lock()
+            .iter()
+            .filter_map(|(host, record)| {
+                let c = record.chain.as_ref()?;
+                let bundle = bundle_of(&c.trust_domain)?;
+                let fresh = c
+                    .dependence
+                    .as_ref()
+                    .is_some_and(|(fp, _)| *fp == bundle.fingerprint());
+                (!fresh).then(|| ToJudge {
+                    host: host.clone(),
+                    chain: c.chain.clone(),
+                    trust_domain: c.trust_domain.clone(),
+                    usage: c.usage,
+                })
+            })
+            .collect();
+        let provider = mtlsd_reload::provider();
+        let computed: Vec<_> = stale
+            .into_iter()
+            .filter_map(|job| {
+                let bundle = bundle_of(&job.trust_domain)?;
+                let answer = bundle.dependence(&job.chain, job.usage, &provider, now);
+                Some((job.host, job.chain, (bundle.fingerprint(), answer)))
+            })
+            .collect();
+
+        let mut hosts = self.lock();
+        for (host, chain, answer) in computed {
+            // The peer may have shown another chain meanwhile.
+            if let Some(c) = hosts
+                .get_mut(&host)
+                .and_then(|r| r.chain.as_mut())
+                .filter(|c| Arc::ptr_eq(&c.chain, &chain))
+            {
+                c.dependence = Some(answer);
+            }
+        }
+        let mut trust: Vec<PeerTrust> = hosts
+            .iter()
+            .filter_map(|(host, record)| {
+                let c = record.chain.as_ref()?;
+                let dependence = bundle_of(&c.trust_domain).and_then(|bundle| {
+                    c.dependence
+                        .as_ref()
+                        .filter(|(fp, _)| *fp == bundle.fingerprint())
+                        .map(|(_, answer)| answer.clone())
+                });
+                Some(PeerTrust {
+                    host: host.clone(),
+                    last_handshake: record.last_handshake,
+                    trust_domain: c.trust_domain.clone(),
+                    leaf_issuer: c.leaf_issuer.clone(),
+                    dependence,
+                })
+            })
+            .collect();
+        drop(hosts);
+        trust.sort_by(|a, b| a.host.cmp(&b.host));
+        trust
     }
 
     /// Forgets hosts no longer in the inventory.
@@ -252,8 +389,8 @@ mod tests {
     #[test]
     fn forgets_quiet_hosts_and_keeps_recent_ones() {
         let book = PeerBook::default();
-        book.saw("a", &no_roles(), &cert(1, 90), at(0));
-        book.saw("b", &no_roles(), &cert(2, 90), at(5));
+        book.saw("a", &no_roles(), &cert(1, 90), None, at(0));
+        book.saw("b", &no_roles(), &cert(2, 90), None, at(5));
         let forget = DAY * 7;
         assert_eq!(book.current(at(6), forget).len(), 2);
         // a: 8 days quiet → forgotten; b: 3 days → kept.
@@ -269,28 +406,29 @@ mod tests {
     #[test]
     fn earliest_certificate_in_the_window_counts_until_it_leaves_it() {
         let book = PeerBook::default();
-        book.saw("a", &no_roles(), &cert(1, 10), at(0));
+        book.saw("a", &no_roles(), &cert(1, 10), None, at(0));
         book.saw(
             "a",
             &no_roles(),
             &cert(2, 90),
+            None,
             at(0) + Duration::from_secs(60),
         );
         let peer = &book.current(at(0), DAY * 7)[0];
         assert_eq!(peer.earliest.serial_hex, "01");
         assert_eq!(peer.latest.serial_hex, "02");
         // Two days later the old certificate has not been seen for a day.
-        book.saw("a", &no_roles(), &cert(2, 90), at(2));
+        book.saw("a", &no_roles(), &cert(2, 90), None, at(2));
         assert_eq!(book.current(at(2), DAY * 7)[0].earliest.serial_hex, "02");
     }
 
     #[test]
     fn summary_counts_states_hosts_and_names_the_earliest() {
         let book = PeerBook::default();
-        book.saw("a", &no_roles(), &cert(1, 90), at(0)); // ok
-        book.saw("b", &no_roles(), &cert(2, 10), at(0)); // warning at day 0
-        book.saw("c", &no_roles(), &cert(3, 3), at(0)); // critical, earliest
-        book.saw("d", &no_roles(), &cert(4, 90), at(2)); // ok, seen later
+        book.saw("a", &no_roles(), &cert(1, 90), None, at(0)); // ok
+        book.saw("b", &no_roles(), &cert(2, 10), None, at(0)); // warning at day 0
+        book.saw("c", &no_roles(), &cert(3, 3), None, at(0)); // critical, earliest
+        book.saw("d", &no_roles(), &cert(4, 90), None, at(2)); // ok, seen later
         let now = at(2);
         let peers = book.current(now, DAY * 7);
         let inventory = ["a", "b", "c", "d", "e", "me"];

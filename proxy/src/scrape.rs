@@ -66,6 +66,9 @@ struct StateMetrics {
     not_before: GaugeVec,
     expiry_state: IntGaugeVec,
     bundle_info: IntGaugeVec,
+    trust_ca_info: IntGaugeVec,
+    identity_depends_on_ca: IntGaugeVec,
+    peers_depending_on_ca: IntGaugeVec,
     peer_not_after: GaugeVec,
     peer_last_handshake: GaugeVec,
     peer_earliest_not_after: GaugeVec,
@@ -121,6 +124,27 @@ impl StateMetrics {
                     "Always 1; one series per loaded trust bundle with its fingerprint and operator-supplied version.",
                 ),
                 &["trust_domain", "fingerprint", "version"],
+            )?,
+            trust_ca_info: IntGaugeVec::new(
+                Opts::new(
+                    "mtlsd_trust_ca_info",
+                    "Always 1; one series per CA of each loaded trust bundle: ca_sha256 is the SHA-256 of the CA's DER in lowercase hex.",
+                ),
+                &["trust_domain", "ca_sha256", "subject"],
+            )?,
+            identity_depends_on_ca: IntGaugeVec::new(
+                Opts::new(
+                    "mtlsd_identity_depends_on_ca",
+                    "1 for each CA of its trust domain's bundle that this host's own chain would no longer verify without; summed over hosts: how many hosts removing that CA would cut off.",
+                ),
+                &["trust_domain", "ca_sha256"],
+            )?,
+            peers_depending_on_ca: IntGaugeVec::new(
+                Opts::new(
+                    "mtlsd_peers_depending_on_ca",
+                    "Inventory peers seen within peers.stale_after whose latest chain would no longer verify without this CA of the bundle (0 for a CA no such peer needs).",
+                ),
+                &["trust_domain", "ca_sha256"],
             )?,
             peer_not_after: GaugeVec::new(
                 Opts::new(
@@ -230,13 +254,16 @@ impl StateMetrics {
         })
     }
 
-    fn all(&self) -> [&dyn Collector; 20] {
+    fn all(&self) -> [&dyn Collector; 23] {
         [
             &self.build_info,
             &self.not_after,
             &self.not_before,
             &self.expiry_state,
             &self.bundle_info,
+            &self.trust_ca_info,
+            &self.identity_depends_on_ca,
+            &self.peers_depending_on_ca,
             &self.peer_not_after,
             &self.peer_last_handshake,
             &self.peer_earliest_not_after,
@@ -293,6 +320,13 @@ impl StateMetrics {
                 .set(1);
             for ca in bundle.cas() {
                 cert(domain, "ca", &ca.facts);
+                let ca_sha256 = ca.facts.fingerprint.to_hex();
+                self.trust_ca_info
+                    .with_label_values(&[domain.as_str(), &ca_sha256, &ca.facts.subject])
+                    .set(1);
+                self.peers_depending_on_ca
+                    .with_label_values(&[domain.as_str(), &ca_sha256])
+                    .set(0);
             }
             for crl in bundle.crls() {
                 if let Some(next_update) = crl.next_update() {
@@ -340,6 +374,23 @@ impl StateMetrics {
                 self.inventory_hosts
                     .with_label_values(&[label])
                     .set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
+        }
+        for ca in &generation.identity_dependence().depends_on {
+            self.identity_depends_on_ca
+                .with_label_values(&[identity.spec().trust_domain.as_str(), &ca.to_hex()])
+                .set(1);
+        }
+        // A peer counts once per CA it needs; one quiet for longer than
+        // stale_after is left to mtlsd_inventory_hosts{seen="stale"}.
+        let trust = state.peers.trust(&generation, now);
+        for peer in trust.iter().filter(|p| {
+            now.duration_since(p.last_handshake).unwrap_or_default() <= reporting.peers.stale_after
+        }) {
+            for ca in peer.dependence.iter().flat_map(|d| &d.depends_on) {
+                self.peers_depending_on_ca
+                    .with_label_values(&[peer.trust_domain.as_str(), &ca.to_hex()])
+                    .inc();
             }
         }
         if reporting.metrics.per_peer {

@@ -10,7 +10,9 @@ use mtlsd_expiry::{CertFacts, ExpiryState, ExpiryWindows};
 
 use crate::reject::RejectReason;
 use crate::state::DaemonState;
-use crate::status_report::{Cert, Crl, Inventory, LastReload, Listener, Peer, Status, TrustDomain};
+use crate::status_report::{
+    Cert, Crl, Inventory, LastReload, Listener, Peer, PeerTrust, Status, TrustDomain,
+};
 
 fn time(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
@@ -142,20 +144,48 @@ pub fn status(state: &DaemonState) -> Status {
                 }
             })
             .collect(),
-        peers: state
-            .peers
-            .current(now, state.reporting().peers.forget_after)
-            .into_iter()
-            .map(|peer| Peer {
-                state: ExpiryState::of(&peer.latest, now, windows)
-                    .as_str()
-                    .to_owned(),
-                host: peer.host,
-                roles: peer.roles,
-                last_handshake: time(peer.last_handshake),
-                cert_not_after: time(peer.earliest.not_after),
-                cert_serial: peer.latest.serial_hex,
-            })
+        peers: {
+            let peers = state
+                .peers
+                .current(now, state.reporting().peers.forget_after);
+            let mut trust: std::collections::HashMap<String, PeerTrust> = state
+                .peers
+                .trust(&generation, now)
+                .into_iter()
+                .map(|t| {
+                    let dependence = t.dependence.unwrap_or(mtlsd_reload::CaDependence {
+                        verifies: false,
+                        depends_on: Vec::new(),
+                    });
+                    let trust = PeerTrust {
+                        trust_domain: t.trust_domain,
+                        leaf_issuer: t.leaf_issuer,
+                        verifies: dependence.verifies,
+                        depends_on_ca: dependence.depends_on.iter().map(|f| f.to_hex()).collect(),
+                    };
+                    (t.host, trust)
+                })
+                .collect();
+            peers
+                .into_iter()
+                .map(|peer| Peer {
+                    trust: trust.remove(&peer.host),
+                    state: ExpiryState::of(&peer.latest, now, windows)
+                        .as_str()
+                        .to_owned(),
+                    host: peer.host,
+                    roles: peer.roles,
+                    last_handshake: time(peer.last_handshake),
+                    cert_not_after: time(peer.earliest.not_after),
+                    cert_serial: peer.latest.serial_hex,
+                })
+                .collect()
+        },
+        identity_depends_on_ca: generation
+            .identity_dependence()
+            .depends_on
+            .iter()
+            .map(|f| f.to_hex())
             .collect(),
     }
 }

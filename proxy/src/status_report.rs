@@ -39,6 +39,10 @@ pub struct Status {
     pub listeners: Vec<Listener>,
     #[serde(default)]
     pub peers: Vec<Peer>,
+    /// SHA-256 (lowercase hex) of each CA of its trust domain's bundle
+    /// this host's own chain would no longer verify without.
+    #[serde(default)]
+    pub identity_depends_on_ca: Vec<String>,
 }
 
 /// The last reload attempt: when, and what it did.
@@ -130,6 +134,23 @@ pub struct Peer {
     pub cert_serial: String,
     /// The expiry state of its latest certificate.
     pub state: String,
+    /// Where its latest chain stands against the bundle in force; absent
+    /// when no handshake since start-up kept the chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<PeerTrust>,
+}
+
+/// A peer's latest chain against its trust domain's bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerTrust {
+    pub trust_domain: String,
+    /// The issuer name of its latest leaf.
+    pub leaf_issuer: String,
+    /// The chain verifies against the bundle now in force.
+    pub verifies: bool,
+    /// SHA-256 (lowercase hex) of each CA of the bundle it would no
+    /// longer verify without.
+    pub depends_on_ca: Vec<String>,
 }
 
 #[cfg(test)]
@@ -250,7 +271,14 @@ mod tests {
                 cert_not_after: "2027-01-01T00:00:00Z".to_owned(),
                 cert_serial: "3c".to_owned(),
                 state: "warning".to_owned(),
+                trust: Some(PeerTrust {
+                    trust_domain: "mesh".to_owned(),
+                    leaf_issuer: "CN=mesh CA".to_owned(),
+                    verifies: true,
+                    depends_on_ca: vec!["cd".repeat(32)],
+                }),
             }],
+            identity_depends_on_ca: vec!["cd".repeat(32)],
         }
     }
 
@@ -310,6 +338,7 @@ mod tests {
             [
                 "generation",
                 "identity",
+                "identity_depends_on_ca",
                 "inventory",
                 "last_reload",
                 "listeners",
@@ -368,6 +397,10 @@ mod tests {
             json!({
                 "host": "api1", "roles": ["api"], "last_handshake": "2026-11-20T11:30:00Z",
                 "cert_not_after": "2027-01-01T00:00:00Z", "cert_serial": "3c", "state": "warning",
+                "trust": {
+                    "trust_domain": "mesh", "leaf_issuer": "CN=mesh CA", "verifies": true,
+                    "depends_on_ca": ["cd".repeat(32)],
+                },
             })
         );
 
@@ -377,7 +410,9 @@ mod tests {
         bare.inventory = None;
         bare.trust_domains[0].crls.clear();
         bare.identity.file = None;
+        bare.peers[0].trust = None;
         let value = serde_json::to_value(bare).unwrap();
+        assert!(value["peers"][0].get("trust").is_none());
         assert_eq!(value["last_reload"], serde_json::Value::Null);
         assert_eq!(value["inventory"], serde_json::Value::Null);
         assert!(value["trust_domains"][0].get("crls").is_none());

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 
 use mtlsd_expiry::Fingerprint;
 
+use crate::ca_dependence::CaDependence;
 use crate::error::{MaterialError, MaterialErrors};
 use crate::identity::{Identity, IdentitySpec, RequiredUsage};
 use crate::inventory::RoleInventory;
@@ -99,6 +100,28 @@ fn own_revocation(
         .map(|inv| own_listed(serial, inv))
 }
 
+/// The identity is used both ways; a leaf without the server usage is
+/// checked for the client one (the bundle is the same either way).
+fn identity_dependence(
+    identity: &Identity,
+    bundles: &BTreeMap<String, Arc<TrustBundle>>,
+    provider: &rustls::crypto::CryptoProvider,
+    now: SystemTime,
+) -> CaDependence {
+    let Some(bundle) = bundles.get(&identity.spec().trust_domain) else {
+        return CaDependence {
+            verifies: false,
+            depends_on: Vec::new(),
+        };
+    };
+    let usage = if identity.leaf().server_auth == Some(false) {
+        AuthUsage::Client
+    } else {
+        AuthUsage::Server
+    };
+    bundle.dependence(identity.chain(), usage, provider, now)
+}
+
 fn own_listed(serial: &str, inventory: &RoleInventory) -> String {
     format!(
         "this host's certificate (serial {serial}) is listed as revoked in the inventory {}",
@@ -117,6 +140,8 @@ pub struct Generation {
     inventory: Option<Arc<RoleInventory>>,
     policies: HashMap<String, Arc<UsePolicy>>,
     own_revocation: Option<String>,
+    /// Which CAs of its own domain's bundle this host's chain needs.
+    identity_dependence: CaDependence,
     servers: HashMap<String, Arc<ServerConfig>>,
     clients: HashMap<String, Arc<ClientConfig>>,
 }
@@ -221,6 +246,7 @@ impl Generation {
             inventory.as_deref(),
             now,
         );
+        let identity_dependence = identity_dependence(&identity, &bundles, &provider, now);
         let mut policies = HashMap::new();
         let mut servers = HashMap::new();
         let mut clients = HashMap::new();
@@ -280,9 +306,17 @@ impl Generation {
             inventory,
             policies,
             own_revocation,
+            identity_dependence,
             servers,
             clients,
         })
+    }
+
+    /// Which CAs of its trust domain's bundle this host's own chain cannot
+    /// do without: summed over the fleet, how many hosts removing a CA
+    /// would cut off.
+    pub fn identity_dependence(&self) -> &CaDependence {
+        &self.identity_dependence
     }
 
     /// Why this host's own certificate is revoked, if it is: listed in the

@@ -19,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+mod ca_dependence;
 mod crl;
 mod error;
 mod generation;
@@ -33,6 +34,7 @@ mod tls;
 mod trust;
 mod verify;
 
+pub use ca_dependence::CaDependence;
 pub use crl::{CrlUnknownStatus, LoadedCrl};
 pub use error::{CrlProblem, DerKind, FoundInstead, MaterialError, MaterialErrors};
 pub use generation::{Generation, MaterialSpec};

@@ -83,6 +83,13 @@ pub fn render(st: &Status) -> String {
         id.serial, id.not_after, id.state, id.sha256
     );
     let _ = writeln!(out, "          SANs {}", id.sans.join(", "));
+    if !st.identity_depends_on_ca.is_empty() {
+        let _ = writeln!(
+            out,
+            "          needs CA {}",
+            st.identity_depends_on_ca.join(", ")
+        );
+    }
     for domain in &st.trust_domains {
         let _ = writeln!(
             out,
@@ -94,8 +101,12 @@ pub fn render(st: &Status) -> String {
         for ca in &domain.cas {
             let _ = writeln!(
                 out,
-                "            CA {}  serial {}  expires {} ({})",
-                ca.subject, ca.serial, ca.not_after, ca.state
+                "            CA {}  serial {}  expires {} ({})  sha256 {}",
+                ca.subject,
+                ca.serial,
+                ca.not_after,
+                ca.state,
+                hex_of(&ca.sha256)
             );
         }
     }
@@ -147,14 +158,27 @@ pub fn render(st: &Status) -> String {
         "LAST HANDSHAKE".to_owned(),
         "CERT EXPIRES".to_owned(),
         "STATE".to_owned(),
+        "NEEDS CA".to_owned(),
     ]];
     for p in &st.peers {
+        let needs = match &p.trust {
+            None => "?".to_owned(),
+            Some(t) if !t.verifies => "none verifies it".to_owned(),
+            Some(t) if t.depends_on_ca.is_empty() => "-".to_owned(),
+            Some(t) => t
+                .depends_on_ca
+                .iter()
+                .map(|ca| ca.get(..SHORT_CA).unwrap_or(ca))
+                .collect::<Vec<_>>()
+                .join(","),
+        };
         rows.push(vec![
             p.host.clone(),
             p.roles.join(","),
             p.last_handshake.clone(),
             p.cert_not_after.clone(),
             p.state.clone(),
+            needs,
         ]);
     }
     out.push('\n');
@@ -164,6 +188,20 @@ pub fn render(st: &Status) -> String {
         out.push_str(&table(&rows));
     }
     out
+}
+
+/// CA fingerprints in the peer table: enough to tell a bundle's CAs
+/// apart (the CA lines above show them whole).
+const SHORT_CA: usize = 12;
+
+/// `AB:CD:…` (how certificate fingerprints are shown) as `abcd…`, the
+/// form metrics and `mtlsd rotation` use for CAs.
+pub(crate) fn hex_of(fingerprint: &str) -> String {
+    fingerprint
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase()
 }
 
 fn table(rows: &[Vec<String>]) -> String {

@@ -12,16 +12,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mtlsd_reload::{
-    Generation, HandshakeReport, MaterialStore, PeerIdentity, Stage, Verdict, observe,
+    AuthUsage, Generation, HandshakeReport, MaterialStore, PeerIdentity, Stage, Verdict, observe,
 };
 use rustls_pki_types::{CertificateDer, UnixTime};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
-use crate::config::{ListenerConfig, Outbound};
+use crate::config::{ListenerConfig, Outbound, Side};
 use crate::connections::{ConnectionRegistry, Registration};
 use crate::counting::{CountingIo, ListenerStats};
-use crate::peers::PeerBook;
+use crate::peers::{PeerBook, PresentedChain};
 use crate::reject::RejectReason;
 
 /// What a listener's TLS handshakes need, and nothing else: the material
@@ -103,7 +103,7 @@ pub async fn accept(
             // it met a reset (health checkers, `openssl s_time`). That is a
             // completed handshake, not a failure.
             ctx.stats.handshake_ok();
-            record_peer(ctx, report.admitted.as_ref());
+            record_peer(ctx, listener, report.admitted.as_ref(), None);
             tracing::debug!(listener = %listener.name, %peer, error = %e,
                 "handshake completed; the peer closed the connection right after");
             return None;
@@ -136,7 +136,7 @@ pub async fn accept(
         }
     };
     ctx.stats.handshake_ok();
-    record_peer(ctx, identity.as_ref());
+    record_peer(ctx, listener, identity.as_ref(), Some(&chain));
     match &identity {
         Some(id) => tracing::debug!(
             listener = %listener.name, %peer,
@@ -236,7 +236,7 @@ pub async fn handshake_over(
             match admitted(&generation, listener, &chain, report) {
                 Ok(identity) => {
                     ctx.stats.handshake_ok();
-                    record_peer(ctx, identity.as_ref());
+                    record_peer(ctx, listener, identity.as_ref(), Some(&chain));
                     Ok(tls)
                 }
                 Err(verdict) => {
@@ -268,15 +268,30 @@ pub async fn handshake_over(
     }
 }
 
-/// Notes a verified inventory host in the peer book.
-fn record_peer(ctx: &Handshaker, identity: Option<&PeerIdentity>) {
+/// Notes a verified inventory host in the peer book, with the chain it
+/// presented when the handshake's result still holds it.
+fn record_peer(
+    ctx: &Handshaker,
+    listener: &ListenerConfig,
+    identity: Option<&PeerIdentity>,
+    chain: Option<&[CertificateDer<'static>]>,
+) {
     if let Some(identity) = identity
         && let Some(host) = &identity.host
     {
+        let presented = chain.map(|chain| PresentedChain {
+            trust_domain: &listener.trust_domain,
+            usage: match listener.side {
+                Side::Inbound(_) => AuthUsage::Client,
+                Side::Outbound(_) => AuthUsage::Server,
+            },
+            chain,
+        });
         ctx.peers.saw(
             &host.name,
             &host.roles,
             &identity.facts,
+            presented,
             std::time::SystemTime::now(),
         );
     }

@@ -12,6 +12,7 @@ mod identity;
 mod mariadb;
 mod observability;
 mod reload;
+mod rotation;
 mod support;
 mod trust_changes;
 mod tunnel;
