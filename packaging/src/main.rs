@@ -153,6 +153,7 @@ mod tests {
             "man/mtlsd-reload.8",
             "man/mtlsd-inspect.8",
             "man/mtlsd-dev.8",
+            "man/mtlsd-rotation-check.8",
             "completions/mtlsd.bash",
             "completions/_mtlsd",
             "completions/mtlsd.fish",
@@ -163,7 +164,7 @@ mod tests {
                 "{expected} not in {names:?}"
             );
         }
-        assert_eq!(names.len(), 11, "{names:?}");
+        assert_eq!(names.len(), 12, "{names:?}");
         fs::remove_dir_all(&out).unwrap();
     }
 }

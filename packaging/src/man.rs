@@ -16,19 +16,14 @@ struct Item(&'static str, &'static str);
 pub(crate) fn pages(cmd: &clap::Command, date: &str) -> Vec<(String, String)> {
     let version = cmd.get_version().unwrap_or_default();
     let source = format!("mtlsd {version}");
-    let subcommands: Vec<&clap::Command> =
-        cmd.get_subcommands().filter(|s| !s.is_hide_set()).collect();
+    let subcommands = commands(cmd);
     let see_also: Vec<String> = std::iter::once("mtlsd".to_string())
-        .chain(
-            subcommands
-                .iter()
-                .map(|s| format!("mtlsd-{}", s.get_name())),
-        )
+        .chain(subcommands.iter().map(|(name, _)| format!("mtlsd-{name}")))
         .collect();
 
     let mut pages = Vec::new();
-    for (name, page_cmd) in
-        std::iter::once(("mtlsd", cmd)).chain(subcommands.iter().map(|s| (s.get_name(), *s)))
+    for (name, page_cmd) in std::iter::once(("mtlsd", cmd))
+        .chain(subcommands.iter().map(|(name, sub)| (name.as_str(), sub)))
     {
         let man = Man::new(page_cmd.clone())
             .title(page_title(name).to_uppercase())
@@ -92,6 +87,26 @@ fn single_preamble(page: &str) -> String {
         .collect()
 }
 
+/// The commands that get a page, by page name: a command with commands of
+/// its own (`mtlsd rotation check`) gets a page per inner command, named
+/// after both (`rotation-check`).
+fn commands(cmd: &clap::Command) -> Vec<(String, clap::Command)> {
+    let mut commands = Vec::new();
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let inner: Vec<&clap::Command> =
+            sub.get_subcommands().filter(|s| !s.is_hide_set()).collect();
+        if inner.is_empty() {
+            commands.push((sub.get_name().to_owned(), sub.clone()));
+        }
+        for nested in inner {
+            let name = format!("{}-{}", sub.get_name(), nested.get_name());
+            let bin = format!("mtlsd {} {}", sub.get_name(), nested.get_name());
+            commands.push((name, nested.clone().bin_name(bin)));
+        }
+    }
+    commands
+}
+
 fn page_title(name: &str) -> String {
     if name == "mtlsd" {
         name.to_string()
@@ -138,8 +153,18 @@ fn render(man: &Man, cmd: &clap::Command, name: &str, out: &mut Vec<u8>) -> std:
     if cmd.get_arguments().any(|a| !a.is_hide_set()) {
         man.render_options_section(out)?;
     }
-    if cmd.get_subcommands().any(|s| !s.is_hide_set()) {
-        man.render_subcommands_section(out)?;
+    let listed = commands(cmd);
+    if !listed.is_empty() {
+        // Ours, not clap_mangen's: it would list `rotation`, which has no
+        // page of its own.
+        let mut roff = Roff::default();
+        roff.control("SH", ["COMMANDS"]);
+        for (name, sub) in &listed {
+            roff.control("TP", []);
+            roff.text([bold(page_title(name)), roman("(8)")]);
+            roff.text([roman(summary(name, sub))]);
+        }
+        roff.to_writer(out)?;
     }
     Ok(())
 }
@@ -155,6 +180,7 @@ fn summary(name: &str, cmd: &clap::Command) -> String {
         "reload" => "make a running mtlsd reload now and wait for the outcome",
         "inspect" => "show what PEM files hold and whether certificates chain to a bundle",
         "dev" => "run mtlsd in development mode with a throw-away CA",
+        "rotation-check" => "tell whether a phase of a CA rotation is done on this host",
         _ => {
             let about = cmd.get_about().map(|a| a.to_string()).unwrap_or_default();
             let end = about.find([':', '.', '(']).unwrap_or(about.len());
@@ -240,7 +266,7 @@ fn extra_sections(name: &str) -> Vec<(&'static str, Vec<Item>)> {
                     Item("0", "Success."),
                     Item("1", "Failure; the reason is printed."),
                     Item("2", "The command line is wrong."),
-                    Item("3", "status or reload: no daemon answered."),
+                    Item("3", "status, reload or rotation check: no daemon answered."),
                     Item(
                         "4",
                         "reload: a changed setting needs a restart (the rest was applied).",
@@ -273,6 +299,23 @@ fn extra_sections(name: &str) -> Vec<(&'static str, Vec<Item>)> {
                 ],
             ),
         ],
+        "rotation-check" => vec![(
+            "EXIT STATUS",
+            vec![
+                Item("0", "The phase is done on this host."),
+                Item(
+                    "1",
+                    "Failure, or a question the daemon cannot answer; the reason is printed.",
+                ),
+                Item("3", "No daemon answered."),
+                Item("4", "Not done: each blocker is printed (a host and why)."),
+                Item(
+                    "5",
+                    "Nothing known blocks, but hosts this host should talk to were not seen \
+                     within peers.stale_after; --allow-unknown accepts that.",
+                ),
+            ],
+        )],
         "status" => vec![(
             "EXIT STATUS",
             vec![
@@ -379,6 +422,7 @@ mod tests {
                 "mtlsd-status.8",
                 "mtlsd-check.8",
                 "mtlsd-reload.8",
+                "mtlsd-rotation-check.8",
                 "mtlsd-inspect.8",
                 "mtlsd-dev.8"
             ]
@@ -406,8 +450,20 @@ mod tests {
     #[test]
     fn the_main_page_lists_every_command_and_the_files() {
         let (_, page) = all().remove(0);
-        for sub in ["run", "status", "check", "reload", "inspect", "dev"] {
-            assert!(page.contains(&format!("mtlsd\\-{sub}(8)")), "{sub}: {page}");
+        for sub in [
+            "run",
+            "status",
+            "check",
+            "reload",
+            "rotation\\-check",
+            "inspect",
+            "dev",
+        ] {
+            let commands = page.split(".SH COMMANDS").nth(1).unwrap_or_default();
+            assert!(
+                commands.contains(&format!("\\fBmtlsd\\-{sub}\\fR(8)")),
+                "{sub}: {page}"
+            );
         }
         assert!(page.contains("/etc/mtlsd/mtlsd.toml"));
         assert!(page.contains(".SH ENVIRONMENT"));

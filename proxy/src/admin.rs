@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::reloading::{ReloadRequest, ReloadResult, Trigger};
+use crate::rotation_report::Phase;
 use crate::state::DaemonState;
 
 #[derive(Debug, Clone)]
@@ -147,11 +148,48 @@ async fn handle(
         (&Method::GET, "/metrics") => metrics(&state),
         (&Method::GET, "/status") => json(StatusCode::OK, &crate::status::status(&state.daemon)),
         (&Method::POST, "/reload") => reload(&state).await,
-        (_, "/healthz" | "/readyz" | "/metrics" | "/status" | "/reload") => {
+        (&Method::GET, "/rotation") => rotation(&state, request.uri().query().unwrap_or("")),
+        (_, "/healthz" | "/readyz" | "/metrics" | "/status" | "/reload" | "/rotation") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     })
+}
+
+/// `GET /rotation?phase=add-ca|reissue|remove-ca&ca=SHA256[&trust_domain=NAME]`.
+fn rotation(state: &AdminState, query: &str) -> Reply {
+    let mut phase = None;
+    let mut ca = None;
+    let mut domain = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("phase", v)) => phase = Some(v),
+            Some(("ca", v)) => ca = Some(v),
+            Some(("trust_domain", v)) => domain = Some(v),
+            _ => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("unknown query parameter '{pair}'\n"),
+                );
+            }
+        }
+    }
+    let Some(phase) = phase.and_then(Phase::parse) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "phase: one of add-ca, reissue, remove-ca is required\n",
+        );
+    };
+    let Some(ca) = ca else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "ca: the CA's SHA-256 is required\n",
+        );
+    };
+    match crate::rotation::check(&state.daemon, phase, ca, domain) {
+        Ok(answer) => json(StatusCode::OK, &answer),
+        Err(e) => text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+    }
 }
 
 fn metrics(state: &AdminState) -> Reply {

@@ -33,6 +33,8 @@ pub mod reject;
 pub mod relay;
 pub mod reload_report;
 pub mod reloading;
+pub mod rotation;
+pub mod rotation_report;
 pub mod scrape;
 pub mod state;
 pub mod status;

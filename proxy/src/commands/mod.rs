@@ -6,6 +6,7 @@ mod dev;
 mod inspect;
 pub mod out;
 mod reload;
+mod rotation;
 mod run;
 pub mod status;
 
@@ -119,6 +120,11 @@ pub enum Command {
         #[arg(long, short, env = "MTLSD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// CA rotation readiness of this host, from the running daemon.
+    Rotation {
+        #[command(subcommand)]
+        command: RotationCommand,
+    },
     /// Show what PEM files hold and whether their certificates chain to a
     /// bundle.
     Inspect {
@@ -142,6 +148,42 @@ pub enum Command {
         /// Throw away the existing dev CA and start over.
         #[arg(long)]
         fresh: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RotationCommand {
+    /// Is this phase of a CA rotation done on this host? add-ca: the new CA
+    /// is in the bundle. reissue: this host's certificate no longer needs
+    /// the old CA. remove-ca: neither this host nor any peer it talks to
+    /// needs the old CA. Exit 0 done, 4 blocked (each blocker listed), 5
+    /// only hosts not seen recently stand in the way, 3 no daemon answered.
+    Check {
+        /// The rotation phase.
+        #[arg(long, value_enum)]
+        phase: crate::rotation_report::Phase,
+        /// The CA's SHA-256 (`mtlsd status` prints it per CA; colons
+        /// allowed) or a unique prefix of 8+ hex digits: the new CA for
+        /// add-ca, the old one for reissue and remove-ca.
+        #[arg(long)]
+        ca: String,
+        /// The trust domain (default: the one whose bundle holds the CA, or
+        /// this host's own).
+        #[arg(long)]
+        trust_domain: Option<String>,
+        /// Accept inventory hosts this host should talk to but has not seen
+        /// within peers.stale_after (e.g. a host that is being retired).
+        #[arg(long)]
+        allow_unknown: bool,
+        /// Print the daemon's JSON answer instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Admin address of the daemon (default: admin.listen from the config).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// Configuration file, read only to find the admin address.
+        #[arg(long, short, env = "MTLSD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
     },
 }
 
@@ -171,6 +213,27 @@ pub async fn dispatch(cli: Cli, prepared: Prepared) -> anyhow::Result<ExitCode> 
             config,
             json,
         } => status::status(admin, &config, json).await,
+        Command::Rotation {
+            command:
+                RotationCommand::Check {
+                    phase,
+                    ca,
+                    trust_domain,
+                    allow_unknown,
+                    json,
+                    admin,
+                    config,
+                },
+        } => {
+            let question = rotation::Question {
+                phase,
+                ca: &ca,
+                trust_domain: trust_domain.as_deref(),
+                allow_unknown,
+                json,
+            };
+            rotation::check(admin, &config, &question).await
+        }
         Command::Inspect { files, bundle } => inspect::inspect(&files, &bundle),
         Command::Dev {
             state_dir,

@@ -194,3 +194,190 @@ async fn dependence_on_each_ca_follows_peers_and_bundle_through_a_rotation() {
     assert_eq!(per_ca(&text, "mtlsd_trust_ca_info", &new_hex), None);
     promtool_check_metrics(&text);
 }
+
+/// Runs `mtlsd rotation check ARGS` against the daemon at `admin`.
+async fn rotation_check(
+    admin: std::net::SocketAddr,
+    config: &std::path::Path,
+    args: &[&str],
+) -> (Option<i32>, String, String) {
+    let mut all: Vec<String> = [
+        "rotation",
+        "check",
+        "--admin",
+        &admin.to_string(),
+        "--config",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    all.push(config.display().to_string());
+    all.extend(args.iter().map(|s| s.to_string()));
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = all.iter().map(String::as_str).collect();
+        let (status, stdout, stderr) =
+            crate::support::process::run_to_end(&args, std::time::Duration::from_secs(20));
+        (status.code(), stdout, stderr)
+    })
+    .await
+    .unwrap()
+}
+
+/// `mtlsd rotation check` through the three phases, from the outside:
+/// each phase is refused with its blockers until it is done here, hosts
+/// this host should talk to but has not seen block remove-ca unless
+/// accepted, and bad questions are answered with what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_check_walks_the_three_phases_and_names_what_blocks_each() {
+    let pki = Pki::new();
+    let echo = Echo::start().await;
+    let old = &pki.ca;
+    let new = CertificateAuthority::new("new mesh CA").unwrap();
+    let (old_hex, new_hex) = (hex(old), hex(&new));
+    let bundle = pki.write("bundle.pem", old.cert_pem(), 0o644);
+    let server_leaf = LeafSpec::new("server", &["server.test", "localhost", "127.0.0.1"]);
+    let files = pki.host("server", &server_leaf);
+    let toml = with_inventory(&pki, INVENTORY, "server", material_toml(&files, &bundle))
+        + &inbound_toml("in", echo.addr, "allow_roles = [\"api\"]");
+    let (server, _) = start_daemon(&pki, "server.toml", &toml).await;
+    let config = pki.path("server.toml");
+    let admin = server.admin_addr();
+    let addr = server.local_addr("in").unwrap();
+    let reload = || async {
+        let outcome = server.reload(Trigger::Admin).await.unwrap();
+        assert_eq!(outcome.result, ReloadResult::Applied, "{outcome:?}");
+    };
+
+    // Phase 1, add-ca: blocked until the bundle holds the new CA.
+    let (code, out, err) =
+        rotation_check(admin, &config, &["--phase", "add-ca", "--ca", &new_hex]).await;
+    assert_eq!(code, Some(4), "{out}{err}");
+    assert!(
+        out.contains("server: add-ca of CA") && out.contains("NOT done"),
+        "{out}"
+    );
+    assert!(out.contains("does not hold this CA yet"), "{out}");
+    std::fs::write(&bundle, format!("{}{}", old.cert_pem(), new.cert_pem())).unwrap();
+    reload().await;
+    // A prefix names a CA the bundle holds; colons and case do not matter.
+    let (code, out, _) = rotation_check(
+        admin,
+        &config,
+        &["--phase", "add-ca", "--ca", &new_hex[..12]],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!("{new_hex} (CN=new mesh CA")) && out.contains(": done"),
+        "{out}"
+    );
+
+    // Phase 2, reissue: this host's own leaf is still from the old CA.
+    let (code, out, _) =
+        rotation_check(admin, &config, &["--phase", "reissue", "--ca", &old_hex]).await;
+    assert_eq!(code, Some(4), "{out}");
+    assert!(
+        out.contains("blocker: server: this host's certificate"),
+        "{out}"
+    );
+
+    // remove-ca now: this host, api1 (old leaf) and api2 (never seen).
+    let api1_old = old.issue(&LeafSpec::new("api1", &["api1.test"])).unwrap();
+    connect_as(addr, old, &api1_old, &[]).await;
+    let (code, out, _) = rotation_check(
+        admin,
+        &config,
+        &["--phase", "remove-ca", "--ca", &old_hex, "--json"],
+    )
+    .await;
+    assert_eq!(code, Some(4), "{out}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let blocked: Vec<&str> = answer["blockers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["host"].as_str().unwrap_or("(self)"))
+        .collect();
+    assert_eq!(blocked, ["(self)", "api1"], "{answer}");
+    assert_eq!(answer["unknown"][0]["host"], "api2", "{answer}");
+    assert_eq!(answer["unknown"][0]["seen"], "never", "{answer}");
+    assert_eq!(answer["done"], false);
+
+    // This host is re-issued from the new CA: reissue is done.
+    let reissued = new.issue(&server_leaf).unwrap();
+    std::fs::write(&files.cert, &reissued.cert_pem).unwrap();
+    std::fs::write(&files.key, &reissued.key_pem).unwrap();
+    reload().await;
+    let (code, out, _) =
+        rotation_check(admin, &config, &["--phase", "reissue", "--ca", &old_hex]).await;
+    assert_eq!(code, Some(0), "{out}");
+
+    // api1 is re-issued and reconnects: only the unseen api2 is left, which
+    // the operator may accept.
+    let api1_new = new.issue(&LeafSpec::new("api1", &["api1.test"])).unwrap();
+    connect_as(addr, &new, &api1_new, &[]).await;
+    let remove = ["--phase", "remove-ca", "--ca", &old_hex];
+    let (code, out, _) = rotation_check(admin, &config, &remove).await;
+    assert_eq!(code, Some(5), "{out}");
+    assert!(out.contains("unknown: api2: never"), "{out}");
+    assert!(!out.contains("blocker"), "{out}");
+    let (code, out, _) = rotation_check(
+        admin,
+        &config,
+        &[&remove[..], &["--allow-unknown"]].concat(),
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("accepting 1 host(s) not seen recently"),
+        "{out}"
+    );
+
+    // api2 shows up with a new leaf: done without any override.
+    let api2_new = new.issue(&LeafSpec::new("api2", &["api2.test"])).unwrap();
+    connect_as(addr, &new, &api2_new, &[]).await;
+    let (code, out, _) = rotation_check(admin, &config, &remove).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.trim_end().ends_with(": done"), "{out}");
+
+    // Bad questions: exit 1 with what is wrong; no daemon: exit 3.
+    let (code, _, err) =
+        rotation_check(admin, &config, &["--phase", "reissue", "--ca", "xyz"]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--ca 'xyz'"), "{err}");
+    let (code, _, err) = rotation_check(
+        admin,
+        &config,
+        &["--phase", "remove-ca", "--ca", "0123456789"],
+    )
+    .await;
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("no CA of this host's bundles starts with '0123456789'"),
+        "{err}"
+    );
+    let (code, _, err) = rotation_check(
+        admin,
+        &config,
+        &[
+            "--phase",
+            "reissue",
+            "--ca",
+            &old_hex,
+            "--trust-domain",
+            "nope",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("trust_domain: 'nope' is not a trust domain"),
+        "{err}"
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (code, _, _) = rotation_check(closed, &config, &remove).await;
+    assert_eq!(code, Some(3));
+}

@@ -365,6 +365,13 @@ impl RoleInventory {
     }
 
     /// SHA-256 of the file as read.
+    /// The host that lists `san` (DNS names compared without case and
+    /// trailing dot), if any.
+    pub fn host_with_san(&self, san: &SubjectAltName) -> Option<&InventoryHost> {
+        let index = *self.by_san.get(&normalize(san))?;
+        self.hosts.get(index as usize)
+    }
+
     pub fn read_by(&self) -> InventoryReader {
         self.read_by
     }
@@ -931,6 +938,9 @@ mod tests {
                 .map(|h| h.name.clone()),
             Ok("c".to_owned())
         );
+        let by_san = |san: SubjectAltName| one.host_with_san(&san).map(|h| h.name.as_str());
+        assert_eq!(by_san(SubjectAltName::Dns("D.Test.".to_owned())), Some("d"));
+        assert_eq!(by_san(SubjectAltName::Dns("x.test".to_owned())), None);
 
         // a removed, b's roles changed, c the same, d's SAN changed, e and
         // f added (one before and one after every old name).
