@@ -52,12 +52,19 @@ for page in "$here"/*.md; do
         while [ "$i" -lt "${#words[@]}" ] && [[ "${words[$i]}" == *=* ]]; do i=$((i + 1)); done
         [ "${words[$i]:-}" = mtlsd ] || continue
         sub="${words[$((i + 1))]:-}"
-        if ! help="$("$bin" "$sub" --help 2>&1)"; then
+        first=$((i + 2))
+        # A command with commands of its own: `mtlsd rotation check …`.
+        if [ "$sub" = rotation ]; then
+            sub="$sub ${words[$first]:-}"
+            first=$((first + 1))
+        fi
+        # shellcheck disable=SC2086 # $sub is one or two words on purpose
+        if ! help="$("$bin" $sub --help 2>&1)"; then
             fail "$(basename "$page"): unknown subcommand in: $line"
             continue
         fi
         ok=1
-        for word in "${words[@]:$((i + 2))}"; do
+        for word in "${words[@]:$first}"; do
             case "$word" in
             --*)
                 option="${word%%=*}"
