@@ -114,7 +114,7 @@ fn verifies(
 
 #[cfg(test)]
 mod tests {
-    use mtlsd_devca::{CertificateAuthority, LeafSpec};
+    use mtlsd_devca::{CertificateAuthority, LeafSpec, LeafUsage};
 
     use super::*;
     use crate::crl::CrlUnknownStatus;
@@ -218,6 +218,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let only_old = bundle(&dir, &[&old]);
         assert_eq!(of(&only_old, &chain).depends_on, vec![fp(&old)]);
+    }
+
+    #[test]
+    fn the_usage_the_peer_was_checked_for_counts() {
+        // A server we dialled is judged as a server: a client-only leaf
+        // would not verify for that use at all.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::new("ca").unwrap();
+        let trusted = bundle(&dir, &[&ca]);
+        let at = |spec: &LeafSpec, usage| {
+            let leaf = ca.issue(spec).unwrap().cert_der;
+            trusted.dependence(&[leaf], usage, &crate::provider(), SystemTime::now())
+        };
+        let both = LeafSpec::new("s", &["s.test"]);
+        let client_only = LeafSpec::new("c", &["c.test"]).usage(LeafUsage::Client);
+        assert_eq!(at(&both, AuthUsage::Server).depends_on, vec![fp(&ca)]);
+        assert!(at(&client_only, AuthUsage::Client).verifies);
+        assert!(!at(&client_only, AuthUsage::Server).verifies);
     }
 
     #[test]
