@@ -14,8 +14,8 @@
 # What it checks, in order:
 #  1. the pinned tools (requirements.txt) install into a venv under /tmp;
 #  2. ansible-lint passes with the production profile;
-#  3. ansible-playbook --syntax-check passes for site.yml and dev-ca.yml,
-#     and site.yml does not use pki_internal_ca;
+#  3. ansible-playbook --syntax-check passes for every playbook, and
+#     site.yml does not use pki_internal_ca;
 #  4. each role's defaults/main.yml matches its meta/argument_specs.yml;
 #  5. the role's unit template rendered with the defaults is byte for byte
 #     deploy/systemd/mtlsd.service, and deploy/systemd/check.sh passes for
@@ -50,6 +50,9 @@
 # 12. a CA rotation in three phases (pki_internal_ca generations 1 -> 2 with
 #     the overlap bundle) keeps the mesh working after every phase, with the
 #     same two processes, and ends with leaves and a bundle of generation 2;
+#     rotation-check.yml stops between the phases while a host is not done
+#     (naming the host without a daemon, a leaf still of generation 1, a
+#     peer not seen yet) and passes once the phase is done everywhere;
 # then stops the daemons by PID and cleans up, also on failure.
 set -euo pipefail
 
@@ -159,7 +162,7 @@ fi
 
 # --- 3. syntax check ----------------------------------------------------------
 step "syntax check"
-for playbook in site.yml dev-ca.yml; do
+for playbook in site.yml dev-ca.yml push-inventory.yml rotation-check.yml; do
     if ansible-playbook -i inventory/example.yml --syntax-check "$playbook" >"$work/syntax.log" 2>&1; then
         pass "ansible-playbook --syntax-check $playbook"
     else
@@ -636,22 +639,109 @@ fi
 # --- 12. CA rotation in three phases ------------------------------------------
 step "CA rotation: generation 1 -> 2 in three phases"
 phase() {
-    # phase N GENERATION TRUSTED_JSON
-    if play "$work/run-ca-$1.log" -e "{\"pki_internal_ca_generation\": $2, \"pki_internal_ca_trusted_generations\": $3}" &&
+    # phase N GENERATION TRUSTED_JSON [ARGS...]
+    local n="$1" generation="$2" trusted="$3"
+    shift 3
+    if play "$work/run-ca-$n.log" -e "{\"pki_internal_ca_generation\": $generation, \"pki_internal_ca_trusted_generations\": $trusted}" "$@" &&
         kill -0 "$db1_pid" 2>/dev/null && kill -0 "$api1_pid" 2>/dev/null &&
-        round_trip "hello in phase $1"; then
-        pass "CA rotation phase $1 (issuing generation $2, trusted $3): play ok, same processes, round trip ok"
+        round_trip "hello in phase $n"; then
+        pass "CA rotation phase $n (issuing generation $generation, trusted $trusted${*:+, $*}): play ok, same processes, round trip ok"
     else
-        fail "CA rotation phase $1:"
-        grep -E '^(fatal|FAILED)' "$work/run-ca-$1.log" | sed 's/^/      /'
+        fail "CA rotation phase $n:"
+        grep -E '^(fatal|FAILED)' "$work/run-ca-$n.log" | sed 's/^/      /'
     fi
 }
+rotation_check() {
+    # rotation_check LOG ARGS...: runs rotation-check.yml against the test
+    # inventory. hv1 is deployed but runs no daemon, so every check but the
+    # first is limited to db1 and api1.
+    local log="$1"
+    shift
+    ansible-playbook -i "$work/inventory.yml" rotation-check.yml "$@" >"$log" 2>&1
+}
+shown() {
+    # The arguments, for a PASS/FAIL line: paths under $work and the
+    # generation-1 SHA-256 shortened.
+    local args="${*//$work\//}"
+    echo "${args//${gen1_sha:-none}/GEN1_SHA256}"
+}
+rotation_done() {
+    # rotation_done N LOG ARGS...: rotation-check.yml passes for the N hosts.
+    local n="$1" log="$2"
+    shift 2
+    if rotation_check "$log" "$@" && grep -q ": done on all $n host(s)\"" "$log" && recap_changed_zero "$log"; then
+        pass "rotation-check.yml $(shown "$@"): done on all $n hosts, changed=0"
+    else
+        fail "rotation-check.yml $(shown "$@") did not pass:"
+        sed -n '/^TASK \[Show every host/,/^$/p; /^fatal/p' "$log" | sed 's/^/      /'
+    fi
+}
+rotation_blocked() {
+    # rotation_blocked WHAT LOG PATTERN... -- ARGS...: rotation-check.yml
+    # fails, once, and its output has every PATTERN (grep -F).
+    local what="$1" log="$2" patterns=() p missing=""
+    shift 2
+    while [ "$1" != -- ]; do patterns+=("$1"); shift; done
+    shift
+    if rotation_check "$log" "$@"; then
+        fail "rotation-check.yml $(shown "$@") passed, but $what"
+        return
+    fi
+    for p in "${patterns[@]}"; do grep -qF -- "$p" "$log" || missing+=" [$p]"; done
+    if [ -z "$missing" ] && [ "$(grep -c '^fatal: ' "$log")" -eq 1 ] &&
+        grep -q '^TASK \[Stop unless the phase is done on every host\]' "$log"; then
+        pass "rotation-check.yml $(shown "$@") fails once: $what"
+    else
+        fail "rotation-check.yml $(shown "$@"): $what, but the failure is not the summary${missing:+ (missing:$missing)}:"
+        sed -n '/^TASK \[Show every host/,/^$/p; /^fatal/p' "$log" | sed 's/^/      /'
+    fi
+}
+gen1_ca="$work/pki/ca-gen1/ca.crt"
+gen2_ca="$work/pki/ca-gen2/ca.crt"
 phase 1 1 '[1, 2]'
 check "phase 1: db1's bundle holds both CAs" \
     test "$(grep -c 'BEGIN CERTIFICATE' "$work/hosts/db1/etc/mtlsd/tls/mesh-ca.pem")" -eq 2
+# Before phase 2: every host trusts the new CA. A host whose mtlsd does not
+# answer (hv1) is not done.
+rotation_blocked "hv1 runs no daemon" "$work/rc-add-ca-hv1.log" \
+    'NOT done on 1 of 3 host(s): hv1' 'hv1: NOT done: no mtlsd answered' 'db1: done' 'api1: done' \
+    -- -e rotation_phase=add-ca -e rotation_ca_file="$gen2_ca"
+rotation_done 2 "$work/rc-add-ca.log" -l db1,api1 -e rotation_phase=add-ca -e rotation_ca_file="$gen2_ca" --check
+# Phase 2 on api1 alone: db1's leaf is still of generation 1, which db1
+# itself and api1 (its peer since the round trip) name as the blocker.
+phase 2-api1 2 '[1, 2]' -l api1
+gen1_sha="$(openssl x509 -in "$gen1_ca" -outform DER | sha256sum | cut -d' ' -f1)"
+rotation_blocked "db1's leaf is still of generation 1" "$work/rc-remove-ca-early.log" \
+    'NOT done on 2 of 2 host(s): db1, api1' 'blocker: db1 (this host): this host'"'"'s certificate' \
+    'blocker: db1: its certificate (issuer O=mtlsd dev PKI, CN=mtlsd dev CA generation 1) needs this CA' \
+    -- -l db1,api1 -e rotation_phase=remove-ca -e rotation_ca="$gen1_sha"
 phase 2 2 '[1, 2]'
 check "phase 2: db1's certificate is from generation 2" \
     bash -c "openssl x509 -in '$work/hosts/db1/etc/mtlsd/tls/host.crt' -noout -issuer | grep -q 'generation 2'"
+# Before phase 3: no host's own leaf needs the old CA, and (after the round
+# trip of phase 2, which showed each its peer's new leaf) no peer's either.
+rotation_done 2 "$work/rc-reissue.log" -l db1,api1 -e rotation_phase=reissue -e rotation_ca_file="$gen1_ca"
+# db1 admits hv1 (database-grpc allows hypervisor) but has never completed a
+# handshake with it: whether hv1 still holds a generation-1 leaf is unknown,
+# which blocks remove-ca.
+rotation_blocked "db1 has never seen hv1" "$work/rc-remove-ca-unknown.log" \
+    'NOT done on 1 of 2 host(s): db1' 'unknown: hv1: never' 'api1: done' \
+    -- -l db1,api1 -e rotation_phase=remove-ca -e rotation_ca="${gen1_sha:0:12}"
+# rotation_allow_unknown accepts that (only to test the variable: the
+# handshake below is the real way out).
+rotation_done 2 "$work/rc-remove-ca-allow.log" -l db1,api1 -e rotation_phase=remove-ca -e rotation_ca_file="$gen1_ca" \
+    -e rotation_allow_unknown=true
+check "rotation_allow_unknown=true: db1's answer says it accepts hv1" \
+    grep -q 'db1: done, accepting 1 host(s) not seen recently' "$work/rc-remove-ca-allow.log"
+# hv1 runs no mtlsd here, so its (generation 2) certificate shakes hands with
+# db1 as its mtlsd would; no need for rotation_allow_unknown.
+hv1_handshake() {
+    timeout 5 openssl s_client -connect "127.0.0.11:$((port_base + 13))" -servername db1.sf.test -alpn h2 \
+        -cert "$work/pki/hosts/hv1/host.crt" -key "$work/pki/hosts/hv1/host.key" -CAfile "$gen2_ca" \
+        </dev/null 2>/dev/null | grep -q 'Verify return code: 0 (ok)'
+}
+check "hv1's generation-2 certificate shakes hands with db1's database-grpc listener" hv1_handshake
+rotation_done 2 "$work/rc-remove-ca.log" -l db1,api1 -e rotation_phase=remove-ca -e rotation_ca_file="$gen1_ca"
 phase 3 2 '[2]'
 final_bundle_ok() {
     local bundle="$work/hosts/api1/etc/mtlsd/tls/mesh-ca.pem"
