@@ -51,16 +51,21 @@ struct HostRecord {
     certs: HashMap<Fingerprint, (CertFacts, SystemTime)>,
     /// Always a key of `certs`: it was seen at `last_handshake`.
     latest: Fingerprint,
-    /// The chain of the latest handshake that showed one, for CA
-    /// dependence (rotation readiness).
-    chain: Option<ChainRecord>,
+    /// Per trust domain, the chain of the latest handshake that showed
+    /// one, for CA dependence (rotation readiness). A peer may meet this
+    /// host in two domains (the mesh, and a database's own CA) with two
+    /// different chains; one must not stand in for the other.
+    chains: Vec<ChainRecord>,
 }
 
-/// A peer's latest chain and, once asked, which CAs it depends on.
+/// A peer's latest chain in one trust domain and, once asked, which CAs of
+/// that domain's bundle it depends on.
 #[derive(Debug)]
 struct ChainRecord {
     trust_domain: String,
     usage: AuthUsage,
+    /// The last handshake in this domain.
+    last_seen: SystemTime,
     leaf_issuer: String,
     chain: Arc<[CertificateDer<'static>]>,
     /// The answer and the fingerprint of the bundle it was computed
@@ -92,6 +97,7 @@ pub struct PresentedChain<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerTrust {
     pub host: String,
+    /// The last handshake with it in this trust domain.
     pub last_handshake: SystemTime,
     pub trust_domain: String,
     /// The issuer name of the peer's latest leaf.
@@ -146,25 +152,31 @@ impl PeerBook {
                 last_handshake: now,
                 certs: HashMap::new(),
                 latest: cert.fingerprint,
-                chain: None,
+                chains: Vec::new(),
             }),
         };
-        if let Some(presented) = presented
-            // The same leaf may come with other intermediates (a
-            // cross-signed CA added): compare the whole chain.
-            && record.chain.as_ref().is_none_or(|c| {
-                *c.chain != *presented.chain
-                    || c.usage != presented.usage
-                    || c.trust_domain != presented.trust_domain
-            })
-        {
-            record.chain = Some(ChainRecord {
+        if let Some(presented) = presented {
+            let fresh = || ChainRecord {
                 trust_domain: presented.trust_domain.to_owned(),
                 usage: presented.usage,
+                last_seen: now,
                 leaf_issuer: cert.issuer.clone(),
                 chain: presented.chain.into(),
                 dependence: None,
-            });
+            };
+            match record
+                .chains
+                .iter_mut()
+                .find(|c| c.trust_domain == presented.trust_domain)
+            {
+                // The same leaf may come with other intermediates (a
+                // cross-signed CA added): compare the whole chain.
+                Some(c) if *c.chain == *presented.chain && c.usage == presented.usage => {
+                    c.last_seen = now;
+                }
+                Some(c) => *c = fresh(),
+                None => record.chains.push(fresh()),
+            }
         }
         if !Arc::ptr_eq(&record.roles, roles) {
             record.roles = roles.clone();
@@ -202,8 +214,9 @@ impl PeerBook {
         seen
     }
 
-    /// Which CAs each recorded peer's latest chain depends on, against the
-    /// bundles of `generation`, sorted by host. Answers are cached per
+    /// Which CAs each recorded peer's latest chain in each trust domain
+    /// depends on, against the bundles of `generation`, sorted by host and
+    /// domain. Answers are cached per
     /// chain and bundle; after a bundle change they are computed again
     /// outside the lock, so handshakes are not held up meanwhile.
     pub fn trust(&self, generation: &Generation, now: SystemTime) -> Vec<PeerTrust> {
@@ -211,8 +224,8 @@ impl PeerBook {
         let stale: Vec<ToJudge> = self
             .lock()
             .iter()
-            .filter_map(|(host, record)| {
-                let c = record.chain.as_ref()?;
+            .flat_map(|(host, record)| record.chains.iter().map(move |c| (host, c)))
+            .filter_map(|(host, c)| {
                 let bundle = bundle_of(&c.trust_domain)?;
                 let fresh = c
                     .dependence
@@ -241,33 +254,32 @@ impl PeerBook {
             // The peer may have shown another chain meanwhile.
             if let Some(c) = hosts
                 .get_mut(&host)
-                .and_then(|r| r.chain.as_mut())
-                .filter(|c| Arc::ptr_eq(&c.chain, &chain))
+                .and_then(|r| r.chains.iter_mut().find(|c| Arc::ptr_eq(&c.chain, &chain)))
             {
                 c.dependence = Some(answer);
             }
         }
         let mut trust: Vec<PeerTrust> = hosts
             .iter()
-            .filter_map(|(host, record)| {
-                let c = record.chain.as_ref()?;
+            .flat_map(|(host, record)| record.chains.iter().map(move |c| (host, c)))
+            .map(|(host, c)| {
                 let dependence = bundle_of(&c.trust_domain).and_then(|bundle| {
                     c.dependence
                         .as_ref()
                         .filter(|(fp, _)| *fp == bundle.fingerprint())
                         .map(|(_, answer)| answer.clone())
                 });
-                Some(PeerTrust {
+                PeerTrust {
                     host: host.clone(),
-                    last_handshake: record.last_handshake,
+                    last_handshake: c.last_seen,
                     trust_domain: c.trust_domain.clone(),
                     leaf_issuer: c.leaf_issuer.clone(),
                     dependence,
-                })
+                }
             })
             .collect();
         drop(hosts);
-        trust.sort_by(|a, b| a.host.cmp(&b.host));
+        trust.sort_by(|a, b| (&a.host, &a.trust_domain).cmp(&(&b.host, &b.trust_domain)));
         trust
     }
 

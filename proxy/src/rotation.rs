@@ -133,16 +133,22 @@ pub fn check(
                 judged.insert(peer.host.clone());
             }
         }
+        let in_domain: BTreeMap<&str, SystemTime> = trust
+            .iter()
+            .filter(|p| p.trust_domain == domain)
+            .map(|p| (p.host.as_str(), p.last_handshake))
+            .collect();
         for host in expected_hosts(state, &generation, &domain) {
             if judged.contains(&host) {
                 continue;
             }
-            let (seen, at) = match last.get(&host) {
-                None => ("never", None),
-                Some(at) if now.duration_since(*at).unwrap_or_default() > stale_after => {
-                    ("stale", Some(*at))
-                }
-                Some(at) => ("no_chain", Some(*at)),
+            // Stale: its chain in this domain is older than stale_after.
+            // No chain: seen, but never with a chain of this domain kept
+            // (e.g. only in another domain since start-up).
+            let (seen, at) = match (in_domain.get(host.as_str()), last.get(&host)) {
+                (Some(at), _) => ("stale", Some(*at)),
+                (None, Some(at)) => ("no_chain", Some(*at)),
+                (None, None) => ("never", None),
             };
             unknown.push(UnknownHost {
                 host,

@@ -81,9 +81,9 @@ pub struct Blocker {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnknownHost {
     pub host: String,
-    /// `never` (no handshake since start-up, or forgotten), `stale` (none
-    /// within `peers.stale_after`), or `no_chain` (handshakes whose chain
-    /// was not kept).
+    /// `never` (no handshake since start-up, or forgotten), `stale` (no
+    /// handshake in this trust domain within `peers.stale_after`), or
+    /// `no_chain` (handshakes, but none that kept a chain of this domain).
     pub seen: String,
     #[serde(default)]
     pub last_handshake: Option<String>,

@@ -148,28 +148,24 @@ pub fn status(state: &DaemonState) -> Status {
             let peers = state
                 .peers
                 .current(now, state.reporting().peers.forget_after);
-            let mut trust: std::collections::HashMap<String, PeerTrust> = state
-                .peers
-                .trust(&generation, now)
-                .into_iter()
-                .map(|t| {
-                    let dependence = t.dependence.unwrap_or(mtlsd_reload::CaDependence {
-                        verifies: false,
-                        depends_on: Vec::new(),
-                    });
-                    let trust = PeerTrust {
-                        trust_domain: t.trust_domain,
-                        leaf_issuer: t.leaf_issuer,
-                        verifies: dependence.verifies,
-                        depends_on_ca: dependence.depends_on.iter().map(|f| f.to_hex()).collect(),
-                    };
-                    (t.host, trust)
-                })
-                .collect();
+            let mut trust: std::collections::HashMap<String, Vec<PeerTrust>> =
+                std::collections::HashMap::new();
+            for t in state.peers.trust(&generation, now) {
+                let dependence = t.dependence.unwrap_or(mtlsd_reload::CaDependence {
+                    verifies: false,
+                    depends_on: Vec::new(),
+                });
+                trust.entry(t.host).or_default().push(PeerTrust {
+                    trust_domain: t.trust_domain,
+                    leaf_issuer: t.leaf_issuer,
+                    verifies: dependence.verifies,
+                    depends_on_ca: dependence.depends_on.iter().map(|f| f.to_hex()).collect(),
+                });
+            }
             peers
                 .into_iter()
                 .map(|peer| Peer {
-                    trust: trust.remove(&peer.host),
+                    trust: trust.remove(&peer.host).unwrap_or_default(),
                     state: ExpiryState::of(&peer.latest, now, windows)
                         .as_str()
                         .to_owned(),

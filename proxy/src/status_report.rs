@@ -134,10 +134,11 @@ pub struct Peer {
     pub cert_serial: String,
     /// The expiry state of its latest certificate.
     pub state: String,
-    /// Where its latest chain stands against the bundle in force; absent
-    /// when no handshake since start-up kept the chain.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trust: Option<PeerTrust>,
+    /// Per trust domain it was met in, where its latest chain there stands
+    /// against that domain's bundle in force; empty when no handshake since
+    /// start-up kept a chain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust: Vec<PeerTrust>,
 }
 
 /// A peer's latest chain against its trust domain's bundle.
@@ -271,12 +272,12 @@ mod tests {
                 cert_not_after: "2027-01-01T00:00:00Z".to_owned(),
                 cert_serial: "3c".to_owned(),
                 state: "warning".to_owned(),
-                trust: Some(PeerTrust {
+                trust: vec![PeerTrust {
                     trust_domain: "mesh".to_owned(),
                     leaf_issuer: "CN=mesh CA".to_owned(),
                     verifies: true,
                     depends_on_ca: vec!["cd".repeat(32)],
-                }),
+                }],
             }],
             identity_depends_on_ca: vec!["cd".repeat(32)],
         }
@@ -397,10 +398,10 @@ mod tests {
             json!({
                 "host": "api1", "roles": ["api"], "last_handshake": "2026-11-20T11:30:00Z",
                 "cert_not_after": "2027-01-01T00:00:00Z", "cert_serial": "3c", "state": "warning",
-                "trust": {
+                "trust": [{
                     "trust_domain": "mesh", "leaf_issuer": "CN=mesh CA", "verifies": true,
                     "depends_on_ca": ["cd".repeat(32)],
-                },
+                }],
             })
         );
 
@@ -410,7 +411,7 @@ mod tests {
         bare.inventory = None;
         bare.trust_domains[0].crls.clear();
         bare.identity.file = None;
-        bare.peers[0].trust = None;
+        bare.peers[0].trust.clear();
         let value = serde_json::to_value(bare).unwrap();
         assert!(value["peers"][0].get("trust").is_none());
         assert_eq!(value["last_reload"], serde_json::Value::Null);

@@ -161,16 +161,34 @@ pub fn render(st: &Status) -> String {
         "NEEDS CA".to_owned(),
     ]];
     for p in &st.peers {
-        let needs = match &p.trust {
-            None => "?".to_owned(),
-            Some(t) if !t.verifies => "none verifies it".to_owned(),
-            Some(t) if t.depends_on_ca.is_empty() => "-".to_owned(),
-            Some(t) => t
-                .depends_on_ca
-                .iter()
-                .map(|ca| ca.get(..SHORT_CA).unwrap_or(ca))
-                .collect::<Vec<_>>()
-                .join(","),
+        // One entry per trust domain it was met in; the domain is named
+        // only when there are several.
+        let needs: Vec<String> = p
+            .trust
+            .iter()
+            .map(|t| {
+                let cas = if !t.verifies {
+                    "none verifies it".to_owned()
+                } else if t.depends_on_ca.is_empty() {
+                    "-".to_owned()
+                } else {
+                    t.depends_on_ca
+                        .iter()
+                        .map(|ca| ca.get(..SHORT_CA).unwrap_or(ca))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                if p.trust.len() > 1 {
+                    format!("{}:{cas}", t.trust_domain)
+                } else {
+                    cas
+                }
+            })
+            .collect();
+        let needs = if needs.is_empty() {
+            "?".to_owned()
+        } else {
+            needs.join(" ")
         };
         rows.push(vec![
             p.host.clone(),

@@ -59,8 +59,12 @@ fn needs(status: &serde_json::Value, host: &str) -> Option<Vec<String>> {
         .iter()
         .find(|p| p["host"] == host)
         .unwrap_or_else(|| panic!("{host} not in {status}"));
-    let trust = &peer["trust"];
-    assert_eq!(trust["trust_domain"], "mesh");
+    let trust = peer["trust"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["trust_domain"] == "mesh")
+        .unwrap_or_else(|| panic!("{host}: no mesh chain in {peer}"));
     trust["verifies"].as_bool().unwrap().then(|| {
         trust["depends_on_ca"]
             .as_array()
@@ -90,11 +94,23 @@ async fn dependence_on_each_ca_follows_peers_and_bundle_through_a_rotation() {
         "server",
         &LeafSpec::new("server", &["server.test", "localhost", "127.0.0.1"]),
     );
+    // A second trust domain (a database's own CA), where api1 also
+    // connects: its chain there must not stand in for its mesh chain.
+    let db_ca = CertificateAuthority::new("db CA").unwrap();
+    let db_bundle = pki.write("db-ca.pem", db_ca.cert_pem(), 0o644);
     let toml = with_inventory(&pki, INVENTORY, "server", material_toml(&files, &bundle))
-        + &inbound_toml("in", echo.addr, "");
+        + &format!("[trust_domains.db]\nbundle = {:?}\n\n", db_bundle)
+        + &inbound_toml("in", echo.addr, "")
+        + &inbound_toml(
+            "db",
+            echo.addr,
+            "trust_domain = \"db\"\nallow_roles = [\"api\"]",
+        );
     let (server, _) = start_daemon(&pki, "server.toml", &toml).await;
     let admin = server.admin_addr();
     let addr = server.local_addr("in").unwrap();
+    let db_addr = server.local_addr("db").unwrap();
+    let api1_db = db_ca.issue(&LeafSpec::new("api1", &["api1.test"])).unwrap();
 
     let (_, text) = http_get(admin, "/metrics").await;
     for (ca, subject) in [
@@ -152,14 +168,40 @@ async fn dependence_on_each_ca_follows_peers_and_bundle_through_a_rotation() {
         .find(|p| p["host"] == "api1")
         .unwrap();
     assert_eq!(
-        api1["trust"]["leaf_issuer"],
+        api1["trust"][0]["leaf_issuer"],
         "CN=test mesh CA, O=mtlsd dev CA"
     );
 
-    // api1 is re-issued and reconnects: nobody needs the old CA now.
+    // api1 is re-issued and reconnects: nobody needs the old CA now, and
+    // api1's later handshake in the db domain changes nothing for the mesh.
     let api1_new = new.issue(&LeafSpec::new("api1", &["api1.test"])).unwrap();
     connect_as(addr, old, &api1_new, &[]).await;
+    connect_as(db_addr, old, &api1_db, &[]).await;
+    let status: serde_json::Value =
+        serde_json::from_str(&http_get(admin, "/status").await.1).unwrap();
+    assert_eq!(needs(&status, "api1"), Some(vec![new_hex.clone()]));
+    let api1 = status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["host"] == "api1")
+        .unwrap();
+    let db = api1["trust"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["trust_domain"] == "db")
+        .unwrap_or_else(|| panic!("no db chain in {api1}"));
+    assert_eq!(db["depends_on_ca"], serde_json::json!([hex(&db_ca)]));
     let (_, text) = http_get(admin, "/metrics").await;
+    assert_eq!(
+        metric(
+            &text,
+            "mtlsd_peers_depending_on_ca",
+            &[("trust_domain", "db"), ("ca_sha256", &hex(&db_ca))]
+        ),
+        Some(1.0)
+    );
     assert_eq!(
         per_ca(&text, "mtlsd_peers_depending_on_ca", &old_hex),
         Some(0.0)
