@@ -110,7 +110,14 @@ pub fn check(
             .collect();
         let trust = state.peers.trust(&generation, now);
         let mut judged = BTreeSet::new();
-        for peer in trust.iter().filter(|p| p.trust_domain == domain) {
+        // This host's own record (a health check with its own certificate)
+        // is not a peer: its chain is judged as the identity above, and an
+        // old copy would block the phase with a certificate it no longer has.
+        let own = identity.spec().host.as_deref();
+        for peer in trust
+            .iter()
+            .filter(|p| p.trust_domain == domain && Some(p.host.as_str()) != own)
+        {
             let Some(dependence) = &peer.dependence else {
                 continue;
             };

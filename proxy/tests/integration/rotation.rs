@@ -139,11 +139,15 @@ async fn dependence_on_each_ca_follows_peers_and_bundle_through_a_rotation() {
         None
     );
 
-    // api1 still on the old CA, api2 already re-issued from the new one.
+    // api1 still on the old CA, api2 already re-issued from the new one;
+    // and a health check with this host's own certificate, which does not
+    // count as a peer needing a CA (its own chain is judged as the
+    // identity; a stale copy would block a rotation forever).
     let api1_old = old.issue(&LeafSpec::new("api1", &["api1.test"])).unwrap();
     let api2_new = new.issue(&LeafSpec::new("api2", &["api2.test"])).unwrap();
     connect_as(addr, old, &api1_old, &[]).await;
     connect_as(addr, old, &api2_new, &[]).await;
+    connect_as(addr, old, &files.issued, &[]).await;
     let (_, text) = http_get(admin, "/metrics").await;
     assert_eq!(
         per_ca(&text, "mtlsd_peers_depending_on_ca", &old_hex),
@@ -157,6 +161,7 @@ async fn dependence_on_each_ca_follows_peers_and_bundle_through_a_rotation() {
         serde_json::from_str(&http_get(admin, "/status").await.1).unwrap();
     assert_eq!(needs(&status, "api1"), Some(vec![old_hex.clone()]));
     assert_eq!(needs(&status, "api2"), Some(vec![new_hex.clone()]));
+
     assert_eq!(
         status["identity_depends_on_ca"],
         serde_json::json!([old_hex])
@@ -280,11 +285,13 @@ async fn rotation_check_walks_the_three_phases_and_names_what_blocks_each() {
     let server_leaf = LeafSpec::new("server", &["server.test", "localhost", "127.0.0.1"]);
     let files = pki.host("server", &server_leaf);
     let toml = with_inventory(&pki, INVENTORY, "server", material_toml(&files, &bundle))
-        + &inbound_toml("in", echo.addr, "allow_roles = [\"api\"]");
+        + &inbound_toml("in", echo.addr, "allow_roles = [\"api\"]")
+        + &inbound_toml("health", echo.addr, "");
     let (server, _) = start_daemon(&pki, "server.toml", &toml).await;
     let config = pki.path("server.toml");
     let admin = server.admin_addr();
     let addr = server.local_addr("in").unwrap();
+    let health = server.local_addr("health").unwrap();
     let reload = || async {
         let outcome = server.reload(Trigger::Admin).await.unwrap();
         assert_eq!(outcome.result, ReloadResult::Applied, "{outcome:?}");
@@ -323,9 +330,12 @@ async fn rotation_check_walks_the_three_phases_and_names_what_blocks_each() {
         "{out}"
     );
 
-    // remove-ca now: this host, api1 (old leaf) and api2 (never seen).
+    // remove-ca now: this host, api1 (old leaf) and api2 (never seen). A
+    // health check with this host's own (old) certificate is not a peer:
+    // it must not show up as one, now or after the re-issue.
     let api1_old = old.issue(&LeafSpec::new("api1", &["api1.test"])).unwrap();
     connect_as(addr, old, &api1_old, &[]).await;
+    connect_as(health, old, &files.issued, &[]).await;
     let (code, out, _) = rotation_check(
         admin,
         &config,
