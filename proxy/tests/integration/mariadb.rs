@@ -547,13 +547,24 @@ async fn a_rust_driver_gets_tls_through_upgrade_and_can_change_user() {
 
     // COM_CHANGE_USER to an ed25519 user: the server answers with an auth
     // switch inside the established TLS session, past the connection phase.
-    conn.change_user(
+    // mysql_common (0.37) drops a trailing zero byte from auth-switch data,
+    // so when the server's random 32-byte scramble ends in 0 (1 in 256) the
+    // driver signs 31 bytes and is refused. That is the driver, not the
+    // relay: one more try on a fresh connection, with a fresh scramble.
+    let edu = || {
         mysql_async::ChangeUserOpts::new()
             .with_user(Some("edu".into()))
-            .with_pass(Some("edu-secret".into())),
-    )
-    .await
-    .expect("COM_CHANGE_USER to the ed25519 user");
+            .with_pass(Some("edu-secret".into()))
+    };
+    if let Err(first) = conn.change_user(edu()).await {
+        assert!(first.to_string().contains("Access denied"), "{first}");
+        conn = mysql_async::Conn::new(driver_opts(entry, "app", "app-secret"))
+            .await
+            .unwrap();
+        conn.change_user(edu())
+            .await
+            .expect("COM_CHANGE_USER to the ed25519 user, twice");
+    }
     let who: Option<String> = conn.query_first("SELECT CURRENT_USER()").await.unwrap();
     assert_eq!(who.as_deref(), Some("edu@%"));
     assert!(
