@@ -283,6 +283,18 @@ impl PeerBook {
         trust
     }
 
+    /// [`Self::trust`] without this host's own record (a health check with
+    /// its own certificate; `mtlsd dev`, whose one host is its own peer):
+    /// what counts towards a rotation. The host's own chain is judged as
+    /// the identity ([`Generation::identity_dependence`]); an old copy in
+    /// the book would block a rotation with a certificate it no longer has.
+    pub fn peer_trust(&self, generation: &Generation, now: SystemTime) -> Vec<PeerTrust> {
+        let own = generation.identity().spec().host.as_deref();
+        let mut trust = self.trust(generation, now);
+        trust.retain(|p| Some(p.host.as_str()) != own);
+        trust
+    }
+
     /// Forgets hosts no longer in the inventory.
     pub fn retain_hosts(&self, keep: impl Fn(&str) -> bool) {
         self.lock().retain(|host, _| keep(host));

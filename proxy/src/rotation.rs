@@ -19,6 +19,7 @@ use rustls_pki_types::ServerName;
 use crate::config::Side;
 use crate::rotation_report::{Blocker, Phase, RotationCheck, UnknownHost};
 use crate::state::DaemonState;
+use crate::status::time;
 
 /// A question that cannot be answered as asked.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -108,16 +109,9 @@ pub fn check(
             .into_iter()
             .map(|p| (p.host, p.last_handshake))
             .collect();
-        let trust = state.peers.trust(&generation, now);
+        let trust = state.peers.peer_trust(&generation, now);
         let mut judged = BTreeSet::new();
-        // This host's own record (a health check with its own certificate)
-        // is not a peer: its chain is judged as the identity above, and an
-        // old copy would block the phase with a certificate it no longer has.
-        let own = identity.spec().host.as_deref();
-        for peer in trust
-            .iter()
-            .filter(|p| p.trust_domain == domain && Some(p.host.as_str()) != own)
-        {
+        for peer in trust.iter().filter(|p| p.trust_domain == domain) {
             let Some(dependence) = &peer.dependence else {
                 continue;
             };
@@ -176,10 +170,6 @@ pub fn check(
         unknown,
         note,
     })
-}
-
-fn time(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// The trust domain, the CA's whole SHA-256 and, when the bundle holds it,

@@ -383,14 +383,9 @@ impl StateMetrics {
         }
         // A peer counts once per CA it needs; one quiet for longer than
         // stale_after is left to mtlsd_inventory_hosts{seen="stale"}.
-        // Not this host itself (a health check with its own certificate):
-        // its chain is mtlsd_identity_depends_on_ca's.
-        let own = identity.spec().host.as_deref();
-        let trust = state.peers.trust(&generation, now);
+        let trust = state.peers.peer_trust(&generation, now);
         for peer in trust.iter().filter(|p| {
-            Some(p.host.as_str()) != own
-                && now.duration_since(p.last_handshake).unwrap_or_default()
-                    <= reporting.peers.stale_after
+            now.duration_since(p.last_handshake).unwrap_or_default() <= reporting.peers.stale_after
         }) {
             for ca in peer.dependence.iter().flat_map(|d| &d.depends_on) {
                 self.peers_depending_on_ca

@@ -14,7 +14,8 @@ use crate::status_report::{
     Cert, Crl, Inventory, LastReload, Listener, Peer, PeerTrust, Status, TrustDomain,
 };
 
-fn time(t: SystemTime) -> String {
+/// RFC 3339, to the second: how every report shows a time.
+pub(crate) fn time(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
