@@ -51,20 +51,30 @@ fn per_ca(text: &str, name: &str, ca: &str) -> Option<f64> {
     metric(text, name, &[("trust_domain", "mesh"), ("ca_sha256", ca)])
 }
 
-/// host → the CAs `/status` says it needs (`None`: nothing verifies it).
-fn needs(status: &serde_json::Value, host: &str) -> Option<Vec<String>> {
+/// `/status` as JSON.
+async fn status_of(admin: std::net::SocketAddr) -> serde_json::Value {
+    serde_json::from_str(&http_get(admin, "/status").await.1).unwrap()
+}
+
+/// What `/status` says of `host`'s latest chain in trust domain `domain`.
+fn chain_of<'a>(status: &'a serde_json::Value, host: &str, domain: &str) -> &'a serde_json::Value {
     let peer = status["peers"]
         .as_array()
         .unwrap()
         .iter()
         .find(|p| p["host"] == host)
         .unwrap_or_else(|| panic!("{host} not in {status}"));
-    let trust = peer["trust"]
+    peer["trust"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|t| t["trust_domain"] == "mesh")
-        .unwrap_or_else(|| panic!("{host}: no mesh chain in {peer}"));
+        .find(|t| t["trust_domain"] == domain)
+        .unwrap_or_else(|| panic!("{host}: no {domain} chain in {peer}"))
+}
+
+/// host → the mesh CAs `/status` says it needs (`None`: nothing verifies it).
+fn needs(status: &serde_json::Value, host: &str) -> Option<Vec<String>> {
+    let trust = chain_of(status, host, "mesh");
     trust["verifies"].as_bool().unwrap().then(|| {
         trust["depends_on_ca"]
             .as_array()
@@ -157,23 +167,31 @@ async fn dependence_on_each_ca_follows_peers_and_bundle_through_a_rotation() {
         per_ca(&text, "mtlsd_peers_depending_on_ca", &new_hex),
         Some(1.0)
     );
-    let status: serde_json::Value =
-        serde_json::from_str(&http_get(admin, "/status").await.1).unwrap();
+    let status = status_of(admin).await;
     assert_eq!(needs(&status, "api1"), Some(vec![old_hex.clone()]));
     assert_eq!(needs(&status, "api2"), Some(vec![new_hex.clone()]));
+
+    // A resumed session carries the chain of the full handshake it came
+    // from: recording it again changes no answer.
+    let config = client_config_chain(
+        old.cert_der(),
+        vec![api1_old.cert_der.clone()],
+        api1_old.key_der(),
+    );
+    for kind in [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed] {
+        let mut stream = tls_connect(addr, config.clone()).await.unwrap();
+        assert_eq!(round_trip(&mut stream, b"hi").await.unwrap(), b"hi");
+        assert_eq!(stream.get_ref().1.handshake_kind(), Some(kind));
+    }
+    let resumed = status_of(admin).await;
+    assert_eq!(needs(&resumed, "api1"), Some(vec![old_hex.clone()]));
 
     assert_eq!(
         status["identity_depends_on_ca"],
         serde_json::json!([old_hex])
     );
-    let api1 = status["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["host"] == "api1")
-        .unwrap();
     assert_eq!(
-        api1["trust"][0]["leaf_issuer"],
+        chain_of(&status, "api1", "mesh")["leaf_issuer"],
         "CN=test mesh CA, O=mtlsd dev CA"
     );
 
@@ -182,22 +200,12 @@ async fn dependence_on_each_ca_follows_peers_and_bundle_through_a_rotation() {
     let api1_new = new.issue(&LeafSpec::new("api1", &["api1.test"])).unwrap();
     connect_as(addr, old, &api1_new, &[]).await;
     connect_as(db_addr, old, &api1_db, &[]).await;
-    let status: serde_json::Value =
-        serde_json::from_str(&http_get(admin, "/status").await.1).unwrap();
+    let status = status_of(admin).await;
     assert_eq!(needs(&status, "api1"), Some(vec![new_hex.clone()]));
-    let api1 = status["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["host"] == "api1")
-        .unwrap();
-    let db = api1["trust"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["trust_domain"] == "db")
-        .unwrap_or_else(|| panic!("no db chain in {api1}"));
-    assert_eq!(db["depends_on_ca"], serde_json::json!([hex(&db_ca)]));
+    assert_eq!(
+        chain_of(&status, "api1", "db")["depends_on_ca"],
+        serde_json::json!([hex(&db_ca)])
+    );
     let (_, text) = http_get(admin, "/metrics").await;
     assert_eq!(
         metric(
@@ -219,8 +227,7 @@ async fn dependence_on_each_ca_follows_peers_and_bundle_through_a_rotation() {
     // api2 now sends the cross-signed new CA along: its chain verifies
     // through either CA, so it depends on neither.
     connect_as(addr, old, &api2_new, &[new_by_old.cert_der().clone()]).await;
-    let status: serde_json::Value =
-        serde_json::from_str(&http_get(admin, "/status").await.1).unwrap();
+    let status = status_of(admin).await;
     assert_eq!(needs(&status, "api2"), Some(vec![]));
 
     // The bundle loses the new CA (say, a rotation rolled back): with no
@@ -229,8 +236,7 @@ async fn dependence_on_each_ca_follows_peers_and_bundle_through_a_rotation() {
     std::fs::write(&bundle, old.cert_pem()).unwrap();
     let outcome = server.reload(Trigger::Admin).await.unwrap();
     assert_eq!(outcome.result, ReloadResult::Applied, "{outcome:?}");
-    let status: serde_json::Value =
-        serde_json::from_str(&http_get(admin, "/status").await.1).unwrap();
+    let status = status_of(admin).await;
     assert_eq!(needs(&status, "api1"), None);
     assert_eq!(needs(&status, "api2"), Some(vec![old_hex.clone()]));
     let (_, text) = http_get(admin, "/metrics").await;
