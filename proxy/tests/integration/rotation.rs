@@ -439,3 +439,50 @@ async fn rotation_check_walks_the_three_phases_and_names_what_blocks_each() {
     let (code, _, _) = rotation_check(closed, &config, &remove).await;
     assert_eq!(code, Some(3));
 }
+
+/// A host this host should talk to whose chain is older than
+/// `peers.stale_after` is unknown for remove-ca (`stale`), even though its
+/// last chain did not need the old CA: it may have rolled back since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_peer_is_stale_for_remove_ca() {
+    let pki = Pki::new();
+    let echo = Echo::start().await;
+    let old = &pki.ca;
+    let new = CertificateAuthority::new("new mesh CA").unwrap();
+    let bundle = pki.write(
+        "bundle.pem",
+        &format!("{}{}", old.cert_pem(), new.cert_pem()),
+        0o644,
+    );
+    let files = pki.host(
+        "server",
+        &LeafSpec::new("server", &["server.test", "localhost", "127.0.0.1"]),
+    );
+    let toml = with_inventory(&pki, INVENTORY, "server", material_toml(&files, &bundle))
+        + "[peers]\nstale_after = \"1s\"\nforget_after = \"1h\"\n\n"
+        + &inbound_toml("in", echo.addr, "allow_roles = [\"api\"]");
+    let (server, _) = start_daemon(&pki, "server.toml", &toml).await;
+    let config = pki.path("server.toml");
+    let admin = server.admin_addr();
+    let addr = server.local_addr("in").unwrap();
+    for host in ["api1", "api2"] {
+        let leaf = new
+            .issue(&LeafSpec::new(host, &[&format!("{host}.test")]))
+            .unwrap();
+        connect_as(addr, old, &leaf, &[]).await;
+    }
+    let remove = ["--phase", "remove-ca", "--ca", &hex(old)];
+    // This host's own leaf still needs the old CA; the peers do not.
+    let (code, out, _) = rotation_check(admin, &config, &remove).await;
+    assert_eq!(code, Some(4), "{out}");
+    assert!(!out.contains("unknown:"), "{out}");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (code, out, _) = rotation_check(admin, &config, &remove).await;
+    assert_eq!(code, Some(4), "{out}");
+    for host in ["api1", "api2"] {
+        assert!(
+            out.contains(&format!("unknown: {host}: stale, last handshake ")),
+            "{out}"
+        );
+    }
+}
