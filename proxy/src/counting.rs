@@ -81,6 +81,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountingIo<T> {
 pub struct ListenerStats {
     handshakes_started: AtomicU64,
     handshakes: AtomicU64,
+    handshakes_resumed: AtomicU64,
     refused: [AtomicU64; RejectReason::ALL.len()],
     connections_total: AtomicU64,
     connections_active: AtomicU64,
@@ -105,8 +106,13 @@ impl ListenerStats {
         self.handshakes_started.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn handshake_ok(&self) {
+    /// A completed handshake with an admitted peer; `resumed` when it
+    /// resumed a session instead of exchanging certificates.
+    pub(crate) fn handshake_ok(&self, resumed: bool) {
         self.handshakes.fetch_add(1, Ordering::Relaxed);
+        if resumed {
+            self.handshakes_resumed.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn refused(&self, reason: RejectReason) {
@@ -149,6 +155,11 @@ impl ListenerStats {
     /// resets the connection right after completing counts here too).
     pub fn handshakes(&self) -> u64 {
         self.handshakes.load(Ordering::Relaxed)
+    }
+
+    /// Of [`Self::handshakes`], those that resumed a session.
+    pub fn handshakes_resumed(&self) -> u64 {
+        self.handshakes_resumed.load(Ordering::Relaxed)
     }
 
     /// Refused handshakes for `reason`.

@@ -77,6 +77,7 @@ struct StateMetrics {
     inventory_hosts: IntGaugeVec,
     handshakes_attempted: IntCounterVec,
     handshakes_completed: IntCounterVec,
+    handshakes_resumed: IntCounterVec,
     failures: IntCounterVec,
     crl_next_update: GaugeVec,
     identity_revoked: IntGaugeVec,
@@ -202,6 +203,13 @@ impl StateMetrics {
                 ),
                 &["listener"],
             )?,
+            handshakes_resumed: IntCounterVec::new(
+                Opts::new(
+                    "mtlsd_handshakes_resumed_total",
+                    "Of the completed handshakes, those that resumed a TLS session (no certificates exchanged; the peer is judged on the chain its session was made with), by listener.",
+                ),
+                &["listener"],
+            )?,
             identity_revoked: IntGaugeVec::new(
                 Opts::new(
                     "mtlsd_identity_revoked",
@@ -254,7 +262,7 @@ impl StateMetrics {
         })
     }
 
-    fn all(&self) -> [&dyn Collector; 23] {
+    fn all(&self) -> [&dyn Collector; 24] {
         [
             &self.build_info,
             &self.not_after,
@@ -272,6 +280,7 @@ impl StateMetrics {
             &self.inventory_hosts,
             &self.handshakes_attempted,
             &self.handshakes_completed,
+            &self.handshakes_resumed,
             &self.failures,
             &self.crl_next_update,
             &self.identity_revoked,
@@ -410,6 +419,9 @@ impl StateMetrics {
             self.handshakes_completed
                 .with_label_values(&[name.as_str()])
                 .inc_by(stats.handshakes());
+            self.handshakes_resumed
+                .with_label_values(&[name.as_str()])
+                .inc_by(stats.handshakes_resumed());
             for reason in RejectReason::ALL {
                 let count = stats.refusals(reason);
                 if count > 0 {

@@ -144,6 +144,11 @@ pub struct Generation {
     identity_dependence: CaDependence,
     servers: HashMap<String, Arc<ServerConfig>>,
     clients: HashMap<String, Arc<ClientConfig>>,
+    /// See [`Self::trust_fingerprint`]; computed once, it is compared on
+    /// every reload.
+    trust_fingerprint: Fingerprint,
+    /// See [`Self::session_epoch`]; read on every outbound call.
+    session_epoch: Fingerprint,
 }
 
 impl Generation {
@@ -297,7 +302,7 @@ impl Generation {
             return Err(MaterialErrors(problems));
         }
 
-        Ok(Self {
+        let mut generation = Self {
             number: 0,
             loaded_at: now,
             spec: spec.clone(),
@@ -309,7 +314,45 @@ impl Generation {
             identity_dependence,
             servers,
             clients,
-        })
+            trust_fingerprint: Fingerprint::of(&[]),
+            session_epoch: Fingerprint::of(&[]),
+        };
+        generation.trust_fingerprint = generation.compute_trust_fingerprint();
+        generation.session_epoch = generation.compute_session_epoch();
+        if let Some(previous) = previous {
+            generation.keep_sessions_from(previous);
+        }
+        Ok(generation)
+    }
+
+    /// Carries TLS session state over from `previous` where that cannot
+    /// change who is admitted, so a reload that only renews this host's
+    /// leaf does not turn every following handshake into a full one (the
+    /// latency bump under load, issue 15).
+    ///
+    /// * Server-side session stores are kept when the trust fingerprint is
+    ///   equal: a resumed session skips the client certificate verifier,
+    ///   and only equal trust guarantees it would admit the same peers.
+    /// * Client-side resumption stores are kept when the session epoch is
+    ///   equal (same trust and this host still has the same names): a
+    ///   resumed session shows the server the certificate it was made
+    ///   with, which must still say who this host is.
+    fn keep_sessions_from(&mut self, previous: &Generation) {
+        if previous.trust_fingerprint == self.trust_fingerprint {
+            for (name, config) in &mut self.servers {
+                if let (Some(old), Some(new)) = (previous.servers.get(name), Arc::get_mut(config)) {
+                    new.session_storage = old.session_storage.clone();
+                    new.ticketer = old.ticketer.clone();
+                }
+            }
+        }
+        if previous.session_epoch == self.session_epoch {
+            for (name, config) in &mut self.clients {
+                if let (Some(old), Some(new)) = (previous.clients.get(name), Arc::get_mut(config)) {
+                    new.resumption = old.resumption.clone();
+                }
+            }
+        }
     }
 
     /// Which CAs of its trust domain's bundle this host's own chain cannot
@@ -342,6 +385,34 @@ impl Generation {
     /// and CRL, the inventory, the TLS settings and every use's policy.
     /// Equal fingerprints mean no peer's admission can differ.
     pub fn trust_fingerprint(&self) -> Fingerprint {
+        self.trust_fingerprint
+    }
+
+    /// What outbound connections and cached client sessions were made
+    /// under: the trust fingerprint and this host's own names (subject,
+    /// SANs, trust domain, inventory host). Equal epochs mean a pooled
+    /// connection made under the older generation is one the newer would
+    /// make too, with a certificate that still names this host the same
+    /// way — so a renewal of this host's leaf keeps the pools (issue 15),
+    /// while any trust change or a change of name starts fresh ones.
+    pub fn session_epoch(&self) -> Fingerprint {
+        self.session_epoch
+    }
+
+    fn compute_session_epoch(&self) -> Fingerprint {
+        let leaf = self.identity.leaf();
+        let spec = self.identity.spec();
+        let parts: [Vec<u8>; 5] = [
+            self.trust_fingerprint.as_bytes().to_vec(),
+            leaf.subject.as_bytes().to_vec(),
+            format!("{:?}", leaf.sans).into_bytes(),
+            spec.trust_domain.as_bytes().to_vec(),
+            spec.host.as_deref().unwrap_or("").as_bytes().to_vec(),
+        ];
+        Fingerprint::of_all(parts.iter().map(Vec::as_slice))
+    }
+
+    fn compute_trust_fingerprint(&self) -> Fingerprint {
         let mut parts: Vec<Vec<u8>> = Vec::new();
         for bundle in self.bundles.values() {
             parts.push(bundle.name().as_bytes().to_vec());

@@ -2,10 +2,13 @@
 //!
 //! Configs are built per *use* (one listener or upstream), not per request:
 //! the data path only looks one up in the current [`Generation`] and clones
-//! an `Arc`. Every build makes fresh session caches, which is what makes a
-//! trust change take effect at once — rustls does not re-run the client
-//! certificate verifier on a resumed session, so a session cached under the
-//! old bundle must not survive into the new generation.
+//! an `Arc`. Every build makes fresh session caches; the generation then
+//! carries the previous one's caches over only when its trust is the same
+//! (`Generation::keep_sessions_from`). That is what makes a trust change
+//! take effect at once — rustls does not re-run the client certificate
+//! verifier on a resumed session, so a session cached under the old bundle
+//! must not survive into the new generation — while a renewal of this
+//! host's own leaf does not cost every peer a full handshake.
 //!
 //! [`Generation`]: crate::Generation
 

@@ -287,13 +287,13 @@ async fn handle_outbound(
     };
     parts.uri = uri;
     let deadline = grpc_timeout(&parts.headers);
-    let generation = state.ctx.store().current().number();
+    let epoch = state.ctx.store().current().session_epoch();
     let client = state.ctx.pool.remote(
         &state.ctx.handshaker,
         listener,
         &state.outbound,
         &state.target,
-        generation,
+        epoch,
         state.client,
     );
     forward(

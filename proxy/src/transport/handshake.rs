@@ -102,7 +102,7 @@ pub async fn accept(
             // The client's Finished arrived; the session tickets sent after
             // it met a reset (health checkers, `openssl s_time`). That is a
             // completed handshake, not a failure.
-            ctx.stats.handshake_ok();
+            ctx.stats.handshake_ok(false);
             record_peer(ctx, listener, report.admitted.as_ref(), None);
             tracing::debug!(listener = %listener.name, %peer, error = %e,
                 "handshake completed; the peer closed the connection right after");
@@ -135,7 +135,8 @@ pub async fn accept(
             return None;
         }
     };
-    ctx.stats.handshake_ok();
+    ctx.stats
+        .handshake_ok(resumed(tls.get_ref().1.handshake_kind()));
     record_peer(ctx, listener, identity.as_ref(), Some(&chain));
     match &identity {
         Some(id) => tracing::debug!(
@@ -235,7 +236,8 @@ pub async fn handshake_over(
                 .to_vec();
             match admitted(&generation, listener, &chain, report) {
                 Ok(identity) => {
-                    ctx.stats.handshake_ok();
+                    ctx.stats
+                        .handshake_ok(resumed(tls.get_ref().1.handshake_kind()));
                     record_peer(ctx, listener, identity.as_ref(), Some(&chain));
                     Ok(tls)
                 }
@@ -322,4 +324,8 @@ pub fn refused(
         error = %error,
         "TLS handshake refused"
     );
+}
+
+fn resumed(kind: Option<rustls::HandshakeKind>) -> bool {
+    kind == Some(rustls::HandshakeKind::Resumed)
 }

@@ -2,9 +2,12 @@
 //!
 //! One pool per listener, rebuilt when what it connects to changes: the
 //! upstream address (config reload) or, for pools that originate mTLS, the
-//! material generation — so a trust change never reuses a connection
-//! verified under the old bundle for a new request. An old pool lives on
-//! only as long as requests still use it. Every pooled mTLS connection is
+//! session epoch of the material (`Generation::session_epoch`: the trust
+//! and this host's names) — so a trust change never reuses a connection
+//! verified under the old bundle for a new request, while a reload that
+//! only renews this host's leaf keeps its warm connections (issue 15: a
+//! fresh pool on every reload put a handshake in front of the next calls).
+//! An old pool lives on only as long as requests still use it. Every pooled mTLS connection is
 //! registered like any other: a server that no longer qualifies after a
 //! trust change has its pooled connections closed after the grace period.
 
@@ -21,6 +24,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mtlsd_expiry::Fingerprint;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -28,7 +32,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::coalesce::Coalescing;
 use super::handshake::{self, Handshaker};
-use crate::config::{HostPort, ListenerConfig, Outbound};
+use crate::config::{HostPort, ListenerConfig, Outbound, Timeouts};
 use crate::connections::Registration;
 use crate::counting::CountingIo;
 
@@ -37,10 +41,33 @@ pub type PlainClient = Client<PlainConnector, Incoming>;
 /// mTLS to a remote host (grpc outbound).
 pub type RemoteClient = Client<RemoteConnector, Incoming>;
 
+/// What a pool was built for; a request whose listener, target or
+/// material differ from it gets a new pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PoolKey {
     upstream: http::uri::Authority,
-    generation: u64,
+    /// The session epoch for mTLS pools; `None` for plaintext ones.
+    epoch: Option<Fingerprint>,
+    timeouts: Timeouts,
+    /// The remote and how it is verified, for mTLS pools.
+    outbound: Option<Outbound>,
+}
+
+impl PoolKey {
+    /// Compared field by field against the request's own values, so the
+    /// per-request check allocates nothing.
+    fn is_for(
+        &self,
+        upstream: &http::uri::Authority,
+        epoch: Option<Fingerprint>,
+        timeouts: Timeouts,
+        outbound: Option<&Outbound>,
+    ) -> bool {
+        self.epoch == epoch
+            && self.timeouts == timeouts
+            && self.upstream == *upstream
+            && self.outbound.as_ref() == outbound
+    }
 }
 
 /// The current pools of one listener (only one kind is ever used).
@@ -60,13 +87,17 @@ impl<C> Default for Slot<C> {
 }
 
 impl<C: Clone> Slot<C> {
-    fn get(&self, key: PoolKey, build: impl FnOnce() -> C) -> C {
+    fn get(
+        &self,
+        current: impl FnOnce(&PoolKey) -> bool,
+        build: impl FnOnce() -> (PoolKey, C),
+    ) -> C {
         // The lock is held only to compare and clone; clients are cheap Arcs.
         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match &*slot {
-            Some((current, client)) if *current == key => client.clone(),
+            Some((key, client)) if current(key) => client.clone(),
             _ => {
-                let client = build();
+                let (key, client) = build();
                 *slot = Some((key, client.clone()));
                 client
             }
@@ -82,51 +113,62 @@ impl PoolSlot {
         target: &UpstreamTarget,
         http2: bool,
     ) -> PlainClient {
-        let key = PoolKey {
-            upstream: target.authority().clone(),
-            generation: 0,
-        };
-        let connect_timeout = listener.timeouts.connect;
         let timeouts = listener.timeouts;
-        self.plain.get(key, || {
-            let mut connector = HttpConnector::new();
-            connector.set_connect_timeout(Some(connect_timeout));
-            connector.set_nodelay(true);
-            let mut builder = Client::builder(TokioExecutor::new());
-            keep_alive(&mut builder, timeouts);
-            builder.http2_only(http2).build(PlainConnector {
-                inner: connector,
-                coalesce: http2,
-            })
-        })
+        self.plain.get(
+            |key| key.is_for(target.authority(), None, timeouts, None),
+            || {
+                let mut connector = HttpConnector::new();
+                connector.set_connect_timeout(Some(timeouts.connect));
+                connector.set_nodelay(true);
+                let mut builder = Client::builder(TokioExecutor::new());
+                keep_alive(&mut builder, timeouts);
+                let client = builder.http2_only(http2).build(PlainConnector {
+                    inner: connector,
+                    coalesce: http2,
+                });
+                let key = PoolKey {
+                    upstream: target.authority().clone(),
+                    epoch: None,
+                    timeouts,
+                    outbound: None,
+                };
+                (key, client)
+            },
+        )
     }
 
-    /// An mTLS h2 client to an outbound listener's remote host for
-    /// `generation`.
+    /// An mTLS h2 client to an outbound listener's remote host, for the
+    /// material's session `epoch`.
     pub fn remote(
         &self,
         handshaker: &Handshaker,
         listener: &Arc<ListenerConfig>,
         outbound: &Outbound,
         target: &UpstreamTarget,
-        generation: u64,
+        epoch: Fingerprint,
         client_addr: SocketAddr,
     ) -> RemoteClient {
-        let key = PoolKey {
-            upstream: target.authority().clone(),
-            generation,
-        };
         let timeouts = listener.timeouts;
-        self.remote.get(key, || {
-            let mut builder = Client::builder(TokioExecutor::new());
-            keep_alive(&mut builder, timeouts);
-            builder.http2_only(true).build(RemoteConnector {
-                handshaker: handshaker.clone(),
-                listener: listener.clone(),
-                outbound: outbound.clone(),
-                client_addr,
-            })
-        })
+        self.remote.get(
+            |key| key.is_for(target.authority(), Some(epoch), timeouts, Some(outbound)),
+            || {
+                let mut builder = Client::builder(TokioExecutor::new());
+                keep_alive(&mut builder, timeouts);
+                let client = builder.http2_only(true).build(RemoteConnector {
+                    handshaker: handshaker.clone(),
+                    listener: listener.clone(),
+                    outbound: outbound.clone(),
+                    client_addr,
+                });
+                let key = PoolKey {
+                    upstream: target.authority().clone(),
+                    epoch: Some(epoch),
+                    timeouts,
+                    outbound: Some(outbound.clone()),
+                };
+                (key, client)
+            },
+        )
     }
 }
 
@@ -134,10 +176,7 @@ impl PoolSlot {
 /// PINGs while idle so a dead peer (a host that vanished without a FIN) is
 /// noticed within the handshake timeout of a PING instead of on the next
 /// call's deadline.
-fn keep_alive(
-    builder: &mut hyper_util::client::legacy::Builder,
-    timeouts: crate::config::Timeouts,
-) {
+fn keep_alive(builder: &mut hyper_util::client::legacy::Builder, timeouts: Timeouts) {
     let interval = (timeouts.idle / 3).clamp(Duration::from_secs(1), Duration::from_secs(30));
     builder
         .timer(TokioTimer::new())

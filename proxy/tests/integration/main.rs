@@ -13,6 +13,7 @@ mod mariadb;
 mod observability;
 mod reload;
 mod rotation;
+mod sessions;
 mod support;
 mod trust_changes;
 mod tunnel;

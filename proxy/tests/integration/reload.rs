@@ -39,8 +39,13 @@ fn rotate(pki: &Pki, files: &HostFiles, cn: &str) -> IssuedCert {
 }
 
 /// The serial of the certificate a fresh handshake to `addr` is served.
+/// Full, never resumed: since the server keeps its session store across a
+/// renewal of its own leaf, a resumed session still shows the certificate
+/// it was made with (up to rustls' 24 h session lifetime).
 async fn served_serial(addr: SocketAddr, client: &Arc<rustls::ClientConfig>) -> String {
-    let stream = tls_connect(addr, client.clone()).await.unwrap();
+    let mut full = (**client).clone();
+    full.resumption = rustls::client::Resumption::disabled();
+    let stream = tls_connect(addr, Arc::new(full)).await.unwrap();
     let der = stream.get_ref().1.peer_certificates().unwrap()[0].clone();
     mtlsd_expiry::CertFacts::from_der(&der).unwrap().serial_hex
 }
