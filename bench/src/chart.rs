@@ -36,8 +36,10 @@ fn color(kind: Kind) -> RGBColor {
     match kind {
         Kind::Direct => RGBColor(150, 150, 150),
         Kind::Mtlsd => RGBColor(214, 39, 40),
+        Kind::Mtlsd2 => RGBColor(240, 128, 128),
         Kind::Haproxy => RGBColor(31, 119, 180),
         Kind::Nginx => RGBColor(44, 160, 44),
+        Kind::Caddy => RGBColor(148, 103, 189),
         Kind::Stunnel => RGBColor(255, 127, 14),
     }
 }
@@ -84,7 +86,7 @@ pub(crate) fn draw(results: &Results, path: &Path) -> anyhow::Result<()> {
     if text {
         head.draw(&Text::new(
             format!(
-                "mtlsd vs HAProxy, nginx, stunnel — {} — median of {} run(s), whiskers min–max{}",
+                "mtlsd vs HAProxy, nginx, Caddy, stunnel — {} — median of {} run(s), whiskers min–max{}",
                 results.date,
                 results.params.reps,
                 if results.params.quick { " (quick)" } else { "" }

@@ -1,9 +1,12 @@
-//! `mtlsd-bench compare`: mtlsd side by side with HAProxy, nginx and
-//! stunnel on this machine (issue 7).
+//! `mtlsd-bench compare`: mtlsd side by side with HAProxy, nginx, Caddy
+//! and stunnel on this machine (issues 7 and 15).
 //!
 //! Repetitions are interleaved — every system once, then every system
 //! again — so slow drift of the machine spreads over all systems instead
 //! of landing on one. Each system is started fresh for each repetition.
+//! The counts (issue 15) are taken in the first repetition only, at the
+//! end of the system's run (strace, context switches) and on a pair of
+//! its own under callgrind.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -12,11 +15,12 @@ use anyhow::Context;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::counts::{self, IN_FLIGHT, Profiled, SystemCounts};
 use crate::load::{self, Dial};
 use crate::procfs;
 use crate::results::{Figure, Params, Results};
 use crate::support;
-use crate::systems::{self, Binaries, Kind, Material, Pair};
+use crate::systems::{self, Binaries, Kind, Launch, Material, Pair};
 use crate::upstream::Upstream;
 use crate::{chart, report};
 
@@ -76,9 +80,12 @@ pub(crate) async fn run(
     out_dir: &Path,
     date: &str,
 ) -> anyhow::Result<PathBuf> {
-    let material_dir = tempfile::Builder::new()
+    let mut material_dir = tempfile::Builder::new()
         .prefix("mtlsd-bench-certs-")
         .tempdir()?;
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        material_dir.disable_cleanup(true);
+    }
     let m = Material::new(material_dir.path())?;
     let up = Upstream::start()?;
     let mut results = Results::new(params, bins, date)?;
@@ -138,7 +145,11 @@ async fn one_system(
             eprintln!("    {:>5.1}s {what}", t0.elapsed().as_secs_f64());
         }
     };
-    let pair = systems::start(kind, bins, m, &up.addrs, true)?;
+    let launch = Launch {
+        watch: true,
+        callgrind: None,
+    };
+    let pair = systems::start(kind, bins, m, &up.addrs, &launch)?;
     phase("started");
     let cpu = Cpu::of(&pair);
     // Everything of ours: this process (the generator), the upstream, the pair.
@@ -156,7 +167,8 @@ async fn one_system(
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut errors = 0u64;
 
-    // Memory first, on a fresh pair: idle, then with connections held.
+    // Memory first, on a fresh pair: idle, then with connections held
+    // (L4 systems: through their `echo` listener).
     if kind.is_proxy() && p.wants("memory") {
         let rss = |side: &Option<systems::Instance>| {
             side.as_ref()
@@ -166,30 +178,32 @@ async fn one_system(
         let (idle_c, idle_s) = (rss(&pair.client), rss(&pair.server));
         r.add(Figure::RssIdleClient, kind, idle_c as f64 * 1024.0 / 1e6);
         r.add(Figure::RssIdleServer, kind, idle_s as f64 * 1024.0 / 1e6);
-        let held = load::hold(ep.echo, p.held_connections)
-            .await
-            .context("holding connections")?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let (busy_c, busy_s) = (rss(&pair.client), rss(&pair.server));
-        let n = held.len() as f64;
-        r.add(
-            Figure::RssConnClient,
-            kind,
-            busy_c.saturating_sub(idle_c) as f64 / n,
-        );
-        r.add(
-            Figure::RssConnServer,
-            kind,
-            busy_s.saturating_sub(idle_s) as f64 / n,
-        );
-        let anon = |side: &Option<systems::Instance>| {
-            side.as_ref()
-                .map(|i| procfs::rss_anon_kib(&i.pids()))
-                .unwrap_or(0)
-        };
-        r.note_anon(kind, anon(&pair.client), anon(&pair.server));
-        drop(held);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some(l4) = &ep.l4 {
+            let held = load::hold(l4.echo, p.held_connections)
+                .await
+                .context("holding connections")?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (busy_c, busy_s) = (rss(&pair.client), rss(&pair.server));
+            let n = held.len() as f64;
+            r.add(
+                Figure::RssConnClient,
+                kind,
+                busy_c.saturating_sub(idle_c) as f64 / n,
+            );
+            r.add(
+                Figure::RssConnServer,
+                kind,
+                busy_s.saturating_sub(idle_s) as f64 / n,
+            );
+            let anon = |side: &Option<systems::Instance>| {
+                side.as_ref()
+                    .map(|i| procfs::rss_anon_kib(&i.pids()))
+                    .unwrap_or(0)
+            };
+            r.note_anon(kind, anon(&pair.client), anon(&pair.server));
+            drop(held);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         if rep == 0
             && let Some(server_echo) = ep.server_echo
         {
@@ -202,11 +216,17 @@ async fn one_system(
 
     phase("memory");
     // Latency at a fixed open-loop rate, L7 then L4.
-    let modes: Vec<(bool, std::net::SocketAddr)> = match ep.grpc_l7 {
-        Some(l7) if kind.has_l7() && kind.is_proxy() => vec![(true, l7), (false, ep.grpc_l4)],
-        Some(l7) => vec![(true, l7)],
-        None => vec![(false, ep.grpc_l4)],
-    };
+    let mut modes: Vec<(bool, std::net::SocketAddr)> = Vec::new();
+    if let Some(l7) = ep.grpc_l7 {
+        modes.push((true, l7));
+    }
+    if let Some(l4) = ep
+        .l4
+        .as_ref()
+        .filter(|_| kind.is_proxy() || ep.grpc_l7.is_none())
+    {
+        modes.push((false, l4.grpc));
+    }
     for &(l7, addr) in modes.iter().filter(|_| p.wants("latency")) {
         let mut at_start = ((0.0, 0.0), Instant::now());
         let lat = load::open_loop(
@@ -286,9 +306,9 @@ async fn one_system(
 
     phase("max rate");
     // Bulk throughput, one stream.
-    if p.wants("bulk") {
+    if let Some(l4) = ep.l4.as_ref().filter(|_| p.wants("bulk")) {
         let a = cpu.now();
-        let sink = ep.sink;
+        let sink = l4.sink;
         let dur = secs(p.bulk_s);
         let bulk = tokio::task::spawn_blocking(move || load::bulk(sink, dur, 64 << 30))
             .await?
@@ -304,10 +324,13 @@ async fn one_system(
     phase("bulk");
     // New connections through the pair (each one an mTLS handshake between
     // the two proxies); direct: plain TCP to the echo, for reference.
-    let variants: &[(Figure, Figure, std::net::SocketAddr)] = &[
-        (Figure::ConnFull, Figure::ConnFullPerCpu, ep.echo),
-        (Figure::ConnResume, Figure::ConnResumePerCpu, ep.echo_resume),
-    ];
+    let variants: Vec<(Figure, Figure, std::net::SocketAddr)> = match &ep.l4 {
+        Some(l4) => vec![
+            (Figure::ConnFull, Figure::ConnFullPerCpu, l4.echo),
+            (Figure::ConnResume, Figure::ConnResumePerCpu, l4.echo_resume),
+        ],
+        None => Vec::new(),
+    };
     for &(f, fc, addr) in variants.iter().filter(|_| p.wants("connections")) {
         if kind == Kind::Direct && f == Figure::ConnResume {
             continue;
@@ -342,10 +365,125 @@ async fn one_system(
         (foreign / wall0.elapsed().as_secs_f64() * 100.0).max(0.0),
     );
     r.add(Figure::Errors, kind, errors as f64);
+    let counting = rep == 0 && kind.is_proxy() && kind.has_l7() && p.wants("counts");
+    let mut counted = SystemCounts::default();
+    if counting {
+        let l7 = ep.grpc_l7.context("no L7 listener")?;
+        counts_on_pair(l7, &cpu, p, pair.dir(), &mut counted)
+            .await
+            .context("counts")?;
+        phase("counts: syscalls, context switches");
+    }
     drop(pair);
     phase("stopped");
     tokio::time::sleep(Duration::from_millis(200)).await;
+    if counting {
+        match instructions(kind, bins, p, m, up).await {
+            Ok(per) => counted.instructions = per,
+            Err(e) => {
+                eprintln!("    {}: no instruction counts: {e:#}", kind.name());
+                counted
+                    .unavailable
+                    .push(format!("instructions (callgrind): {e:#}"));
+            }
+        }
+        phase("counts: instructions");
+        for (c, v) in &counted.syscalls {
+            r.add(syscalls_figure(*c), kind, v.per_call);
+        }
+        for (c, v) in &counted.context_switches {
+            r.add(ctx_figure(*c), kind, v.per_call);
+        }
+        for (c, v) in &counted.instructions {
+            r.add(instr_figure(*c), kind, v.per_call);
+        }
+        r.counts.insert(kind.name().to_owned(), counted);
+    }
     Ok(())
+}
+
+fn syscalls_figure(in_flight: usize) -> Figure {
+    if in_flight == 1 {
+        Figure::SyscallsC1
+    } else {
+        Figure::SyscallsC16
+    }
+}
+
+fn ctx_figure(in_flight: usize) -> Figure {
+    if in_flight == 1 {
+        Figure::CtxC1
+    } else {
+        Figure::CtxC16
+    }
+}
+
+fn instr_figure(in_flight: usize) -> Figure {
+    if in_flight == 1 {
+        Figure::InstrC1
+    } else {
+        Figure::InstrC16
+    }
+}
+
+/// Context switches, then system calls, per L7 call through a running
+/// pair, at each concurrency of [`IN_FLIGHT`], over one gRPC channel.
+async fn counts_on_pair(
+    l7: std::net::SocketAddr,
+    cpu: &Cpu,
+    p: &Params,
+    dir: &Path,
+    out: &mut SystemCounts,
+) -> anyhow::Result<()> {
+    let client = load::channel(l7).await?;
+    let pids: Vec<i32> = cpu.client.iter().chain(&cpu.server).copied().collect();
+    for (c, n) in IN_FLIGHT.into_iter().zip(p.counts_calls) {
+        let s = counts::context_switches(&client, &pids, c, p.counts_warmup, n).await?;
+        out.context_switches.insert(c, s);
+    }
+    for (c, n) in IN_FLIGHT.into_iter().zip(p.counts_calls) {
+        let s = counts::syscalls(&client, &pids, c, p.counts_warmup, n, dir).await?;
+        out.syscalls.insert(c, s);
+    }
+    Ok(())
+}
+
+/// Instructions per L7 call: a fresh pair of `kind` with every proxy
+/// process under callgrind, counted at each concurrency of [`IN_FLIGHT`].
+async fn instructions(
+    kind: Kind,
+    bins: &Binaries,
+    p: &Params,
+    m: &Material,
+    up: &Upstream,
+) -> anyhow::Result<std::collections::BTreeMap<usize, counts::Instructions>> {
+    let profiles = tempfile::Builder::new()
+        .prefix("mtlsd-bench-callgrind-")
+        .tempdir()?;
+    let launch = Launch {
+        watch: true,
+        callgrind: Some(profiles.path().to_owned()),
+    };
+    let pair = systems::start(kind, bins, m, &up.addrs, &launch)?;
+    let l7 = pair.endpoints.grpc_l7.context("no L7 listener")?;
+    // Let the workers of a forking server (nginx) come up under valgrind.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu = Cpu::of(&pair);
+    let profiled = Profiled {
+        client: &cpu.client,
+        server: &cpu.server,
+        dir: profiles.path(),
+        functions: kind == Kind::Mtlsd,
+    };
+    let client = load::channel(l7).await?;
+    let mut out = std::collections::BTreeMap::new();
+    for (c, n) in IN_FLIGHT.into_iter().zip(p.callgrind_calls) {
+        let i = counts::instructions(&client, &profiled, c, p.callgrind_warmup, n).await?;
+        out.insert(c, i);
+    }
+    drop(client);
+    drop(pair);
+    Ok(out)
 }
 
 /// mtlsd only: the L7 latency run while both sides rotate their
@@ -357,7 +495,11 @@ async fn reload_under_load(
     up: &Upstream,
     r: &mut Results,
 ) -> anyhow::Result<()> {
-    let pair = systems::start(Kind::Mtlsd, bins, m, &up.addrs, false)?;
+    let launch = Launch {
+        watch: false,
+        callgrind: None,
+    };
+    let pair = systems::start(Kind::Mtlsd, bins, m, &up.addrs, &launch)?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let addr = pair.endpoints.grpc_l7.context("grpc listener")?;
     let pids = [

@@ -6,6 +6,7 @@
 //!   A dedicated thread keeps the timetable (1 µs timer slack, not tokio's
 //!   1 ms timer wheel) and hands each call to the runtime when it is due.
 //! * [`max_rate`]: closed loop, a fixed number of calls in flight.
+//! * [`fixed_calls`]: closed loop, a fixed number of calls (the counts).
 //! * [`bulk`]: one TCP stream, written as fast as it goes.
 //! * [`connections`]: new connections, each with one echoed byte.
 //! * [`hold`]: opens many connections and keeps them open.
@@ -39,7 +40,8 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1_000, 60_000_000_000, 3).unwrap()
 }
 
-async fn channel(addr: SocketAddr) -> anyhow::Result<EchoClient<Channel>> {
+/// One gRPC channel (one HTTP/2 connection) to `addr`.
+pub(crate) async fn channel(addr: SocketAddr) -> anyhow::Result<EchoClient<Channel>> {
     let channel = Endpoint::from_shared(format!("http://{addr}"))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5))
@@ -230,6 +232,47 @@ pub(crate) async fn max_rate(
         failed: failed.load(Ordering::Relaxed),
         seconds: duration.as_secs_f64(),
     })
+}
+
+/// Exactly `n` unary calls over `client`'s one channel with `in_flight`
+/// of them outstanding at a time (closed loop); every call must succeed
+/// (grpc-status 0, payload echoed) and all must be done within
+/// `deadline`. Returns the seconds taken.
+pub(crate) async fn fixed_calls(
+    client: &EchoClient<Channel>,
+    n: u64,
+    in_flight: usize,
+    deadline: Duration,
+) -> anyhow::Result<f64> {
+    let payload: Arc<[u8]> = vec![0x6bu8; PAYLOAD].into();
+    let issued = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let end = start + deadline;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..in_flight.max(1) {
+        let mut client = client.clone();
+        let (issued, failed, payload) = (issued.clone(), failed.clone(), payload.clone());
+        tasks.spawn(async move {
+            while issued.fetch_add(1, Ordering::Relaxed) < n {
+                let good = tokio::time::timeout_at(end.into(), call(&mut client, &payload))
+                    .await
+                    .unwrap_or(false);
+                if !good {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let failed = failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        bail!(
+            "{failed} of {n} calls failed or missed the {:?} deadline",
+            deadline
+        );
+    }
+    Ok(start.elapsed().as_secs_f64())
 }
 
 /// Bytes that crossed one bulk stream and how long that took.

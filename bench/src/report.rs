@@ -1,6 +1,7 @@
 //! The report of a comparison run: the JSON (every sample), the Markdown
-//! table with mtlsd/peer ratios and the goals of issue 7, reported (never
-//! asserted), with how each system was set up and measured.
+//! table with mtlsd/peer ratios and the goals of issues 7 and 15,
+//! reported (never asserted), the counts per call (issue 15), with how
+//! each system was set up and measured.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -70,6 +71,7 @@ impl Results {
                 "figures": Figure::RELOAD.iter().map(|&f| self.figure_json(f)).collect::<Vec<_>>(),
             },
             "handshake_probes": self.probes,
+            "counts": self.counts,
             "rss_anon_kib": self.rss_anon_kib,
             "generator_send_lag_p99_us": self.send_lag_p99_us,
             "goals": self.goals().iter().map(|g| serde_json::json!({
@@ -82,7 +84,7 @@ impl Results {
         self.stat(f, k).map(|s| s.median)
     }
 
-    /// The goals of issue 7 against this run's medians.
+    /// The goals of issues 7 and 15 against this run's medians.
     pub(crate) fn goals(&self) -> Vec<Goal> {
         let mut out = Vec::new();
         let best = |f: Figure, peers: &[Kind], higher: bool| -> Option<(Kind, f64)> {
@@ -92,7 +94,7 @@ impl Results {
                 .reduce(|a, b| if (b.1 > a.1) == higher { b } else { a })
         };
         for (p99, label, peers) in [
-            (Figure::LatL7P99, "L7", &[Kind::Haproxy, Kind::Nginx][..]),
+            (Figure::LatL7P99, "L7", &Kind::L7_PEERS[..]),
             (Figure::LatL4P99, "L4", &Kind::PEERS[..]),
         ] {
             if let (Some(m), Some(d)) = (
@@ -126,7 +128,7 @@ impl Results {
             }
         }
         for (f, label, peers) in [
-            (Figure::RateL7, "L7", &[Kind::Haproxy, Kind::Nginx][..]),
+            (Figure::RateL7, "L7", &Kind::L7_PEERS[..]),
             (Figure::RateL4, "L4", &Kind::PEERS[..]),
         ] {
             if let (Some(m), Some((k, b))) = (self.median(f, Kind::Mtlsd), best(f, peers, true)) {
@@ -194,7 +196,278 @@ impl Results {
                 });
             }
         }
+        // Issue 15.
+        for peer in [Kind::Haproxy, Kind::Caddy] {
+            let f = Figure::RateL7PerCpu;
+            if let (Some(m), Some(h)) = (self.median(f, Kind::Mtlsd), self.median(f, peer)) {
+                out.push(Goal {
+                    goal: format!(
+                        "issue 15: L7 calls per proxy CPU-second ≥ 1.2× {}",
+                        peer.name()
+                    ),
+                    measured: format!("{:.2}× ({m:.0} vs {h:.0} calls/CPU-s)", m / h),
+                    met: m / h >= 1.2,
+                });
+            }
+        }
+        for (f, label) in [
+            (Figure::SyscallsC1, "1 in flight"),
+            (Figure::SyscallsC16, "16 in flight"),
+        ] {
+            if let (Some(m), Some(h)) = (self.median(f, Kind::Mtlsd), self.median(f, Kind::Haproxy))
+            {
+                out.push(Goal {
+                    goal: format!("issue 15: system calls per L7 call (pair) ≤ HAProxy's, {label}"),
+                    measured: format!("{:.2}× ({} vs {})", m / h, fmt(m), fmt(h)),
+                    met: m <= h,
+                });
+            }
+        }
+        if let (Some(during), Some(base), Some(failed)) = (
+            self.median(Figure::ReloadP99, Kind::Mtlsd),
+            self.median(Figure::LatL7P99, Kind::Mtlsd),
+            self.median(Figure::ReloadFailed, Kind::Mtlsd),
+        ) {
+            out.push(Goal {
+                goal:
+                    "issue 15: p99 during reloads ≤ 1.5× the p99 without reloads, zero failed calls"
+                        .into(),
+                measured: format!(
+                    "{:.2}× ({during:.3} vs {base:.3} ms), {failed:.0} failed",
+                    during / base
+                ),
+                met: during <= 1.5 * base && failed == 0.0,
+            });
+        }
         out
+    }
+
+    /// The counts section: totals per call, the top system calls per
+    /// system, mtlsd's top functions, what a second worker does.
+    fn counts_markdown(&self, md: &mut String) {
+        if let Some(s) = self.second_worker() {
+            let _ = writeln!(md, "\n## A second worker thread (mtlsd-2w)\n\n{s}");
+        }
+        if self.counts.is_empty() {
+            return;
+        }
+        let p = &self.params;
+        let _ = writeln!(md, "\n## Counts per L7 call (issue 15)\n");
+        let _ = writeln!(
+            md,
+            "Counts over a fixed number of 1 KiB unary calls through the `grpc` listener, \
+             both proxies of the pair together, after a warm-up; they do not move with the \
+             machine's noise as the timed figures do. Also in the table above (rows \
+             *count: …*).\n"
+        );
+        // In the report's order of systems.
+        let systems: Vec<&String> = Kind::ALL
+            .iter()
+            .filter_map(|k| self.counts.get_key_value(k.name()).map(|(n, _)| n))
+            .collect();
+        let mut head = String::from("| per L7 call |");
+        let mut rule = String::from("|---|");
+        for s in &systems {
+            head.push_str(&format!(" {s} |"));
+            rule.push_str("---:|");
+        }
+        let _ = writeln!(md, "{head}\n{rule}");
+        let rows: [(&str, Figure); 6] = [
+            ("system calls, 1 in flight", Figure::SyscallsC1),
+            ("system calls, 16 in flight", Figure::SyscallsC16),
+            ("user instructions, 1 in flight", Figure::InstrC1),
+            ("user instructions, 16 in flight", Figure::InstrC16),
+            ("context switches, 1 in flight", Figure::CtxC1),
+            ("context switches, 16 in flight", Figure::CtxC16),
+        ];
+        for (label, f) in rows {
+            let mut row = format!("| {label} |");
+            for s in &systems {
+                let v = Kind::ALL
+                    .iter()
+                    .find(|k| k.name() == s.as_str())
+                    .and_then(|&k| self.median(f, k));
+                row.push_str(&format!(
+                    " {} |",
+                    v.map(fmt).unwrap_or_else(|| "n/a".into())
+                ));
+            }
+            let _ = writeln!(md, "{row}");
+        }
+        for (name, c) in &self.counts {
+            for why in &c.unavailable {
+                let _ = writeln!(md, "\n{name}: n/a — {why}");
+            }
+        }
+
+        // The top system calls: each system's six most frequent at 1 in
+        // flight, and the same names for every system.
+        let mut names: Vec<String> = Vec::new();
+        for c in self.counts.values() {
+            if let Some(sc) = c.syscalls.get(&1) {
+                let mut v: Vec<(&String, &f64)> = sc.by_syscall_per_call.iter().collect();
+                v.sort_by(|a, b| b.1.total_cmp(a.1));
+                for (n, _) in v.into_iter().take(6) {
+                    if !names.contains(n) {
+                        names.push(n.clone());
+                    }
+                }
+            }
+        }
+        if !names.is_empty() {
+            let _ = writeln!(
+                md,
+                "\nSystem calls per L7 call by name (1 in flight / 16 in flight), each \
+                 system's six most frequent; every name in the JSON (`counts`).\n"
+            );
+            let _ = writeln!(md, "{}", head.replacen("per L7 call", "syscall", 1));
+            let _ = writeln!(md, "{rule}");
+            for n in &names {
+                let mut row = format!("| {n} |");
+                for s in &systems {
+                    let c = &self.counts[*s];
+                    let at = |k: usize| {
+                        c.syscalls
+                            .get(&k)
+                            .map(|x| fmt(x.by_syscall_per_call.get(n).copied().unwrap_or(0.0)))
+                            .unwrap_or_else(|| "–".into())
+                    };
+                    row.push_str(&format!(" {} / {} |", at(1), at(16)));
+                }
+                let _ = writeln!(md, "{row}");
+            }
+        }
+
+        if let Some(m) = self.counts.get("mtlsd") {
+            let top1 = m.instructions.get(&1).map(|i| &i.top_functions);
+            let top16 = m.instructions.get(&16).map(|i| &i.top_functions);
+            if let Some(top1) = top1.filter(|t| !t.is_empty()) {
+                let _ = writeln!(
+                    md,
+                    "\nmtlsd's ten functions with the most self instructions (both sides, \
+                     callgrind), per L7 call; the top {} at each concurrency are in the JSON.\n",
+                    top1.len()
+                );
+                let _ = writeln!(
+                    md,
+                    "| function | Ir/call, 1 in flight | share | Ir/call, 16 in flight | share |\n|---|---:|---:|---:|---:|"
+                );
+                for f in top1.iter().take(10) {
+                    let at16 = top16.and_then(|t| t.iter().find(|g| g.name == f.name));
+                    let _ = writeln!(
+                        md,
+                        "| `{}` | {} | {:.1} % | {} | {} |",
+                        f.name.replace('|', "\\|"),
+                        fmt(f.self_ir_per_call),
+                        f.share * 100.0,
+                        at16.map(|g| fmt(g.self_ir_per_call))
+                            .unwrap_or_else(|| "–".into()),
+                        at16.map(|g| format!("{:.1} %", g.share * 100.0))
+                            .unwrap_or_else(|| "–".into()),
+                    );
+                }
+            }
+        }
+        let _ = writeln!(md, "\nMethod of the counts:\n");
+        let _ = writeln!(
+            md,
+            "* Every count: one gRPC channel from the generator to the client side, 1 KiB unary \
+             `Echo/Unary`, a closed loop with exactly 1 or 16 calls in flight over a fixed \
+             number of calls, each of which must succeed; before each count {} calls at the \
+             same concurrency warm the pair up (pooled connections, buffers). Repetition 1 \
+             only: they are counts. Both proxies of the pair are counted together, every \
+             process (nginx: master and workers) and every thread.",
+            p.counts_warmup
+        );
+        let _ = writeln!(
+            md,
+            "* System calls: `strace -c -f -U name,calls` attached (`-p`) to every process of \
+             both sides, every thread traced before the first counted call (checked in \
+             /proc/<pid>/task/*/status TracerPid), {} calls at 1 in flight and {} at 16, then \
+             SIGINT to strace and its table read; per call = all system calls / calls. strace \
+             slows each system call, which may let more events gather per `epoll_wait` at 16 in \
+             flight than at full speed: the figure counts, it does not time. `/proc/<pid>/io` \
+             would miss recv/send on sockets.",
+            p.counts_calls[0], p.counts_calls[1]
+        );
+        let _ = writeln!(
+            md,
+            "* User-space instructions: a separate pair, every proxy process started under \
+             `valgrind --tool=callgrind` (nginx with `master_process off`, one process: \
+             valgrind's gdbserver, which `callgrind_control` talks to, is not set up in \
+             workers forked without exec); after the warm-up ({} calls) `callgrind_control -z` on every process, then \
+             {} calls at 1 in flight and {} at 16, `callgrind_control -d`, and the dump's \
+             `summary:` Ir (instructions executed in user space, all threads) of both sides \
+             summed; per call = Ir / calls. Kernel work is not in it (that is what the system \
+             calls show). mtlsd's functions: self Ir per function from the same dumps (the \
+             release build has line tables, `debug = \"line-tables-only\"`). Caddy runs with \
+             GODEBUG=asyncpreemptoff=1 there (callgrind aborts on the Go runtime's preemption \
+             signal).",
+            p.callgrind_warmup, p.callgrind_calls[0], p.callgrind_calls[1]
+        );
+        let _ = writeln!(
+            md,
+            "* Context switches: voluntary + non-voluntary switches summed over \
+             /proc/<pid>/task/*/status of both sides before and after {} calls at 1 in flight \
+             and {} at 16, no tracer attached; per call = difference / calls.",
+            p.counts_calls[0], p.counts_calls[1]
+        );
+    }
+
+    /// What the second worker does to the maximum L7 rate and to CPU per
+    /// call, from this run's medians.
+    fn second_worker(&self) -> Option<String> {
+        let (r1, r2) = (
+            self.median(Figure::RateL7, Kind::Mtlsd)?,
+            self.median(Figure::RateL7, Kind::Mtlsd2)?,
+        );
+        let mut s = format!(
+            "With `runtime.worker_threads = 2` on both sides, mtlsd's maximum L7 rate is \
+             {} calls/s against {} with one worker ({:.2}×)",
+            fmt(r2),
+            fmt(r1),
+            r2 / r1
+        );
+        if let (Some(c1), Some(c2)) = (
+            self.median(Figure::RateL7PerCpu, Kind::Mtlsd),
+            self.median(Figure::RateL7PerCpu, Kind::Mtlsd2),
+        ) {
+            s.push_str(&format!(
+                ", and each call costs {:.2}× the proxy CPU ({} against {} calls per \
+                 CPU-second)",
+                c1 / c2,
+                fmt(c2),
+                fmt(c1)
+            ));
+        }
+        if let (Some(a), Some(b)) = (
+            self.median(Figure::SyscallsC16, Kind::Mtlsd),
+            self.median(Figure::SyscallsC16, Kind::Mtlsd2),
+        ) {
+            s.push_str(&format!(
+                "; system calls per call at 16 in flight: {} against {}",
+                fmt(b),
+                fmt(a)
+            ));
+        }
+        if let (Some(a), Some(b)) = (
+            self.median(Figure::CtxC16, Kind::Mtlsd),
+            self.median(Figure::CtxC16, Kind::Mtlsd2),
+        ) {
+            s.push_str(&format!(", context switches {} against {}", fmt(b), fmt(a)));
+        }
+        s.push('.');
+        let verdict = if r2 / r1 >= 1.1 {
+            " On this machine, where the generator and the upstream share the same two cores, \
+             the second worker buys rate; a busy host with a spare core can raise it, paying the \
+             CPU per call above."
+        } else {
+            " On this machine, where the generator and the upstream share the same two cores, \
+             the second worker does not buy rate; one worker (the default) stays the better \
+             choice unless mtlsd alone saturates a core."
+        };
+        s.push_str(verdict);
+        Some(s)
     }
 
     pub(crate) fn to_markdown(&self) -> String {
@@ -202,7 +475,7 @@ impl Results {
         let p = &self.params;
         let _ = writeln!(
             md,
-            "# mtlsd vs HAProxy, nginx, stunnel — {}{}\n",
+            "# mtlsd vs HAProxy, nginx, Caddy, stunnel — {}{}\n",
             self.date,
             if p.quick { " (quick smoke run)" } else { "" }
         );
@@ -237,11 +510,17 @@ impl Results {
              a ratio below 1 favours mtlsd; where higher is better (↑), above 1 does.\n",
             mach["cores"], p.reps
         );
-        let _ = writeln!(
-            md,
-            "| figure | unit | direct | mtlsd | haproxy | nginx | stunnel | mtlsd/haproxy | mtlsd/nginx | mtlsd/stunnel |"
-        );
-        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let mut head = String::from("| figure | unit |");
+        let mut rule = String::from("|---|---|");
+        for kind in Kind::ALL {
+            head.push_str(&format!(" {} |", kind.name()));
+            rule.push_str("---:|");
+        }
+        for peer in Kind::PEERS {
+            head.push_str(&format!(" mtlsd/{} |", peer.name()));
+            rule.push_str("---:|");
+        }
+        let _ = writeln!(md, "{head}\n{rule}");
         for f in Figure::TABLE {
             let meta = f.meta();
             let arrow = if meta.higher_is_better { "↑" } else { "↓" };
@@ -255,7 +534,10 @@ impl Results {
             let _ = writeln!(md, "{row}");
         }
 
-        let _ = writeln!(md, "\n## Goals of issue 7 (reported, not asserted)\n");
+        let _ = writeln!(
+            md,
+            "\n## Goals of issues 7 and 15 (reported, not asserted)\n"
+        );
         let _ = writeln!(md, "| goal | measured (medians) | met |\n|---|---|---|");
         for g in self.goals() {
             let _ = writeln!(
@@ -289,6 +571,8 @@ impl Results {
                 self.cell(f, Kind::Mtlsd)
             );
         }
+
+        self.counts_markdown(&mut md);
 
         let _ = writeln!(md, "\n## How each system was set up\n");
         let _ = writeln!(

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::counts::SystemCounts;
 use crate::systems::{Binaries, Kind};
 
 /// Durations and sizes of one run.
@@ -28,6 +29,13 @@ pub(crate) struct Params {
     pub(crate) held_connections: usize,
     pub(crate) reload_s: f64,
     pub(crate) reload_every_s: f64,
+    /// Counts: warm-up calls before each count (at the count's
+    /// concurrency), and calls counted at 1 and at 16 in flight.
+    pub(crate) counts_warmup: u64,
+    pub(crate) counts_calls: [u64; 2],
+    /// The same under callgrind (about 50× slower).
+    pub(crate) callgrind_warmup: u64,
+    pub(crate) callgrind_calls: [u64; 2],
     /// The systems to run, by name.
     pub(crate) systems: Vec<String>,
     /// The figure groups to measure, by name (see [`GROUPS`]).
@@ -35,13 +43,14 @@ pub(crate) struct Params {
 }
 
 /// Figure groups `--figures` can pick.
-pub(crate) const GROUPS: [&str; 7] = [
+pub(crate) const GROUPS: [&str; 8] = [
     "memory",
     "latency",
     "rate",
     "bulk",
     "connections",
     "handshakes",
+    "counts",
     "reload",
 ];
 
@@ -63,6 +72,10 @@ impl Params {
             held_connections: 1000,
             reload_s: 10.0,
             reload_every_s: 1.0,
+            counts_warmup: 500,
+            counts_calls: [5_000, 20_000],
+            callgrind_warmup: 200,
+            callgrind_calls: [2_000, 2_000],
             systems: Kind::ALL.iter().map(|k| k.name().to_owned()).collect(),
             figures: GROUPS.iter().map(|&g| g.to_owned()).collect(),
         };
@@ -75,6 +88,10 @@ impl Params {
             p.bulk_s = 1.0;
             p.connections_s = 1.0;
             p.reload_s = 3.0;
+            p.counts_warmup = 200;
+            p.counts_calls = [1_000, 2_000];
+            p.callgrind_warmup = 50;
+            p.callgrind_calls = [200, 400];
         }
         if let Some(r) = reps {
             p.reps = r;
@@ -103,6 +120,12 @@ pub(crate) enum Figure {
     RateL7PerCpu,
     RateL4,
     RateL4PerCpu,
+    SyscallsC1,
+    SyscallsC16,
+    InstrC1,
+    InstrC16,
+    CtxC1,
+    CtxC16,
     BulkMibS,
     BulkMibPerCpu,
     ConnFull,
@@ -132,7 +155,7 @@ pub(crate) struct Meta {
 }
 
 impl Figure {
-    pub(crate) const TABLE: [Figure; 26] = [
+    pub(crate) const TABLE: [Figure; 32] = [
         Figure::LatL7P50,
         Figure::LatL7P99,
         Figure::LatL7P999,
@@ -145,6 +168,12 @@ impl Figure {
         Figure::RateL7PerCpu,
         Figure::RateL4,
         Figure::RateL4PerCpu,
+        Figure::SyscallsC1,
+        Figure::SyscallsC16,
+        Figure::InstrC1,
+        Figure::InstrC16,
+        Figure::CtxC1,
+        Figure::CtxC16,
         Figure::BulkMibS,
         Figure::BulkMibPerCpu,
         Figure::ConnFull,
@@ -221,6 +250,42 @@ impl Figure {
                 "… L4 per proxy CPU-second",
                 "calls/CPU-s",
                 true,
+            ),
+            Figure::SyscallsC1 => m(
+                "syscalls_per_call_l7_c1",
+                "count: system calls per L7 call, both proxies, 1 in flight (strace -c)",
+                "syscalls/call",
+                false,
+            ),
+            Figure::SyscallsC16 => m(
+                "syscalls_per_call_l7_c16",
+                "count: … system calls per L7 call, 16 in flight",
+                "syscalls/call",
+                false,
+            ),
+            Figure::InstrC1 => m(
+                "instructions_per_call_l7_c1",
+                "count: user-space instructions per L7 call, both proxies, 1 in flight (callgrind)",
+                "Ir/call",
+                false,
+            ),
+            Figure::InstrC16 => m(
+                "instructions_per_call_l7_c16",
+                "count: … instructions per L7 call, 16 in flight",
+                "Ir/call",
+                false,
+            ),
+            Figure::CtxC1 => m(
+                "context_switches_per_call_l7_c1",
+                "count: context switches per L7 call, both proxies, 1 in flight",
+                "switches/call",
+                false,
+            ),
+            Figure::CtxC16 => m(
+                "context_switches_per_call_l7_c16",
+                "count: … context switches per L7 call, 16 in flight",
+                "switches/call",
+                false,
             ),
             Figure::BulkMibS => m("bulk", "bulk TCP, one stream", "MiB/s", true),
             Figure::BulkMibPerCpu => m(
@@ -364,6 +429,8 @@ pub(crate) struct Results {
     pub(crate) send_lag_p99_us: BTreeMap<String, Vec<f64>>,
     pub(crate) reloads_per_run: u32,
     pub(crate) elapsed_s: f64,
+    /// The counts' details (per syscall, mtlsd's top functions), by system.
+    pub(crate) counts: BTreeMap<String, SystemCounts>,
 }
 
 fn command_line(cmd: &str, args: &[&str]) -> String {
@@ -423,6 +490,7 @@ impl Results {
             send_lag_p99_us: BTreeMap::new(),
             reloads_per_run: 0,
             elapsed_s: 0.0,
+            counts: BTreeMap::new(),
         })
     }
 

@@ -59,7 +59,14 @@ impl Daemon {
     /// Starts `mtlsd run --config config` and waits until it logged
     /// `ready`, collecting listener addresses on the way.
     pub(crate) fn start(mtlsd: &Path, config: &Path) -> anyhow::Result<Self> {
-        let mut child = Command::new(mtlsd)
+        Self::start_with(Command::new(mtlsd), config)
+    }
+
+    /// [`Daemon::start`] with `cmd` as the program: mtlsd itself, or a
+    /// wrapper (valgrind) with mtlsd as its last argument so far.
+    pub(crate) fn start_with(mut cmd: Command, config: &Path) -> anyhow::Result<Self> {
+        let program = cmd.get_program().to_owned();
+        let mut child = cmd
             .args(["--log-format", "json", "run", "--config"])
             .arg(config)
             .env("MTLSD_LOG", "info")
@@ -68,7 +75,7 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("cannot start {}", mtlsd.display()))?;
+            .with_context(|| format!("cannot start {}", program.display()))?;
         let stderr = child.stderr.take().context("stderr")?;
         let mut lines = std::io::BufReader::new(stderr).lines();
         let mut listeners = Vec::new();

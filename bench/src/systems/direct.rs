@@ -2,7 +2,7 @@
 //! upstream, so every proxy's added latency and cost can be read against
 //! it.
 
-use super::Endpoints;
+use super::{Endpoints, L4Endpoints};
 use crate::upstream::UpstreamAddrs;
 
 /// What the report says about the baseline.
@@ -13,10 +13,12 @@ pub(super) const SETTINGS: &[&str] = &["load generator straight to the upstream,
 pub(super) fn endpoints(up: &UpstreamAddrs) -> Endpoints {
     Endpoints {
         grpc_l7: Some(up.grpc),
-        grpc_l4: up.grpc,
-        echo: up.echo,
-        echo_resume: up.echo,
-        sink: up.sink,
+        l4: Some(L4Endpoints {
+            grpc: up.grpc,
+            echo: up.echo,
+            echo_resume: up.echo,
+            sink: up.sink,
+        }),
         server_echo: None,
     }
 }

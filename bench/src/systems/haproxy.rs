@@ -3,9 +3,8 @@
 //! side.
 
 use std::path::Path;
-use std::process::Command;
 
-use super::{Binaries, Material, Peer, Ports, spawn_peer};
+use super::{Binaries, Launch, Material, Peer, Ports, spawn_peer};
 use crate::upstream::UpstreamAddrs;
 
 /// HAProxy's settings that matter for the comparison, for the report.
@@ -26,14 +25,23 @@ pub(super) fn start(
     up: &UpstreamAddrs,
     server: &Ports,
     client: &Ports,
+    launch: &Launch,
 ) -> anyhow::Result<(Peer, Peer)> {
-    let server_side = spawn(bins, dir, "server", &server_config(m, server, up), server)?;
+    let server_side = spawn(
+        bins,
+        dir,
+        "server",
+        &server_config(m, server, up),
+        server,
+        launch,
+    )?;
     let client_side = spawn(
         bins,
         dir,
         "client",
         &client_config(m, client, server),
         client,
+        launch,
     )?;
     Ok((client_side, server_side))
 }
@@ -142,16 +150,24 @@ backend {name}
 
 /// Writes one side's config to `<dir>/haproxy-<side>.cfg` and starts
 /// HAProxy in the foreground on it.
-fn spawn(bins: &Binaries, dir: &Path, side: &str, config: &str, p: &Ports) -> anyhow::Result<Peer> {
+fn spawn(
+    bins: &Binaries,
+    dir: &Path,
+    side: &str,
+    config: &str,
+    p: &Ports,
+    launch: &Launch,
+) -> anyhow::Result<Peer> {
     let path = dir.join(format!("haproxy-{side}.cfg"));
     std::fs::write(&path, config)?;
-    let mut cmd = Command::new(&bins.haproxy);
+    let mut cmd = launch.command(&bins.haproxy, &format!("haproxy-{side}"));
     cmd.arg("-db").arg("-f").arg(&path);
     spawn_peer(
         &format!("haproxy ({side})"),
         cmd,
         &dir.join(format!("haproxy-{side}.log")),
         &p.all(true),
+        launch,
     )
 }
 

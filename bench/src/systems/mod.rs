@@ -11,17 +11,24 @@
 //! | `echo-resume` | L4   | echo     | new connections with the peer's default session resumption |
 //! | `sink`        | L4   | sink     | bulk throughput |
 //!
+//! Two systems carry the `grpc` listener only (L7-only): `caddy` (no L4
+//! proxying in the stock build) and `mtlsd-2w` (mtlsd with two worker
+//! threads, measured on the gRPC path only).
+//!
 //! The same certificates (ECDSA P-256 from mtlsd-devca), TLS 1.3 only,
 //! client certificates required and verified, server name checked.
 //!
 //! Each system has a file of its own with its config templates, its
 //! start-up and the settings the report lists: `direct` (no proxy, the
-//! baseline), `mtlsd`, `haproxy`, `nginx`, `stunnel`. This file holds what
-//! they share: which systems there are ([`Kind`]), the certificates
-//! ([`Material`]), ports, starting a peer process and waiting until it
-//! listens, stopping it, and where the load generator connects
-//! ([`Endpoints`]). The system files use this one and never each other.
+//! baseline), `mtlsd` (also `mtlsd-2w`), `haproxy`, `nginx`, `caddy`,
+//! `stunnel`. This file holds what they share: which systems there are
+//! ([`Kind`]), the certificates ([`Material`]), ports, how processes are
+//! launched ([`Launch`]: plain or under callgrind), starting a peer
+//! process and waiting until it listens, stopping it, and where the load
+//! generator connects ([`Endpoints`]). The system files use this one and
+//! never each other.
 
+mod caddy;
 mod direct;
 mod haproxy;
 pub(crate) mod mtlsd;
@@ -29,6 +36,7 @@ mod nginx;
 mod stunnel;
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -46,36 +54,50 @@ use crate::upstream::UpstreamAddrs;
 pub(crate) enum Kind {
     Direct,
     Mtlsd,
+    /// mtlsd with `runtime.worker_threads = 2`, L7 only.
+    Mtlsd2,
     Haproxy,
     Nginx,
+    /// Caddy (Go, crypto/tls), L7 only.
+    Caddy,
     Stunnel,
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 5] = [
+    pub(crate) const ALL: [Kind; 7] = [
         Kind::Direct,
         Kind::Mtlsd,
+        Kind::Mtlsd2,
         Kind::Haproxy,
         Kind::Nginx,
+        Kind::Caddy,
         Kind::Stunnel,
     ];
-    pub(crate) const PEERS: [Kind; 3] = [Kind::Haproxy, Kind::Nginx, Kind::Stunnel];
+    /// The other proxies mtlsd is compared with (ratio columns).
+    pub(crate) const PEERS: [Kind; 4] = [Kind::Haproxy, Kind::Nginx, Kind::Caddy, Kind::Stunnel];
+    /// The peers with an L7 (gRPC) listener.
+    pub(crate) const L7_PEERS: [Kind; 3] = [Kind::Haproxy, Kind::Nginx, Kind::Caddy];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::Direct => "direct",
             Kind::Mtlsd => "mtlsd",
+            Kind::Mtlsd2 => "mtlsd-2w",
             Kind::Haproxy => "haproxy",
             Kind::Nginx => "nginx",
+            Kind::Caddy => "caddy",
             Kind::Stunnel => "stunnel",
         }
     }
 
     pub(crate) fn has_l7(self) -> bool {
-        matches!(
-            self,
-            Kind::Direct | Kind::Mtlsd | Kind::Haproxy | Kind::Nginx
-        )
+        self != Kind::Stunnel
+    }
+
+    /// Whether the system is measured on the L4 listeners (and so for
+    /// bulk, new connections, handshakes and memory per connection).
+    pub(crate) fn has_l4(self) -> bool {
+        !matches!(self, Kind::Caddy | Kind::Mtlsd2)
     }
 
     pub(crate) fn is_proxy(self) -> bool {
@@ -87,8 +109,10 @@ impl Kind {
         match self {
             Kind::Direct => direct::SETTINGS,
             Kind::Mtlsd => mtlsd::SETTINGS,
+            Kind::Mtlsd2 => mtlsd::SETTINGS_2W,
             Kind::Haproxy => haproxy::SETTINGS,
             Kind::Nginx => nginx::SETTINGS,
+            Kind::Caddy => caddy::SETTINGS,
             Kind::Stunnel => stunnel::SETTINGS,
         }
     }
@@ -148,12 +172,20 @@ impl Material {
 #[derive(Debug, Clone)]
 pub(crate) struct Endpoints {
     pub(crate) grpc_l7: Option<SocketAddr>,
-    pub(crate) grpc_l4: SocketAddr,
+    /// The L4 listeners (none for an L7-only system).
+    pub(crate) l4: Option<L4Endpoints>,
+    /// The server side's mTLS `echo` listener (not for direct, nor for
+    /// an L7-only system).
+    pub(crate) server_echo: Option<SocketAddr>,
+}
+
+/// The client side's L4 listeners.
+#[derive(Debug, Clone)]
+pub(crate) struct L4Endpoints {
+    pub(crate) grpc: SocketAddr,
     pub(crate) echo: SocketAddr,
     pub(crate) echo_resume: SocketAddr,
     pub(crate) sink: SocketAddr,
-    /// The server side's mTLS `echo` listener (not for direct).
-    pub(crate) server_echo: Option<SocketAddr>,
 }
 
 /// One proxy process (and its children).
@@ -218,6 +250,7 @@ pub(crate) struct Binaries {
     pub(crate) haproxy: PathBuf,
     pub(crate) nginx: PathBuf,
     pub(crate) stunnel: PathBuf,
+    pub(crate) caddy: PathBuf,
 }
 
 impl Binaries {
@@ -243,6 +276,12 @@ impl Binaries {
         v.insert("haproxy".into(), first_line(&self.haproxy, &["-v"]));
         v.insert("nginx".into(), first_line(&self.nginx, &["-V"]));
         v.insert("stunnel".into(), first_line(&self.stunnel, &["-version"]));
+        v.insert("caddy".into(), first_line(&self.caddy, &["version"]));
+        v.insert(
+            "valgrind".into(),
+            first_line(Path::new("valgrind"), &["--version"]),
+        );
+        v.insert("strace".into(), first_line(Path::new("strace"), &["-V"]));
         v.insert(
             "openssl".into(),
             first_line(Path::new("openssl"), &["version"]),
@@ -295,10 +334,59 @@ impl Ports {
     }
 }
 
+/// How a pair's processes are started.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Launch {
+    /// mtlsd's file watching (off for the reload test, where only SIGHUP
+    /// reloads).
+    pub(crate) watch: bool,
+    /// Run every proxy process under `valgrind --tool=callgrind`, its
+    /// profiles and logs in this directory: `callgrind.<tag>.<pid>`, and
+    /// `callgrind.<tag>.<pid>.<n>` for the n-th `callgrind_control -d`.
+    pub(crate) callgrind: Option<PathBuf>,
+}
+
+impl Launch {
+    /// The command that runs `program` for the side tagged `tag` (e.g.
+    /// `haproxy-server`): `program` itself, or valgrind running it.
+    /// Children forked without exec would be profiled too, each into a
+    /// file of its own pid, but `callgrind_control` cannot reach them
+    /// (nginx runs as one process under callgrind for that reason).
+    pub(crate) fn command(&self, program: &Path, tag: &str) -> Command {
+        match &self.callgrind {
+            None => Command::new(program),
+            Some(dir) => {
+                let mut out = OsString::from("--callgrind-out-file=");
+                out.push(dir.join(format!("callgrind.{tag}.%p")));
+                let mut log = OsString::from("--log-file=");
+                log.push(dir.join(format!("valgrind.{tag}.%p.log")));
+                let mut cmd = Command::new("valgrind");
+                cmd.arg("--tool=callgrind").arg(out).arg(log).arg(program);
+                cmd
+            }
+        }
+    }
+
+    /// How long a peer may take to listen: valgrind starts slowly.
+    fn startup(&self) -> Duration {
+        if self.callgrind.is_some() {
+            Duration::from_secs(120)
+        } else {
+            Duration::from_secs(10)
+        }
+    }
+}
+
 /// Starts a peer process with its output in `log`, then waits (10 s at
-/// most) until each of `ports` accepts a connection; fails with the log
-/// if the process exits first.
-fn spawn_peer(name: &str, mut cmd: Command, log: &Path, ports: &[u16]) -> anyhow::Result<Peer> {
+/// most, 120 s under valgrind) until each of `ports` accepts a
+/// connection; fails with the log if the process exits first.
+fn spawn_peer(
+    name: &str,
+    mut cmd: Command,
+    log: &Path,
+    ports: &[u16],
+    launch: &Launch,
+) -> anyhow::Result<Peer> {
     let log_file = std::fs::File::create(log)?;
     let mut child = cmd
         .stdin(Stdio::null())
@@ -306,7 +394,7 @@ fn spawn_peer(name: &str, mut cmd: Command, log: &Path, ports: &[u16]) -> anyhow
         .stderr(log_file)
         .spawn()
         .with_context(|| format!("cannot start {name}"))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + launch.startup();
     for &port in ports {
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -318,7 +406,10 @@ fn spawn_peer(name: &str, mut cmd: Command, log: &Path, ports: &[u16]) -> anyhow
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                bail!("{name} did not listen on 127.0.0.1:{port} within 10 s");
+                bail!(
+                    "{name} did not listen on 127.0.0.1:{port} within {:?}",
+                    launch.startup()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -329,33 +420,43 @@ fn spawn_peer(name: &str, mut cmd: Command, log: &Path, ports: &[u16]) -> anyhow
     })
 }
 
-/// Starts `kind` in front of the upstream at `up`. `watch` is mtlsd's
-/// file watching (off for the reload test, where only SIGHUP reloads).
+/// Starts `kind` in front of the upstream at `up`, as `launch` says.
 pub(crate) fn start(
     kind: Kind,
     bins: &Binaries,
     m: &Material,
     up: &UpstreamAddrs,
-    watch: bool,
+    launch: &Launch,
 ) -> anyhow::Result<Pair> {
-    let dir = tempfile::Builder::new()
+    let mut dir = tempfile::Builder::new()
         .prefix(&format!("mtlsd-bench-{}-", kind.name()))
         .tempdir()?;
+    // BENCH_KEEP=1 keeps each pair's directory (configs, logs) for a look.
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        eprintln!("    keeping {}", dir.path().display());
+        dir.disable_cleanup(true);
+    }
     let d = dir.path().to_owned();
     let (client, server, endpoints) = match kind {
         Kind::Direct => (None, None, direct::endpoints(up)),
-        Kind::Mtlsd => {
-            let (client, server) = mtlsd::start(bins, &d, m, up, watch)?;
-            let endpoints = mtlsd::endpoints(&client, &server)?;
+        Kind::Mtlsd | Kind::Mtlsd2 => {
+            let workers = (kind == Kind::Mtlsd2).then_some(2);
+            let (client, server) = mtlsd::start(bins, &d, m, up, launch, workers)?;
+            let mut endpoints = mtlsd::endpoints(&client, &server)?;
+            if !kind.has_l4() {
+                endpoints.l4 = None;
+                endpoints.server_echo = None;
+            }
             (
                 Some(Instance::Mtlsd(client)),
                 Some(Instance::Mtlsd(server)),
                 endpoints,
             )
         }
-        Kind::Haproxy => start_peers(kind, |s, c| haproxy::start(bins, &d, m, up, s, c))?,
-        Kind::Nginx => start_peers(kind, |s, c| nginx::start(bins, &d, m, up, s, c))?,
-        Kind::Stunnel => start_peers(kind, |s, c| stunnel::start(bins, &d, m, up, s, c))?,
+        Kind::Haproxy => start_peers(kind, |s, c| haproxy::start(bins, &d, m, up, s, c, launch))?,
+        Kind::Nginx => start_peers(kind, |s, c| nginx::start(bins, &d, m, up, s, c, launch))?,
+        Kind::Caddy => start_peers(kind, |s, c| caddy::start(bins, &d, m, up, s, c, launch))?,
+        Kind::Stunnel => start_peers(kind, |s, c| stunnel::start(bins, &d, m, up, s, c, launch))?,
     };
     Ok(Pair {
         client,
@@ -376,11 +477,13 @@ fn start_peers(
     let (client, server) = start(&sp, &cp)?;
     let endpoints = Endpoints {
         grpc_l7: kind.has_l7().then_some(lo(cp.grpc)),
-        grpc_l4: lo(cp.tcp_grpc),
-        echo: lo(cp.echo),
-        echo_resume: lo(cp.echo_resume),
-        sink: lo(cp.sink),
-        server_echo: Some(lo(sp.echo)),
+        l4: kind.has_l4().then(|| L4Endpoints {
+            grpc: lo(cp.tcp_grpc),
+            echo: lo(cp.echo),
+            echo_resume: lo(cp.echo_resume),
+            sink: lo(cp.sink),
+        }),
+        server_echo: kind.has_l4().then_some(lo(sp.echo)),
     };
     Ok((
         Some(Instance::Peer(client)),

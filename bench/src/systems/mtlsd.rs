@@ -5,32 +5,45 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use super::{Binaries, Endpoints, Material};
+use super::{Binaries, Endpoints, L4Endpoints, Launch, Material};
 use crate::support::{self, Daemon};
 use crate::upstream::UpstreamAddrs;
 
 /// mtlsd's settings that matter for the comparison, for the report.
 pub(super) const SETTINGS: &[&str] = &[
-    "release build; tokio runtime with 1 worker thread (mtlsd's default, runtime.worker_threads; a second worker used a third more CPU per call here at the same maximum rate)",
+    "release build; tokio runtime with 1 worker thread (mtlsd's default, runtime.worker_threads; mtlsd-2w is the same with 2)",
     "rustls 0.23 with aws-lc-rs, defaults: TLS 1.3 only, session resumption on (rustls default, no setting to turn it off)",
     "grpc mode: h2c in, pooled h2 over mTLS between the pair, pooled h2c to the upstream",
     "tcp mode for L4; max_connections = 8192 per listener; no inventory (chain + name checks only, as the peers do)",
     "file watching on (default) except in the reload test (SIGHUP only)",
 ];
 
+/// mtlsd-2w: what differs from mtlsd, for the report.
+pub(super) const SETTINGS_2W: &[&str] = &[
+    "mtlsd as above with `[runtime] worker_threads = 2` on both sides (one per core); measured on the L7 (gRPC) listener only",
+];
+
 /// Starts the server side, then the client side pointed at it; returns
-/// (client, server). `watch` is the daemons' file watching (off for the
-/// reload test, where only SIGHUP reloads).
+/// (client, server). `workers` sets `runtime.worker_threads` (mtlsd's
+/// default when none).
 pub(super) fn start(
     bins: &Binaries,
     dir: &Path,
     m: &Material,
     up: &UpstreamAddrs,
-    watch: bool,
+    launch: &Launch,
+    workers: Option<u32>,
 ) -> anyhow::Result<(Daemon, Daemon)> {
-    let server = start_side(bins, dir, "server", m, &m.server, up, None, watch)?;
-    let client = start_side(bins, dir, "client", m, &m.client, up, Some(&server), watch)?;
+    let sides = Sides { launch, workers };
+    let server = start_side(bins, dir, "server", m, &m.server, up, None, &sides)?;
+    let client = start_side(bins, dir, "client", m, &m.client, up, Some(&server), &sides)?;
     Ok((client, server))
+}
+
+/// What both sides of a pair are started with.
+struct Sides<'a> {
+    launch: &'a Launch,
+    workers: Option<u32>,
 }
 
 /// Where the load goes: the client side's listeners, as it reported them.
@@ -39,10 +52,12 @@ pub(super) fn start(
 pub(super) fn endpoints(client: &Daemon, server: &Daemon) -> anyhow::Result<Endpoints> {
     Ok(Endpoints {
         grpc_l7: Some(client.addr("grpc")?),
-        grpc_l4: client.addr("tcp-grpc")?,
-        echo: client.addr("echo")?,
-        echo_resume: client.addr("echo")?,
-        sink: client.addr("sink")?,
+        l4: Some(L4Endpoints {
+            grpc: client.addr("tcp-grpc")?,
+            echo: client.addr("echo")?,
+            echo_resume: client.addr("echo")?,
+            sink: client.addr("sink")?,
+        }),
         server_echo: Some(server.addr("echo")?),
     })
 }
@@ -83,7 +98,7 @@ fn start_side(
     identity: &[PathBuf; 3],
     up: &UpstreamAddrs,
     server: Option<&Daemon>,
-    watch: bool,
+    sides: &Sides<'_>,
 ) -> anyhow::Result<Daemon> {
     let d = dir.join(side);
     std::fs::create_dir_all(&d)?;
@@ -98,18 +113,32 @@ fn start_side(
             .map(|&(name, protocol, _)| Ok((name, protocol, server.addr(name)?)))
             .collect::<anyhow::Result<Vec<_>>>()?,
     };
-    let text = config(dir, side, &m.ca_pem, watch, server.is_some(), &listeners);
+    let text = config(
+        dir,
+        side,
+        &m.ca_pem,
+        sides.launch.watch,
+        sides.workers,
+        server.is_some(),
+        &listeners,
+    );
     let config = d.join("mtlsd.toml");
     std::fs::write(&config, text)?;
-    Daemon::start(&bins.mtlsd, &config)
+    let tag = match sides.workers {
+        Some(n) => format!("mtlsd-{n}w-{side}"),
+        None => format!("mtlsd-{side}"),
+    };
+    Daemon::start_with(sides.launch.command(&bins.mtlsd, &tag), &config)
 }
 
-/// The config of one mtlsd side: `outbound` for the client side.
+/// The config of one mtlsd side: `outbound` for the client side;
+/// `workers` sets `runtime.worker_threads`.
 fn config(
     dir: &Path,
     side: &str,
     ca: &Path,
     watch: bool,
+    workers: Option<u32>,
     outbound: bool,
     listeners: &[Listener],
 ) -> String {
@@ -124,6 +153,9 @@ fn config(
          [shutdown]\ndrain_timeout = \"1s\"\n",
         state = d.join("state"),
     );
+    if let Some(n) = workers {
+        text.push_str(&format!("[runtime]\nworker_threads = {n}\n"));
+    }
     for &(name, protocol, upstream) in listeners {
         if outbound {
             text.push_str(&format!(
@@ -160,11 +192,19 @@ mod tests {
             .collect::<Vec<_>>();
         assert_pinned(
             "mtlsd-server.toml",
-            &config(dir, "server", &m.ca_pem, true, false, &server_side),
+            &config(dir, "server", &m.ca_pem, true, None, false, &server_side),
         );
         assert_pinned(
             "mtlsd-client.toml",
-            &config(dir, "client", &m.ca_pem, false, true, &client_side),
+            &config(dir, "client", &m.ca_pem, false, None, true, &client_side),
+        );
+        assert_pinned(
+            "mtlsd-2w-server.toml",
+            &config(dir, "server", &m.ca_pem, true, Some(2), false, &server_side),
+        );
+        assert_pinned(
+            "mtlsd-2w-client.toml",
+            &config(dir, "client", &m.ca_pem, true, Some(2), true, &client_side),
         );
     }
 }

@@ -3,9 +3,8 @@
 //! others, configured by one file per side.
 
 use std::path::Path;
-use std::process::Command;
 
-use super::{Binaries, Material, Peer, Ports, spawn_peer};
+use super::{Binaries, Launch, Material, Peer, Ports, spawn_peer};
 use crate::upstream::UpstreamAddrs;
 
 /// nginx's settings that matter for the comparison, for the report.
@@ -13,6 +12,7 @@ pub(super) const SETTINGS: &[&str] = &[
     "worker_processes 2 (auto = cores), worker_connections 16384, worker_rlimit_nofile 65536, access_log off",
     "ssl_protocols TLSv1.3; ssl_session_cache off, ssl_session_tickets off, *_ssl_session_reuse off (echo-resume: tickets and reuse on)",
     "L7: `listen … http2` (h2c) → `grpc_pass grpcs://` with upstream keepalive 64 → `listen … ssl http2` → `grpc_pass grpc://` with keepalive 64; keepalive_requests 1000000",
+    "under callgrind (instruction counts only): `master_process off` (one process running the worker loop), as valgrind cannot be driven in forked workers",
     "L4: stream module, proxy_ssl on the client side, `listen … ssl` on the server side, proxy_half_close on (so a half-close reaches the far end, as the other systems do)",
 ];
 
@@ -25,6 +25,7 @@ pub(super) fn start(
     up: &UpstreamAddrs,
     server: &Ports,
     client: &Ports,
+    launch: &Launch,
 ) -> anyhow::Result<(Peer, Peer)> {
     let server_side = spawn(
         bins,
@@ -32,6 +33,7 @@ pub(super) fn start(
         "server",
         &server_config(m, dir, server, up),
         server,
+        launch,
     )?;
     let client_side = spawn(
         bins,
@@ -39,6 +41,7 @@ pub(super) fn start(
         "client",
         &client_config(m, dir, client, server),
         client,
+        launch,
     )?;
     Ok((client_side, server_side))
 }
@@ -191,23 +194,39 @@ stream {{
 
 /// Writes one side's config to `<dir>/nginx-<side>.conf` and starts nginx
 /// in the foreground on it, with `dir` as its prefix.
-fn spawn(bins: &Binaries, dir: &Path, side: &str, config: &str, p: &Ports) -> anyhow::Result<Peer> {
+fn spawn(
+    bins: &Binaries,
+    dir: &Path,
+    side: &str,
+    config: &str,
+    p: &Ports,
+    launch: &Launch,
+) -> anyhow::Result<Peer> {
     let path = dir.join(format!("nginx-{side}.conf"));
     std::fs::create_dir_all(dir.join(format!("nginx-{side}-tmp")))?;
     std::fs::write(&path, config)?;
-    let mut cmd = Command::new(&bins.nginx);
+    let mut cmd = launch.command(&bins.nginx, &format!("nginx-{side}"));
     cmd.arg("-e")
         .arg(dir.join(format!("nginx-{side}.error.log")))
         .arg("-p")
         .arg(dir)
         .arg("-c")
-        .arg(&path)
-        .args(["-g", "daemon off;"]);
+        .arg(&path);
+    // Under callgrind, one process (no master, one worker's event loop):
+    // valgrind's gdbserver, which callgrind_control needs, is not set up
+    // in children forked without exec, so workers could not be zeroed
+    // and dumped.
+    if launch.callgrind.is_some() {
+        cmd.args(["-g", "daemon off; master_process off;"]);
+    } else {
+        cmd.args(["-g", "daemon off;"]);
+    }
     spawn_peer(
         &format!("nginx ({side})"),
         cmd,
         &dir.join(format!("nginx-{side}.log")),
         &p.all(true),
+        launch,
     )
 }
 

@@ -2,9 +2,8 @@
 //! mode, so no gRPC listener), configured by one file per side.
 
 use std::path::Path;
-use std::process::Command;
 
-use super::{Binaries, Material, Peer, Ports, spawn_peer};
+use super::{Binaries, Launch, Material, Peer, Ports, spawn_peer};
 use crate::upstream::UpstreamAddrs;
 
 /// stunnel's settings that matter for the comparison, for the report.
@@ -25,6 +24,7 @@ pub(super) fn start(
     up: &UpstreamAddrs,
     server: &Ports,
     client: &Ports,
+    launch: &Launch,
 ) -> anyhow::Result<(Peer, Peer)> {
     let server_side = spawn(
         bins,
@@ -32,6 +32,7 @@ pub(super) fn start(
         "server",
         &server_config(m, dir, server, up),
         server,
+        launch,
     )?;
     let client_side = spawn(
         bins,
@@ -39,6 +40,7 @@ pub(super) fn start(
         "client",
         &client_config(m, dir, client, server),
         client,
+        launch,
     )?;
     Ok((client_side, server_side))
 }
@@ -122,16 +124,24 @@ sessionResume = {r}
 
 /// Writes one side's config to `<dir>/stunnel-<side>.conf` and starts
 /// stunnel on it (L4 listeners only: no gRPC port to wait for).
-fn spawn(bins: &Binaries, dir: &Path, side: &str, config: &str, p: &Ports) -> anyhow::Result<Peer> {
+fn spawn(
+    bins: &Binaries,
+    dir: &Path,
+    side: &str,
+    config: &str,
+    p: &Ports,
+    launch: &Launch,
+) -> anyhow::Result<Peer> {
     let path = dir.join(format!("stunnel-{side}.conf"));
     std::fs::write(&path, config)?;
-    let mut cmd = Command::new(&bins.stunnel);
+    let mut cmd = launch.command(&bins.stunnel, &format!("stunnel-{side}"));
     cmd.arg(&path);
     spawn_peer(
         &format!("stunnel ({side})"),
         cmd,
         &dir.join(format!("stunnel-{side}.log")),
         &p.all(false),
+        launch,
     )
 }
 
