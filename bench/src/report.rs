@@ -598,14 +598,17 @@ impl Results {
                 let _ = writeln!(md, "  * {s}");
             }
         }
-        let _ = writeln!(
-            md,
-            "* OpenSSL: {}",
-            self.versions
-                .get("openssl")
-                .map(String::as_str)
-                .unwrap_or("?")
-        );
+        for (tool, label) in [
+            ("openssl", "OpenSSL"),
+            ("strace", "strace (counts)"),
+            ("valgrind", "valgrind (counts)"),
+        ] {
+            let _ = writeln!(
+                md,
+                "* {label}: {}",
+                self.versions.get(tool).map(String::as_str).unwrap_or("?")
+            );
+        }
 
         let _ = writeln!(md, "\n## Method\n");
         let _ = writeln!(

@@ -281,7 +281,9 @@ impl Binaries {
             "valgrind".into(),
             first_line(Path::new("valgrind"), &["--version"]),
         );
-        v.insert("strace".into(), first_line(Path::new("strace"), &["-V"]));
+        let strace = first_line(Path::new("strace"), &["-V"]);
+        let strace = strace.split(" | ").next().unwrap_or_default().to_owned();
+        v.insert("strace".into(), strace);
         v.insert(
             "openssl".into(),
             first_line(Path::new("openssl"), &["version"]),
