@@ -508,14 +508,32 @@ async fn reload_under_load(
     ];
     let dir = pair.dir().to_owned();
     let reloads = std::cell::Cell::new(0u32);
+    // Handshakes the server side completed on its grpc listener over the
+    // reload window (after the warm-up): with pools that survive a leaf
+    // renewal, none.
+    let server_admin = match pair.server.as_ref() {
+        Some(systems::Instance::Mtlsd(daemon)) => daemon.admin,
+        _ => None,
+    };
+    // Off the runtime: the calls being timed run on it.
+    let handshakes = || async move {
+        let admin = server_admin?;
+        tokio::task::spawn_blocking(move || support::grpc_handshakes(admin, "grpc"))
+            .await
+            .ok()
+            .flatten()
+    };
+    let window_handshakes = std::cell::Cell::new(None);
     let during = async {
         let end = Instant::now() + secs(p.reload_s);
         let mut n = 0u32;
+        let at_start = handshakes().await;
         while Instant::now() + secs(p.reload_every_s) <= end {
             tokio::time::sleep(secs(p.reload_every_s / 2.0)).await;
             for (side, pid) in ["client", "server"].into_iter().zip(pids) {
                 let (crt, key) = systems::mtlsd::identity_paths(&dir, side);
-                let next = support::leaf(&m.ca, &format!("bench {side} host, rotation {n}"))?;
+                // A renewal: new key and serial, the same names.
+                let next = support::leaf(&m.ca, &format!("bench {side} host"))?;
                 support::replace(&key, &next.key_pem, 0o600)?;
                 support::replace(&crt, &next.cert_pem, 0o644)?;
                 kill(Pid::from_raw(pid), Signal::SIGHUP)?;
@@ -524,6 +542,9 @@ async fn reload_under_load(
             tokio::time::sleep(secs(p.reload_every_s / 2.0)).await;
         }
         reloads.set(n);
+        if let (Some(before), Some(after)) = (at_start, handshakes().await) {
+            window_handshakes.set(Some(after - before));
+        }
         Ok(())
     };
     // Measure exactly the reload window: no separate measured tail.
@@ -539,6 +560,9 @@ async fn reload_under_load(
     r.add(Figure::ReloadP99, Kind::Mtlsd, lat.ms(0.99));
     r.add(Figure::ReloadP999, Kind::Mtlsd, lat.ms(0.999));
     r.add(Figure::ReloadMax, Kind::Mtlsd, lat.ms(1.0));
+    if let Some(count) = window_handshakes.get() {
+        r.add(Figure::ReloadHandshakes, Kind::Mtlsd, count);
+    }
     r.reloads_per_run = reloads.get();
     Ok(())
 }

@@ -552,7 +552,7 @@ impl Results {
         let _ = writeln!(md, "\n## Reload under load (mtlsd only)\n");
         let _ = writeln!(
             md,
-            "The L7 latency run (1,000 rps, open loop) while both sides get a new certificate \
+            "The L7 latency run (1,000 rps, open loop) while both sides get a renewed certificate (new key and serial, same names) \
              and SIGHUP every {} s ({} reloads per side per {} s run, file watching off). \
              Baseline without reloads: p99 {}.\n",
             p.reload_every_s,

@@ -144,6 +144,7 @@ pub(crate) enum Figure {
     ReloadP99,
     ReloadP999,
     ReloadMax,
+    ReloadHandshakes,
 }
 
 /// How a figure is named and read.
@@ -189,11 +190,12 @@ impl Figure {
         Figure::Errors,
         Figure::ForeignCpu,
     ];
-    pub(crate) const RELOAD: [Figure; 4] = [
+    pub(crate) const RELOAD: [Figure; 5] = [
         Figure::ReloadFailed,
         Figure::ReloadP99,
         Figure::ReloadP999,
         Figure::ReloadMax,
+        Figure::ReloadHandshakes,
     ];
 
     pub(crate) fn meta(self) -> Meta {
@@ -365,6 +367,12 @@ impl Figure {
             Figure::ReloadP99 => m("reload_p99", "p99 during reloads", "ms", false),
             Figure::ReloadP999 => m("reload_p99_9", "p99.9 during reloads", "ms", false),
             Figure::ReloadMax => m("reload_max", "max during reloads", "ms", false),
+            Figure::ReloadHandshakes => m(
+                "reload_pair_handshakes",
+                "mTLS handshakes between the pair's grpc listeners during the reload run (a count: each one sat in front of a call)",
+                "count",
+                false,
+            ),
         }
     }
 

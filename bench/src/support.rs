@@ -69,7 +69,10 @@ impl Daemon {
         let mut child = cmd
             .args(["--log-format", "json", "run", "--config"])
             .arg(config)
-            .env("MTLSD_LOG", "info")
+            .env(
+                "MTLSD_LOG",
+                std::env::var("BENCH_MTLSD_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -101,8 +104,16 @@ impl Daemon {
                 _ => {}
             }
         }
-        // Keep draining stderr so the daemon never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep draining stderr so the daemon never blocks on a full pipe;
+        // BENCH_LOG=1 passes the daemon's log lines through.
+        let pass_through = std::env::var_os("BENCH_LOG").is_some();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if pass_through {
+                    eprintln!("{line}");
+                }
+            }
+        });
         Ok(Self {
             child,
             listeners,
@@ -185,4 +196,21 @@ pub(crate) fn summary(samples: &[Duration]) -> serde_json::Value {
 
 pub(crate) fn state_dir(dir: &Path) -> PathBuf {
     dir.join("state")
+}
+
+/// `mtlsd_handshakes_completed_total{listener}` from a daemon's admin
+/// endpoint (plain HTTP on loopback); `None` if it cannot be read.
+pub(crate) fn grpc_handshakes(admin: SocketAddr, listener: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let series = format!("mtlsd_handshakes_completed_total{{listener=\"{listener}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .and_then(|value| value.trim().parse().ok())
 }

@@ -96,7 +96,11 @@ impl<C: Clone> Slot<C> {
         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match &*slot {
             Some((key, client)) if current(key) => client.clone(),
-            _ => {
+            stale => {
+                tracing::debug!(
+                    upstream = %stale.as_ref().map(|(key, _)| key.upstream.as_str()).unwrap_or("-"),
+                    "starting a new upstream pool: none yet, or what it was made for changed"
+                );
                 let (key, client) = build();
                 *slot = Some((key, client.clone()));
                 client

@@ -252,3 +252,60 @@ async fn reconnect_kind(
     assert_eq!(round_trip(&mut stream, b"again").await.unwrap(), b"again");
     stream.get_ref().1.handshake_kind().unwrap()
 }
+
+/// The reload-under-load shape of the benchmark: calls keep flowing while
+/// both sides renew their leaf (same names) and reload, several times.
+/// The pair's pooled connection survives every round and no call fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sides_renewing_under_load_keep_the_pooled_connection() {
+    let mut pair = Pair::start().await;
+    pair.calls("at the start").await;
+    let (start, _) = pair.server_handshakes("db-grpc").await;
+    let mut load = pair.rpc.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flowing = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut done = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let reply = load
+                    .unary(Msg {
+                        payload: vec![7; 1024],
+                    })
+                    .await;
+                assert!(
+                    reply.is_ok(),
+                    "call {done} failed during the renewals: {reply:?}"
+                );
+                done += 1;
+            }
+            done
+        })
+    };
+    for round in 0..3 {
+        for (files, cn, sans) in [
+            (&pair.client_files, "client", &["client.test"][..]),
+            (
+                &pair.server_files,
+                "server",
+                &["localhost", "127.0.0.1"][..],
+            ),
+        ] {
+            let renewed = pair.pki.ca.issue(&LeafSpec::new(cn, sans)).unwrap();
+            replace(&files.key, &renewed.key_pem);
+            replace(&files.cert, &renewed.cert_pem);
+        }
+        Pair::reload(&pair.client, &format!("client renewal {round}")).await;
+        Pair::reload(&pair.server, &format!("server renewal {round}")).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let calls = flowing.await.unwrap();
+    assert!(calls >= 3, "only {calls} calls flowed during the renewals");
+    pair.calls("after the renewals").await;
+    assert_eq!(
+        pair.server_handshakes("db-grpc").await.0,
+        start,
+        "renewals on both sides must keep the pair's pooled connection"
+    );
+}
