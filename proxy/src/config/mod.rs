@@ -161,6 +161,9 @@ pub struct TrustDomainConfig {
     /// CRL files (PEM or DER) enforced for this domain's peers.
     pub crl: Vec<PathBuf>,
     pub crl_unknown_status: CrlUnknownStatus,
+    /// `sha256 = ["HEX", …]`: the CAs the bundle may hold, by the SHA-256
+    /// of their DER; `None`: any CA that parses.
+    pub sha256: Option<Vec<Fingerprint>>,
 }
 
 /// Which way a listener carries traffic.
@@ -756,6 +759,7 @@ impl Config {
                     version: domain.version.clone(),
                     crl: domain.crl.clone(),
                     crl_unknown_status: domain.crl_unknown_status,
+                    pinned: domain.sha256.clone(),
                 })
                 .collect(),
             settings: TlsSettings {

@@ -46,6 +46,7 @@ pub(crate) struct RawTrustDomain {
     pub(crate) version: Option<String>,
     pub(crate) crl: Option<OneOrMany>,
     pub(crate) crl_unknown_status: Option<String>,
+    pub(crate) sha256: Option<Vec<String>>,
 }
 
 /// `bundle = "a.pem"` or `bundle = ["a.pem", "b.pem"]`.

@@ -8,6 +8,8 @@ use std::time::Duration;
 use rustls_pki_types::ServerName;
 
 use super::raw::{OneOrMany, RawConfig, RawListener};
+use mtlsd_expiry::Fingerprint;
+
 use super::{
     AdminTls, CLI_ENV_VARS, ClientAuth, Config, ConfigError, ConfigProblem, CrlUnknownStatus,
     Direction, ENV_PREFIX, ExpiryConfig, HostPort, IdentityConfig, Inbound, InboundMode,
@@ -383,12 +385,47 @@ impl Validator {
                 CrlUnknownStatus::Allow
             }
         };
+        let sha256 = domain
+            .sha256
+            .map(|list| self.pinned_cas(&format!("{key}.sha256"), list));
         TrustDomainConfig {
             bundle,
             version: domain.version,
             crl,
             crl_unknown_status,
+            sha256,
         }
+    }
+
+    /// `trust_domains.NAME.sha256`: one SHA-256 per CA the bundle may
+    /// hold, as `sha256sum` or `openssl x509 -fingerprint -sha256` write it.
+    fn pinned_cas(&mut self, key: &str, list: Vec<String>) -> Vec<Fingerprint> {
+        if list.is_empty() {
+            self.problem(
+                key,
+                "an empty list would refuse every CA; list the SHA-256 of each CA the bundle \
+                 may hold, or remove the key to not pin the bundle"
+                    .to_owned(),
+            );
+        }
+        let mut pinned = Vec::new();
+        for (index, text) in list.iter().enumerate() {
+            match Fingerprint::from_hex(text) {
+                Some(fp) if pinned.contains(&fp) => self.problem(
+                    &format!("{key}[{index}]"),
+                    format!("{text:?} is listed twice"),
+                ),
+                Some(fp) => pinned.push(fp),
+                None => self.problem(
+                    &format!("{key}[{index}]"),
+                    format!(
+                        "{text:?} is not a SHA-256: 64 hex digits, colons allowed (what \
+                         `openssl x509 -outform DER | sha256sum` and `mtlsd inspect` print)"
+                    ),
+                ),
+            }
+        }
+        pinned
     }
 
     /// `[admin]`: where the endpoint listens and, with `tls = true`, who
@@ -1516,5 +1553,37 @@ mod tests {
         assert_eq!(v.upstream("k", "host:0"), None);
         assert_eq!(v.upstream("k", ":80"), None);
         assert_eq!(v.problems.len(), 5);
+    }
+
+    #[test]
+    fn pinned_fingerprints_are_read_in_both_written_forms_and_checked() {
+        let hex = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let colons = "BA:78:16:BF:8F:01:CF:EA:41:41:40:DE:5D:AE:22:23:B0:03:61:A3:96:17:7A:9C:B4:10:FF:61:F2:00:15:AD";
+        let text = GOOD.replace(
+            "version = \"2026-11\"",
+            &format!("version = \"2026-11\"\nsha256 = [{hex:?}]"),
+        );
+        let config = parse_str(&text, &[]).unwrap();
+        let pinned = config.trust_domains["mesh"].sha256.clone().unwrap();
+        assert_eq!(pinned, [Fingerprint::from_hex(colons).unwrap()]);
+        assert_eq!(config.material_spec().trust_domains[1].pinned, Some(pinned));
+        assert_eq!(config.trust_domains["mariadb"].sha256, None);
+
+        let text = GOOD.replace(
+            "version = \"2026-11\"",
+            &format!("sha256 = [{hex:?}, \"abc\", {colons:?}]"),
+        );
+        let found = problems(&text, &[]);
+        assert_eq!(
+            keys(&found),
+            [
+                "trust_domains.mesh.sha256[1]",
+                "trust_domains.mesh.sha256[2]"
+            ]
+        );
+        assert!(found[0].message.contains("not a SHA-256"), "{}", found[0]);
+        assert!(found[1].message.contains("listed twice"), "{}", found[1]);
+        let text = GOOD.replace("version = \"2026-11\"", "sha256 = []");
+        assert_eq!(keys(&problems(&text, &[])), ["trust_domains.mesh.sha256"]);
     }
 }
