@@ -11,11 +11,11 @@ use super::raw::{OneOrMany, RawConfig, RawListener};
 use mtlsd_expiry::Fingerprint;
 
 use super::{
-    AdminTls, CLI_ENV_VARS, ClientAuth, Config, ConfigError, ConfigProblem, CrlUnknownStatus,
-    Direction, ENV_PREFIX, ExpiryConfig, HostPort, IdentityConfig, Inbound, InboundMode,
-    ListenerConfig, MethodPattern, MetricsConfig, Outbound, OutboundProtocol, PeersConfig,
-    Protocol, ReloadConfig, RouteRule, ServerVerification, Side, Timeouts, TrustDomainConfig,
-    Upstream,
+    AdminTls, BootstrapConfig, CLI_ENV_VARS, ClientAuth, Config, ConfigError, ConfigProblem,
+    CrlUnknownStatus, Direction, ENV_PREFIX, ExpiryConfig, HostPort, IdentityConfig, Inbound,
+    InboundMode, ListenerConfig, MethodPattern, MetricsConfig, Outbound, OutboundProtocol,
+    PeersConfig, Protocol, ReloadConfig, RouteRule, ServerVerification, Side, Timeouts,
+    TrustDomainConfig, Upstream,
 };
 
 use super::DEFAULT_ADMIN_LISTEN;
@@ -31,6 +31,12 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
 const DEFAULT_RELOAD_SETTLE: Duration = Duration::from_millis(250);
 const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(30);
+/// A join fetches one bundle (and perhaps the index): 30 a minute leaves
+/// room for retries and a few hosts behind one address.
+const DEFAULT_BOOTSTRAP_REQUESTS_PER_MINUTE: u32 = 30;
+const MAX_BOOTSTRAP_REQUESTS_PER_MINUTE: u64 = 60_000;
+const DEFAULT_BOOTSTRAP_MAX_CONNECTIONS: usize = 64;
+const MAX_BOOTSTRAP_CONNECTIONS: u64 = 10_000;
 
 pub(super) fn parse(
     path: &Path,
@@ -295,6 +301,28 @@ impl Validator {
         };
         let peers = self.peers(raw.peers.unwrap_or_default());
         let listeners = self.listeners(raw.inbound, raw.outbound, &scope);
+        let bootstrap = self.bootstrap(raw.bootstrap, &scope);
+        if let Some(bootstrap) = &bootstrap
+            && bootstrap.listen.port() != 0
+        {
+            let taken = if admin_listen == Some(bootstrap.listen) {
+                Some("admin.listen".to_owned())
+            } else {
+                listeners
+                    .iter()
+                    .find(|l| l.listen == bootstrap.listen)
+                    .map(|l| format!("listener '{}'", l.name))
+            };
+            if let Some(taken) = taken {
+                self.problem(
+                    "bootstrap.listen",
+                    format!(
+                        "{} is already used by {taken}; the bootstrap endpoint needs its own port",
+                        bootstrap.listen
+                    ),
+                );
+            }
+        }
 
         Some(Config {
             source: path.to_owned(),
@@ -312,6 +340,7 @@ impl Validator {
             metrics,
             peers,
             listeners,
+            bootstrap,
         })
     }
 
@@ -426,6 +455,78 @@ impl Validator {
             }
         }
         pinned
+    }
+
+    /// `[bootstrap]`: off unless present; then `listen` is required.
+    fn bootstrap(
+        &mut self,
+        raw: Option<super::raw::RawBootstrap>,
+        scope: &ListenerScope<'_>,
+    ) -> Option<BootstrapConfig> {
+        let raw = raw?;
+        let listen = match raw.listen {
+            Some(text) => self.socket_addr("bootstrap.listen", &text),
+            None => {
+                self.problem(
+                    "bootstrap.listen",
+                    "is required with [bootstrap] (remove the section to turn the endpoint \
+                     off)"
+                        .to_owned(),
+                );
+                None
+            }
+        };
+        let requests_per_minute = match raw.requests_per_minute {
+            None => DEFAULT_BOOTSTRAP_REQUESTS_PER_MINUTE,
+            Some(n @ 1..=MAX_BOOTSTRAP_REQUESTS_PER_MINUTE) => {
+                u32::try_from(n).unwrap_or(DEFAULT_BOOTSTRAP_REQUESTS_PER_MINUTE)
+            }
+            Some(n) => {
+                self.problem(
+                    "bootstrap.requests_per_minute",
+                    format!("{n} is out of range (1 to {MAX_BOOTSTRAP_REQUESTS_PER_MINUTE})"),
+                );
+                DEFAULT_BOOTSTRAP_REQUESTS_PER_MINUTE
+            }
+        };
+        let max_connections = match raw.max_connections {
+            None => DEFAULT_BOOTSTRAP_MAX_CONNECTIONS,
+            Some(n @ 1..=MAX_BOOTSTRAP_CONNECTIONS) => {
+                usize::try_from(n).unwrap_or(DEFAULT_BOOTSTRAP_MAX_CONNECTIONS)
+            }
+            Some(n) => {
+                self.problem(
+                    "bootstrap.max_connections",
+                    format!("{n} is out of range (1 to {MAX_BOOTSTRAP_CONNECTIONS})"),
+                );
+                DEFAULT_BOOTSTRAP_MAX_CONNECTIONS
+            }
+        };
+        let domains = raw.domains.map(|list| {
+            if list.is_empty() {
+                self.problem(
+                    "bootstrap.domains",
+                    "an empty list serves nothing; name the trust domains to serve, or remove \
+                     the key to serve every one"
+                        .to_owned(),
+                );
+            }
+            for (index, name) in list.iter().enumerate() {
+                if !scope.trust_domains.is_empty() && !scope.trust_domains.contains_key(name) {
+                    self.problem(
+                        &format!("bootstrap.domains[{index}]"),
+                        format!("trust domain '{name}' is not defined under [trust_domains]"),
+                    );
+                }
+            }
+            list.into_iter().collect()
+        });
+        Some(BootstrapConfig {
+            listen: listen?,
+            requests_per_minute,
+            max_connections,
+            domains,
+        })
     }
 
     /// `[admin]`: where the endpoint listens and, with `tls = true`, who
@@ -1585,5 +1686,79 @@ mod tests {
         assert!(found[1].message.contains("listed twice"), "{}", found[1]);
         let text = GOOD.replace("version = \"2026-11\"", "sha256 = []");
         assert_eq!(keys(&problems(&text, &[])), ["trust_domains.mesh.sha256"]);
+    }
+
+    #[test]
+    fn bootstrap_is_off_by_default_and_checked_when_on() {
+        assert_eq!(parse_str(GOOD, &[]).unwrap().bootstrap, None);
+        let config = parse_str(
+            &format!("{GOOD}\n[bootstrap]\nlisten = \"0.0.0.0:9443\"\n"),
+            &[],
+        )
+        .unwrap();
+        let bootstrap = config.bootstrap.clone().unwrap();
+        assert_eq!(bootstrap.listen, "0.0.0.0:9443".parse().unwrap());
+        assert_eq!(bootstrap.requests_per_minute, 30);
+        assert!(bootstrap.serves("mesh") && bootstrap.serves("mariadb"));
+        // Its TLS use: this host's identity, no client certificate asked.
+        let uses = config.material_spec().uses;
+        let use_ = uses
+            .iter()
+            .find(|u| u.name == super::super::BOOTSTRAP_TLS_USE)
+            .unwrap();
+        assert_eq!(use_.trust_domain, "mesh");
+        assert!(matches!(
+            use_.side,
+            mtlsd_reload::TlsSide::Server {
+                client_auth: ClientAuth::None,
+                ..
+            }
+        ));
+
+        let text = format!(
+            "{GOOD}\n[bootstrap]\nlisten = \"0.0.0.0:7443\"\nrequests_per_minute = 0\nmax_connections = 99999\ndomains = [\"mesh\", \"nope\"]\n"
+        );
+        let found = problems(&text, &[]);
+        assert_eq!(
+            keys(&found),
+            [
+                "bootstrap.requests_per_minute",
+                "bootstrap.max_connections",
+                "bootstrap.domains[1]",
+                "bootstrap.listen"
+            ]
+        );
+        assert!(
+            found[3].message.contains("listener 'grpc-in'"),
+            "{}",
+            found[3]
+        );
+        let text = format!(
+            "{GOOD}\n[admin]\nlisten = \"127.0.0.1:9443\"\n[bootstrap]\nlisten = \"127.0.0.1:9443\"\n"
+        );
+        let found = problems(&text, &[]);
+        assert!(found[0].message.contains("admin.listen"), "{found:?}");
+        let found = problems(&format!("{GOOD}\n[bootstrap]\ndomains = [\"mesh\"]\n"), &[]);
+        assert_eq!(keys(&found), ["bootstrap.listen"]);
+    }
+
+    #[test]
+    fn a_bootstrap_change_waits_for_a_restart() {
+        let running = parse_str(
+            &format!("{GOOD}\n[bootstrap]\nlisten = \"0.0.0.0:9443\"\n"),
+            &[],
+        )
+        .unwrap();
+        let next = parse_str(
+            &format!("{GOOD}\n[bootstrap]\nlisten = \"0.0.0.0:9444\"\n"),
+            &[],
+        )
+        .unwrap();
+        let (effective, refused) = running.apply_live(next);
+        assert_eq!(effective.bootstrap, running.bootstrap);
+        assert!(
+            matches!(refused.as_slice(), [(super::super::Section::Bootstrap, _)]),
+            "{refused:?}"
+        );
     }
 }
