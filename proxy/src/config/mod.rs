@@ -13,6 +13,7 @@
 
 mod raw;
 mod validate;
+pub(crate) use validate::is_domain_name;
 pub use validate::parse_route_path;
 
 use std::collections::{BTreeMap, BTreeSet};

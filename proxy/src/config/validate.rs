@@ -1284,7 +1284,7 @@ pub fn parse_route_path(path: &str) -> Option<(String, MethodPattern)> {
     Some((service.to_owned(), pattern))
 }
 
-fn is_domain_name(name: &str) -> bool {
+pub(crate) fn is_domain_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()
