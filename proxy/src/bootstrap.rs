@@ -262,7 +262,7 @@ fn route(
             && let Some(bundle) = generation.bundle(name)
         {
             bootstrap.metrics.request("bundle");
-            tracing::info!(%peer, trust_domain = name, sha256 = %bundle.fingerprint().to_hex(),
+            tracing::info!(%peer, trust_domain = name, fingerprint = %bundle.fingerprint().to_hex(),
                 "bootstrap: served trust bundle");
             return bundle_reply(bundle);
         }
