@@ -543,3 +543,46 @@ fn check_written(
         })?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_is_host_colon_port() {
+        assert!(matches!(
+            server_name("db1.example:9443"),
+            Ok(ServerName::DnsName(_))
+        ));
+        assert!(matches!(
+            server_name("10.0.0.1:9443"),
+            Ok(ServerName::IpAddress(_))
+        ));
+        assert!(matches!(
+            server_name("[2001:db8::1]:9443"),
+            Ok(ServerName::IpAddress(_))
+        ));
+        for bad in [
+            "db1.example",
+            "db1.example:",
+            "db1.example:99999",
+            ":9443",
+            "a b:1",
+        ] {
+            assert!(
+                matches!(server_name(bad), Err(FetchError::BadAddress(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn pins_are_a_set_and_must_all_parse() {
+        let fp = Fingerprint::of(b"ca");
+        let set = expected_fingerprints(&[fp.to_hex(), fp.to_string()]).unwrap();
+        assert_eq!(set, Some(BTreeSet::from([fp])));
+        assert_eq!(expected_fingerprints(&[]).unwrap(), None);
+        let error = expected_fingerprints(&[fp.to_hex(), "abcd".to_owned()]).unwrap_err();
+        assert!(error.to_string().contains("--sha256 \"abcd\""), "{error}");
+    }
+}
