@@ -142,8 +142,22 @@ for setting in User=mtlsd StateDirectory=mtlsd ProtectSystem=strict SystemCallFi
     check "unit: $setting (the hardening of deploy/systemd/mtlsd.service)" grep -qx "$setting" "$unit"
 done
 
-# One page per command: the commands --help lists, plus mtlsd(8).
-mapfile -t commands < <("$bin" --help | sed -n '/^Commands:/,/^$/p' | sed -n 's/^  \([a-z][a-z-]*\) .*/\1/p' | grep -vx help)
+# One page per command: the commands --help lists, plus mtlsd(8); a
+# command with commands of its own (rotation, trust) has a page per inner
+# command instead (mtlsd-rotation-check).
+list_commands() {
+    # list_commands [COMMAND]: the commands `mtlsd [COMMAND] --help` lists.
+    "$bin" "$@" --help | sed -n '/^Commands:/,/^$/p' | sed -n 's/^  \([a-z][a-z-]*\) .*/\1/p' | grep -vx help
+}
+commands=()
+while read -r command; do
+    mapfile -t inner < <(list_commands "$command" || true)
+    if [ "${#inner[@]}" -eq 0 ]; then
+        commands+=("$command")
+    else
+        commands+=("${inner[@]/#/$command-}")
+    fi
+done < <(list_commands)
 check "--help lists commands (${commands[*]})" [ "${#commands[@]}" -ge 6 ]
 man_dir="$root/usr/share/man/man8"
 for page in mtlsd "${commands[@]/#/mtlsd-}"; do

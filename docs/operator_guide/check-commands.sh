@@ -53,8 +53,9 @@ for page in "$here"/*.md; do
         [ "${words[$i]:-}" = mtlsd ] || continue
         sub="${words[$((i + 1))]:-}"
         first=$((i + 2))
-        # A command with commands of its own: `mtlsd rotation check …`.
-        if [ "$sub" = rotation ]; then
+        # A command with commands of its own: `mtlsd rotation check …`,
+        # `mtlsd trust fetch …`.
+        if [ "$sub" = rotation ] || [ "$sub" = trust ]; then
             sub="$sub ${words[$first]:-}"
             first=$((first + 1))
         fi

@@ -35,6 +35,19 @@ impl Fingerprint {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// A SHA-256 as an operator writes it: 64 hex digits in either case,
+    /// bare (`sha256sum`) or colon separated (`openssl x509 -fingerprint
+    /// -sha256`). `None` for anything else, a prefix included.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let digits: String = text.trim().chars().filter(|c| *c != ':').collect();
+        if digits.len() != 64 {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(&digits, &mut bytes).ok()?;
+        Some(Self(bytes))
+    }
 }
 
 /// Uppercase, colon separated: `AB:CD:…`.
@@ -67,6 +80,18 @@ mod tests {
         assert!(shown.starts_with("BA:78:16:BF:"), "{shown}");
         assert_eq!(shown.len(), 32 * 3 - 1);
         assert_eq!(fp.to_hex().len(), 64);
+    }
+
+    #[test]
+    fn hex_reads_both_written_forms_and_nothing_else() {
+        let fp = Fingerprint::of(b"abc");
+        assert_eq!(Fingerprint::from_hex(&fp.to_hex()), Some(fp));
+        assert_eq!(Fingerprint::from_hex(&fp.to_string()), Some(fp));
+        assert_eq!(Fingerprint::from_hex(&fp.to_hex().to_uppercase()), Some(fp));
+        assert_eq!(Fingerprint::from_hex(&fp.to_hex()[..63]), None);
+        assert_eq!(Fingerprint::from_hex(&format!("{}0", fp.to_hex())), None);
+        assert_eq!(Fingerprint::from_hex(&"g".repeat(64)), None);
+        assert_eq!(Fingerprint::from_hex(""), None);
     }
 
     #[test]

@@ -154,6 +154,7 @@ mod tests {
             "man/mtlsd-inspect.8",
             "man/mtlsd-dev.8",
             "man/mtlsd-rotation-check.8",
+            "man/mtlsd-trust-fetch.8",
             "completions/mtlsd.bash",
             "completions/_mtlsd",
             "completions/mtlsd.fish",
@@ -164,7 +165,7 @@ mod tests {
                 "{expected} not in {names:?}"
             );
         }
-        assert_eq!(names.len(), 12, "{names:?}");
+        assert_eq!(names.len(), 13, "{names:?}");
         fs::remove_dir_all(&out).unwrap();
     }
 }

@@ -181,6 +181,9 @@ fn summary(name: &str, cmd: &clap::Command) -> String {
         "inspect" => "show what PEM files hold and whether certificates chain to a bundle",
         "dev" => "run mtlsd in development mode with a throw-away CA",
         "rotation-check" => "tell whether a phase of a CA rotation is done on this host",
+        "trust-fetch" => {
+            "fetch a trust bundle from a running host and keep it only if its CAs are the pinned ones"
+        }
         _ => {
             let about = cmd.get_about().map(|a| a.to_string()).unwrap_or_default();
             let end = about.find([':', '.', '(']).unwrap_or(about.len());
@@ -217,6 +220,14 @@ fn description_extra(name: &str) -> Option<&'static [&'static str]> {
              the new files.",
         ],
         "dev" => &["For development only: the dev CA is not for production."],
+        "trust-fetch" => &[
+            "How a host that is not deployed by Ansible gets the mesh's bundle: the operator \
+             reads each CA's SHA-256 on a host that runs (mtlsd inspect, or openssl x509 \
+             -outform DER | sha256sum), carries it to the new host by a channel an attacker \
+             cannot change, and fetches with it. The bootstrap endpoint is [bootstrap] listen \
+             on the running host. A file already at --out is replaced only by a bundle that \
+             matched.",
+        ],
         _ => return None,
     })
 }
@@ -265,7 +276,11 @@ fn extra_sections(name: &str) -> Vec<(&'static str, Vec<Item>)> {
                 vec![
                     Item("0", "Success."),
                     Item("1", "Failure; the reason is printed."),
-                    Item("2", "The command line is wrong."),
+                    Item(
+                        "2",
+                        "The command line is wrong; trust fetch without --sha256: nothing \
+                         written.",
+                    ),
                     Item("3", "status, reload or rotation check: no daemon answered."),
                     Item(
                         "4",
@@ -313,6 +328,26 @@ fn extra_sections(name: &str) -> Vec<(&'static str, Vec<Item>)> {
                     "5",
                     "Nothing known blocks, but hosts this host should talk to were not seen \
                      within peers.stale_after; --allow-unknown accepts that.",
+                ),
+            ],
+        )],
+        "trust-fetch" => vec![(
+            "EXIT STATUS",
+            vec![
+                Item(
+                    "0",
+                    "The bundle's CAs are exactly the pinned ones; it was written to --out.",
+                ),
+                Item(
+                    "1",
+                    "Refused (other CAs than pinned, a server of the domain whose certificate \
+                     does not chain to it, a malformed answer) or unreachable; nothing written, \
+                     the reason and both sets of fingerprints are printed.",
+                ),
+                Item(
+                    "2",
+                    "No --sha256: each CA's fingerprint and subject are printed, nothing is \
+                     written (or the command line is wrong).",
                 ),
             ],
         )],
@@ -423,6 +458,7 @@ mod tests {
                 "mtlsd-check.8",
                 "mtlsd-reload.8",
                 "mtlsd-rotation-check.8",
+                "mtlsd-trust-fetch.8",
                 "mtlsd-inspect.8",
                 "mtlsd-dev.8"
             ]
@@ -456,6 +492,7 @@ mod tests {
             "check",
             "reload",
             "rotation\\-check",
+            "trust\\-fetch",
             "inspect",
             "dev",
         ] {

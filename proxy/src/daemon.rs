@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin;
+use crate::bootstrap::{Bootstrap, BootstrapMetrics};
 use crate::config::Config;
 use crate::connections::ConnectionRegistry;
 use crate::listener::{self, ListenerStats};
@@ -43,6 +44,12 @@ pub enum StartError {
     },
     #[error("admin endpoint: cannot listen on {addr}")]
     AdminBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bootstrap endpoint: cannot listen on {addr}")]
+    BootstrapBind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
@@ -76,6 +83,7 @@ pub struct DrainOutcome {
 pub struct Running {
     state: Arc<DaemonState>,
     admin_addr: SocketAddr,
+    bootstrap_addr: Option<SocketAddr>,
     reloads: mpsc::Sender<ReloadRequest>,
     stop_tasks: CancellationToken,
     tasks: JoinSet<()>,
@@ -119,6 +127,15 @@ impl Running {
                 addr: config.admin_listen,
                 source,
             })?;
+        let bootstrap_socket = match &config.bootstrap {
+            Some(bootstrap) => Some(TcpListener::bind(bootstrap.listen).await.map_err(
+                |source| StartError::BootstrapBind {
+                    addr: bootstrap.listen,
+                    source,
+                },
+            )?),
+            None => None,
+        };
         let mut sockets = Vec::new();
         for listener_config in config.listeners() {
             let socket =
@@ -136,6 +153,7 @@ impl Running {
         let reload_metrics = ReloadMetrics::register(&metrics)?;
         let request_metrics = Arc::new(RequestMetrics::register(&metrics)?);
         let connections = ConnectionRegistry::new(&metrics)?;
+        let bootstrap_metrics = BootstrapMetrics::register(&metrics)?;
         let state = Arc::new(DaemonState::new(
             store,
             connections,
@@ -181,12 +199,26 @@ impl Running {
             stop_tasks.clone(),
         ));
 
+        let mut bootstrap_addr = None;
+        if let (Some(socket), Some(bootstrap)) = (bootstrap_socket, &config.bootstrap) {
+            let addr = socket.local_addr().unwrap_or(bootstrap.listen);
+            tracing::info!(%addr, requests_per_minute = bootstrap.requests_per_minute,
+                "bootstrap endpoint listening (trust bundles over TLS, no client certificate)");
+            bootstrap_addr = Some(addr);
+            tasks.spawn(crate::bootstrap::serve(
+                socket,
+                Bootstrap::new(bootstrap.clone(), state.store.clone(), bootstrap_metrics),
+                stop_tasks.clone(),
+            ));
+        }
+
         tasks.spawn(crate::expiry_watch::run(state.clone(), stop_tasks.clone()));
         state.ready.store(true, Ordering::SeqCst);
 
         Ok(Self {
             state,
             admin_addr,
+            bootstrap_addr,
             reloads,
             stop_tasks,
             tasks,
@@ -200,6 +232,11 @@ impl Running {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// Where the bootstrap endpoint listens, when `[bootstrap]` is on.
+    pub fn bootstrap_addr(&self) -> Option<SocketAddr> {
+        self.bootstrap_addr
     }
 
     /// A listener's counters.

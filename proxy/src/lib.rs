@@ -10,11 +10,13 @@
 //! [`transport`] (TLS handshakes and pooled upstream clients), [`relay`]
 //! (moving bytes), [`reject`] (why peers are refused), [`status_report`] (what
 //! `/status` serves and `mtlsd status` reads back), [`commands`] (the CLI
-//! verbs), [`logging`] (stderr or the journal).
+//! verbs), [`logging`] (stderr or the journal), [`bootstrap`] (the trust
+//! bundles, served to hosts that join).
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod bootstrap;
 pub mod commands;
 pub mod config;
 pub mod connections;

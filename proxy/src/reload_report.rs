@@ -215,6 +215,7 @@ mod tests {
             Section::Peers,
             Section::Runtime,
             Section::StateDir,
+            Section::Bootstrap,
             Section::Listener("in".to_owned()),
         ];
         let items = [

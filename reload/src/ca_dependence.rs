@@ -130,6 +130,7 @@ mod tests {
             version: None,
             crl: Vec::new(),
             crl_unknown_status: CrlUnknownStatus::Allow,
+            pinned: None,
         };
         TrustBundle::load(&spec, SystemTime::now()).unwrap()
     }

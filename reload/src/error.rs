@@ -14,6 +14,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+use mtlsd_expiry::Fingerprint;
+
 /// One problem with one piece of TLS material.
 #[derive(Debug, thiserror::Error)]
 pub enum MaterialError {
@@ -124,6 +126,20 @@ pub enum MaterialError {
         subject: String,
         #[source]
         source: webpki::Error,
+    },
+    #[error(
+        "{path}: CA {subject} (sha256 {}) is not pinned for trust domain '{domain}': \
+         trust_domains.{domain}.sha256 accepts only {}; if this CA is expected (a CA \
+         rotation), add its SHA-256 to that list, otherwise this is not the bundle you pinned",
+        sha256.to_hex(), fingerprints_list(pinned)
+    )]
+    UnpinnedCa {
+        path: PathBuf,
+        domain: String,
+        subject: String,
+        sha256: Fingerprint,
+        /// Boxed slice: keeps every `Result<_, MaterialError>` small.
+        pinned: Box<[Fingerprint]>,
     },
     #[error("{path}: {field}: {reason}")]
     Inventory {
@@ -274,6 +290,14 @@ impl std::error::Error for MaterialErrors {}
 
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn fingerprints_list(fingerprints: &[Fingerprint]) -> String {
+    fingerprints
+        .iter()
+        .map(Fingerprint::to_hex)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn paths_list(paths: &[PathBuf]) -> String {

@@ -529,6 +529,7 @@ mod tests {
                     version: Some("v1".into()),
                     crl: Vec::new(),
                     crl_unknown_status: Default::default(),
+                    pinned: None,
                 }],
                 inventory: None,
                 settings: TlsSettings::default(),
@@ -758,6 +759,7 @@ mod tests {
             version: None,
             crl: Vec::new(),
             crl_unknown_status: Default::default(),
+            pinned: None,
         });
         let leaf = fx.ca.issue(&host_leaf()).unwrap();
         spec.trust_domains.push(TrustDomainSpec {
@@ -766,6 +768,7 @@ mod tests {
             version: None,
             crl: Vec::new(),
             crl_unknown_status: Default::default(),
+            pinned: None,
         });
         let found = problems(&spec);
         assert_eq!(found.len(), 3, "{found:?}");

@@ -286,6 +286,7 @@ mod tests {
                 version: None,
                 crl: Vec::new(),
                 crl_unknown_status: crate::CrlUnknownStatus::Allow,
+                pinned: None,
             };
             TrustBundle::load(&spec, SystemTime::now()).unwrap()
         });

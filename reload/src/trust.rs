@@ -39,6 +39,11 @@ pub struct TrustDomainSpec {
     pub crl: Vec<PathBuf>,
     /// Whether a certificate whose issuer has no CRL here is admitted.
     pub crl_unknown_status: CrlUnknownStatus,
+    /// `trust_domains.NAME.sha256`: the SHA-256 (over the DER) of every CA
+    /// the operator accepts in this bundle. A CA not listed refuses the
+    /// whole bundle; a listed CA may be absent (pin old and new before a
+    /// rotation pushes the new bundle). `None`: any CA that parses.
+    pub pinned: Option<Vec<Fingerprint>>,
 }
 
 /// One CA of a bundle and where it came from.
@@ -129,6 +134,20 @@ impl TrustBundle {
                     subject: ca.facts.subject.clone(),
                     source,
                 }),
+            }
+        }
+        if let Some(pinned) = &spec.pinned {
+            for ca in cas
+                .iter()
+                .filter(|ca| !pinned.contains(&ca.facts.fingerprint))
+            {
+                problems.push(MaterialError::UnpinnedCa {
+                    path: ca.path.clone(),
+                    domain: spec.name.clone(),
+                    subject: ca.facts.subject.clone(),
+                    sha256: ca.facts.fingerprint,
+                    pinned: pinned.clone().into_boxed_slice(),
+                });
             }
         }
         if cas.is_empty() && problems.is_empty() {
@@ -548,6 +567,7 @@ mod tests {
                 version: None,
                 crl: crl.clone(),
                 crl_unknown_status: CrlUnknownStatus::Allow,
+                pinned: None,
             };
             let trust = TrustBundle::load(&spec, SystemTime::now()).unwrap();
             for leaf in [&old_leaf, &new_leaf] {
@@ -575,6 +595,64 @@ mod tests {
         }
     }
 
+    /// A pinned bundle loads when every CA is pinned (a pinned CA may be
+    /// missing: the next one of a rotation), and is refused, naming the
+    /// file, the CA and the pinned set, when it holds a CA not pinned.
+    #[test]
+    fn a_pinned_bundle_holds_only_pinned_cas() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = CertificateAuthority::new("mesh CA 1").unwrap();
+        let new = CertificateAuthority::new("mesh CA 2").unwrap();
+        let rogue = CertificateAuthority::new("mesh CA 1").unwrap();
+        let fp = |ca: &CertificateAuthority| Fingerprint::of(ca.cert_der());
+        let spec = |file: PathBuf, pinned: Vec<Fingerprint>| TrustDomainSpec {
+            name: "mesh".into(),
+            bundle: vec![file],
+            version: None,
+            crl: Vec::new(),
+            crl_unknown_status: CrlUnknownStatus::Allow,
+            pinned: Some(pinned),
+        };
+        let only_old = write(&dir, "old.pem", old.cert_pem());
+        let both = write(
+            &dir,
+            "both.pem",
+            &format!("{}{}", new.cert_pem(), old.cert_pem()),
+        );
+        let now = SystemTime::now();
+        TrustBundle::load(&spec(only_old.clone(), vec![fp(&old)]), now).unwrap();
+        TrustBundle::load(&spec(only_old, vec![fp(&new), fp(&old)]), now).unwrap();
+        TrustBundle::load(&spec(both.clone(), vec![fp(&old), fp(&new)]), now).unwrap();
+
+        let Err(problems) = TrustBundle::load(&spec(both.clone(), vec![fp(&old)]), now) else {
+            panic!("a CA that is not pinned was loaded");
+        };
+        let [problem] = problems.as_slice() else {
+            panic!("{problems:?}");
+        };
+        let shown = problem.to_string();
+        for needle in [
+            both.display().to_string(),
+            fp(&new).to_hex(),
+            fp(&old).to_hex(),
+            "mesh CA 2".to_owned(),
+            "trust_domains.mesh.sha256".to_owned(),
+        ] {
+            assert!(shown.contains(&needle), "{needle} missing: {shown}");
+        }
+
+        // Same subject, other key: the fingerprint, not the name, decides.
+        let swapped = write(&dir, "swapped.pem", rogue.cert_pem());
+        let refused = TrustBundle::load(&spec(swapped, vec![fp(&old)]), now);
+        assert!(
+            matches!(
+                refused.as_ref().map_err(Vec::as_slice),
+                Err([MaterialError::UnpinnedCa { .. }])
+            ),
+            "{refused:?}"
+        );
+    }
+
     #[test]
     fn a_ca_checked_as_a_leaf_is_refused_in_words() {
         let dir = tempfile::tempdir().unwrap();
@@ -587,6 +665,7 @@ mod tests {
             version: None,
             crl: Vec::new(),
             crl_unknown_status: CrlUnknownStatus::Allow,
+            pinned: None,
         };
         let bundle = TrustBundle::load(&spec, SystemTime::now()).unwrap();
         let verdict = bundle.verify_chain_at(

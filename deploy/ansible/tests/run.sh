@@ -53,6 +53,13 @@
 #     rotation-check.yml stops between the phases while a host is not done
 #     (naming the host without a daemon, a leaf still of generation 1, a
 #     peer not seen yet) and passes once the phase is done everywhere;
+# 13. hv1 joins by fingerprint: mtlsd_trust_bootstrap_from (db1's bootstrap
+#     endpoint) with the generation-2 CA's SHA-256 fetches the bundle
+#     instead of copying it: hv1's bundle is db1's byte for byte, its
+#     mtlsd.toml pins the mesh domain, mtlsd check accepts it, and a second
+#     run is changed=0; with the generation-1 CA's SHA-256 (a wrong pin) the
+#     play fails naming both fingerprints and hv1's live files stay as they
+#     were; db1 counted every bundle it served;
 # then stops the daemons by PID and cleans up, also on failure.
 set -euo pipefail
 
@@ -96,6 +103,7 @@ need_apt() {
 need_apt openssl openssl
 need_apt setpriv util-linux
 need_apt python3 python3
+need_apt curl curl
 
 work="$(mktemp -d /tmp/mtlsd-deploy-test.XXXXXX)"
 chmod 0755 "$work" # the deployed daemons run as mtlsd and must reach their roots
@@ -279,6 +287,7 @@ step "apply dev-ca.yml to db1, api1, hv1 (-c local, each into its own root)"
 echo_port=$((port_base + 1))
 db1_admin=127.0.0.1:$((port_base + 11))
 db1_in=127.0.0.11:$((port_base + 12))
+db1_bootstrap=127.0.0.11:$((port_base + 14))
 api1_admin=127.0.0.1:$((port_base + 21))
 api1_out=127.0.0.1:$((port_base + 22))
 hv1_admin=127.0.0.1:$((port_base + 31))
@@ -312,6 +321,8 @@ all:
               # Only the reload handler can make db1 pick up a new
               # certificate: the test proves the handler works.
               mtlsd_reload_watch: false
+              # The trust bundles for hv1 to join by fingerprint (step 13).
+              mtlsd_bootstrap_listen: "$db1_bootstrap"
               mtlsd_inbound:
                 - name: database
                   listen: "$db1_in"
@@ -750,3 +761,46 @@ final_bundle_ok() {
             <(openssl x509 -in "$work/pki/ca-gen2/ca.crt" -noout -fingerprint)
 }
 check "phase 3: api1's bundle is generation 2 alone" final_bundle_ok
+
+# --- 13. a host joins by fingerprint --------------------------------------------
+step "hv1 joins by fingerprint: the bundle fetched from db1's bootstrap endpoint"
+gen2_sha="$(openssl x509 -in "$gen2_ca" -outform DER | sha256sum | cut -d' ' -f1)"
+hv1_etc="$work/hosts/hv1/etc/mtlsd"
+join() {
+    # join LOG SHA256: dev-ca.yml for hv1, its bundle fetched from db1.
+    play "$1" -l hv1 -e "{\"pki_internal_ca_generation\": 2, \"pki_internal_ca_trusted_generations\": [2],
+        \"mtlsd_trust_bootstrap_from\": \"$db1_bootstrap\", \"mtlsd_trust_sha256\": [\"$2\"]}"
+}
+joined_ok() {
+    cmp -s "$hv1_etc/tls/mesh-ca.pem" "$work/hosts/db1/etc/mtlsd/tls/mesh-ca.pem" &&
+        grep -qx "sha256 = \[\"$gen2_sha\"\]" "$hv1_etc/mtlsd.toml" &&
+        "$work/hosts/hv1/usr/local/bin/mtlsd" check --config "$hv1_etc/mtlsd.toml" >"$work/check-join.log" 2>&1
+}
+if join "$work/join.log" "$gen2_sha" && joined_ok; then
+    pass "hv1 with mtlsd_trust_bootstrap_from and the generation-2 SHA-256: the fetched bundle is db1's byte for byte, mtlsd.toml pins it, mtlsd check accepts it"
+else
+    fail "hv1 joining by fingerprint:"
+    grep -E '^(fatal|FAILED)|msg' "$work/join.log" | sed 's/^/      /'
+    sed 's/^/      /' "$work/check-join.log" 2>/dev/null || true
+fi
+if join "$work/join2.log" "$gen2_sha" && recap_changed_zero "$work/join2.log"; then
+    pass "hv1 joining again with the same fingerprint: changed=0"
+else
+    fail "hv1 joining again is not changed=0:"
+    grep -E '^(changed|fatal)' "$work/join2.log" | sed 's/^/      /'
+fi
+before="$(cat "$hv1_etc/mtlsd.toml" "$hv1_etc/tls/mesh-ca.pem" | sha256sum)"
+if join "$work/join-wrong.log" "$gen1_sha"; then
+    fail "a wrong fingerprint (generation 1's) did not fail the play"
+elif grep -q 'refused the bundle of trust domain' "$work/join-wrong.log" &&
+    grep -q "expected $gen1_sha (NOT received)" "$work/join-wrong.log" &&
+    grep -q "received $gen2_sha .*(NOT expected)" "$work/join-wrong.log" &&
+    [ "$before" = "$(cat "$hv1_etc/mtlsd.toml" "$hv1_etc/tls/mesh-ca.pem" | sha256sum)" ]; then
+    pass "a wrong fingerprint fails the play naming the expected and the received SHA-256; hv1's live files untouched"
+else
+    fail "a wrong fingerprint: the play failed, but not with the mismatch, or hv1's live files changed:"
+    grep -E 'fatal|refused|expected|received' "$work/join-wrong.log" | sed 's/^/      /'
+fi
+served="$(curl -s "http://$db1_admin/metrics" | sed -n 's/^mtlsd_bootstrap_requests_total{result="bundle"} //p')"
+check "db1 counted the bundles it served (mtlsd_bootstrap_requests_total{result=\"bundle\"} = ${served:-none}, at least 3)" \
+    test "${served:-0}" -ge 3

@@ -110,10 +110,14 @@ pub(super) fn check(config_path: &Path, options: &Options) -> anyhow::Result<Exi
     );
     for (name, bundle) in generation.bundles() {
         outln!(
-            "  trust      {name}: {} CA(s), version {}, sha256 {}",
+            "  trust      {name}: {} CA(s), version {}, sha256 {}{}",
             bundle.cas().len(),
             bundle.version().unwrap_or("-"),
-            bundle.fingerprint()
+            bundle.fingerprint(),
+            match &bundle.spec().pinned {
+                Some(pinned) => format!(", pinned to {} CA SHA-256(s)", pinned.len()),
+                None => String::new(),
+            }
         );
     }
     if let Some(inventory) = generation.inventory() {
@@ -132,6 +136,17 @@ pub(super) fn check(config_path: &Path, options: &Options) -> anyhow::Result<Exi
                      \"Large inventories\" in the configuration guide)",
                 InventoryReader::General => "",
             }
+        );
+    }
+    if let Some(bootstrap) = &config.bootstrap {
+        outln!(
+            "  bootstrap  {}: trust bundles ({}) over TLS, no client certificate, {} requests/min per source",
+            bootstrap.listen,
+            bootstrap.domains.as_ref().map_or_else(
+                || "every domain".to_owned(),
+                |d| d.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+            bootstrap.requests_per_minute
         );
     }
     for listener in config.listeners() {
@@ -251,6 +266,9 @@ fn bind_problems(config: &Config) -> Vec<String> {
         try_ip(format!("listener '{}'", listener.name), listener.listen);
     }
     try_ip("admin".to_owned(), config.admin_listen);
+    if let Some(bootstrap) = &config.bootstrap {
+        try_ip("bootstrap".to_owned(), bootstrap.listen);
+    }
     problems
 }
 

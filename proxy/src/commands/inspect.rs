@@ -27,6 +27,7 @@ pub(super) fn inspect(files: &[PathBuf], bundles: &[PathBuf]) -> anyhow::Result<
             version: None,
             crl: Vec::new(),
             crl_unknown_status: Default::default(),
+            pinned: None,
         };
         match TrustBundle::load(&spec, now) {
             Ok(bundle) => Some(bundle),

@@ -9,6 +9,7 @@ mod reload;
 mod rotation;
 mod run;
 pub mod status;
+mod trust;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -125,6 +126,11 @@ pub enum Command {
         #[command(subcommand)]
         command: RotationCommand,
     },
+    /// Trust bundles: fetch one from a running host to join the mesh.
+    Trust {
+        #[command(subcommand)]
+        command: TrustCommand,
+    },
     /// Show what PEM files hold and whether their certificates chain to a
     /// bundle.
     Inspect {
@@ -187,6 +193,36 @@ pub enum RotationCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// Fetch a trust bundle from a host's bootstrap endpoint ([bootstrap]
+    /// listen) and write it only if its CAs' SHA-256 fingerprints are
+    /// exactly the ones given (one --sha256 per CA; two mid-rotation). The
+    /// connection cannot be verified yet: the fingerprints, obtained out of
+    /// band, decide. Without --sha256, print each CA's fingerprint and
+    /// subject and write nothing (exit 2). Exit 0 written, 1 refused or
+    /// failed (nothing written).
+    Fetch {
+        /// The bootstrap endpoint of a host that runs mtlsd.
+        #[arg(long, value_name = "HOST:PORT")]
+        from: String,
+        /// The trust domain whose bundle to fetch (e.g. mesh).
+        #[arg(long, value_name = "NAME")]
+        domain: String,
+        /// The SHA-256 of a CA the bundle must hold, over its DER (what
+        /// `openssl x509 -outform DER | sha256sum` and `mtlsd inspect`
+        /// print; colons allowed). Repeat once per CA.
+        #[arg(long, value_name = "HEX", requires = "out")]
+        sha256: Vec<String>,
+        /// Where to write the bundle (mode 0644, replaced atomically).
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+        /// Give up after this long (connect, handshake and download).
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
 /// Runs the chosen command.
 pub async fn dispatch(cli: Cli, prepared: Prepared) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -233,6 +269,25 @@ pub async fn dispatch(cli: Cli, prepared: Prepared) -> anyhow::Result<ExitCode> 
                 json,
             };
             rotation::check(admin, &config, &question).await
+        }
+        Command::Trust {
+            command:
+                TrustCommand::Fetch {
+                    from,
+                    domain,
+                    sha256,
+                    out,
+                    timeout,
+                },
+        } => {
+            trust::fetch(&trust::Fetch {
+                from,
+                domain,
+                sha256,
+                out,
+                timeout,
+            })
+            .await
         }
         Command::Inspect { files, bundle } => inspect::inspect(&files, &bundle),
         Command::Dev {

@@ -13,6 +13,7 @@
 
 mod raw;
 mod validate;
+pub(crate) use validate::is_domain_name;
 pub use validate::parse_route_path;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -67,6 +68,32 @@ pub struct Config {
     pub peers: PeersConfig,
     /// Every `[[inbound]]`, then every `[[outbound]]`, in file order.
     pub listeners: Vec<ListenerConfig>,
+    /// `[bootstrap]`: the endpoint that serves the trust bundles to hosts
+    /// joining; off when absent.
+    pub bootstrap: Option<BootstrapConfig>,
+}
+
+/// `[bootstrap]`: serves the public trust bundles over TLS with this
+/// host's certificate, without asking for a client certificate, so a new
+/// host can fetch them with `mtlsd trust fetch` and pin them by their
+/// SHA-256 (docs/operator_guide/joining.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapConfig {
+    pub listen: SocketAddr,
+    /// Requests (and new connections) one source address may make per
+    /// minute; IPv6 sources count per /64.
+    pub requests_per_minute: u32,
+    /// Connections served at once; more wait in the kernel backlog.
+    pub max_connections: usize,
+    /// The trust domains it serves; `None`: every one.
+    pub domains: Option<BTreeSet<String>>,
+}
+
+impl BootstrapConfig {
+    /// Whether the bundle of `domain` is served.
+    pub fn serves(&self, domain: &str) -> bool {
+        self.domains.as_ref().is_none_or(|d| d.contains(domain))
+    }
 }
 
 /// `[admin] tls = true`: the admin endpoint requires a client certificate
@@ -84,6 +111,9 @@ pub struct AdminTls {
 pub const ADMIN_TLS_USE: &str = "(admin)";
 /// The name of the client-side config `mtlsd status`/`reload` use.
 pub const ADMIN_CLIENT_TLS_USE: &str = "(admin client)";
+/// The name of the bootstrap endpoint's TLS config (no client
+/// certificate asked for).
+pub const BOOTSTRAP_TLS_USE: &str = "(bootstrap)";
 
 /// `[expiry]`: when certificates need attention, and how often to say so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +191,9 @@ pub struct TrustDomainConfig {
     /// CRL files (PEM or DER) enforced for this domain's peers.
     pub crl: Vec<PathBuf>,
     pub crl_unknown_status: CrlUnknownStatus,
+    /// `sha256 = ["HEX", …]`: the CAs the bundle may hold, by the SHA-256
+    /// of their DER; `None`: any CA that parses.
+    pub sha256: Option<Vec<Fingerprint>>,
 }
 
 /// Which way a listener carries traffic.
@@ -430,6 +463,8 @@ pub enum Section {
     Runtime,
     /// `state_dir`: restart only.
     StateDir,
+    /// `bootstrap.*`: restart only.
+    Bootstrap,
     /// One `[[inbound]]` or `[[outbound]]` by name; its direction and
     /// protocol are restart only, the rest applies live.
     Listener(String),
@@ -440,7 +475,7 @@ impl Section {
     pub fn restart_only(&self) -> bool {
         matches!(
             self,
-            Self::Admin | Self::AuditLog | Self::Runtime | Self::StateDir
+            Self::Admin | Self::AuditLog | Self::Runtime | Self::StateDir | Self::Bootstrap
         )
     }
 }
@@ -461,6 +496,7 @@ impl fmt::Display for Section {
             Self::Peers => f.write_str("peers"),
             Self::Runtime => f.write_str("runtime"),
             Self::StateDir => f.write_str("state_dir"),
+            Self::Bootstrap => f.write_str("bootstrap"),
             Self::Listener(name) => write!(f, "listener.{name}"),
         }
     }
@@ -484,6 +520,7 @@ impl std::str::FromStr for Section {
             "peers" => Self::Peers,
             "runtime" => Self::Runtime,
             "state_dir" => Self::StateDir,
+            "bootstrap" => Self::Bootstrap,
             _ => match text.split_once('.') {
                 Some(("trust_domains", name)) => Self::TrustDomain(name.to_owned()),
                 Some(("listener", name)) => Self::Listener(name.to_owned()),
@@ -636,6 +673,16 @@ impl Config {
             refused.push((Section::StateDir, format!("state_dir: {restart}")));
             effective.state_dir = self.state_dir.clone();
         }
+        if effective.bootstrap != self.bootstrap {
+            refused.push((
+                Section::Bootstrap,
+                format!(
+                    "bootstrap.listen, bootstrap.requests_per_minute, bootstrap.max_connections, \
+                     bootstrap.domains: {restart}"
+                ),
+            ));
+            effective.bootstrap = self.bootstrap.clone();
+        }
         if effective.reload.audit_log != self.reload.audit_log {
             refused.push((Section::AuditLog, format!("reload.audit_log: {restart}")));
             effective.reload.audit_log = self.reload.audit_log.clone();
@@ -685,6 +732,7 @@ impl Config {
         sections.insert(Section::Peers, fp(&self.peers));
         sections.insert(Section::Runtime, fp(&self.worker_threads));
         sections.insert(Section::StateDir, fp(&self.state_dir));
+        sections.insert(Section::Bootstrap, fp(&self.bootstrap));
         for listener in self.listeners() {
             sections.insert(Section::Listener(listener.name.clone()), fp(listener));
         }
@@ -756,6 +804,7 @@ impl Config {
                     version: domain.version.clone(),
                     crl: domain.crl.clone(),
                     crl_unknown_status: domain.crl_unknown_status,
+                    pinned: domain.sha256.clone(),
                 })
                 .collect(),
             settings: TlsSettings {
@@ -811,6 +860,17 @@ impl Config {
                         roles_per_request: false,
                         also_host: self.identity.host.clone(),
                     },
+                }))
+                .chain(self.bootstrap.as_ref().map(|_| TlsUse {
+                    name: BOOTSTRAP_TLS_USE.to_owned(),
+                    trust_domain: self.identity.trust_domain.clone(),
+                    side: TlsSide::Server {
+                        // Whoever fetches cannot have a certificate yet;
+                        // what is served is public.
+                        client_auth: ClientAuth::None,
+                        alpn: vec![b"http/1.1".to_vec()],
+                    },
+                    policy: PeerPolicy::default(),
                 }))
                 .collect(),
         }

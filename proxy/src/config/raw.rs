@@ -25,6 +25,7 @@ pub(crate) struct RawConfig {
     pub(crate) peers: Option<RawPeers>,
     pub(crate) runtime: Option<RawRuntime>,
     pub(crate) state_dir: Option<String>,
+    pub(crate) bootstrap: Option<RawBootstrap>,
     #[serde(default)]
     pub(crate) inbound: Vec<RawListener>,
     #[serde(default)]
@@ -46,6 +47,7 @@ pub(crate) struct RawTrustDomain {
     pub(crate) version: Option<String>,
     pub(crate) crl: Option<OneOrMany>,
     pub(crate) crl_unknown_status: Option<String>,
+    pub(crate) sha256: Option<Vec<String>>,
 }
 
 /// `bundle = "a.pem"` or `bundle = ["a.pem", "b.pem"]`.
@@ -67,6 +69,14 @@ pub(crate) struct RawAdmin {
     pub(crate) tls: Option<bool>,
     pub(crate) trust_domain: Option<String>,
     pub(crate) allow_roles: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawBootstrap {
+    pub(crate) listen: Option<String>,
+    pub(crate) requests_per_minute: Option<u64>,
+    pub(crate) max_connections: Option<u64>,
+    pub(crate) domains: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

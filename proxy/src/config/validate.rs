@@ -8,12 +8,14 @@ use std::time::Duration;
 use rustls_pki_types::ServerName;
 
 use super::raw::{OneOrMany, RawConfig, RawListener};
+use mtlsd_expiry::Fingerprint;
+
 use super::{
-    AdminTls, CLI_ENV_VARS, ClientAuth, Config, ConfigError, ConfigProblem, CrlUnknownStatus,
-    Direction, ENV_PREFIX, ExpiryConfig, HostPort, IdentityConfig, Inbound, InboundMode,
-    ListenerConfig, MethodPattern, MetricsConfig, Outbound, OutboundProtocol, PeersConfig,
-    Protocol, ReloadConfig, RouteRule, ServerVerification, Side, Timeouts, TrustDomainConfig,
-    Upstream,
+    AdminTls, BootstrapConfig, CLI_ENV_VARS, ClientAuth, Config, ConfigError, ConfigProblem,
+    CrlUnknownStatus, Direction, ENV_PREFIX, ExpiryConfig, HostPort, IdentityConfig, Inbound,
+    InboundMode, ListenerConfig, MethodPattern, MetricsConfig, Outbound, OutboundProtocol,
+    PeersConfig, Protocol, ReloadConfig, RouteRule, ServerVerification, Side, Timeouts,
+    TrustDomainConfig, Upstream,
 };
 
 use super::DEFAULT_ADMIN_LISTEN;
@@ -29,6 +31,12 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
 const DEFAULT_RELOAD_SETTLE: Duration = Duration::from_millis(250);
 const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(30);
+/// A join fetches one bundle (and perhaps the index): 30 a minute leaves
+/// room for retries and a few hosts behind one address.
+const DEFAULT_BOOTSTRAP_REQUESTS_PER_MINUTE: u32 = 30;
+const MAX_BOOTSTRAP_REQUESTS_PER_MINUTE: u64 = 60_000;
+const DEFAULT_BOOTSTRAP_MAX_CONNECTIONS: usize = 64;
+const MAX_BOOTSTRAP_CONNECTIONS: u64 = 10_000;
 
 pub(super) fn parse(
     path: &Path,
@@ -293,6 +301,28 @@ impl Validator {
         };
         let peers = self.peers(raw.peers.unwrap_or_default());
         let listeners = self.listeners(raw.inbound, raw.outbound, &scope);
+        let bootstrap = self.bootstrap(raw.bootstrap, &scope);
+        if let Some(bootstrap) = &bootstrap
+            && bootstrap.listen.port() != 0
+        {
+            let taken = if admin_listen == Some(bootstrap.listen) {
+                Some("admin.listen".to_owned())
+            } else {
+                listeners
+                    .iter()
+                    .find(|l| l.listen == bootstrap.listen)
+                    .map(|l| format!("listener '{}'", l.name))
+            };
+            if let Some(taken) = taken {
+                self.problem(
+                    "bootstrap.listen",
+                    format!(
+                        "{} is already used by {taken}; the bootstrap endpoint needs its own port",
+                        bootstrap.listen
+                    ),
+                );
+            }
+        }
 
         Some(Config {
             source: path.to_owned(),
@@ -310,6 +340,7 @@ impl Validator {
             metrics,
             peers,
             listeners,
+            bootstrap,
         })
     }
 
@@ -383,12 +414,119 @@ impl Validator {
                 CrlUnknownStatus::Allow
             }
         };
+        let sha256 = domain
+            .sha256
+            .map(|list| self.pinned_cas(&format!("{key}.sha256"), list));
         TrustDomainConfig {
             bundle,
             version: domain.version,
             crl,
             crl_unknown_status,
+            sha256,
         }
+    }
+
+    /// `trust_domains.NAME.sha256`: one SHA-256 per CA the bundle may
+    /// hold, as `sha256sum` or `openssl x509 -fingerprint -sha256` write it.
+    fn pinned_cas(&mut self, key: &str, list: Vec<String>) -> Vec<Fingerprint> {
+        if list.is_empty() {
+            self.problem(
+                key,
+                "an empty list would refuse every CA; list the SHA-256 of each CA the bundle \
+                 may hold, or remove the key to not pin the bundle"
+                    .to_owned(),
+            );
+        }
+        let mut pinned = Vec::new();
+        for (index, text) in list.iter().enumerate() {
+            match Fingerprint::from_hex(text) {
+                Some(fp) if pinned.contains(&fp) => self.problem(
+                    &format!("{key}[{index}]"),
+                    format!("{text:?} is listed twice"),
+                ),
+                Some(fp) => pinned.push(fp),
+                None => self.problem(
+                    &format!("{key}[{index}]"),
+                    format!(
+                        "{text:?} is not a SHA-256: 64 hex digits, colons allowed (what \
+                         `openssl x509 -outform DER | sha256sum` and `mtlsd inspect` print)"
+                    ),
+                ),
+            }
+        }
+        pinned
+    }
+
+    /// `[bootstrap]`: off unless present; then `listen` is required.
+    fn bootstrap(
+        &mut self,
+        raw: Option<super::raw::RawBootstrap>,
+        scope: &ListenerScope<'_>,
+    ) -> Option<BootstrapConfig> {
+        let raw = raw?;
+        let listen = match raw.listen {
+            Some(text) => self.socket_addr("bootstrap.listen", &text),
+            None => {
+                self.problem(
+                    "bootstrap.listen",
+                    "is required with [bootstrap] (remove the section to turn the endpoint \
+                     off)"
+                        .to_owned(),
+                );
+                None
+            }
+        };
+        let requests_per_minute = match raw.requests_per_minute {
+            None => DEFAULT_BOOTSTRAP_REQUESTS_PER_MINUTE,
+            Some(n @ 1..=MAX_BOOTSTRAP_REQUESTS_PER_MINUTE) => {
+                u32::try_from(n).unwrap_or(DEFAULT_BOOTSTRAP_REQUESTS_PER_MINUTE)
+            }
+            Some(n) => {
+                self.problem(
+                    "bootstrap.requests_per_minute",
+                    format!("{n} is out of range (1 to {MAX_BOOTSTRAP_REQUESTS_PER_MINUTE})"),
+                );
+                DEFAULT_BOOTSTRAP_REQUESTS_PER_MINUTE
+            }
+        };
+        let max_connections = match raw.max_connections {
+            None => DEFAULT_BOOTSTRAP_MAX_CONNECTIONS,
+            Some(n @ 1..=MAX_BOOTSTRAP_CONNECTIONS) => {
+                usize::try_from(n).unwrap_or(DEFAULT_BOOTSTRAP_MAX_CONNECTIONS)
+            }
+            Some(n) => {
+                self.problem(
+                    "bootstrap.max_connections",
+                    format!("{n} is out of range (1 to {MAX_BOOTSTRAP_CONNECTIONS})"),
+                );
+                DEFAULT_BOOTSTRAP_MAX_CONNECTIONS
+            }
+        };
+        let domains = raw.domains.map(|list| {
+            if list.is_empty() {
+                self.problem(
+                    "bootstrap.domains",
+                    "an empty list serves nothing; name the trust domains to serve, or remove \
+                     the key to serve every one"
+                        .to_owned(),
+                );
+            }
+            for (index, name) in list.iter().enumerate() {
+                if !scope.trust_domains.is_empty() && !scope.trust_domains.contains_key(name) {
+                    self.problem(
+                        &format!("bootstrap.domains[{index}]"),
+                        format!("trust domain '{name}' is not defined under [trust_domains]"),
+                    );
+                }
+            }
+            list.into_iter().collect()
+        });
+        Some(BootstrapConfig {
+            listen: listen?,
+            requests_per_minute,
+            max_connections,
+            domains,
+        })
     }
 
     /// `[admin]`: where the endpoint listens and, with `tls = true`, who
@@ -1146,7 +1284,7 @@ pub fn parse_route_path(path: &str) -> Option<(String, MethodPattern)> {
     Some((service.to_owned(), pattern))
 }
 
-fn is_domain_name(name: &str) -> bool {
+pub(crate) fn is_domain_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()
@@ -1516,5 +1654,111 @@ mod tests {
         assert_eq!(v.upstream("k", "host:0"), None);
         assert_eq!(v.upstream("k", ":80"), None);
         assert_eq!(v.problems.len(), 5);
+    }
+
+    #[test]
+    fn pinned_fingerprints_are_read_in_both_written_forms_and_checked() {
+        let hex = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let colons = "BA:78:16:BF:8F:01:CF:EA:41:41:40:DE:5D:AE:22:23:B0:03:61:A3:96:17:7A:9C:B4:10:FF:61:F2:00:15:AD";
+        let text = GOOD.replace(
+            "version = \"2026-11\"",
+            &format!("version = \"2026-11\"\nsha256 = [{hex:?}]"),
+        );
+        let config = parse_str(&text, &[]).unwrap();
+        let pinned = config.trust_domains["mesh"].sha256.clone().unwrap();
+        assert_eq!(pinned, [Fingerprint::from_hex(colons).unwrap()]);
+        assert_eq!(config.material_spec().trust_domains[1].pinned, Some(pinned));
+        assert_eq!(config.trust_domains["mariadb"].sha256, None);
+
+        let text = GOOD.replace(
+            "version = \"2026-11\"",
+            &format!("sha256 = [{hex:?}, \"abc\", {colons:?}]"),
+        );
+        let found = problems(&text, &[]);
+        assert_eq!(
+            keys(&found),
+            [
+                "trust_domains.mesh.sha256[1]",
+                "trust_domains.mesh.sha256[2]"
+            ]
+        );
+        assert!(found[0].message.contains("not a SHA-256"), "{}", found[0]);
+        assert!(found[1].message.contains("listed twice"), "{}", found[1]);
+        let text = GOOD.replace("version = \"2026-11\"", "sha256 = []");
+        assert_eq!(keys(&problems(&text, &[])), ["trust_domains.mesh.sha256"]);
+    }
+
+    #[test]
+    fn bootstrap_is_off_by_default_and_checked_when_on() {
+        assert_eq!(parse_str(GOOD, &[]).unwrap().bootstrap, None);
+        let config = parse_str(
+            &format!("{GOOD}\n[bootstrap]\nlisten = \"0.0.0.0:9443\"\n"),
+            &[],
+        )
+        .unwrap();
+        let bootstrap = config.bootstrap.clone().unwrap();
+        assert_eq!(bootstrap.listen, "0.0.0.0:9443".parse().unwrap());
+        assert_eq!(bootstrap.requests_per_minute, 30);
+        assert!(bootstrap.serves("mesh") && bootstrap.serves("mariadb"));
+        // Its TLS use: this host's identity, no client certificate asked.
+        let uses = config.material_spec().uses;
+        let use_ = uses
+            .iter()
+            .find(|u| u.name == super::super::BOOTSTRAP_TLS_USE)
+            .unwrap();
+        assert_eq!(use_.trust_domain, "mesh");
+        assert!(matches!(
+            use_.side,
+            mtlsd_reload::TlsSide::Server {
+                client_auth: ClientAuth::None,
+                ..
+            }
+        ));
+
+        let text = format!(
+            "{GOOD}\n[bootstrap]\nlisten = \"0.0.0.0:7443\"\nrequests_per_minute = 0\nmax_connections = 99999\ndomains = [\"mesh\", \"nope\"]\n"
+        );
+        let found = problems(&text, &[]);
+        assert_eq!(
+            keys(&found),
+            [
+                "bootstrap.requests_per_minute",
+                "bootstrap.max_connections",
+                "bootstrap.domains[1]",
+                "bootstrap.listen"
+            ]
+        );
+        assert!(
+            found[3].message.contains("listener 'grpc-in'"),
+            "{}",
+            found[3]
+        );
+        let text = format!(
+            "{GOOD}\n[admin]\nlisten = \"127.0.0.1:9443\"\n[bootstrap]\nlisten = \"127.0.0.1:9443\"\n"
+        );
+        let found = problems(&text, &[]);
+        assert!(found[0].message.contains("admin.listen"), "{found:?}");
+        let found = problems(&format!("{GOOD}\n[bootstrap]\ndomains = [\"mesh\"]\n"), &[]);
+        assert_eq!(keys(&found), ["bootstrap.listen"]);
+    }
+
+    #[test]
+    fn a_bootstrap_change_waits_for_a_restart() {
+        let running = parse_str(
+            &format!("{GOOD}\n[bootstrap]\nlisten = \"0.0.0.0:9443\"\n"),
+            &[],
+        )
+        .unwrap();
+        let next = parse_str(
+            &format!("{GOOD}\n[bootstrap]\nlisten = \"0.0.0.0:9444\"\n"),
+            &[],
+        )
+        .unwrap();
+        let (effective, refused) = running.apply_live(next);
+        assert_eq!(effective.bootstrap, running.bootstrap);
+        assert!(
+            matches!(refused.as_slice(), [(super::super::Section::Bootstrap, _)]),
+            "{refused:?}"
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod bootstrap;
 mod cli;
 mod crl;
 mod grpc;
