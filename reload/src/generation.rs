@@ -325,32 +325,31 @@ impl Generation {
         Ok(generation)
     }
 
-    /// Carries TLS session state over from `previous` where that cannot
-    /// change who is admitted, so a reload that only renews this host's
-    /// leaf does not turn every following handshake into a full one (the
-    /// latency bump under load, issue 15).
+    /// Carries TLS session state over from `previous` when the session
+    /// epoch is equal, so a reload that only renews this host's leaf does
+    /// not turn every following handshake into a full one (the latency
+    /// bump under load, issue 15). Both directions need the whole epoch:
     ///
-    /// * Server-side session stores are kept when the trust fingerprint is
-    ///   equal: a resumed session skips the client certificate verifier,
-    ///   and only equal trust guarantees it would admit the same peers.
-    /// * Client-side resumption stores are kept when the session epoch is
-    ///   equal (same trust and this host still has the same names): a
-    ///   resumed session shows the server the certificate it was made
-    ///   with, which must still say who this host is.
+    /// * equal trust, because a resumed session skips the certificate
+    ///   verifier, and only equal trust admits the same peers;
+    /// * this host's names and issuing chain unchanged, because a resumed
+    ///   session shows the peer the certificate it was made with: after a
+    ///   re-issue by another CA (phase 2 of a CA rotation) peers must see
+    ///   the new chain, or their rotation readiness would wait on
+    ///   sessions that no longer describe this host.
     fn keep_sessions_from(&mut self, previous: &Generation) {
-        if previous.trust_fingerprint == self.trust_fingerprint {
-            for (name, config) in &mut self.servers {
-                if let (Some(old), Some(new)) = (previous.servers.get(name), Arc::get_mut(config)) {
-                    new.session_storage = old.session_storage.clone();
-                    new.ticketer = old.ticketer.clone();
-                }
+        if previous.session_epoch != self.session_epoch {
+            return;
+        }
+        for (name, config) in &mut self.servers {
+            if let (Some(old), Some(new)) = (previous.servers.get(name), Arc::get_mut(config)) {
+                new.session_storage = old.session_storage.clone();
+                new.ticketer = old.ticketer.clone();
             }
         }
-        if previous.session_epoch == self.session_epoch {
-            for (name, config) in &mut self.clients {
-                if let (Some(old), Some(new)) = (previous.clients.get(name), Arc::get_mut(config)) {
-                    new.resumption = old.resumption.clone();
-                }
+        for (name, config) in &mut self.clients {
+            if let (Some(old), Some(new)) = (previous.clients.get(name), Arc::get_mut(config)) {
+                new.resumption = old.resumption.clone();
             }
         }
     }
@@ -388,13 +387,15 @@ impl Generation {
         self.trust_fingerprint
     }
 
-    /// What outbound connections and cached client sessions were made
-    /// under: the trust fingerprint and this host's own names (subject,
-    /// SANs, trust domain, inventory host). Equal epochs mean a pooled
-    /// connection made under the older generation is one the newer would
-    /// make too, with a certificate that still names this host the same
-    /// way — so a renewal of this host's leaf keeps the pools (issue 15),
-    /// while any trust change or a change of name starts fresh ones.
+    /// What pooled outbound connections and cached TLS sessions were made
+    /// under: the trust fingerprint, this host's names (subject, SANs,
+    /// trust domain, inventory host) and its issuing chain (issuer, the
+    /// intermediates, the CAs it depends on). Equal epochs mean a pooled
+    /// connection or session from the older generation is one the newer
+    /// would make too, showing a certificate that still names this host
+    /// the same way under the same CA — so a renewal of this host's leaf
+    /// keeps them (issue 15), while a trust change, a new name or a
+    /// re-issue by another CA starts fresh ones.
     pub fn session_epoch(&self) -> Fingerprint {
         self.session_epoch
     }
@@ -402,13 +403,20 @@ impl Generation {
     fn compute_session_epoch(&self) -> Fingerprint {
         let leaf = self.identity.leaf();
         let spec = self.identity.spec();
-        let parts: [Vec<u8>; 5] = [
+        let mut parts: Vec<Vec<u8>> = vec![
             self.trust_fingerprint.as_bytes().to_vec(),
             leaf.subject.as_bytes().to_vec(),
             format!("{:?}", leaf.sans).into_bytes(),
+            leaf.issuer.as_bytes().to_vec(),
             spec.trust_domain.as_bytes().to_vec(),
             spec.host.as_deref().unwrap_or("").as_bytes().to_vec(),
         ];
+        for intermediate in self.identity.chain().iter().skip(1) {
+            parts.push(Fingerprint::of(intermediate.as_ref()).as_bytes().to_vec());
+        }
+        for ca in &self.identity_dependence.depends_on {
+            parts.push(ca.as_bytes().to_vec());
+        }
         Fingerprint::of_all(parts.iter().map(Vec::as_slice))
     }
 

@@ -1,9 +1,10 @@
 //! What a reload keeps (issue 15): the pooled mTLS connections of an
 //! outbound grpc listener and the TLS session caches on both sides survive
 //! a renewal of this host's own leaf, so reloads under load put no new
-//! handshake in front of the next calls; any change of trust, or of this
-//! host's names, starts fresh ones (a session or connection made under the
-//! old trust must not admit anybody the new trust would refuse).
+//! handshake in front of the next calls; any change of trust, of this
+//! host's names or of its issuing CA starts fresh ones (a session or
+//! connection made under the old trust must not admit anybody the new
+//! trust would refuse, and after a re-issue peers must see the new chain).
 //!
 //! | change (on the side named) | pooled connection to the server | client side's cached sessions | server side's session store |
 //! |---|---|---|---|
@@ -12,6 +13,8 @@
 //! | client: bundle gains a CA | new, full handshake | dropped | — |
 //! | server: leaf renewed, same names | kept (not re-judged) | — | kept: a client resumes |
 //! | server: bundle gains a CA | closed only if it no longer qualifies (it does) | — | dropped: full handshake |
+//! | client: re-issued by another trusted CA | new, full handshake | dropped | — |
+//! | server: re-issued by another trusted CA | — | — | dropped: full handshake, new chain shown |
 //!
 //! Each row makes exactly one change, reloads the side it changed, and
 //! reads the server side's `mtlsd_handshakes_completed_total` and
@@ -308,4 +311,81 @@ async fn both_sides_renewing_under_load_keep_the_pooled_connection() {
         start,
         "renewals on both sides must keep the pair's pooled connection"
     );
+}
+
+/// Phase 2 of a CA rotation: the same names, re-issued by another CA that
+/// both sides already trust. Peers must see the new chain (their rotation
+/// readiness counts on it), so neither the pooled connection nor a cached
+/// session made with the old chain may be used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reissue_by_another_ca_starts_fresh_pools_and_sessions() {
+    let mut pair = Pair::start().await;
+    let next_ca = CertificateAuthority::new("test mesh CA, next").unwrap();
+    let both = format!("{}{}", pair.pki.ca.cert_pem(), next_ca.cert_pem());
+    replace(&pair.client_bundle, &both);
+    replace(&pair.server_bundle, &both);
+    Pair::reload(&pair.client, "client trusts the next CA").await;
+    Pair::reload(&pair.server, "server trusts the next CA").await;
+    pair.calls("with both CAs trusted").await;
+    let (before, resumed_before) = pair.server_handshakes("db-grpc").await;
+
+    // The client's leaf, same names, from the next CA.
+    let reissued = next_ca
+        .issue(&LeafSpec::new("client", &["client.test"]))
+        .unwrap();
+    replace(&pair.client_files.key, &reissued.key_pem);
+    replace(&pair.client_files.cert, &reissued.cert_pem);
+    Pair::reload(&pair.client, "client re-issued by the next CA").await;
+    pair.calls("after the client's re-issue").await;
+    let (after, resumed_after) = pair.server_handshakes("db-grpc").await;
+    assert_eq!(
+        after,
+        before + 1.0,
+        "a re-issue by another CA must open a new connection"
+    );
+    assert_eq!(
+        resumed_after, resumed_before,
+        "and a full handshake, showing the new chain"
+    );
+
+    // The server's leaf from the next CA: a client holding a session made
+    // with the old chain gets a full handshake and the new chain.
+    let direct = pair.pki.ca.issue(&localhost_leaf("direct")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pair.pki.ca.cert_der().clone()).unwrap();
+    roots.add(next_ca.cert_der().clone()).unwrap();
+    let rustls_client = Arc::new(
+        rustls::ClientConfig::builder_with_provider(mtlsd_reload::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![direct.cert_der.clone()], direct.key_der())
+            .unwrap(),
+    );
+    let mut first = tls_connect(pair.server_raw, rustls_client.clone())
+        .await
+        .unwrap();
+    assert_eq!(round_trip(&mut first, b"first").await.unwrap(), b"first");
+    drop(first);
+    assert_eq!(
+        reconnect_kind(pair.server_raw, &rustls_client).await,
+        rustls::HandshakeKind::Resumed,
+        "before the re-issue the client resumes"
+    );
+    let server_reissued = next_ca.issue(&localhost_leaf("server")).unwrap();
+    replace(&pair.server_files.key, &server_reissued.key_pem);
+    replace(&pair.server_files.cert, &server_reissued.cert_pem);
+    Pair::reload(&pair.server, "server re-issued by the next CA").await;
+    let mut stream = tls_connect(pair.server_raw, rustls_client.clone())
+        .await
+        .unwrap();
+    assert_eq!(round_trip(&mut stream, b"again").await.unwrap(), b"again");
+    let session = stream.get_ref().1;
+    assert_eq!(session.handshake_kind(), Some(rustls::HandshakeKind::Full));
+    let shown = session.peer_certificates().unwrap()[0].clone();
+    assert_eq!(
+        shown, server_reissued.cert_der,
+        "the client sees the re-issued certificate"
+    );
+    pair.calls("after the server's re-issue").await;
 }
