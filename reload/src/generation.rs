@@ -326,17 +326,12 @@ impl Generation {
     }
 
     /// Carries TLS session state over from `previous` when the session
-    /// epoch is equal, so a reload that only renews this host's leaf does
-    /// not turn every following handshake into a full one (the latency
-    /// bump under load, issue 15). Both directions need the whole epoch:
-    ///
-    /// * equal trust, because a resumed session skips the certificate
-    ///   verifier, and only equal trust admits the same peers;
-    /// * this host's names and issuing chain unchanged, because a resumed
-    ///   session shows the peer the certificate it was made with: after a
-    ///   re-issue by another CA (phase 2 of a CA rotation) peers must see
-    ///   the new chain, or their rotation readiness would wait on
-    ///   sessions that no longer describe this host.
+    /// epoch is equal (see [`Self::session_epoch`]): a reload that changes
+    /// neither trust nor this host's certificate does not turn every
+    /// following handshake into a full one. Both directions need the whole
+    /// epoch: equal trust, because a resumed session skips the certificate
+    /// verifier; the same own certificate, because a resumed session shows
+    /// the peer the certificate it was made with.
     fn keep_sessions_from(&mut self, previous: &Generation) {
         if previous.session_epoch != self.session_epoch {
             return;
@@ -388,34 +383,30 @@ impl Generation {
     }
 
     /// What pooled outbound connections and cached TLS sessions were made
-    /// under: the trust fingerprint, this host's names (subject, SANs,
-    /// trust domain, inventory host) and its issuing chain (issuer, the
-    /// intermediates, the CAs it depends on). Equal epochs mean a pooled
-    /// connection or session from the older generation is one the newer
-    /// would make too, showing a certificate that still names this host
-    /// the same way under the same CA — so a renewal of this host's leaf
-    /// keeps them (issue 15), while a trust change, a new name or a
-    /// re-issue by another CA starts fresh ones.
+    /// under: the trust fingerprint and this host's own certificate chain
+    /// (with its trust domain and inventory host). Equal epochs mean a
+    /// pooled connection or session from the older generation is one the
+    /// newer would make too, showing peers the same certificate — so a
+    /// reload that changes neither (a config-only change, the same files
+    /// again) keeps them, while a trust change or any new certificate of
+    /// this host starts fresh ones. A renewal must reach peers at their
+    /// next call: their expiry metrics and rotation readiness read the
+    /// certificate each handshake shows, and a kept pool or a resumed
+    /// session would go on showing the old one (cluster_ci scenario 10
+    /// caught that in a first version that kept them across renewals).
     pub fn session_epoch(&self) -> Fingerprint {
         self.session_epoch
     }
 
     fn compute_session_epoch(&self) -> Fingerprint {
-        let leaf = self.identity.leaf();
         let spec = self.identity.spec();
         let mut parts: Vec<Vec<u8>> = vec![
             self.trust_fingerprint.as_bytes().to_vec(),
-            leaf.subject.as_bytes().to_vec(),
-            format!("{:?}", leaf.sans).into_bytes(),
-            leaf.issuer.as_bytes().to_vec(),
             spec.trust_domain.as_bytes().to_vec(),
             spec.host.as_deref().unwrap_or("").as_bytes().to_vec(),
         ];
-        for intermediate in self.identity.chain().iter().skip(1) {
-            parts.push(Fingerprint::of(intermediate.as_ref()).as_bytes().to_vec());
-        }
-        for ca in &self.identity_dependence.depends_on {
-            parts.push(ca.as_bytes().to_vec());
+        for cert in self.identity.chain() {
+            parts.push(Fingerprint::of(cert.as_ref()).as_bytes().to_vec());
         }
         Fingerprint::of_all(parts.iter().map(Vec::as_slice))
     }

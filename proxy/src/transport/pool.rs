@@ -3,11 +3,11 @@
 //! One pool per listener, rebuilt when what it connects to changes: the
 //! upstream address (config reload) or, for pools that originate mTLS, the
 //! session epoch of the material (`Generation::session_epoch`: the trust
-//! and this host's names) — so a trust change never reuses a connection
-//! verified under the old bundle for a new request, while a reload that
-//! only renews this host's leaf keeps its warm connections (issue 15: a
-//! fresh pool on every reload put a handshake in front of the next calls).
-//! An old pool lives on only as long as requests still use it. Every pooled mTLS connection is
+//! and this host's certificate) — so a trust change never reuses a
+//! connection verified under the old bundle for a new request, and a new
+//! certificate reaches the peer at the next call, while a reload that
+//! changes neither keeps the warm connections. An old pool lives on only
+//! as long as requests still use it. Every pooled mTLS connection is
 //! registered like any other: a server that no longer qualifies after a
 //! trust change has its pooled connections closed after the grace period.
 
