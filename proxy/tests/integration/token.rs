@@ -664,3 +664,73 @@ async fn a_token_that_stops_answering_fails_handshakes_at_the_bound_and_recovers
     daemon.signal(Signal::SIGTERM);
     assert_eq!(daemon.exited(SOON).await.code(), Some(0));
 }
+
+/// A private key made by `openssl genpkey ARGS`, as PKCS#8 PEM.
+fn openssl_key(dir: &Path, name: &str, args: &[&str]) -> String {
+    let path = dir.join(format!("{name}.pem"));
+    let out = Command::new("openssl")
+        .arg("genpkey")
+        .args(args)
+        .arg("-out")
+        .arg(&path)
+        .output()
+        .expect("openssl (apt openssl)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pem = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    pem
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p384_rsa_pss_and_ed25519_token_keys_sign_handshakes() {
+    let pki = Pki::new();
+    let ca = pki.ca_file();
+    let echo = Echo::start().await;
+    let direct = pki.ca.issue(&localhost_leaf("direct")).unwrap();
+    let kinds: [(&str, &[&str]); 3] = [
+        (
+            "p384",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+        ),
+        (
+            "rsa",
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        ),
+        ("ed25519", &["-algorithm", "ED25519"]),
+    ];
+    for (name, args) in kinds {
+        let token = Token::init(&pki, name);
+        let key_pem = openssl_key(&token.dir, name, args);
+        let issued = pki
+            .ca
+            .issue_for_key(&localhost_leaf(name), &key_pem)
+            .unwrap();
+        token.import(&key_pem, "host", "01");
+        let cert = pki.write(&format!("{name}/host.crt"), &issued.cert_pem, 0o644);
+        let toml = token.toml(&cert, &ca, HOST_URI, "")
+            + "[reload]\nwatch = false\n"
+            + &inbound_toml("in", echo.addr, "");
+        let config = pki.write(&format!("{name}/mtlsd.toml"), &toml, 0o600);
+        let (ok, text) = check(&config, &token);
+        assert!(ok, "{name}: {text}");
+        let mut daemon = spawn(&config, &token);
+        let inbound = daemon.listener_addr("in").await;
+        for _ in 0..2 {
+            let mut stream = tls_connect(inbound, full_handshake_client(&pki, &direct))
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                round_trip(&mut stream, name.as_bytes()).await.unwrap(),
+                name.as_bytes()
+            );
+            let served = stream.get_ref().1.peer_certificates().unwrap()[0].clone();
+            assert_eq!(served, issued.cert_der, "{name}");
+        }
+        daemon.signal(Signal::SIGTERM);
+        assert_eq!(daemon.exited(SOON).await.code(), Some(0), "{name}");
+    }
+}
