@@ -311,8 +311,24 @@ impl CertificateAuthority {
         })
     }
 
-    /// Issues a leaf certificate as `spec` describes.
+    /// Issues a leaf certificate as `spec` describes, with a new P-256 key.
     pub fn issue(&self, spec: &LeafSpec) -> Result<IssuedCert, DevCaError> {
+        let key = generate_key(&spec.common_name)?;
+        self.issue_for(spec, key)
+    }
+
+    /// Issues a leaf for an existing key (PKCS#8 PEM: P-256, P-384,
+    /// Ed25519 or RSA), as when a host renews a certificate for a key that
+    /// lives in a token.
+    pub fn issue_for_key(&self, spec: &LeafSpec, key_pem: &str) -> Result<IssuedCert, DevCaError> {
+        let key = KeyPair::from_pem(key_pem).map_err(|source| DevCaError::Mint {
+            subject: spec.common_name.clone(),
+            source,
+        })?;
+        self.issue_for(spec, key)
+    }
+
+    fn issue_for(&self, spec: &LeafSpec, key: KeyPair) -> Result<IssuedCert, DevCaError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = name(&spec.common_name);
         params.not_before = spec.not_before;
@@ -336,7 +352,6 @@ impl CertificateAuthority {
         let serial = spec.serial.unwrap_or_else(next_serial);
         params.serial_number = Some(SerialNumber::from(serial));
 
-        let key = generate_key(&spec.common_name)?;
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(|source| DevCaError::Mint {

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::io;
 
-use mtlsd_reload::{Refusal, Verdict};
+use mtlsd_reload::{Refusal, TokenSignError, Verdict};
 use rustls::{CertificateError, Error as TlsError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -38,10 +38,13 @@ pub enum RejectReason {
     RoleNotAllowed,
     /// The certificate is revoked: by a CRL or in the inventory.
     Revoked,
+    /// Our own key could not sign: its PKCS#11 token did not answer within
+    /// `pkcs11.timeout`, or refused (removed, session lost).
+    LocalKey,
 }
 
 impl RejectReason {
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::UnknownCa,
         Self::Expired,
         Self::NotYetValid,
@@ -55,6 +58,7 @@ impl RejectReason {
         Self::AmbiguousHost,
         Self::RoleNotAllowed,
         Self::Revoked,
+        Self::LocalKey,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +76,7 @@ impl RejectReason {
             Self::AmbiguousHost => "ambiguous_host",
             Self::RoleNotAllowed => "role_not_allowed",
             Self::Revoked => "revoked",
+            Self::LocalKey => "local_key",
         }
     }
 
@@ -111,6 +116,9 @@ impl RejectReason {
             },
             TlsError::NoCertificatesPresented => Self::NoClientCert,
             TlsError::AlertReceived(_) => Self::PeerRefused,
+            TlsError::Other(other) if other.0.downcast_ref::<TokenSignError>().is_some() => {
+                Self::LocalKey
+            }
             _ => Self::Protocol,
         }
     }
@@ -178,6 +186,15 @@ mod tests {
                 RejectReason::PeerRefused,
             ),
             (TlsError::DecryptError, RejectReason::Protocol),
+            (
+                TlsError::Other(rustls::OtherError(std::sync::Arc::new(TokenSignError(
+                    mtlsd_reload::TokenError::Timeout {
+                        key: "token 'mesh' object 'host'".to_owned(),
+                        after: std::time::Duration::from_secs(2),
+                    },
+                )))),
+                RejectReason::LocalKey,
+            ),
         ];
         for (err, expected) in cases {
             assert_eq!(RejectReason::classify(&wrapped(err)), expected);

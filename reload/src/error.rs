@@ -74,6 +74,10 @@ pub enum MaterialError {
     KeyPermissions { path: PathBuf, mode: u32 },
     #[error("{key}: private key does not match the certificate in {cert}")]
     KeyMismatch { cert: PathBuf, key: PathBuf },
+    /// A key in a PKCS#11 token: its message names the token, the object
+    /// and the reason.
+    #[error("identity.key: {0}")]
+    Token(#[source] crate::token::TokenError),
     #[error("{path}: certificate {subject} expired at {}", rfc3339(*not_after))]
     Expired {
         path: PathBuf,

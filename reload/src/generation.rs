@@ -489,6 +489,7 @@ mod tests {
 
     use super::*;
     use crate::tls::ClientAuth;
+    use crate::token::KeySource;
 
     struct Fixture {
         dir: tempfile::TempDir,
@@ -517,7 +518,7 @@ mod tests {
             MaterialSpec {
                 identity: IdentitySpec {
                     cert: self.write("host.crt", &issued.cert_pem),
-                    key: self.write("host.key", &issued.key_pem),
+                    key: KeySource::File(self.write("host.key", &issued.key_pem)),
                     trust_domain: "mesh".into(),
                     host: None,
                     insecure_key_permissions: false,
@@ -592,13 +593,13 @@ mod tests {
         let fx = Fixture::new();
         let mut spec = fx.spec(&host_leaf());
         let other = fx.ca.issue(&host_leaf()).unwrap();
-        spec.identity.key = fx.write("other.key", &other.key_pem);
+        spec.identity.key = KeySource::File(fx.write("other.key", &other.key_pem));
         let found = problems(&spec);
         assert!(
             matches!(found.as_slice(), [MaterialError::KeyMismatch { .. }]),
             "{found:?}"
         );
-        assert!(mentions(&found, &spec.identity.key));
+        assert!(mentions(&found, Path::new(&spec.identity.key.to_string())));
     }
 
     #[test]
@@ -649,7 +650,7 @@ mod tests {
             "chain.crt",
             &format!("{}{}", leaf.cert_pem, intermediate.cert_pem()),
         );
-        spec.identity.key = fx.write("chain.key", &leaf.key_pem);
+        spec.identity.key = KeySource::File(fx.write("chain.key", &leaf.key_pem));
         Generation::load(&spec, SystemTime::now()).unwrap();
     }
 
@@ -679,8 +680,11 @@ mod tests {
     fn readable_key_is_refused_unless_explicitly_allowed() {
         let fx = Fixture::new();
         let mut spec = fx.spec(&host_leaf());
-        std::fs::set_permissions(&spec.identity.key, std::fs::Permissions::from_mode(0o644))
-            .unwrap();
+        std::fs::set_permissions(
+            spec.identity.key.to_string(),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
         let found = problems(&spec);
         assert!(
             matches!(
@@ -721,8 +725,8 @@ mod tests {
         );
 
         let mut spec = good.clone();
-        spec.identity.cert = good.identity.key.clone();
-        spec.identity.key = fx.write("swapped.key", &cert_pem);
+        spec.identity.cert = PathBuf::from(good.identity.key.to_string());
+        spec.identity.key = KeySource::File(fx.write("swapped.key", &cert_pem));
         let found = problems(&spec);
         assert_eq!(found.len(), 2, "{found:?}");
         assert!(

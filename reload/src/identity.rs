@@ -17,6 +17,7 @@ use rustls_pki_types::CertificateDer;
 
 use crate::error::MaterialError;
 use crate::pem::{MIN_RSA_BITS, read_certs, read_key, rsa_key_bits};
+use crate::token::{self, KeySource};
 use crate::trust::{AuthUsage, ChainError, TrustBundle};
 
 /// Where this host's certificate and key live.
@@ -24,7 +25,8 @@ use crate::trust::{AuthUsage, ChainError, TrustBundle};
 pub struct IdentitySpec {
     /// PEM: the leaf first, then any intermediates.
     pub cert: PathBuf,
-    pub key: PathBuf,
+    /// A PEM key file, or a key in a PKCS#11 token.
+    pub key: KeySource,
     /// The trust domain whose bundle the leaf must chain to.
     pub trust_domain: String,
     /// This host's name in the role inventory.
@@ -58,10 +60,14 @@ impl Identity {
     ) -> Result<Self, Vec<MaterialError>> {
         let mut problems = Vec::new();
         let chain = read_certs(&spec.cert).map_err(|e| problems.push(e)).ok();
-        let key = check_key_permissions(&spec.key, spec.insecure_key_permissions)
-            .and_then(|()| read_key(&spec.key))
-            .map_err(|e| problems.push(e))
-            .ok();
+        let key = match &spec.key {
+            KeySource::File(path) => check_key_permissions(path, spec.insecure_key_permissions)
+                .and_then(|()| read_key(path))
+                .map_err(|e| problems.push(e))
+                .ok(),
+            // Loaded below, with the certificate it must match.
+            KeySource::Token(_) => None,
+        };
 
         let leaf = chain.as_ref().and_then(|chain| {
             CertFacts::from_der(&chain[0])
@@ -100,10 +106,18 @@ impl Identity {
 
         // Comparing keys against an unparsable leaf would only add a
         // misleading "mismatch" to the real problem.
-        let certified = match (chain.filter(|_| leaf.is_some()), key) {
-            (Some(chain), Some(key)) => certify(spec, chain, key, provider)
-                .map_err(|e| problems.push(e))
-                .ok(),
+        let certified = match (chain.filter(|_| leaf.is_some()), key, &spec.key) {
+            (Some(chain), Some(key), KeySource::File(path)) => {
+                certify(spec, path, chain, key, provider)
+                    .map_err(|e| problems.push(e))
+                    .ok()
+            }
+            (Some(chain), _, KeySource::Token(token_spec)) => {
+                token::load(token_spec, &spec.cert, &chain[0], provider)
+                    .map(|key| CertifiedKey::new(chain, key))
+                    .map_err(|e| problems.push(MaterialError::Token(e)))
+                    .ok()
+            }
             _ => None,
         };
 
@@ -150,6 +164,7 @@ impl Identity {
 
 fn certify(
     spec: &IdentitySpec,
+    key_path: &Path,
     chain: Vec<CertificateDer<'static>>,
     key: rustls_pki_types::PrivateKeyDer<'static>,
     provider: &CryptoProvider,
@@ -157,7 +172,7 @@ fn certify(
     // The provider refuses these too, in words that do not say why.
     if let Some(bits) = rsa_key_bits(&key).filter(|bits| *bits < MIN_RSA_BITS) {
         return Err(MaterialError::RsaKeyTooSmall {
-            path: spec.key.clone(),
+            path: key_path.to_owned(),
             bits,
         });
     }
@@ -165,7 +180,7 @@ fn certify(
         .key_provider
         .load_private_key(key)
         .map_err(|source| MaterialError::UnusableKey {
-            path: spec.key.clone(),
+            path: key_path.to_owned(),
             source,
         })?;
     let certified = CertifiedKey::new(chain, signing_key);
@@ -175,7 +190,7 @@ fn certify(
         .keys_match()
         .map_err(|_| MaterialError::KeyMismatch {
             cert: spec.cert.clone(),
-            key: spec.key.clone(),
+            key: key_path.to_owned(),
         })?;
     Ok(certified)
 }
@@ -274,7 +289,7 @@ mod tests {
         };
         let spec = IdentitySpec {
             cert: write("host.crt", cert_pem),
-            key: write("host.key", key_pem),
+            key: KeySource::File(write("host.key", key_pem)),
             trust_domain: "mesh".to_owned(),
             host: None,
             insecure_key_permissions: false,

@@ -31,6 +31,7 @@ mod provider;
 mod refusal;
 mod store;
 mod tls;
+mod token;
 mod trust;
 mod verify;
 
@@ -47,6 +48,10 @@ pub use policy::{
 };
 pub use store::MaterialStore;
 pub use tls::{ClientAuth, ServerVerification, TlsSettings, TlsSide, TlsUse, provider};
+pub use token::{
+    DEFAULT_TOKEN_TIMEOUT, KeySource, PKCS11_SCHEME, PinSource, Pkcs11Uri, TokenError,
+    TokenKeySpec, TokenSignError, UriError,
+};
 pub use trust::{
     AuthUsage, BundleCa, ChainError, NameCheck, TrustBundle, TrustDomainSpec, VerifiedChain,
     describe,

@@ -29,6 +29,7 @@ pub use mtlsd_reload::ServerVerification;
 use mtlsd_reload::{
     IdentitySpec, MaterialSpec, PeerPolicy, TlsSettings, TlsSide, TlsUse, TrustDomainSpec,
 };
+pub use mtlsd_reload::{KeySource, PinSource, Pkcs11Uri, TokenKeySpec};
 pub use mtlsd_reload::{MethodPattern, RouteRule};
 use rustls_pki_types::ServerName;
 
@@ -179,7 +180,8 @@ pub struct IdentityConfig {
     /// This host's name in the role inventory.
     pub host: Option<String>,
     pub cert: PathBuf,
-    pub key: PathBuf,
+    /// A key file, or a `pkcs11:` URI with `[pkcs11]`.
+    pub key: KeySource,
     pub trust_domain: String,
     pub insecure_key_permissions: bool,
 }
@@ -630,11 +632,8 @@ impl Config {
 
     /// Every file whose change should trigger a reload.
     pub fn watched_files(&self) -> Vec<PathBuf> {
-        let mut files = vec![
-            self.source.clone(),
-            self.identity.cert.clone(),
-            self.identity.key.clone(),
-        ];
+        let mut files = vec![self.source.clone(), self.identity.cert.clone()];
+        files.extend(self.identity.key.watched_file().map(Path::to_owned));
         files.extend(
             self.trust_domains
                 .values()

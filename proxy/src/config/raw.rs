@@ -26,6 +26,7 @@ pub(crate) struct RawConfig {
     pub(crate) runtime: Option<RawRuntime>,
     pub(crate) state_dir: Option<String>,
     pub(crate) bootstrap: Option<RawBootstrap>,
+    pub(crate) pkcs11: Option<RawPkcs11>,
     #[serde(default)]
     pub(crate) inbound: Vec<RawListener>,
     #[serde(default)]
@@ -39,6 +40,17 @@ pub(crate) struct RawIdentity {
     pub(crate) key: Option<String>,
     pub(crate) trust_domain: Option<String>,
     pub(crate) insecure_key_permissions: Option<bool>,
+}
+
+/// `[pkcs11]`: the module and PIN for a token-held `identity.key`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawPkcs11 {
+    pub(crate) module: Option<String>,
+    pub(crate) pin_file: Option<String>,
+    pub(crate) pin_credential: Option<String>,
+    /// Never accepted: read only to refuse it by name, whatever its type.
+    pub(crate) pin: Option<serde::de::IgnoredAny>,
+    pub(crate) timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -13,9 +13,9 @@ use mtlsd_expiry::Fingerprint;
 use super::{
     AdminTls, BootstrapConfig, CLI_ENV_VARS, ClientAuth, Config, ConfigError, ConfigProblem,
     CrlUnknownStatus, Direction, ENV_PREFIX, ExpiryConfig, HostPort, IdentityConfig, Inbound,
-    InboundMode, ListenerConfig, MethodPattern, MetricsConfig, Outbound, OutboundProtocol,
-    PeersConfig, Protocol, ReloadConfig, RouteRule, ServerVerification, Side, Timeouts,
-    TrustDomainConfig, Upstream,
+    InboundMode, KeySource, ListenerConfig, MethodPattern, MetricsConfig, Outbound,
+    OutboundProtocol, PeersConfig, PinSource, Pkcs11Uri, Protocol, ReloadConfig, RouteRule,
+    ServerVerification, Side, Timeouts, TokenKeySpec, TrustDomainConfig, Upstream,
 };
 
 use super::DEFAULT_ADMIN_LISTEN;
@@ -89,8 +89,13 @@ pub(super) fn parse(
             },
         };
 
-    for key in unknown {
-        v.problem(&dotted(&key), "unknown key".to_owned());
+    // `pkcs11.pin` is read only to be refused by name, in validation.
+    for key in unknown
+        .iter()
+        .map(|k| dotted(k))
+        .filter(|k| k != "pkcs11.pin")
+    {
+        v.problem(&key, "unknown key".to_owned());
     }
     let config = v.config(path, raw);
     match config {
@@ -258,7 +263,7 @@ impl Validator {
     /// when an earlier one failed, so all problems come out at once.
     fn config(&mut self, path: &Path, raw: RawConfig) -> Option<Config> {
         let trust_domains = self.trust_domains(raw.trust_domains);
-        let identity = self.identity(raw.identity.unwrap_or_default(), &trust_domains);
+        let identity = self.identity(raw.identity.unwrap_or_default(), raw.pkcs11, &trust_domains);
         let inventory = raw
             .inventory
             .and_then(|inv| self.path("inventory.path", inv.path));
@@ -702,10 +707,24 @@ impl Validator {
     fn identity(
         &mut self,
         raw: super::raw::RawIdentity,
+        pkcs11: Option<super::raw::RawPkcs11>,
         trust_domains: &BTreeMap<String, TrustDomainConfig>,
     ) -> Option<IdentityConfig> {
         let cert = self.path("identity.cert", raw.cert);
-        let key = self.path("identity.key", raw.key);
+        let key = match raw.key {
+            Some(text) if Pkcs11Uri::is_uri(&text) => self.token_key(&text, pkcs11),
+            file => {
+                if pkcs11.is_some() {
+                    self.problem(
+                        "pkcs11",
+                        "is set, but identity.key is a key file, not a pkcs11: URI; remove \
+                         [pkcs11] or name the token key in identity.key"
+                            .to_owned(),
+                    );
+                }
+                self.path("identity.key", file).map(KeySource::File)
+            }
+        };
         let trust_domain = raw
             .trust_domain
             .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned());
@@ -726,6 +745,87 @@ impl Validator {
             trust_domain,
             insecure_key_permissions: raw.insecure_key_permissions.unwrap_or(false),
         })
+    }
+
+    /// `identity.key = "pkcs11:…"` and its `[pkcs11]`: the module, and the
+    /// PIN from a file or a systemd credential, never from this file.
+    fn token_key(&mut self, text: &str, raw: Option<super::raw::RawPkcs11>) -> Option<KeySource> {
+        let uri = match Pkcs11Uri::parse(text) {
+            Ok(uri) => Some(uri),
+            Err(e) => {
+                self.problem("identity.key", e.to_string());
+                None
+            }
+        };
+        let Some(raw) = raw else {
+            self.problem(
+                "pkcs11",
+                "is required when identity.key is a pkcs11: URI: set pkcs11.module and \
+                 pkcs11.pin_file or pkcs11.pin_credential"
+                    .to_owned(),
+            );
+            return None;
+        };
+        let module = self.path("pkcs11.module", raw.module);
+        if raw.pin.is_some() {
+            self.problem(
+                "pkcs11.pin",
+                "the PIN must not be in the configuration; put it in a file readable only by \
+                 mtlsd (pkcs11.pin_file) or a systemd credential (pkcs11.pin_credential)"
+                    .to_owned(),
+            );
+        }
+        let pin = match (raw.pin_file, raw.pin_credential) {
+            (Some(file), None) => self
+                .path("pkcs11.pin_file", Some(file))
+                .map(PinSource::File),
+            (None, Some(name)) => {
+                if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                    self.problem(
+                        "pkcs11.pin_credential",
+                        format!(
+                            "{name:?} is not a credential name (the NAME of systemd's \
+                             LoadCredential=NAME:PATH, without '/')"
+                        ),
+                    );
+                    None
+                } else {
+                    Some(PinSource::Credential(name))
+                }
+            }
+            (Some(_), Some(_)) => {
+                self.problem(
+                    "pkcs11.pin_file",
+                    "and pkcs11.pin_credential are both set; give the PIN one way".to_owned(),
+                );
+                None
+            }
+            (None, None) => {
+                if raw.pin.is_none() {
+                    self.problem(
+                        "pkcs11.pin_file",
+                        "or pkcs11.pin_credential is required: where mtlsd reads the token's \
+                         user PIN"
+                            .to_owned(),
+                    );
+                }
+                None
+            }
+        };
+        let timeout = self.duration(
+            "pkcs11.timeout",
+            raw.timeout,
+            mtlsd_reload::DEFAULT_TOKEN_TIMEOUT,
+        );
+        if raw.pin.is_some() {
+            return None;
+        }
+        Some(KeySource::Token(TokenKeySpec {
+            uri: uri?,
+            module: module?,
+            pin: pin?,
+            timeout,
+        }))
     }
 
     /// One `[[inbound]]` or `[[outbound]]` entry: what both sides share
@@ -1345,11 +1445,124 @@ mod tests {
         problems.iter().map(|p| p.key.as_str()).collect()
     }
 
+    /// GOOD with `identity.key` replaced and `extra` appended.
+    fn with_key(key: &str, extra: &str) -> String {
+        let text = GOOD.replace(
+            r#"key = "/etc/mtlsd/tls/host.key""#,
+            &format!("key = {key:?}"),
+        );
+        format!("{text}\n{extra}")
+    }
+
+    #[test]
+    fn a_pkcs11_uri_key_is_read_with_its_module_pin_file_and_timeout() {
+        let text = with_key(
+            "pkcs11:token=mesh;object=host;id=%01;type=private",
+            r#"
+            [pkcs11]
+            module = "/usr/lib/softhsm/libsofthsm2.so"
+            pin_file = "tls/token.pin"
+            timeout = "500ms"
+            "#,
+        );
+        let config = parse_str(&text, &[]).unwrap();
+        let KeySource::Token(token) = &config.identity.key else {
+            panic!("{:?}", config.identity.key);
+        };
+        assert_eq!(token.uri.token, "mesh");
+        assert_eq!(token.uri.object.as_deref(), Some("host"));
+        assert_eq!(token.uri.id.as_deref(), Some(&[1u8][..]));
+        assert_eq!(token.module, Path::new("/usr/lib/softhsm/libsofthsm2.so"));
+        assert_eq!(
+            token.pin,
+            PinSource::File("/etc/mtlsd/tls/token.pin".into())
+        );
+        assert_eq!(token.timeout, Duration::from_millis(500));
+        // The PIN file is watched in place of a key file.
+        assert!(
+            config
+                .watched_files()
+                .contains(&PathBuf::from("/etc/mtlsd/tls/token.pin"))
+        );
+
+        let text = with_key(
+            "pkcs11:token=mesh;object=host",
+            "[pkcs11]\nmodule = \"/m.so\"\npin_credential = \"mtlsd-pin\"\n",
+        );
+        let config = parse_str(&text, &[]).unwrap();
+        let KeySource::Token(token) = &config.identity.key else {
+            panic!("{:?}", config.identity.key);
+        };
+        assert_eq!(token.pin, PinSource::Credential("mtlsd-pin".to_owned()));
+        assert_eq!(token.timeout, mtlsd_reload::DEFAULT_TOKEN_TIMEOUT);
+    }
+
+    #[test]
+    fn token_key_problems_name_their_field() {
+        // A PIN in the file is refused by name, whatever its type.
+        for pin in ["\"1234\"", "1234"] {
+            let found = problems(
+                &with_key(
+                    "pkcs11:token=mesh;object=host",
+                    &format!("[pkcs11]\nmodule = \"/m.so\"\npin = {pin}\n"),
+                ),
+                &[],
+            );
+            assert_eq!(keys(&found), ["pkcs11.pin"], "{found:?}");
+            assert!(found[0].message.contains("pkcs11.pin_file"), "{found:?}");
+        }
+        // A bad URI, no module, and two PIN sources: all at once.
+        let found = problems(
+            &with_key(
+                "pkcs11:token=mesh;objekt=host",
+                "[pkcs11]\npin_file = \"p\"\npin_credential = \"c\"\ntimeout = \"soon\"\n",
+            ),
+            &[],
+        );
+        assert_eq!(
+            keys(&found),
+            [
+                "identity.key",
+                "pkcs11.module",
+                "pkcs11.pin_file",
+                "pkcs11.timeout"
+            ],
+            "{found:?}"
+        );
+        assert!(found[0].message.contains("'objekt'"), "{found:?}");
+        // A URI without [pkcs11]; no PIN source; a credential name with a path.
+        let found = problems(&with_key("pkcs11:token=mesh;object=host", ""), &[]);
+        assert_eq!(keys(&found), ["pkcs11"], "{found:?}");
+        let found = problems(
+            &with_key(
+                "pkcs11:token=mesh;object=host",
+                "[pkcs11]\nmodule = \"/m.so\"\n",
+            ),
+            &[],
+        );
+        assert_eq!(keys(&found), ["pkcs11.pin_file"], "{found:?}");
+        let found = problems(
+            &with_key(
+                "pkcs11:token=mesh;object=host",
+                "[pkcs11]\nmodule = \"/m.so\"\npin_credential = \"../pin\"\n",
+            ),
+            &[],
+        );
+        assert_eq!(keys(&found), ["pkcs11.pin_credential"], "{found:?}");
+        // [pkcs11] with a key file is a leftover, said so.
+        let found = problems(&format!("{GOOD}\n[pkcs11]\nmodule = \"/m.so\"\n"), &[]);
+        assert_eq!(keys(&found), ["pkcs11"], "{found:?}");
+        assert!(found[0].message.contains("key file"), "{found:?}");
+    }
+
     #[test]
     fn good_config_is_typed_with_defaults_and_resolved_paths() {
         let config = parse_str(GOOD, &[]).unwrap();
         assert_eq!(config.identity.cert, Path::new("/etc/mtlsd/tls/host.crt"));
-        assert_eq!(config.identity.key, Path::new("/etc/mtlsd/tls/host.key"));
+        assert_eq!(
+            config.identity.key,
+            KeySource::File(PathBuf::from("/etc/mtlsd/tls/host.key"))
+        );
         assert_eq!(config.identity.trust_domain, "mesh");
         assert_eq!(config.trust_domains["mariadb"].bundle.len(), 2);
         assert_eq!(

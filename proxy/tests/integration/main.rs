@@ -16,5 +16,6 @@ mod reload;
 mod rotation;
 mod sessions;
 mod support;
+mod token;
 mod trust_changes;
 mod tunnel;
