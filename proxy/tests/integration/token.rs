@@ -472,25 +472,61 @@ async fn reloads_to_a_new_certificate_and_a_new_token_object_fail_no_call() {
     assert_eq!(daemon.exited(SOON).await.code(), Some(0));
 }
 
+/// An inbound daemon (its own process) whose key is in a SoftHSM token
+/// with `pkcs11.timeout = "1s"`, in front of an echo, and a client that
+/// has made one full handshake and round trip through it.
+struct TokenInbound {
+    _pki: Pki,
+    _echo: Echo,
+    host: TokenHost,
+    daemon: MtlsdProcess,
+    inbound: SocketAddr,
+    admin: SocketAddr,
+    client: Arc<rustls::ClientConfig>,
+}
+
+impl TokenInbound {
+    async fn start() -> Self {
+        let pki = Pki::new();
+        let ca = pki.ca_file();
+        let echo = Echo::start().await;
+        let host = token_host(&pki, "host");
+        let toml = host
+            .token
+            .toml(&host.cert, &ca, HOST_URI, "timeout = \"1s\"")
+            + "[reload]\nwatch = false\n"
+            + &inbound_toml("in", echo.addr, "");
+        let config = pki.write("host/mtlsd.toml", &toml, 0o600);
+        let mut daemon = spawn(&config, &host.token);
+        let inbound = daemon.listener_addr("in").await;
+        let admin = daemon.admin_addr().await;
+        let direct = pki.ca.issue(&localhost_leaf("direct")).unwrap();
+        let client = full_handshake_client(&pki, &direct);
+        let mut stream = tls_connect(inbound, client.clone()).await.unwrap();
+        assert_eq!(round_trip(&mut stream, b"up").await.unwrap(), b"up");
+        Self {
+            _pki: pki,
+            _echo: echo,
+            host,
+            daemon,
+            inbound,
+            admin,
+            client,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_token_refuses_handshakes_and_says_it_is_absent() {
-    let pki = Pki::new();
-    let ca = pki.ca_file();
-    let echo = Echo::start().await;
-    let host = token_host(&pki, "host");
-    let toml = host
-        .token
-        .toml(&host.cert, &ca, HOST_URI, "timeout = \"1s\"")
-        + "[reload]\nwatch = false\n"
-        + &inbound_toml("in", echo.addr, "");
-    let config = pki.write("host/mtlsd.toml", &toml, 0o600);
-    let mut daemon = spawn(&config, &host.token);
-    let inbound = daemon.listener_addr("in").await;
-    let admin = daemon.admin_addr().await;
-    let direct = pki.ca.issue(&localhost_leaf("direct")).unwrap();
-    let client = full_handshake_client(&pki, &direct);
-    let mut stream = tls_connect(inbound, client.clone()).await.unwrap();
-    assert_eq!(round_trip(&mut stream, b"up").await.unwrap(), b"up");
+    let TokenInbound {
+        _pki,
+        _echo,
+        host,
+        mut daemon,
+        inbound,
+        admin,
+        client,
+    } = TokenInbound::start().await;
 
     // The token goes away under the running daemon.
     std::fs::remove_dir_all(&host.token.tokens).unwrap();
@@ -595,23 +631,15 @@ impl StoreLocks {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_that_stops_answering_fails_handshakes_at_the_bound_and_recovers() {
-    let pki = Pki::new();
-    let ca = pki.ca_file();
-    let echo = Echo::start().await;
-    let host = token_host(&pki, "host");
-    let toml = host
-        .token
-        .toml(&host.cert, &ca, HOST_URI, "timeout = \"1s\"")
-        + "[reload]\nwatch = false\n"
-        + &inbound_toml("in", echo.addr, "");
-    let config = pki.write("host/mtlsd.toml", &toml, 0o600);
-    let mut daemon = spawn(&config, &host.token);
-    let inbound = daemon.listener_addr("in").await;
-    let admin = daemon.admin_addr().await;
-    let direct = pki.ca.issue(&localhost_leaf("direct")).unwrap();
-    let client = full_handshake_client(&pki, &direct);
-    let mut stream = tls_connect(inbound, client.clone()).await.unwrap();
-    assert_eq!(round_trip(&mut stream, b"up").await.unwrap(), b"up");
+    let TokenInbound {
+        _pki,
+        _echo,
+        host,
+        mut daemon,
+        inbound,
+        admin,
+        client,
+    } = TokenInbound::start().await;
 
     let locks = StoreLocks::take(&host.token.tokens);
     let started = Instant::now();
