@@ -339,7 +339,7 @@ async fn measure(
 /// `POST /reload` and wait for its answer (sent once the attempt is over).
 async fn post_reload(admin: SocketAddr) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let (status, body) = http(admin, "POST", "/reload").await?;
+    let (status, body) = support::http(admin, "POST", "/reload").await?;
     if status != 200 {
         bail!("reload answered {status}: {body}");
     }
@@ -357,7 +357,7 @@ async fn series_after_peers(
         // Hosts 3, 7, 11, … hold "api", which the listener allows.
         handshake(addr, &fleet.peer(3 + 4 * n)?).await?;
     }
-    let (status, body) = http(admin, "GET", "/metrics").await?;
+    let (status, body) = support::http(admin, "GET", "/metrics").await?;
     if status != 200 {
         bail!("/metrics answered {status}");
     }
@@ -377,33 +377,6 @@ async fn handshake(addr: SocketAddr, client: &Arc<ClientConfig>) -> anyhow::Resu
     let mut byte = [0u8; 1];
     tls.read_exact(&mut byte).await?;
     Ok(())
-}
-
-/// A minimal HTTP/1.1 exchange with the admin endpoint (plain, loopback).
-async fn http(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).await?;
-    stream
-        .write_all(
-            format!(
-                "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\
-                 Connection: close\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no HTTP status")?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 /// The table of `report` as Markdown, for the results file.

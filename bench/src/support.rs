@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use mtlsd_devca::{CertificateAuthority, IssuedCert, LeafSpec};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
@@ -198,17 +198,41 @@ pub(crate) fn state_dir(dir: &Path) -> PathBuf {
     dir.join("state")
 }
 
-/// `mtlsd_handshakes_completed_total{listener}` from a daemon's admin
-/// endpoint (plain HTTP on loopback); `None` if it cannot be read.
-pub(crate) fn grpc_handshakes(admin: SocketAddr, listener: &str) -> Option<f64> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+/// A minimal HTTP/1.1 exchange with the admin endpoint (plain, loopback).
+pub(crate) async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await?;
     stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
+        .write_all(
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\
+                 Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// `mtlsd_handshakes_completed_total{listener}` from a daemon's admin
+/// endpoint; `None` if it cannot be read.
+pub(crate) async fn grpc_handshakes(admin: SocketAddr, listener: &str) -> Option<f64> {
+    let (_, text) = http(admin, "GET", "/metrics").await.ok()?;
     let series = format!("mtlsd_handshakes_completed_total{{listener=\"{listener}\"}} ");
     text.lines()
         .find_map(|line| line.strip_prefix(series.as_str()))
