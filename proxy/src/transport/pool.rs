@@ -43,7 +43,7 @@ pub type RemoteClient = Client<RemoteConnector, Incoming>;
 
 /// What a pool was built for; a request whose listener, target or
 /// material differ from it gets a new pool.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 struct PoolKey {
     upstream: http::uri::Authority,
     /// The session epoch for mTLS pools; `None` for plaintext ones.
@@ -97,11 +97,12 @@ impl<C: Clone> Slot<C> {
         match &*slot {
             Some((key, client)) if current(key) => client.clone(),
             stale => {
-                tracing::debug!(
-                    upstream = %stale.as_ref().map(|(key, _)| key.upstream.as_str()).unwrap_or("-"),
-                    "starting a new upstream pool: none yet, or what it was made for changed"
-                );
                 let (key, client) = build();
+                tracing::debug!(
+                    upstream = %key.upstream,
+                    replaces = stale.is_some(),
+                    "starting a new upstream pool: none yet, or what the old one was made for changed"
+                );
                 *slot = Some((key, client.clone()));
                 client
             }
