@@ -329,6 +329,7 @@ async fn own_serial_revoked_refuses_start_and_makes_a_running_daemon_not_ready()
 
     // Started with a good inventory, then its own serial is revoked.
     let toml = identity_toml(&pki, "server", &files)
+        + "[reload]\nwatch = false\n\n"
         + &inbound_toml("in", echo.addr, "allow_roles = [\"api\"]");
     let (server, _) = start_daemon(&pki, "server.toml", &toml).await;
     let admin = server.admin_addr();

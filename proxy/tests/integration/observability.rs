@@ -241,7 +241,8 @@ async fn per_peer_series_are_opt_in_and_quiet_peers_turn_stale_then_are_forgotte
     );
     let base = with_server_inventory(&pki, material_toml(&files, &pki.ca_file()))
         + &inbound_toml("in", echo.addr, "");
-    let peers = "[peers]\nstale_after = \"2s\"\nforget_after = \"4s\"\n\n";
+    let peers =
+        "[reload]\nwatch = false\n\n[peers]\nstale_after = \"2s\"\nforget_after = \"4s\"\n\n";
     let (server, _) = start_daemon(&pki, "server.toml", &format!("{base}\n{peers}")).await;
     let admin = server.admin_addr();
     let addr = server.local_addr("in").unwrap();

@@ -108,7 +108,10 @@ async fn dependence_on_each_ca_follows_peers_and_bundle_through_a_rotation() {
     // connects: its chain there must not stand in for its mesh chain.
     let db_ca = CertificateAuthority::new("db CA").unwrap();
     let db_bundle = pki.write("db-ca.pem", db_ca.cert_pem(), 0o644);
+    // Reloads here are driven by hand: a watcher reload racing them would
+    // leave the admin reload nothing to apply.
     let toml = with_inventory(&pki, INVENTORY, "server", material_toml(&files, &bundle))
+        + "[reload]\nwatch = false\n\n"
         + &format!("[trust_domains.db]\nbundle = {:?}\n\n", db_bundle)
         + &inbound_toml("in", echo.addr, "")
         + &inbound_toml(
@@ -291,6 +294,7 @@ async fn rotation_check_walks_the_three_phases_and_names_what_blocks_each() {
     let server_leaf = LeafSpec::new("server", &["server.test", "localhost", "127.0.0.1"]);
     let files = pki.host("server", &server_leaf);
     let toml = with_inventory(&pki, INVENTORY, "server", material_toml(&files, &bundle))
+        + "[reload]\nwatch = false\n\n"
         + &inbound_toml("in", echo.addr, "allow_roles = [\"api\"]")
         + &inbound_toml("health", echo.addr, "");
     let (server, _) = start_daemon(&pki, "server.toml", &toml).await;
