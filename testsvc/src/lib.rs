@@ -124,3 +124,17 @@ pub async fn serve() -> SocketAddr {
     });
     addr
 }
+
+/// Serves [`EchoService`] over h2c on `listener` until `stop` resolves,
+/// then shuts down gracefully (GOAWAY to every connection) and returns
+/// once they have closed — a daemon restart as its clients see it.
+pub async fn serve_until(
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let _ = tonic::transport::Server::builder()
+        .add_service(EchoServer::new(EchoService))
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await;
+}

@@ -218,7 +218,11 @@ impl<S> TrackStreams<S> {
 
 /// The body type of every response the L7 modes send: what
 /// [`TrackStreams`] wraps, so it lives here and `l7` re-exports it.
-pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// The error of a response body: hyper's (an HTTP/1.1 upstream) or h2's
+/// (an HTTP/2 one).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl<S, Req> hyper::service::Service<Req> for TrackStreams<S>
 where

@@ -30,7 +30,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::activity::{Activity, TrackStreams, Watched};
+use super::activity::{Activity, BoxError, TrackStreams, Watched};
 use super::grpc_status::{self, GrpcCode};
 use super::grpc_wire::{grpc_timeout, split_path};
 use super::identity_headers::{self, ConnectionIdentity};
@@ -38,6 +38,7 @@ use crate::config::{ListenerConfig, Outbound};
 use crate::listener_context::ListenerContext;
 use crate::metrics::RequestMetrics;
 use crate::transport::coalesce::Coalescing;
+use crate::transport::h2_upstream::{UpstreamBody, UpstreamError};
 use crate::transport::handshake;
 use crate::transport::pool::UpstreamTarget;
 
@@ -139,7 +140,7 @@ async fn handle_inbound(
     };
     parts.uri = uri;
     let deadline = grpc_timeout(&parts.headers);
-    let client = state.ctx.pool.plain(listener, &state.target, true);
+    let client = state.ctx.pool.h2c(listener, &state.target);
     let response = forward(
         client.request(Request::from_parts(parts, body)),
         deadline,
@@ -208,12 +209,12 @@ impl ObservedBody {
 
 impl hyper::body::Body for ObservedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             std::task::Poll::Ready(Some(Ok(frame))) => {
@@ -350,9 +351,7 @@ async fn serve_h2<I, S>(
 
 /// Sends the request on; maps failures to gRPC statuses.
 async fn forward(
-    request: impl std::future::Future<
-        Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>,
-    >,
+    request: impl std::future::Future<Output = Result<Response<UpstreamBody>, UpstreamError>>,
     deadline: Option<Duration>,
     what: &str,
 ) -> Result<Response<Body>, Infallible> {
@@ -369,7 +368,7 @@ async fn forward(
         None => request.await,
     };
     Ok(match response {
-        Ok(response) => response.map(BodyExt::boxed),
+        Ok(response) => response.map(|body| body.map_err(BoxError::from).boxed()),
         Err(e) => {
             let mut cause: &dyn std::error::Error = &e;
             while let Some(next) = cause.source() {

@@ -23,6 +23,7 @@ use hyper_util::server::conn::auto;
 use rustls_pki_types::CertificateDer;
 use tokio::net::TcpStream;
 
+use super::activity::BoxError;
 use super::activity::{Activity, TrackStreams, Watched};
 use super::grpc::Body;
 use super::identity_headers::{self, ConnectionIdentity};
@@ -191,7 +192,7 @@ async fn handle(
         parts.headers.insert(header::HOST, host.clone());
     }
 
-    let client = state.ctx.pool.plain(listener, &state.target, false);
+    let client = state.ctx.pool.http1(listener, &state.target);
     let mut response = match client.request(Request::from_parts(parts, body)).await {
         Ok(response) => response,
         Err(e) => {
@@ -235,7 +236,7 @@ async fn handle(
             }
         });
     }
-    Ok(response.map(BodyExt::boxed))
+    Ok(response.map(|body| body.map_err(BoxError::from).boxed()))
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {

@@ -5,5 +5,6 @@
 //! [`handshake::Handshaker`] and the listener's settings.
 
 pub mod coalesce;
+pub mod h2_upstream;
 pub mod handshake;
 pub mod pool;

@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use http::Uri;
 use hyper::body::Incoming;
@@ -31,15 +30,14 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::coalesce::Coalescing;
+use super::h2_upstream::{Dial, H2Upstream};
 use super::handshake::{self, Handshaker};
 use crate::config::{HostPort, ListenerConfig, Outbound, Timeouts};
 use crate::connections::Registration;
 use crate::counting::CountingIo;
 
-/// Plaintext upstream on loopback (h2c for grpc, HTTP/1.1 for http).
+/// HTTP/1.1 to the upstream on loopback (http listeners).
 pub type PlainClient = Client<PlainConnector, Incoming>;
-/// mTLS to a remote host (grpc outbound).
-pub type RemoteClient = Client<RemoteConnector, Incoming>;
 
 /// What a pool was built for; a request whose listener, target or
 /// material differ from it gets a new pool.
@@ -54,6 +52,15 @@ struct PoolKey {
 }
 
 impl PoolKey {
+    fn plain(target: &UpstreamTarget, timeouts: Timeouts) -> Self {
+        Self {
+            upstream: target.authority().clone(),
+            epoch: None,
+            timeouts,
+            outbound: None,
+        }
+    }
+
     /// Compared field by field against the request's own values, so the
     /// per-request check allocates nothing.
     fn is_for(
@@ -73,8 +80,8 @@ impl PoolKey {
 /// The current pools of one listener (only one kind is ever used).
 #[derive(Debug, Default)]
 pub struct PoolSlot {
-    plain: Slot<PlainClient>,
-    remote: Slot<RemoteClient>,
+    http1: Slot<PlainClient>,
+    h2: Slot<H2Upstream>,
 }
 
 #[derive(Debug)]
@@ -111,15 +118,10 @@ impl<C: Clone> Slot<C> {
 }
 
 impl PoolSlot {
-    /// A plaintext client for `target`, a grpc or http listener's upstream.
-    pub fn plain(
-        &self,
-        listener: &ListenerConfig,
-        target: &UpstreamTarget,
-        http2: bool,
-    ) -> PlainClient {
+    /// An HTTP/1.1 client for an http listener's upstream.
+    pub fn http1(&self, listener: &ListenerConfig, target: &UpstreamTarget) -> PlainClient {
         let timeouts = listener.timeouts;
-        self.plain.get(
+        self.http1.get(
             |key| key.is_for(target.authority(), None, timeouts, None),
             || {
                 let mut connector = HttpConnector::new();
@@ -127,22 +129,30 @@ impl PoolSlot {
                 connector.set_nodelay(true);
                 let mut builder = Client::builder(TokioExecutor::new());
                 keep_alive(&mut builder, timeouts);
-                let client = builder.http2_only(http2).build(PlainConnector {
-                    inner: connector,
-                    coalesce: http2,
-                });
-                let key = PoolKey {
-                    upstream: target.authority().clone(),
-                    epoch: None,
-                    timeouts,
-                    outbound: None,
-                };
-                (key, client)
+                let client = builder.build(PlainConnector { inner: connector });
+                (PoolKey::plain(target, timeouts), client)
             },
         )
     }
 
-    /// An mTLS h2 client to an outbound listener's remote host, for the
+    /// An h2c pool to a grpc listener's local daemon.
+    pub fn h2c(&self, listener: &ListenerConfig, target: &UpstreamTarget) -> H2Upstream {
+        let timeouts = listener.timeouts;
+        self.h2.get(
+            |key| key.is_for(target.authority(), None, timeouts, None),
+            || {
+                let dial = Dial::Plain {
+                    authority: target.authority().clone(),
+                };
+                (
+                    PoolKey::plain(target, timeouts),
+                    H2Upstream::new(dial, timeouts),
+                )
+            },
+        )
+    }
+
+    /// An mTLS h2 pool to an outbound listener's remote host, for the
     /// material's session `epoch`.
     pub fn remote(
         &self,
@@ -152,51 +162,42 @@ impl PoolSlot {
         target: &UpstreamTarget,
         epoch: Fingerprint,
         client_addr: SocketAddr,
-    ) -> RemoteClient {
+    ) -> H2Upstream {
         let timeouts = listener.timeouts;
-        self.remote.get(
+        self.h2.get(
             |key| key.is_for(target.authority(), Some(epoch), timeouts, Some(outbound)),
             || {
-                let mut builder = Client::builder(TokioExecutor::new());
-                keep_alive(&mut builder, timeouts);
-                let client = builder.http2_only(true).build(RemoteConnector {
+                let dial = Dial::Remote {
                     handshaker: handshaker.clone(),
                     listener: listener.clone(),
                     outbound: outbound.clone(),
                     client_addr,
-                });
+                };
                 let key = PoolKey {
                     upstream: target.authority().clone(),
                     epoch: Some(epoch),
                     timeouts,
                     outbound: Some(outbound.clone()),
                 };
-                (key, client)
+                (key, H2Upstream::new(dial, timeouts))
             },
         )
     }
 }
 
-/// Pooled connections close after `idle_timeout` unused, and h2 ones send
-/// PINGs while idle so a dead peer (a host that vanished without a FIN) is
-/// noticed within the handshake timeout of a PING instead of on the next
-/// call's deadline.
+/// Pooled connections close after `idle_timeout` unused.
 fn keep_alive(builder: &mut hyper_util::client::legacy::Builder, timeouts: Timeouts) {
-    let interval = (timeouts.idle / 3).clamp(Duration::from_secs(1), Duration::from_secs(30));
     builder
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(timeouts.idle)
-        .http2_keep_alive_interval(interval)
-        .http2_keep_alive_timeout(timeouts.handshake)
-        .http2_keep_alive_while_idle(true);
+        .pool_idle_timeout(timeouts.idle);
 }
 
-/// Dials the local upstream; h2c connections write through [`Coalescing`].
+/// Dials the local HTTP/1.1 upstream; writes go straight through
+/// (HTTP/1.1 already writes a message at a time).
 #[derive(Debug, Clone)]
 pub struct PlainConnector {
     inner: HttpConnector,
-    coalesce: bool,
 }
 
 impl tower_service::Service<Uri> for PlainConnector {
@@ -210,14 +211,9 @@ impl tower_service::Service<Uri> for PlainConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connecting = self.inner.call(uri);
-        let coalesce = self.coalesce;
         Box::pin(async move {
             let tcp = connecting.await?.into_inner();
-            Ok(TokioIo::new(if coalesce {
-                Coalescing::new(tcp)
-            } else {
-                Coalescing::passthrough(tcp)
-            }))
+            Ok(TokioIo::new(Coalescing::passthrough(tcp)))
         })
     }
 }
@@ -229,48 +225,8 @@ impl<T: Connection> Connection for Coalescing<T> {
     }
 }
 
-/// Dials the listener's remote upstream with mTLS (through the shared
-/// handshake, so refusals are classified and counted).
-#[derive(Debug, Clone)]
-pub struct RemoteConnector {
-    handshaker: Handshaker,
-    listener: Arc<ListenerConfig>,
-    outbound: Outbound,
-    client_addr: SocketAddr,
-}
-
-impl tower_service::Service<Uri> for RemoteConnector {
-    type Response = TokioIo<TlsConnection>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let ctx = &this.handshaker;
-            let judged_under = ctx.store.current().number();
-            let tls =
-                handshake::connect(ctx, &this.listener, &this.outbound, this.client_addr).await?;
-            let (tcp, session) = tls.get_ref();
-            let remote = tcp.get_ref().peer_addr().unwrap_or(this.client_addr);
-            let chain = session.peer_certificates().unwrap_or_default().into();
-            let registration = ctx.register(&this.listener, remote, chain, judged_under);
-            Ok(TokioIo::new(TlsConnection {
-                closed: Box::pin(registration.close_token().cancelled_owned()),
-                _registration: registration,
-                io: Coalescing::new(tls),
-            }))
-        })
-    }
-}
-
-/// A pooled TLS stream that tells hyper whether ALPN chose h2, and fails
-/// every read and write once the policy closes it (hyper then drops the
-/// connection from the pool).
+/// A pooled TLS stream that fails every read and write once the policy
+/// closes it (the HTTP/2 connection on it then ends and leaves its pool).
 pub struct TlsConnection {
     io: Coalescing<TlsStream<CountingIo<TcpStream>>>,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -284,6 +240,33 @@ impl std::fmt::Debug for TlsConnection {
 }
 
 impl TlsConnection {
+    /// Dials `outbound`'s remote with mTLS (through the shared handshake,
+    /// so refusals are classified and counted) and registers the
+    /// connection, judged under the generation in force when dialing began.
+    pub async fn dial(
+        handshaker: &Handshaker,
+        listener: &Arc<ListenerConfig>,
+        outbound: &Outbound,
+        client_addr: SocketAddr,
+    ) -> io::Result<Self> {
+        let judged_under = handshaker.store.current().number();
+        let tls = handshake::connect(handshaker, listener, outbound, client_addr).await?;
+        let (tcp, session) = tls.get_ref();
+        let remote = tcp.get_ref().peer_addr().unwrap_or(client_addr);
+        let chain = session.peer_certificates().unwrap_or_default().into();
+        let registration = handshaker.register(listener, remote, chain, judged_under);
+        Ok(Self {
+            closed: Box::pin(registration.close_token().cancelled_owned()),
+            _registration: registration,
+            io: Coalescing::new(tls),
+        })
+    }
+
+    /// Whether ALPN chose h2.
+    pub fn negotiated_h2(&self) -> bool {
+        self.io.get_ref().get_ref().1.alpn_protocol() == Some(b"h2")
+    }
+
     fn check_open(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         match self.closed.as_mut().poll(cx) {
             Poll::Ready(()) => Err(io::Error::new(
@@ -291,15 +274,6 @@ impl TlsConnection {
                 "the remote host no longer qualifies after a trust change",
             )),
             Poll::Pending => Ok(()),
-        }
-    }
-}
-
-impl Connection for TlsConnection {
-    fn connected(&self) -> Connected {
-        match self.io.get_ref().get_ref().1.alpn_protocol() {
-            Some(b"h2") => Connected::new().negotiated_h2(),
-            _ => Connected::new(),
         }
     }
 }

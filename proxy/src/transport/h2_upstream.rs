@@ -1,0 +1,474 @@
+//! The gRPC modes' upstream: one multiplexed HTTP/2 connection per pool,
+//! driven with the `h2` crate directly.
+//!
+//! hyper's client layers (the legacy pool, the connection task's request
+//! queue, a spawned task per request body and per response) cost more per
+//! call than the HTTP/2 work itself on this path (issue 15's profile). Here
+//! a call opens its stream on the shared connection from the task that
+//! serves the downstream stream, sends the request body from that same task
+//! while it waits for the response headers, and hands the response body
+//! back as it arrives: no task and no channel per call. Only a request body
+//! still streaming when the response starts gets a task of its own, so the
+//! two directions of a bidirectional call never wait on each other.
+//!
+//! Each connection has one task of its own that drives it, sends keep-alive
+//! PINGs (a peer that vanished without a FIN is noticed within the
+//! handshake timeout of a PING) and closes it after `idle_timeout` without
+//! an open stream. A connection that ends (closed by the peer, a GOAWAY, a
+//! policy close after a trust change) is replaced at the next call.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::client::{Connection, SendRequest};
+use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
+use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use super::coalesce::Coalescing;
+use super::handshake::Handshaker;
+use super::pool::TlsConnection;
+use crate::config::{ListenerConfig, Outbound, Timeouts};
+
+/// Flow-control windows and buffers for the upstream leg (hyper's client
+/// defaults, which the flow-control tests were written against): a
+/// stalled reader holds at most a window's worth per stream in mtlsd.
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const MAX_FRAME_SIZE: u32 = 16 * 1024;
+const MAX_SEND_BUFFER: usize = 1024 * 1024;
+const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+
+/// Why a call could not be sent upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect: {0}")]
+    Connect(#[source] io::Error),
+    #[error("connecting took longer than {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("the peer did not negotiate h2 (ALPN)")]
+    NotH2,
+    #[error("HTTP/2: {0}")]
+    H2(#[source] h2::Error),
+}
+
+/// How a pool's connection is dialed.
+#[derive(Debug, Clone)]
+pub enum Dial {
+    /// h2c to the local daemon.
+    Plain { authority: http::uri::Authority },
+    /// mTLS to a remote host, through the shared handshake (so refusals are
+    /// classified and counted) and registered for policy closes.
+    Remote {
+        handshaker: Handshaker,
+        listener: Arc<ListenerConfig>,
+        outbound: Outbound,
+        client_addr: SocketAddr,
+    },
+}
+
+/// A pool of one HTTP/2 connection to one upstream; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct H2Upstream {
+    inner: Arc<Pool>,
+}
+
+#[derive(Debug)]
+struct Pool {
+    dial: Dial,
+    timeouts: Timeouts,
+    /// The live connection, if any.
+    current: Mutex<Option<Live>>,
+    /// Held while dialing, so concurrent first calls share one connection.
+    dialing: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Clone)]
+struct Live {
+    sender: SendRequest<Bytes>,
+    state: Arc<ConnState>,
+}
+
+/// What the calls on a connection and its driver share.
+#[derive(Debug)]
+struct ConnState {
+    born: Instant,
+    /// Set by the driver when the connection has ended.
+    ended: AtomicBool,
+    open_streams: AtomicUsize,
+    /// Milliseconds since `born` when the last stream ended.
+    idle_since_ms: AtomicU64,
+}
+
+impl ConnState {
+    fn stream(self: &Arc<Self>) -> ActiveStream {
+        self.open_streams.fetch_add(1, Ordering::Relaxed);
+        ActiveStream(self.clone())
+    }
+
+    fn idle_for(&self) -> Duration {
+        if self.open_streams.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
+        self.born.elapsed().saturating_sub(since)
+    }
+}
+
+/// One open stream on a connection; ends when dropped.
+#[derive(Debug)]
+struct ActiveStream(Arc<ConnState>);
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        let ms = u64::try_from(self.0.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.idle_since_ms.store(ms, Ordering::Relaxed);
+        self.0.open_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl H2Upstream {
+    pub fn new(dial: Dial, timeouts: Timeouts) -> Self {
+        Self {
+            inner: Arc::new(Pool {
+                dial,
+                timeouts,
+                current: Mutex::new(None),
+                dialing: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    /// Sends `request` on the pool's connection (dialed first when there is
+    /// none) and resolves with the response headers; its body streams on.
+    pub async fn request(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let (parts, body) = request.into_parts();
+        let (mut sender, state) = self.ready_sender().await?;
+        let end_of_stream = body.is_end_stream();
+        let mut head = Request::from_parts(parts, ());
+        *head.version_mut() = http::Version::HTTP_2;
+        let active = state.stream();
+        let (response, send) = sender
+            .send_request(head, end_of_stream)
+            .map_err(|e| self.failed(&state, e))?;
+        let mut pump = (!end_of_stream).then(|| RequestPump { body, send });
+        let mut response = std::pin::pin!(response);
+        let response = std::future::poll_fn(|cx| {
+            if let Some(p) = &mut pump
+                && p.poll_pump(cx).is_ready()
+            {
+                pump = None;
+            }
+            response.as_mut().poll(cx)
+        })
+        .await
+        .map_err(UpstreamError::H2)?;
+        if let Some(mut rest) = pump {
+            // A request still streaming: on its own from here, so a
+            // response the downstream reads slowly never holds it up.
+            tokio::spawn(std::future::poll_fn(move |cx| rest.poll_pump(cx)));
+        }
+        Ok(response.map(|recv| UpstreamBody {
+            recv,
+            data_done: false,
+            _active: active,
+        }))
+    }
+
+    /// A sender ready for a new stream: the live connection's, or a new
+    /// connection's when there is none or it can take no more streams (it
+    /// ended, or the peer sent GOAWAY). Nothing of the request has been
+    /// sent yet, so one redial is always safe.
+    async fn ready_sender(&self) -> Result<(SendRequest<Bytes>, Arc<ConnState>), UpstreamError> {
+        let (Live { sender, state }, fresh) = match self.live() {
+            Some(live) => (live, false),
+            None => (Box::pin(self.dial_shared()).await?, true),
+        };
+        match sender.ready().await {
+            Ok(sender) => Ok((sender, state)),
+            Err(e) if fresh => Err(self.failed(&state, e)),
+            Err(e) => {
+                tracing::debug!(error = %e, "pooled upstream connection takes no more streams; dialing a new one");
+                self.forget(&state);
+                let Live { sender, state } = Box::pin(self.dial_shared()).await?;
+                match sender.ready().await {
+                    Ok(sender) => Ok((sender, state)),
+                    Err(e) => Err(self.failed(&state, e)),
+                }
+            }
+        }
+    }
+
+    fn live(&self) -> Option<Live> {
+        let current = self.inner.current.lock().unwrap_or_else(|p| p.into_inner());
+        current
+            .as_ref()
+            .filter(|live| !live.state.ended.load(Ordering::Acquire))
+            .cloned()
+    }
+
+    /// Drops `state`'s connection from the pool (when it is still the
+    /// current one) and passes the error on.
+    fn failed(&self, state: &Arc<ConnState>, e: h2::Error) -> UpstreamError {
+        self.forget(state);
+        UpstreamError::H2(e)
+    }
+
+    fn forget(&self, state: &Arc<ConnState>) {
+        let mut current = self.inner.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current
+            .as_ref()
+            .is_some_and(|live| Arc::ptr_eq(&live.state, state))
+        {
+            *current = None;
+        }
+    }
+
+    /// Dials unless another call just did (then shares its connection).
+    /// Callers box it: a TLS handshake's future is kilobytes, and the
+    /// per-call future that holds it inline is moved on every call.
+    async fn dial_shared(&self) -> Result<Live, UpstreamError> {
+        let _dialing = self.inner.dialing.lock().await;
+        if let Some(live) = self.live() {
+            return Ok(live);
+        }
+        let live = self.dial().await?;
+        *self.inner.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(live.clone());
+        Ok(live)
+    }
+
+    async fn dial(&self) -> Result<Live, UpstreamError> {
+        let timeouts = self.inner.timeouts;
+        match &self.inner.dial {
+            Dial::Plain { authority } => {
+                let host = authority
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let port = authority.port_u16().unwrap_or(80);
+                let tcp = tokio::time::timeout(timeouts.connect, TcpStream::connect((host, port)))
+                    .await
+                    .map_err(|_| UpstreamError::ConnectTimeout(timeouts.connect))?
+                    .map_err(UpstreamError::Connect)?;
+                tcp.set_nodelay(true).map_err(UpstreamError::Connect)?;
+                start(Coalescing::new(tcp), timeouts).await
+            }
+            Dial::Remote {
+                handshaker,
+                listener,
+                outbound,
+                client_addr,
+            } => {
+                let tls = TlsConnection::dial(handshaker, listener, outbound, *client_addr)
+                    .await
+                    .map_err(UpstreamError::Connect)?;
+                if !tls.negotiated_h2() {
+                    return Err(UpstreamError::NotH2);
+                }
+                start(tls, timeouts).await
+            }
+        }
+    }
+}
+
+/// The HTTP/2 handshake on `io`, and the connection's driver task.
+async fn start<T>(io: T, timeouts: Timeouts) -> Result<Live, UpstreamError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = h2::client::Builder::new()
+        .enable_push(false)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_local_error_reset_streams(Some(1024))
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(UpstreamError::H2)?;
+    let state = Arc::new(ConnState {
+        born: Instant::now(),
+        ended: AtomicBool::new(false),
+        open_streams: AtomicUsize::new(0),
+        idle_since_ms: AtomicU64::new(0),
+    });
+    tokio::spawn(drive(connection, state.clone(), timeouts));
+    Ok(Live { sender, state })
+}
+
+/// Drives one connection until it ends, the peer stops answering PINGs or
+/// it has been idle for `idle_timeout`.
+async fn drive<T>(mut connection: Connection<T, Bytes>, state: Arc<ConnState>, timeouts: Timeouts)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let interval = (timeouts.idle / 3).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    let mut pinger: Option<PingPong> = connection.ping_pong();
+    let mut next_tick = tokio::time::Instant::now() + interval;
+    let mut pong_due: Option<tokio::time::Instant> = None;
+    loop {
+        let wake = pong_due.unwrap_or(next_tick);
+        tokio::select! {
+            ended = &mut connection => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+                }
+                break;
+            }
+            pong = std::future::poll_fn(|cx| match &mut pinger {
+                Some(p) => p.poll_pong(cx),
+                None => Poll::Pending,
+            }), if pong_due.is_some() => {
+                pong_due = None;
+                if pong.is_err() {
+                    break;
+                }
+            }
+            () = tokio::time::sleep_until(wake) => {
+                if pong_due.is_some() {
+                    tracing::warn!(timeout = ?timeouts.handshake,
+                        "upstream did not answer a keep-alive PING; closing the connection");
+                    break;
+                }
+                if state.idle_for() >= timeouts.idle {
+                    tracing::debug!(idle = ?timeouts.idle, "pooled upstream connection idle; closing");
+                    break;
+                }
+                if let Some(p) = &mut pinger
+                    && p.send_ping(Ping::opaque()).is_ok()
+                {
+                    pong_due = Some(tokio::time::Instant::now() + timeouts.handshake);
+                }
+                next_tick = tokio::time::Instant::now() + interval;
+            }
+        }
+    }
+    state.ended.store(true, Ordering::Release);
+}
+
+/// Sends a request body on its stream, frame by frame, as the upstream's
+/// flow-control window allows.
+struct RequestPump {
+    body: Incoming,
+    send: SendStream<Bytes>,
+}
+
+impl RequestPump {
+    /// Ready when the body has been sent in full or can no longer be (the
+    /// upstream reset the stream, the downstream cut it).
+    fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if let Poll::Ready(reset) = self.send.poll_reset(cx) {
+                tracing::debug!(
+                    ?reset,
+                    "upstream reset the stream; not sending the rest of the request"
+                );
+                return Poll::Ready(());
+            }
+            // Wait for window before taking the next frame from the
+            // downstream, so flow control reaches the caller.
+            self.send.reserve_capacity(1);
+            while self.send.capacity() == 0 {
+                match ready!(self.send.poll_capacity(cx)) {
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return Poll::Ready(()),
+                }
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                None => {
+                    let _ = self.send.send_data(Bytes::new(), true);
+                    return Poll::Ready(());
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "request body cut short; resetting the upstream stream");
+                    self.send.send_reset(Reason::CANCEL);
+                    return Poll::Ready(());
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        let end = self.body.is_end_stream();
+                        if self.send.send_data(data, end).is_err() || end {
+                            return Poll::Ready(());
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            let _ = self.send.send_trailers(trailers);
+                            return Poll::Ready(());
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// A response body as the upstream sends it; its window is released as
+/// the downstream takes each frame, so a slow reader slows the upstream.
+pub struct UpstreamBody {
+    recv: RecvStream,
+    data_done: bool,
+    _active: ActiveStream,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody").finish_non_exhaustive()
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if !self.data_done {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                // As hyper does: a reset after the end is not an error.
+                Some(Err(e)) if is_clean_reset(&e) => return Poll::Ready(None),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => self.data_done = true,
+            }
+        }
+        match ready!(self.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) if is_clean_reset(&e) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// RFC 9113 §8.1: a RST_STREAM with NO_ERROR after a complete response
+/// only says the server wants no more of the request.
+fn is_clean_reset(e: &h2::Error) -> bool {
+    e.reason() == Some(Reason::NO_ERROR)
+}
