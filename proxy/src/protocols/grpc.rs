@@ -15,7 +15,6 @@
 //! producer instead of filling mtlsd's memory. On drain, or when a peer
 //! stops verifying after a trust change, connections get a GOAWAY.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,16 +22,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::activity::{Activity, BoxError, TrackStreams, Watched};
+use super::activity::{Activity, BoxError, Watched};
 use super::grpc_status::{self, GrpcCode};
 use super::grpc_wire::{grpc_timeout, split_path};
+use super::h2_serve::{H2Connection, RequestBody};
 use super::identity_headers::{self, ConnectionIdentity};
 use crate::config::{ListenerConfig, Outbound};
 use crate::listener_context::ListenerContext;
@@ -77,20 +74,14 @@ pub async fn serve_inbound(
         target,
         peer,
     });
-    let service = service_fn(move |request| handle_inbound(state.clone(), request));
-    serve_h2(&ctx, &listener, accepted.tls, service, Some(&registration)).await;
+    let handler = move |request| handle_inbound(state.clone(), request);
+    serve_h2(&ctx, &listener, accepted.tls, handler, Some(&registration)).await;
 }
 
-async fn handle_inbound(
-    state: Arc<Inbound>,
-    request: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+async fn handle_inbound(state: Arc<Inbound>, request: Request<RequestBody>) -> Response<Body> {
     let listener = &state.listener;
     let Some((service, method)) = split_path(request.uri().path()) else {
-        return Ok(grpc_status::error(
-            GrpcCode::Unimplemented,
-            "not a gRPC method path",
-        ));
+        return grpc_status::error(GrpcCode::Unimplemented, "not a gRPC method path");
     };
     let started = std::time::Instant::now();
     // Decided against the generation in force now, not the one the
@@ -98,10 +89,7 @@ async fn handle_inbound(
     // applies to the next call on a held connection.
     let generation = state.ctx.store().current();
     let Some(policy) = generation.policy(&listener.name) else {
-        return Ok(grpc_status::error(
-            GrpcCode::Unavailable,
-            "this listener is being removed",
-        ));
+        return grpc_status::error(GrpcCode::Unavailable, "this listener is being removed");
     };
     let decision = policy.authorize_request(state.identity.identity(), Some((service, method)));
     let rule = decision.rule.to_owned();
@@ -122,7 +110,7 @@ async fn handle_inbound(
             %why,
             "gRPC call refused"
         );
-        return Ok(grpc_status::error(GrpcCode::PermissionDenied, &why));
+        return grpc_status::error(GrpcCode::PermissionDenied, &why);
     }
     let headers = state.identity.headers(generation.number(), decision.host);
     drop(generation);
@@ -133,10 +121,7 @@ async fn handle_inbound(
         identity.set(&mut parts.headers);
     }
     let Some(uri) = state.target.uri(parts.uri.path_and_query()) else {
-        return Ok(grpc_status::error(
-            GrpcCode::Internal,
-            "cannot build the upstream URI",
-        ));
+        return grpc_status::error(GrpcCode::Internal, "cannot build the upstream URI");
     };
     parts.uri = uri;
     let deadline = grpc_timeout(&parts.headers);
@@ -147,25 +132,24 @@ async fn handle_inbound(
         "local daemon",
     )
     .await;
-    Ok(observed(
+    observed(
         response,
         state.ctx.metrics.clone(),
         &listener.name,
         rule,
         started,
-    ))
+    )
 }
 
 /// Wraps the response so its grpc-status (headers for trailers-only
 /// answers, else trailers) and duration are counted when it ends.
 fn observed(
-    response: Result<Response<Body>, Infallible>,
+    response: Response<Body>,
     metrics: Arc<RequestMetrics>,
     listener: &str,
     rule: String,
     started: std::time::Instant,
 ) -> Response<Body> {
-    let Ok(response) = response;
     let status = grpc_status::status_of(response.headers());
     response.map(|body| {
         ObservedBody {
@@ -270,21 +254,18 @@ pub async fn serve_outbound(
         listener,
         client,
     });
-    let service = service_fn(move |request| handle_outbound(state.clone(), request));
-    serve_h2(&ctx, &listener_config, plain, service, None).await;
+    let handler = move |request| handle_outbound(state.clone(), request);
+    serve_h2(&ctx, &listener_config, plain, handler, None).await;
 }
 
 async fn handle_outbound(
     state: Arc<OutboundCalls>,
-    request: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+    request: Request<RequestBody>,
+) -> Response<Body> {
     let listener = &state.listener;
     let (mut parts, body) = request.into_parts();
     let Some(uri) = state.target.uri(parts.uri.path_and_query()) else {
-        return Ok(grpc_status::error(
-            GrpcCode::Internal,
-            "cannot build the upstream URI",
-        ));
+        return grpc_status::error(GrpcCode::Internal, "cannot build the upstream URI");
     };
     parts.uri = uri;
     let deadline = grpc_timeout(&parts.headers);
@@ -310,31 +291,21 @@ async fn handle_outbound(
 /// longer qualifies after a trust change, after `idle_timeout` without an
 /// open stream, and on a stream-reset flood; a peer that sends no preface
 /// within the handshake timeout is dropped.
-async fn serve_h2<I, S>(
+async fn serve_h2<I, H, F>(
     ctx: &ListenerContext,
     listener: &ListenerConfig,
     io: I,
-    service: S,
+    handler: H,
     registration: Option<&crate::connections::Registration>,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin,
+    H: FnMut(Request<RequestBody>) -> F,
+    F: std::future::Future<Output = Response<Body>> + Send + 'static,
 {
     let activity = Activity::new();
     let io = Coalescing::new(Watched::new(io, activity.clone()));
-    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .serve_connection(
-            TokioIo::new(io),
-            TrackStreams::new(service, activity.clone()),
-        );
+    let connection = H2Connection::new(io, handler, activity.clone());
     tokio::pin!(connection);
-    let shutdown = |connection: std::pin::Pin<&mut _>| {
-        hyper::server::conn::http2::Connection::graceful_shutdown(connection)
-    };
     let limits = super::l7::Limits {
         listener: &listener.name,
         activity: &activity,
@@ -342,7 +313,15 @@ async fn serve_h2<I, S>(
         idle: listener.timeouts.idle,
         metrics: &ctx.metrics,
     };
-    match super::l7::drive(connection, shutdown, &ctx.draining, registration, limits).await {
+    match super::l7::drive(
+        connection,
+        H2Connection::graceful_shutdown,
+        &ctx.draining,
+        registration,
+        limits,
+    )
+    .await
+    {
         Some(Ok(())) => {}
         Some(Err(e)) => tracing::debug!(error = %e, "HTTP/2 connection ended with an error"),
         None => tracing::info!("HTTP/2 connection closed: its peer no longer qualifies"),
@@ -354,20 +333,20 @@ async fn forward(
     request: impl std::future::Future<Output = Result<Response<UpstreamBody>, UpstreamError>>,
     deadline: Option<Duration>,
     what: &str,
-) -> Result<Response<Body>, Infallible> {
+) -> Response<Body> {
     let response = match deadline {
         Some(deadline) => match tokio::time::timeout(deadline, request).await {
             Ok(response) => response,
             Err(_) => {
-                return Ok(grpc_status::error(
+                return grpc_status::error(
                     GrpcCode::DeadlineExceeded,
                     &format!("deadline passed waiting for the {what}"),
-                ));
+                );
             }
         },
         None => request.await,
     };
-    Ok(match response {
+    match response {
         Ok(response) => response.map(|body| body.map_err(BoxError::from).boxed()),
         Err(e) => {
             let mut cause: &dyn std::error::Error = &e;
@@ -380,7 +359,7 @@ async fn forward(
                 &format!("mtlsd cannot reach the {what}: {cause}"),
             )
         }
-    })
+    }
 }
 
 #[cfg(test)]

@@ -68,17 +68,25 @@ where
             None => std::future::pending().await,
         }
     };
-    tokio::pin!(leave, closed);
-    let tick = (limits.first_bytes.min(limits.idle) / 4)
+    // Every wake-up of the connection (each frame, each stream's
+    // progress) runs this select: the futures it waits on are made once,
+    // outside the loop, so a wake-up costs no timer or waiter
+    // registration, and the connection is polled first.
+    let drained = draining.cancelled();
+    let flood = limits.activity.flooding();
+    let tick_every = (limits.first_bytes.min(limits.idle) / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let tick = tokio::time::sleep(tick_every);
+    tokio::pin!(leave, closed, drained, flood, tick);
     let mut told_to_go = false;
     let mut leaving = false;
     let mut flood_seen = false;
     let mut drop_at: Option<Instant> = None;
     loop {
         tokio::select! {
+            biased;
             result = connection.as_mut() => return Some(result),
-            () = draining.cancelled(), if !told_to_go => {
+            () = &mut drained, if !told_to_go => {
                 shutdown(connection.as_mut());
                 told_to_go = true;
             }
@@ -90,7 +98,7 @@ where
                 }
             }
             () = &mut closed => return None,
-            () = limits.activity.flooding(), if !flood_seen => {
+            () = &mut flood, if !flood_seen => {
                 flood_seen = true;
                 limits.metrics.connection_ended(limits.listener, "reset_flood");
                 tracing::warn!(listener = limits.listener,
@@ -101,7 +109,8 @@ where
                 }
                 drop_at = Some(Instant::now() + GOAWAY_GRACE);
             }
-            () = tokio::time::sleep(tick) => {
+            () = &mut tick => {
+                tick.as_mut().reset(Instant::now() + tick_every);
                 let activity = limits.activity;
                 if !activity.heard_from_peer() && activity.age() >= limits.first_bytes {
                     limits.metrics.connection_ended(limits.listener, "no_first_bytes");

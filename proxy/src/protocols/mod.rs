@@ -7,6 +7,7 @@ pub mod activity;
 pub mod grpc;
 pub mod grpc_status;
 pub mod grpc_wire;
+pub mod h2_serve;
 pub mod http;
 pub mod identity_headers;
 pub mod l7;

@@ -20,21 +20,21 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::client::{Connection, SendRequest};
-use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
+use h2::{Ping, PingPong};
 use http::{Request, Response};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::coalesce::Coalescing;
+use super::h2_stream::{BodyPump, H2Body};
 use super::handshake::Handshaker;
 use super::pool::TlsConnection;
 use crate::config::{ListenerConfig, Outbound, Timeouts};
@@ -100,7 +100,7 @@ struct Live {
 
 /// What the calls on a connection and its driver share.
 #[derive(Debug)]
-struct ConnState {
+pub struct ConnState {
     born: Instant,
     /// Set by the driver when the connection has ended.
     ended: AtomicBool,
@@ -124,9 +124,13 @@ impl ConnState {
     }
 }
 
+/// A response body from the upstream; it keeps its stream counted as open
+/// on its connection until dropped.
+pub type UpstreamBody = H2Body<ActiveStream>;
+
 /// One open stream on a connection; ends when dropped.
 #[derive(Debug)]
-struct ActiveStream(Arc<ConnState>);
+pub struct ActiveStream(Arc<ConnState>);
 
 impl Drop for ActiveStream {
     fn drop(&mut self) {
@@ -150,10 +154,14 @@ impl H2Upstream {
 
     /// Sends `request` on the pool's connection (dialed first when there is
     /// none) and resolves with the response headers; its body streams on.
-    pub async fn request(
+    pub async fn request<B>(
         &self,
-        request: Request<Incoming>,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        request: Request<B>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError>
+    where
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
         let (parts, body) = request.into_parts();
         let (mut sender, state) = self.ready_sender().await?;
         let end_of_stream = body.is_end_stream();
@@ -163,7 +171,7 @@ impl H2Upstream {
         let (response, send) = sender
             .send_request(head, end_of_stream)
             .map_err(|e| self.failed(&state, e))?;
-        let mut pump = (!end_of_stream).then(|| RequestPump { body, send });
+        let mut pump = (!end_of_stream).then(|| BodyPump::new(body, send));
         let mut response = std::pin::pin!(response);
         let response = std::future::poll_fn(|cx| {
             if let Some(p) = &mut pump
@@ -178,13 +186,9 @@ impl H2Upstream {
         if let Some(mut rest) = pump {
             // A request still streaming: on its own from here, so a
             // response the downstream reads slowly never holds it up.
-            tokio::spawn(std::future::poll_fn(move |cx| rest.poll_pump(cx)));
+            tokio::spawn(std::future::poll_fn(move |cx| rest.poll_pump(cx).map(drop)));
         }
-        Ok(response.map(|recv| UpstreamBody {
-            recv,
-            data_done: false,
-            _active: active,
-        }))
+        Ok(response.map(|recv| H2Body::new(recv, active)))
     }
 
     /// A sender ready for a new stream: the live connection's, or a new
@@ -357,118 +361,4 @@ where
         }
     }
     state.ended.store(true, Ordering::Release);
-}
-
-/// Sends a request body on its stream, frame by frame, as the upstream's
-/// flow-control window allows.
-struct RequestPump {
-    body: Incoming,
-    send: SendStream<Bytes>,
-}
-
-impl RequestPump {
-    /// Ready when the body has been sent in full or can no longer be (the
-    /// upstream reset the stream, the downstream cut it).
-    fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
-            if let Poll::Ready(reset) = self.send.poll_reset(cx) {
-                tracing::debug!(
-                    ?reset,
-                    "upstream reset the stream; not sending the rest of the request"
-                );
-                return Poll::Ready(());
-            }
-            // Wait for window before taking the next frame from the
-            // downstream, so flow control reaches the caller.
-            self.send.reserve_capacity(1);
-            while self.send.capacity() == 0 {
-                match ready!(self.send.poll_capacity(cx)) {
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => return Poll::Ready(()),
-                }
-            }
-            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                None => {
-                    let _ = self.send.send_data(Bytes::new(), true);
-                    return Poll::Ready(());
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "request body cut short; resetting the upstream stream");
-                    self.send.send_reset(Reason::CANCEL);
-                    return Poll::Ready(());
-                }
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        let end = self.body.is_end_stream();
-                        if self.send.send_data(data, end).is_err() || end {
-                            return Poll::Ready(());
-                        }
-                    }
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            let _ = self.send.send_trailers(trailers);
-                            return Poll::Ready(());
-                        }
-                    }
-                },
-            }
-        }
-    }
-}
-
-/// A response body as the upstream sends it; its window is released as
-/// the downstream takes each frame, so a slow reader slows the upstream.
-pub struct UpstreamBody {
-    recv: RecvStream,
-    data_done: bool,
-    _active: ActiveStream,
-}
-
-impl std::fmt::Debug for UpstreamBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamBody").finish_non_exhaustive()
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = h2::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        if !self.data_done {
-            match ready!(self.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = self.recv.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                // As hyper does: a reset after the end is not an error.
-                Some(Err(e)) if is_clean_reset(&e) => return Poll::Ready(None),
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => self.data_done = true,
-            }
-        }
-        match ready!(self.recv.poll_trailers(cx)) {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-            Ok(None) => Poll::Ready(None),
-            Err(e) if is_clean_reset(&e) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
-}
-
-/// RFC 9113 §8.1: a RST_STREAM with NO_ERROR after a complete response
-/// only says the server wants no more of the request.
-fn is_clean_reset(e: &h2::Error) -> bool {
-    e.reason() == Some(Reason::NO_ERROR)
 }

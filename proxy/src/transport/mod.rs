@@ -5,6 +5,7 @@
 //! [`handshake::Handshaker`] and the listener's settings.
 
 pub mod coalesce;
+pub mod h2_stream;
 pub mod h2_upstream;
 pub mod handshake;
 pub mod pool;
