@@ -261,6 +261,13 @@ async fn a_token_key_does_mtls_both_ways() {
     );
     assert_eq!(completed, Some(9.0), "{body}");
     assert_eq!(failures(admin, "in", "local_key").await, 0.0);
+    // One session by default, and /status says so.
+    let token = &status_json(admin).await["identity_token"];
+    assert_eq!(
+        (token["sessions"].as_u64(), token["sessions_open"].as_u64()),
+        (Some(1), Some(1)),
+        "{token}"
+    );
 
     for daemon in [&mut server_daemon, &mut client_daemon] {
         daemon.signal(Signal::SIGTERM);
@@ -760,5 +767,106 @@ async fn p384_rsa_pss_and_ed25519_token_keys_sign_handshakes() {
         }
         daemon.signal(Signal::SIGTERM);
         assert_eq!(daemon.exited(SOON).await.code(), Some(0), "{name}");
+    }
+}
+
+/// `/status` of a daemon, as JSON.
+async fn status_json(admin: SocketAddr) -> serde_json::Value {
+    let (code, body) = http_get(admin, "/status").await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_token_sessions_sign_concurrent_handshakes_both_ways() {
+    let pki = Pki::new();
+    let ca = pki.ca_file();
+    let echo = Echo::start().await;
+    let sessions = "sessions = 2\n";
+
+    let server = token_host(&pki, "server");
+    let toml = server.token.toml(&server.cert, &ca, HOST_URI, sessions)
+        + &inbound_toml("in", echo.addr, "");
+    let config = pki.write("server/mtlsd.toml", &toml, 0o600);
+    // `check` opens both sessions and says so.
+    let (ok, text) = check(&config, &server.token);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("key        token 'mesh' object 'host' id 01 in ")
+            && text.contains(", 2 session(s) logged in"),
+        "{text}"
+    );
+    let mut server_daemon = spawn(&config, &server.token);
+    let inbound = server_daemon.listener_addr("in").await;
+    let admin = server_daemon.admin_addr().await;
+    let token = &status_json(admin).await["identity_token"];
+    assert_eq!(token["key"], "token 'mesh' object 'host' id 01", "{token}");
+    assert_eq!(token["sessions"], 2, "{token}");
+    assert_eq!(token["sessions_open"], 2, "{token}");
+    let admin_arg = admin.to_string();
+    let (status, stdout, stderr) = crate::support::process::run_to_end(
+        &["status", "--admin", &admin_arg],
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("key in token 'mesh' object 'host' id 01")
+            && stdout.contains("2 of 2 session(s) open"),
+        "{stdout}"
+    );
+
+    // Eight clients at once, full handshakes each: every one is signed by
+    // one of the two sessions taking jobs from the same queue.
+    let direct = pki.ca.issue(&localhost_leaf("direct")).unwrap();
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let client = full_handshake_client(&pki, &direct);
+        clients.push(tokio::spawn(async move {
+            for j in 0..4 {
+                let mut stream = tls_connect(inbound, client.clone()).await?;
+                let msg = format!("client {i} call {j}");
+                let back = round_trip(&mut stream, msg.as_bytes()).await?;
+                assert_eq!(back, msg.as_bytes());
+            }
+            Ok::<_, std::io::Error>(())
+        }));
+    }
+    for client in clients {
+        client.await.unwrap().unwrap();
+    }
+
+    // The other way: a client host with two sessions presents its token
+    // key to the server, which requires a client certificate.
+    let client = token_host(&pki, "client");
+    let toml = client.token.toml(&client.cert, &ca, HOST_URI, sessions)
+        + &outbound_toml("out", inbound, "localhost", "");
+    let config = pki.write("client/mtlsd.toml", &toml, 0o600);
+    let mut client_daemon = spawn(&config, &client.token);
+    let entry = client_daemon.listener_addr("out").await;
+    for i in 0..5 {
+        let mut plain = TcpStream::connect(entry).await.unwrap();
+        let msg = format!("both ways {i}");
+        assert_eq!(
+            round_trip(&mut plain, msg.as_bytes()).await.unwrap(),
+            msg.as_bytes()
+        );
+    }
+    let client_admin = client_daemon.admin_addr().await;
+    assert_eq!(
+        status_json(client_admin).await["identity_token"]["sessions_open"],
+        2
+    );
+
+    let (_, body) = http_get(admin, "/metrics").await;
+    let completed = metric(
+        &body,
+        "mtlsd_handshakes_completed_total",
+        &[("listener", "in")],
+    );
+    assert_eq!(completed, Some(37.0), "{body}");
+    assert_eq!(failures(admin, "in", "local_key").await, 0.0);
+    for daemon in [&mut server_daemon, &mut client_daemon] {
+        daemon.signal(Signal::SIGTERM);
+        assert_eq!(daemon.exited(SOON).await.code(), Some(0));
     }
 }
