@@ -870,3 +870,102 @@ async fn two_token_sessions_sign_concurrent_handshakes_both_ways() {
         assert_eq!(daemon.exited(SOON).await.code(), Some(0));
     }
 }
+
+/// The operator guide's CSR command (token-keys.md §2), run as written
+/// against a real token: the request it makes is signed by the token key,
+/// and the certificate a CA issues from it passes `mtlsd check` with that
+/// key.
+#[test]
+fn the_guides_csr_command_makes_a_request_signed_by_the_token_key() {
+    let guide = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operator_guide/token-keys.md");
+    let guide = std::fs::read_to_string(&guide).unwrap();
+    let command = guide
+        .lines()
+        .find_map(|line| line.strip_prefix("# openssl req -new "))
+        .map(|rest| format!("openssl req -new {rest}"))
+        .expect("token-keys.md has no `# openssl req -new …` line");
+    let pki = Pki::new();
+    let ca = pki.ca_file();
+    let host = token_host(&pki, "host");
+    let command = command.replace(
+        "/etc/mtlsd/tls/token.pin",
+        &host.token.pin_file.display().to_string(),
+    );
+    let out = Command::new("sh")
+        .args(["-c", &command])
+        .current_dir(&host.token.dir)
+        .env("SOFTHSM2_CONF", &host.token.conf)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{command}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the guide's CSR command failed (apt libengine-pkcs11-openssl): {said}"
+    );
+    let csr = host.token.dir.join("host.csr");
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&host.token.dir)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "openssl {args:?}: {text}");
+        text
+    };
+    // Its self-signature verifies, and its public key is the token key's
+    // (the one the dev CA's certificate for the imported key carries).
+    let csr_arg = csr.display().to_string();
+    assert!(
+        openssl(&["req", "-in", &csr_arg, "-verify", "-noout"]).contains("verify OK"),
+        "{said}"
+    );
+    let csr_key = openssl(&["req", "-in", &csr_arg, "-pubkey", "-noout"]);
+    let cert_key = openssl(&[
+        "x509",
+        "-in",
+        &host.cert.display().to_string(),
+        "-pubkey",
+        "-noout",
+    ]);
+    assert_eq!(csr_key, cert_key, "the CSR's key is not the token key");
+    let text = openssl(&["req", "-in", &csr_arg, "-noout", "-text"]);
+    assert!(text.contains("DNS:db1.cluster.example"), "{text}");
+
+    // A CA issues the certificate from the request; mtlsd takes it with
+    // the token key.
+    let ca_key = pki.write("ca.key", pki.ca.key_pem(), 0o600);
+    let issued = host.token.dir.join("from-csr.crt");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr_arg,
+        "-CA",
+        &ca.display().to_string(),
+        "-CAkey",
+        &ca_key.display().to_string(),
+        "-copy_extensions",
+        "copy",
+        "-days",
+        "30",
+        "-out",
+        &issued.display().to_string(),
+    ]);
+    let config = pki.write(
+        "host/from-csr.toml",
+        &host.token.toml(&issued, &ca, HOST_URI, ""),
+        0o600,
+    );
+    let (ok, text) = check(&config, &host.token);
+    assert!(ok, "{text}");
+    assert!(text.contains("db1.cluster.example"), "{text}");
+}
