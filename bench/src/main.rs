@@ -17,6 +17,7 @@ mod report;
 mod results;
 mod support;
 mod systems;
+mod token;
 mod upstream;
 
 use std::path::PathBuf;
@@ -101,6 +102,28 @@ enum Command {
         /// Inventory formats (toml, yaml).
         #[arg(long, value_delimiter = ',', default_values_t = ["toml".to_owned(), "yaml".to_owned()])]
         formats: Vec<String>,
+        #[arg(long, default_value = "bench/results")]
+        out_dir: PathBuf,
+        /// Names the files (default: today, UTC).
+        #[arg(long)]
+        date: Option<String>,
+    },
+    /// Token keys: full handshakes per daemon CPU-second with the identity
+    /// key (ECDSA P-256) in a SoftHSM2 token, one and two sessions, against
+    /// a key file. Writes <out-dir>/<date>-token-keys.{json,md}.
+    TokenKeys {
+        /// Repetitions of each case (interleaved).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Seconds of handshakes per case and repetition.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Clients handshaking at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// The PKCS#11 module (default: SoftHSM2 where Debian puts it).
+        #[arg(long)]
+        module: Option<PathBuf>,
         #[arg(long, default_value = "bench/results")]
         out_dir: PathBuf,
         /// Names the files (default: today, UTC).
@@ -220,6 +243,35 @@ async fn main() -> anyhow::Result<()> {
                 std::fs::read_to_string(base.with_extension("md")).unwrap_or_default()
             );
             eprintln!("wrote {}.{{json,md,png}}", base.display());
+        }
+        Command::TokenKeys {
+            reps,
+            seconds,
+            concurrency,
+            module,
+            out_dir,
+            date,
+        } => {
+            let params = token::Params {
+                reps: reps.max(1),
+                seconds,
+                concurrency: concurrency.max(1),
+                module,
+            };
+            let report = token::run(&cli.mtlsd, &params).await?;
+            let date = date.unwrap_or_else(|| {
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()[..10]
+                    .to_owned()
+            });
+            std::fs::create_dir_all(&out_dir)?;
+            let base = out_dir.join(format!("{date}-token-keys"));
+            std::fs::write(
+                base.with_extension("json"),
+                serde_json::to_string_pretty(&report)? + "\n",
+            )?;
+            let table = token::markdown(&report);
+            std::fs::write(base.with_extension("md"), &table)?;
+            println!("{table}");
         }
         Command::Upstream => upstream::serve().await?,
     }

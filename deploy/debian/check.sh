@@ -89,6 +89,7 @@ depends="$(field Depends)"
 check "Depends: libc6 (from the binary's shared libraries): $depends" grep -q 'libc6' <<<"$depends"
 check "Depends: a systemd-sysusers provider" \
     grep -q 'systemd | systemd-standalone-sysusers | systemd-sysusers' <<<"$depends"
+check "Suggests: softhsm2 (a key in a token)" grep -qw softhsm2 <<<"$(field Suggests)"
 mkdir -p "$work/control"
 dpkg-deb -e "$deb" "$work/control"
 check "no conffiles (nothing under /etc is the package's)" [ ! -s "$work/control/conffiles" ]
@@ -111,6 +112,7 @@ expect_files=(
     /usr/share/doc/mtlsd/README.md
     /usr/share/doc/mtlsd/examples/mtlsd.toml
     /usr/share/doc/mtlsd/examples/inventory.toml
+    /usr/share/doc/mtlsd/examples/mtlsd-pkcs11.conf
     /usr/share/lintian/overrides/mtlsd
 )
 for f in "${expect_files[@]}"; do

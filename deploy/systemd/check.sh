@@ -22,6 +22,17 @@
 #    unit under a real systemd, which test machines do not have. It needs
 #    the mtlsd binary: MTLSD_BIN, default target/debug/mtlsd of this
 #    repository; without one this step is reported as skipped.
+# 4. The token drop-in (DROPIN, default mtlsd-pkcs11.conf beside this
+#    script: what the unit must relax for a key in a PKCS#11 token) sets
+#    only LoadCredential=, ReadWritePaths=, SupplementaryGroups= and, for a
+#    hardware token, PrivateDevices=no with DeviceAllow=; the unit with it
+#    passes `systemd-analyze verify` and scores at most MAX_EXPOSURE; and
+#    the sandbox audit of 3 is repeated with the key in a real SoftHSM2
+#    token (apt softhsm2): `mtlsd check` and `mtlsd run` load the module,
+#    log in with the PIN from $CREDENTIALS_DIRECTORY (as LoadCredential=
+#    provides it) and sign a full handshake (openssl s_client with the dev
+#    client certificate), every system call inside SystemCallFilter=, no
+#    writable and executable mapping.
 #
 # Environment: MTLSD_BIN (see 3), MAX_EXPOSURE (2.0), CHECK_PORT_BASE
 # (27300; the traced run uses it, +80, +90 and +443 on 127.0.0.1),
@@ -36,6 +47,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 unit="${1:-$here/mtlsd.service}"
+dropin="${DROPIN:-$here/mtlsd-pkcs11.conf}"
 bin="${MTLSD_BIN:-$repo/target/debug/mtlsd}"
 unset MTLSD_BIN
 max_exposure="${MAX_EXPOSURE:-2.0}"
@@ -76,6 +88,10 @@ cleanup() {
     fi
     if [ -n "$tracer_pid" ]; then
         wait "$tracer_pid" 2>/dev/null || true
+    fi
+    if [ -n "${token_tracer:-}" ]; then
+        kill "${token_daemon:-}" 2>/dev/null || true
+        wait "$token_tracer" 2>/dev/null || true
     fi
     [ -n "${CHECK_KEEP:-}" ] || rm -rf "$work"
 }
@@ -205,6 +221,106 @@ else
             fail "sandbox audit: a writable and executable mapping was made (MemoryDenyWriteExecute=)"
         else
             pass "sandbox audit: no writable+executable mapping (MemoryDenyWriteExecute=)"
+        fi
+    fi
+fi
+
+# --- 4. the token drop-in ----------------------------------------------------
+if [ ! -f "$dropin" ]; then
+    fail "no token drop-in at $dropin"
+else
+    # Only what a token needs: nothing else of the hardening is relaxed.
+    others="$(sed -n 's/^\([A-Za-z]*\)=.*/\1/p' "$dropin" | sort -u |
+        grep -vxE 'LoadCredential|ReadWritePaths|SupplementaryGroups|PrivateDevices|DeviceAllow' | tr '\n' ' ')" || true
+    if [ -z "$others" ] && grep -q '^LoadCredential=mtlsd-pin:' "$dropin" &&
+        { ! grep -q '^PrivateDevices=' "$dropin" || grep -q '^DeviceAllow=' "$dropin"; }; then
+        pass "token drop-in $(basename "$dropin") sets only $(sed -n 's/^\([A-Za-z]*\)=.*/\1=/p' "$dropin" | sort -u | tr '\n' ' ')"
+    else
+        fail "token drop-in $(basename "$dropin") relaxes more than a token needs: ${others:-PrivateDevices= without DeviceAllow=, or no LoadCredential=mtlsd-pin:}"
+    fi
+    mkdir -p "$root/etc/systemd/system/$name.d"
+    cp "$dropin" "$root/etc/systemd/system/$name.d/pkcs11.conf"
+    verify_out="$(systemd-analyze verify --root="$root" "$name" 2>&1)" && verify_rc=0 || verify_rc=$?
+    if [ "$verify_rc" -eq 0 ] && [ -z "$verify_out" ]; then
+        pass "systemd-analyze verify $name with the token drop-in printed nothing"
+    else
+        fail "systemd-analyze verify $name with the token drop-in (exit $verify_rc):"
+        printf '      %s\n' "$verify_out"
+    fi
+    security_out="$(systemd-analyze security --offline=yes --root="$root" "$name" 2>&1)" || true
+    score="$(printf '%s\n' "$security_out" |
+        sed -n 's/.*Overall exposure level for [^:]*: \([0-9][0-9.]*\).*/\1/p' | tail -1)"
+    if [ -n "$score" ] && awk -v s="$score" -v m="$max_exposure" 'BEGIN { exit !(s <= m) }'; then
+        pass "systemd-analyze security with the token drop-in: exposure $score (limit $max_exposure)"
+    else
+        fail "systemd-analyze security with the token drop-in: exposure ${score:-none} (limit $max_exposure)"
+        printf '%s\n' "$security_out" | grep -E '^✗' | sed 's/^/      /'
+    fi
+fi
+if [ ! -x "$bin" ] || [ ! -f "${state:-}/mtlsd.toml" ]; then
+    printf 'SKIP  token sandbox audit: no mtlsd binary or no dev state (see 3)\n'
+else
+    need softhsm2-util softhsm2
+    module=""
+    for m in /usr/lib/softhsm/libsofthsm2.so /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so; do
+        [ -f "$m" ] && module="$m" && break
+    done
+    hsm="$work/softhsm"
+    mkdir -p "$hsm/tokens" "$hsm/credentials"
+    printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$hsm/tokens" >"$hsm/softhsm2.conf"
+    export SOFTHSM2_CONF="$hsm/softhsm2.conf"
+    printf '4321\n' >"$hsm/credentials/mtlsd-pin"
+    if ! { softhsm2-util --init-token --free --label mesh --pin 4321 --so-pin 8765 &&
+        softhsm2-util --import "$state/host.key" --token mesh --label host --id 01 --pin 4321; } >"$hsm/init.log" 2>&1; then
+        fail "token sandbox audit: softhsm2-util could not make the token:"
+        sed 's/^/      /' "$hsm/init.log"
+    fi
+    # The dev configuration with the key in the token, the PIN a credential.
+    sed -e "s|^key = .*|key = \"pkcs11:token=mesh;object=host;id=%01;type=private\"|" "$state/mtlsd.toml" >"$hsm/mtlsd.toml"
+    printf '\n[pkcs11]\nmodule = "%s"\npin_credential = "mtlsd-pin"\n' "$module" >>"$hsm/mtlsd.toml"
+    inbound="$(sed -n '/^\[\[inbound\]\]/,/^\[/ s/^listen = "\(.*\)"/\1/p' "$hsm/mtlsd.toml" | head -1)"
+    ok=1
+    CREDENTIALS_DIRECTORY="$hsm/credentials" strace -f -qq -o "$trace.token-check" "$bin" check \
+        --config "$hsm/mtlsd.toml" >"$hsm/check.log" 2>&1 || ok=0
+    grep -q "key        token 'mesh' object 'host' id 01" "$hsm/check.log" || ok=0
+    CREDENTIALS_DIRECTORY="$hsm/credentials" strace -f -qq -o "$trace.token-run" "$bin" run \
+        --config "$hsm/mtlsd.toml" >"$hsm/run.log" 2>&1 &
+    token_tracer=$!
+    real_bin="$(readlink -f "$bin")"
+    token_daemon=""
+    for _ in $(seq 1 300); do
+        if [ -z "$token_daemon" ]; then
+            for pid in $(pgrep -P "$token_tracer" || true); do
+                [ "$(readlink -f "/proc/$pid/exe" 2>/dev/null)" = "$real_bin" ] && token_daemon="$pid"
+            done
+        fi
+        [ -n "$token_daemon" ] && grep -q '"ready"\|ready' "$hsm/run.log" && break
+        sleep 0.1
+    done
+    # A full handshake: the server's CertificateVerify is signed in the token.
+    openssl s_client -connect "$inbound" -CAfile "$state/ca.crt" -cert "$state/client.crt" \
+        -key "$state/client.key" -no_ticket -servername localhost </dev/null >"$hsm/s_client.log" 2>&1 || true
+    grep -q 'Verify return code: 0 (ok)' "$hsm/s_client.log" && grep -q '^New, TLSv1.3, Cipher is' "$hsm/s_client.log" || ok=0
+    kill -TERM "$token_daemon" 2>/dev/null || ok=0
+    wait "$token_tracer" || true
+    token_tracer=""
+    unset SOFTHSM2_CONF
+    if [ "$ok" -ne 1 ]; then
+        fail "token sandbox audit: check, start-up or the handshake with the token key failed:"
+        sed 's/^/      /' "$hsm/check.log" "$hsm/s_client.log" | tail -20
+    else
+        cat "$trace".token-* >"$trace.token"
+        sed -n 's/^[0-9]\{1,\} \{1,\}\([a-z0-9_]\{1,\}\)(.*/\1/p' "$trace.token" | sort -u >"$work/used-token.txt"
+        outside="$(comm -23 "$work/used-token.txt" "$effective" | tr '\n' ' ')"
+        if [ -z "$outside" ]; then
+            pass "token sandbox audit: SoftHSM2 loaded, PIN from \$CREDENTIALS_DIRECTORY, a handshake signed in the token: all $(wc -l <"$work/used-token.txt") system calls allowed by SystemCallFilter="
+        else
+            fail "token sandbox audit: system calls outside SystemCallFilter= with the token: $outside"
+        fi
+        if grep -qE 'PROT_WRITE\|PROT_EXEC|PROT_EXEC\|PROT_WRITE' "$trace.token"; then
+            fail "token sandbox audit: a writable and executable mapping was made with the token (MemoryDenyWriteExecute=)"
+        else
+            pass "token sandbox audit: no writable+executable mapping with the PKCS#11 module loaded"
         fi
     fi
 fi

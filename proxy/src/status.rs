@@ -11,7 +11,7 @@ use mtlsd_expiry::{CertFacts, ExpiryState, ExpiryWindows};
 use crate::reject::RejectReason;
 use crate::state::DaemonState;
 use crate::status_report::{
-    Cert, Crl, Inventory, LastReload, Listener, Peer, PeerTrust, Status, TrustDomain,
+    Cert, Crl, IdentityToken, Inventory, LastReload, Listener, Peer, PeerTrust, Status, TrustDomain,
 };
 
 /// RFC 3339, to the second: how every report shows a time.
@@ -178,6 +178,12 @@ pub fn status(state: &DaemonState) -> Status {
                 })
                 .collect()
         },
+        identity_token: identity.token_key().map(|token| IdentityToken {
+            key: token.key,
+            module: token.module.display().to_string(),
+            sessions: token.sessions,
+            sessions_open: token.sessions_open,
+        }),
         identity_depends_on_ca: generation
             .identity_dependence()
             .depends_on

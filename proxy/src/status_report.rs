@@ -43,6 +43,22 @@ pub struct Status {
     /// this host's own chain would no longer verify without.
     #[serde(default)]
     pub identity_depends_on_ca: Vec<String>,
+    /// The identity's key when it lives in a PKCS#11 token (absent for a
+    /// key file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_token: Option<IdentityToken>,
+}
+
+/// A token-held identity key and its signing sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityToken {
+    /// The key as its URI names it: `token 'mesh' object 'host' id 01`.
+    pub key: String,
+    pub module: String,
+    /// `pkcs11.sessions`: the workers the key was loaded with.
+    pub sessions: usize,
+    /// Of those, the ones holding a logged-in session now.
+    pub sessions_open: usize,
 }
 
 /// The last reload attempt: when, and what it did.
@@ -280,6 +296,12 @@ mod tests {
                 }],
             }],
             identity_depends_on_ca: vec!["cd".repeat(32)],
+            identity_token: Some(IdentityToken {
+                key: "token 'mesh' object 'host' id 01".to_owned(),
+                module: "/usr/lib/softhsm/libsofthsm2.so".to_owned(),
+                sessions: 2,
+                sessions_open: 2,
+            }),
         }
     }
 
@@ -297,7 +319,9 @@ mod tests {
         bare.identity.file = None;
         bare.listeners[0].refused.clear();
         bare.peers.clear();
+        bare.identity_token = None;
         let text = serde_json::to_string(&bare).unwrap();
+        assert!(!text.contains("identity_token"), "{text}");
         assert_eq!(serde_json::from_str::<Status>(&text).unwrap(), bare);
     }
 
@@ -340,6 +364,7 @@ mod tests {
                 "generation",
                 "identity",
                 "identity_depends_on_ca",
+                "identity_token",
                 "inventory",
                 "last_reload",
                 "listeners",
@@ -351,6 +376,14 @@ mod tests {
                 "version",
                 "worker_threads"
             ]
+        );
+        assert_eq!(
+            value["identity_token"],
+            json!({
+                "key": "token 'mesh' object 'host' id 01",
+                "module": "/usr/lib/softhsm/libsofthsm2.so",
+                "sessions": 2, "sessions_open": 2,
+            })
         );
         assert_eq!(
             value["identity"],

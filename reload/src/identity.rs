@@ -48,6 +48,8 @@ pub struct Identity {
     spec: IdentitySpec,
     certified: Arc<CertifiedKey>,
     leaf: CertFacts,
+    /// The token key behind `certified`, when the key is in a token.
+    token: Option<Arc<token::TokenSigningKey>>,
 }
 
 impl Identity {
@@ -106,6 +108,7 @@ impl Identity {
 
         // Comparing keys against an unparsable leaf would only add a
         // misleading "mismatch" to the real problem.
+        let mut token_key = None;
         let certified = match (chain.filter(|_| leaf.is_some()), key, &spec.key) {
             (Some(chain), Some(key), KeySource::File(path)) => {
                 certify(spec, path, chain, key, provider)
@@ -114,7 +117,10 @@ impl Identity {
             }
             (Some(chain), _, KeySource::Token(token_spec)) => {
                 token::load(token_spec, &spec.cert, &chain[0], provider)
-                    .map(|key| CertifiedKey::new(chain, key))
+                    .map(|key| {
+                        token_key = Some(Arc::clone(&key));
+                        CertifiedKey::new(chain, key)
+                    })
                     .map_err(|e| problems.push(MaterialError::Token(e)))
                     .ok()
             }
@@ -139,6 +145,7 @@ impl Identity {
                 spec: spec.clone(),
                 certified: Arc::new(certified),
                 leaf,
+                token: token_key,
             }),
             _ => Err(problems),
         }
@@ -151,6 +158,11 @@ impl Identity {
     /// The chain and signing key, shared by every TLS config built from it.
     pub fn certified_key(&self) -> &Arc<CertifiedKey> {
         &self.certified
+    }
+
+    /// The token key and its sessions, when the key is in a token.
+    pub fn token_key(&self) -> Option<token::TokenKeyInfo> {
+        self.token.as_ref().map(|key| key.info())
     }
 
     pub fn leaf(&self) -> &CertFacts {

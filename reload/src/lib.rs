@@ -49,8 +49,8 @@ pub use policy::{
 pub use store::MaterialStore;
 pub use tls::{ClientAuth, ServerVerification, TlsSettings, TlsSide, TlsUse, provider};
 pub use token::{
-    DEFAULT_TOKEN_TIMEOUT, KeySource, PKCS11_SCHEME, PinSource, Pkcs11Uri, TokenError,
-    TokenKeySpec, TokenSignError, UriError,
+    DEFAULT_TOKEN_SESSIONS, DEFAULT_TOKEN_TIMEOUT, KeySource, MAX_TOKEN_SESSIONS, PKCS11_SCHEME,
+    PinSource, Pkcs11Uri, TokenError, TokenKeyInfo, TokenKeySpec, TokenSignError, UriError,
 };
 pub use trust::{
     AuthUsage, BundleCa, ChainError, NameCheck, TrustBundle, TrustDomainSpec, VerifiedChain,

@@ -22,6 +22,9 @@
 #     it and for the variant with a port below 1024 (CAP_NET_BIND_SERVICE);
 #     the drop-in of mtlsd_install=deb carries the site settings (and the
 #     capability only for a port below 1024);
+#     the token drop-in (mtlsd_identity_key_uri) rendered with the defaults
+#     is deploy/systemd/mtlsd-pkcs11.conf, and for a hardware token sets
+#     PrivateDevices=no with only the DeviceAllow= entries given;
 #  6. dev-ca.yml applied with -c local to three inventory hosts (db1, api1,
 #     hv1), each into its own throw-away root (mtlsd_supervisor=external),
 #     succeeds; `mtlsd check` accepts every host's result; owners and modes
@@ -280,6 +283,41 @@ if render_dropin "$work/units/low-port/site.conf" \
 else
     fail "deb drop-in for a listener on :443:"
     sed 's/^/      /' "$work/units/low-port/site.conf" 2>/dev/null || true
+fi
+
+# A key in a PKCS#11 token: the drop-in that relaxes only what the token
+# needs. With the role's defaults (SoftHSM2) it is deploy/systemd/
+# mtlsd-pkcs11.conf byte for byte, which deploy/systemd/check.sh audits
+# (above); for a hardware token it opens only the devices given.
+render_pkcs11() {
+    # render_pkcs11 DEST [EXTRA_VARS_JSON]
+    ansible localhost -i localhost, -c local -m ansible.builtin.template \
+        -a "src=roles/mtlsd/templates/mtlsd-pkcs11.conf.j2 dest=$1 mode=0644" \
+        -e @roles/mtlsd/defaults/main.yml -e @roles/mtlsd/vars/main.yml \
+        -e '{"mtlsd_identity_key_uri": "pkcs11:token=mesh;object=host;id=%01;type=private"}' -e "${2:-{\}}" \
+        -e ansible_python_interpreter="$venv/bin/python" >"$work/render.log" 2>&1 ||
+        { sed 's/^/      /' "$work/render.log"; return 1; }
+}
+mkdir -p "$work/units/token" "$work/units/hardware-token"
+if render_pkcs11 "$work/units/token/pkcs11.conf" &&
+    diff -u "$repo/deploy/systemd/mtlsd-pkcs11.conf" "$work/units/token/pkcs11.conf" >"$work/unit.diff"; then
+    pass "mtlsd-pkcs11.conf.j2 with the role defaults renders to deploy/systemd/mtlsd-pkcs11.conf (LoadCredential, ReadWritePaths, SupplementaryGroups)"
+else
+    fail "mtlsd-pkcs11.conf.j2 with the role defaults differs from deploy/systemd/mtlsd-pkcs11.conf:"
+    sed 's/^/      /' "$work/unit.diff" 2>/dev/null || true
+fi
+if render_pkcs11 "$work/units/hardware-token/pkcs11.conf" \
+    '{"mtlsd_pkcs11_module": "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so", "mtlsd_pkcs11_token_dir": "", "mtlsd_pkcs11_group": "", "mtlsd_pkcs11_device_allow": ["char-usb_device rw"]}' &&
+    grep -qx 'PrivateDevices=no' "$work/units/hardware-token/pkcs11.conf" &&
+    grep -qx 'DeviceAllow=char-usb_device rw' "$work/units/hardware-token/pkcs11.conf" &&
+    grep -qx 'LoadCredential=mtlsd-pin:/etc/mtlsd/credentials/mtlsd-pin' "$work/units/hardware-token/pkcs11.conf" &&
+    ! grep -q '^ReadWritePaths=\|^SupplementaryGroups=' "$work/units/hardware-token/pkcs11.conf" &&
+    DROPIN="$work/units/hardware-token/pkcs11.conf" MTLSD_BIN=/nonexistent \
+        "$repo/deploy/systemd/check.sh" "$repo/deploy/systemd/mtlsd.service" >"$work/unit-check.log" 2>&1; then
+    pass "token drop-in for a hardware token: PrivateDevices=no with only its DeviceAllow=, no token directory or group; passes check.sh"
+else
+    fail "token drop-in for a hardware token:"
+    sed 's/^/      /' "$work/units/hardware-token/pkcs11.conf" "$work/unit-check.log" 2>/dev/null || true
 fi
 
 # --- 6. apply dev-ca.yml into throw-away roots ------------------------------------

@@ -108,6 +108,14 @@ pub(super) fn check(config_path: &Path, options: &Options) -> anyhow::Result<Exi
         leaf.serial_hex,
         humantime::format_rfc3339_seconds(leaf.not_after)
     );
+    if let Some(token) = generation.identity().token_key() {
+        outln!(
+            "  key        {} in {}, {} session(s) logged in",
+            token.key,
+            token.module.display(),
+            token.sessions_open
+        );
+    }
     for (name, bundle) in generation.bundles() {
         outln!(
             "  trust      {name}: {} CA(s), version {}, sha256 {}{}",

@@ -83,6 +83,13 @@ pub fn render(st: &Status) -> String {
         id.serial, id.not_after, id.state, id.sha256
     );
     let _ = writeln!(out, "          SANs {}", id.sans.join(", "));
+    if let Some(token) = &st.identity_token {
+        let _ = writeln!(
+            out,
+            "          key in {} ({}), {} of {} session(s) open",
+            token.key, token.module, token.sessions_open, token.sessions
+        );
+    }
     if !st.identity_depends_on_ca.is_empty() {
         let _ = writeln!(
             out,

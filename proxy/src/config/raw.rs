@@ -51,6 +51,7 @@ pub(crate) struct RawPkcs11 {
     /// Never accepted: read only to refuse it by name, whatever its type.
     pub(crate) pin: Option<serde::de::IgnoredAny>,
     pub(crate) timeout: Option<String>,
+    pub(crate) sessions: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

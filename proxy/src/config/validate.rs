@@ -817,6 +817,23 @@ impl Validator {
             raw.timeout,
             mtlsd_reload::DEFAULT_TOKEN_TIMEOUT,
         );
+        let sessions = match raw.sessions {
+            None => mtlsd_reload::DEFAULT_TOKEN_SESSIONS,
+            Some(n) if (1..=mtlsd_reload::MAX_TOKEN_SESSIONS as u64).contains(&n) => {
+                usize::try_from(n).unwrap_or(mtlsd_reload::DEFAULT_TOKEN_SESSIONS)
+            }
+            Some(n) => {
+                self.problem(
+                    "pkcs11.sessions",
+                    format!(
+                        "{n} is out of range (1 to {}): the token sessions that sign in \
+                         parallel, each logged in on a thread of its own",
+                        mtlsd_reload::MAX_TOKEN_SESSIONS
+                    ),
+                );
+                mtlsd_reload::DEFAULT_TOKEN_SESSIONS
+            }
+        };
         if raw.pin.is_some() {
             return None;
         }
@@ -825,6 +842,7 @@ impl Validator {
             module: module?,
             pin: pin?,
             timeout,
+            sessions,
         }))
     }
 
@@ -1463,6 +1481,7 @@ mod tests {
             module = "/usr/lib/softhsm/libsofthsm2.so"
             pin_file = "tls/token.pin"
             timeout = "500ms"
+            sessions = 4
             "#,
         );
         let config = parse_str(&text, &[]).unwrap();
@@ -1478,6 +1497,7 @@ mod tests {
             PinSource::File("/etc/mtlsd/tls/token.pin".into())
         );
         assert_eq!(token.timeout, Duration::from_millis(500));
+        assert_eq!(token.sessions, 4);
         // The PIN file is watched in place of a key file.
         assert!(
             config
@@ -1495,6 +1515,39 @@ mod tests {
         };
         assert_eq!(token.pin, PinSource::Credential("mtlsd-pin".to_owned()));
         assert_eq!(token.timeout, mtlsd_reload::DEFAULT_TOKEN_TIMEOUT);
+        assert_eq!(token.sessions, 1);
+    }
+
+    #[test]
+    fn token_sessions_are_bounded_and_named_when_wrong() {
+        for good in ["1", "32"] {
+            let text = with_key(
+                "pkcs11:token=mesh;object=host",
+                &format!("[pkcs11]\nmodule = \"/m.so\"\npin_file = \"p\"\nsessions = {good}\n"),
+            );
+            parse_str(&text, &[]).unwrap();
+        }
+        for bad in ["0", "33"] {
+            let text = with_key(
+                "pkcs11:token=mesh;object=host",
+                &format!("[pkcs11]\nmodule = \"/m.so\"\npin_file = \"p\"\nsessions = {bad}\n"),
+            );
+            let found = problems(&text, &[]);
+            assert_eq!(keys(&found), ["pkcs11.sessions"], "{bad}: {found:?}");
+            assert!(
+                found[0]
+                    .message
+                    .starts_with(&format!("{bad} is out of range (1 to 32)")),
+                "{found:?}"
+            );
+        }
+        // Not a number: the parser names the key too.
+        let text = with_key(
+            "pkcs11:token=mesh;object=host",
+            "[pkcs11]\nmodule = \"/m.so\"\npin_file = \"p\"\nsessions = \"two\"\n",
+        );
+        let err = parse_str(&text, &[]).unwrap_err().to_string();
+        assert!(err.contains("sessions"), "{err}");
     }
 
     #[test]

@@ -261,6 +261,13 @@ async fn a_token_key_does_mtls_both_ways() {
     );
     assert_eq!(completed, Some(9.0), "{body}");
     assert_eq!(failures(admin, "in", "local_key").await, 0.0);
+    // One session by default, and /status says so.
+    let token = &status_json(admin).await["identity_token"];
+    assert_eq!(
+        (token["sessions"].as_u64(), token["sessions_open"].as_u64()),
+        (Some(1), Some(1)),
+        "{token}"
+    );
 
     for daemon in [&mut server_daemon, &mut client_daemon] {
         daemon.signal(Signal::SIGTERM);
@@ -761,4 +768,204 @@ async fn p384_rsa_pss_and_ed25519_token_keys_sign_handshakes() {
         daemon.signal(Signal::SIGTERM);
         assert_eq!(daemon.exited(SOON).await.code(), Some(0), "{name}");
     }
+}
+
+/// `/status` of a daemon, as JSON.
+async fn status_json(admin: SocketAddr) -> serde_json::Value {
+    let (code, body) = http_get(admin, "/status").await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_token_sessions_sign_concurrent_handshakes_both_ways() {
+    let pki = Pki::new();
+    let ca = pki.ca_file();
+    let echo = Echo::start().await;
+    let sessions = "sessions = 2\n";
+
+    let server = token_host(&pki, "server");
+    let toml = server.token.toml(&server.cert, &ca, HOST_URI, sessions)
+        + &inbound_toml("in", echo.addr, "");
+    let config = pki.write("server/mtlsd.toml", &toml, 0o600);
+    // `check` opens both sessions and says so.
+    let (ok, text) = check(&config, &server.token);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("key        token 'mesh' object 'host' id 01 in ")
+            && text.contains(", 2 session(s) logged in"),
+        "{text}"
+    );
+    let mut server_daemon = spawn(&config, &server.token);
+    let inbound = server_daemon.listener_addr("in").await;
+    let admin = server_daemon.admin_addr().await;
+    let token = &status_json(admin).await["identity_token"];
+    assert_eq!(token["key"], "token 'mesh' object 'host' id 01", "{token}");
+    assert_eq!(token["sessions"], 2, "{token}");
+    assert_eq!(token["sessions_open"], 2, "{token}");
+    let admin_arg = admin.to_string();
+    let (status, stdout, stderr) = crate::support::process::run_to_end(
+        &["status", "--admin", &admin_arg],
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("key in token 'mesh' object 'host' id 01")
+            && stdout.contains("2 of 2 session(s) open"),
+        "{stdout}"
+    );
+
+    // Eight clients at once, full handshakes each: every one is signed by
+    // one of the two sessions taking jobs from the same queue.
+    let direct = pki.ca.issue(&localhost_leaf("direct")).unwrap();
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let client = full_handshake_client(&pki, &direct);
+        clients.push(tokio::spawn(async move {
+            for j in 0..4 {
+                let mut stream = tls_connect(inbound, client.clone()).await?;
+                let msg = format!("client {i} call {j}");
+                let back = round_trip(&mut stream, msg.as_bytes()).await?;
+                assert_eq!(back, msg.as_bytes());
+            }
+            Ok::<_, std::io::Error>(())
+        }));
+    }
+    for client in clients {
+        client.await.unwrap().unwrap();
+    }
+
+    // The other way: a client host with two sessions presents its token
+    // key to the server, which requires a client certificate.
+    let client = token_host(&pki, "client");
+    let toml = client.token.toml(&client.cert, &ca, HOST_URI, sessions)
+        + &outbound_toml("out", inbound, "localhost", "");
+    let config = pki.write("client/mtlsd.toml", &toml, 0o600);
+    let mut client_daemon = spawn(&config, &client.token);
+    let entry = client_daemon.listener_addr("out").await;
+    for i in 0..5 {
+        let mut plain = TcpStream::connect(entry).await.unwrap();
+        let msg = format!("both ways {i}");
+        assert_eq!(
+            round_trip(&mut plain, msg.as_bytes()).await.unwrap(),
+            msg.as_bytes()
+        );
+    }
+    let client_admin = client_daemon.admin_addr().await;
+    assert_eq!(
+        status_json(client_admin).await["identity_token"]["sessions_open"],
+        2
+    );
+
+    let (_, body) = http_get(admin, "/metrics").await;
+    let completed = metric(
+        &body,
+        "mtlsd_handshakes_completed_total",
+        &[("listener", "in")],
+    );
+    assert_eq!(completed, Some(37.0), "{body}");
+    assert_eq!(failures(admin, "in", "local_key").await, 0.0);
+    for daemon in [&mut server_daemon, &mut client_daemon] {
+        daemon.signal(Signal::SIGTERM);
+        assert_eq!(daemon.exited(SOON).await.code(), Some(0));
+    }
+}
+
+/// The operator guide's CSR command (token-keys.md §2), run as written
+/// against a real token: the request it makes is signed by the token key,
+/// and the certificate a CA issues from it passes `mtlsd check` with that
+/// key.
+#[test]
+fn the_guides_csr_command_makes_a_request_signed_by_the_token_key() {
+    let guide = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operator_guide/token-keys.md");
+    let guide = std::fs::read_to_string(&guide).unwrap();
+    let command = guide
+        .lines()
+        .find_map(|line| line.strip_prefix("# openssl req -new "))
+        .map(|rest| format!("openssl req -new {rest}"))
+        .expect("token-keys.md has no `# openssl req -new …` line");
+    let pki = Pki::new();
+    let ca = pki.ca_file();
+    let host = token_host(&pki, "host");
+    let command = command.replace(
+        "/etc/mtlsd/tls/token.pin",
+        &host.token.pin_file.display().to_string(),
+    );
+    let out = Command::new("sh")
+        .args(["-c", &command])
+        .current_dir(&host.token.dir)
+        .env("SOFTHSM2_CONF", &host.token.conf)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{command}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the guide's CSR command failed (apt libengine-pkcs11-openssl): {said}"
+    );
+    let csr = host.token.dir.join("host.csr");
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&host.token.dir)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "openssl {args:?}: {text}");
+        text
+    };
+    // Its self-signature verifies, and its public key is the token key's
+    // (the one the dev CA's certificate for the imported key carries).
+    let csr_arg = csr.display().to_string();
+    assert!(
+        openssl(&["req", "-in", &csr_arg, "-verify", "-noout"]).contains("verify OK"),
+        "{said}"
+    );
+    let csr_key = openssl(&["req", "-in", &csr_arg, "-pubkey", "-noout"]);
+    let cert_key = openssl(&[
+        "x509",
+        "-in",
+        &host.cert.display().to_string(),
+        "-pubkey",
+        "-noout",
+    ]);
+    assert_eq!(csr_key, cert_key, "the CSR's key is not the token key");
+    let text = openssl(&["req", "-in", &csr_arg, "-noout", "-text"]);
+    assert!(text.contains("DNS:db1.cluster.example"), "{text}");
+
+    // A CA issues the certificate from the request; mtlsd takes it with
+    // the token key.
+    let ca_key = pki.write("ca.key", pki.ca.key_pem(), 0o600);
+    let issued = host.token.dir.join("from-csr.crt");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr_arg,
+        "-CA",
+        &ca.display().to_string(),
+        "-CAkey",
+        &ca_key.display().to_string(),
+        "-copy_extensions",
+        "copy",
+        "-days",
+        "30",
+        "-out",
+        &issued.display().to_string(),
+    ]);
+    let config = pki.write(
+        "host/from-csr.toml",
+        &host.token.toml(&issued, &ca, HOST_URI, ""),
+        0o600,
+    );
+    let (ok, text) = check(&config, &host.token);
+    assert!(ok, "{text}");
+    assert!(text.contains("db1.cluster.example"), "{text}");
 }

@@ -8,8 +8,9 @@
 //! verifying it with the certificate's public key.
 //!
 //! rustls calls [`Signer::sign`] synchronously from the async runtime, once
-//! per handshake. Token calls never run there: each loaded key has one
-//! worker thread owning its session, fed by a bounded queue, and the
+//! per handshake. Token calls never run there: each loaded key has
+//! `pkcs11.sessions` worker threads (one by default), each owning its own
+//! logged-in session, all fed by one bounded queue, and the
 //! handshake waits for the answer at most `pkcs11.timeout` (inside
 //! `block_in_place` on a multi-thread runtime, so the runtime's other tasks
 //! move to another thread while it waits). A token that stops answering
@@ -22,9 +23,10 @@ mod uri;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -46,6 +48,12 @@ pub use uri::{PKCS11_SCHEME, Pkcs11Uri, UriError};
 /// How long a handshake waits for the token's signature unless
 /// `pkcs11.timeout` says otherwise.
 pub const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Token sessions (and worker threads) per key unless `pkcs11.sessions`
+/// says otherwise.
+pub const DEFAULT_TOKEN_SESSIONS: usize = 1;
+/// The most `pkcs11.sessions` may ask for: more workers than signatures
+/// the queue holds would never all be busy.
+pub const MAX_TOKEN_SESSIONS: usize = 32;
 /// Opening a session and logging in may take longer than one signature
 /// (a hardware token's login can take a second or more).
 const MIN_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,6 +102,22 @@ pub struct TokenKeySpec {
     pub pin: PinSource,
     /// `pkcs11.timeout`: how long one signature may take.
     pub timeout: Duration,
+    /// `pkcs11.sessions`: worker threads, each with its own logged-in
+    /// session, taking signatures from one queue (at least 1).
+    pub sessions: usize,
+}
+
+/// What `mtlsd check` and `/status` say about a loaded token key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenKeyInfo {
+    /// The key as the URI names it: `token 'mesh' object 'host' id 01`.
+    pub key: String,
+    pub module: PathBuf,
+    /// `pkcs11.sessions`: the workers the key was loaded with.
+    pub sessions: usize,
+    /// Workers holding a logged-in session now (fewer while a worker
+    /// reopens a session the token closed, or after the token went away).
+    pub sessions_open: usize,
 }
 
 /// Where the user PIN is read from; never the configuration itself.
@@ -233,6 +257,9 @@ impl KeyKind {
 #[derive(Debug)]
 pub(crate) struct TokenSigningKey {
     inner: Arc<WorkerHandle>,
+    info: (String, PathBuf, usize),
+    /// Workers with an open session, kept by the workers.
+    open: Arc<AtomicUsize>,
     kind: KeyKind,
     schemes: Vec<SignatureScheme>,
     /// The certificate's SubjectPublicKeyInfo, set once the challenge
@@ -253,54 +280,88 @@ struct Job {
     reply: SyncSender<Result<Vec<u8>, TokenError>>,
 }
 
+impl TokenSigningKey {
+    pub(crate) fn info(&self) -> TokenKeyInfo {
+        let (key, module, sessions) = self.info.clone();
+        TokenKeyInfo {
+            key,
+            module,
+            sessions,
+            sessions_open: self.open.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Loads the key `spec` names and proves it signs for `leaf`.
 pub(crate) fn load(
     spec: &TokenKeySpec,
     cert_path: &Path,
     leaf: &CertificateDer<'_>,
     provider: &CryptoProvider,
-) -> Result<Arc<dyn SigningKey>, TokenError> {
+) -> Result<Arc<TokenSigningKey>, TokenError> {
     let key_name = spec.uri.describe();
     let pin = read_pin(&spec.pin)?;
+    let sessions = spec.sessions.clamp(1, MAX_TOKEN_SESSIONS);
     let (jobs, queue) = sync_channel::<Job>(QUEUE_DEPTH);
-    let (ready_tx, ready_rx) = sync_channel(1);
-    let worker_spec = spec.clone();
-    let spawned = std::thread::Builder::new()
-        .name("mtlsd-pkcs11".to_owned())
-        .spawn(move || {
-            let mut worker = match Worker::open(worker_spec, pin) {
-                Ok(worker) => {
-                    // The loader may have given up waiting; then this
-                    // worker has nobody to serve.
-                    if ready_tx.send(Ok((worker.kind, worker.rsa_pkcs1))).is_err() {
+    // One queue, many workers: whichever is free takes the next job.
+    let queue = Arc::new(Mutex::new(queue));
+    let open = Arc::new(AtomicUsize::new(0));
+    let (ready_tx, ready_rx) = sync_channel(sessions);
+    for n in 0..sessions {
+        let worker_spec = spec.clone();
+        let pin = pin.clone();
+        let queue = Arc::clone(&queue);
+        let open = Arc::clone(&open);
+        let ready_tx = ready_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("mtlsd-pkcs11-{n}"))
+            .spawn(move || {
+                let mut worker = match Worker::open(worker_spec, pin, open) {
+                    Ok(worker) => {
+                        // The loader may have given up waiting; then this
+                        // worker has nobody to serve.
+                        if ready_tx.send(Ok((worker.kind, worker.rsa_pkcs1))).is_err() {
+                            return;
+                        }
+                        worker
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
                         return;
                     }
-                    worker
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            worker.serve(queue);
-        });
-    if let Err(e) = spawned {
-        return Err(TokenError::Call {
-            key: key_name,
-            function: "starting the token's worker thread".to_owned(),
-            rv: e.to_string(),
-        });
+                };
+                worker.serve(&queue);
+            });
+        if let Err(e) = spawned {
+            return Err(TokenError::Call {
+                key: key_name,
+                function: "starting the token's worker threads".to_owned(),
+                rv: e.to_string(),
+            });
+        }
     }
+    drop(ready_tx);
+    // Every worker must have its session: a token that allows fewer
+    // sessions than asked for fails here, with the token's own reason.
     let open_bound = spec.timeout.max(MIN_OPEN_TIMEOUT);
-    let (kind, rsa_pkcs1) = wait(|| ready_rx.recv_timeout(open_bound)).map_err(|e| match e {
-        RecvTimeoutError::Timeout => TokenError::Timeout {
-            key: key_name.clone(),
-            after: open_bound,
-        },
-        RecvTimeoutError::Disconnected => TokenError::WorkerGone {
-            key: key_name.clone(),
-        },
-    })??;
+    let deadline = Instant::now() + open_bound;
+    let mut opened = None;
+    for _ in 0..sessions {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let answer = wait(|| ready_rx.recv_timeout(left)).map_err(|e| match e {
+            RecvTimeoutError::Timeout => TokenError::Timeout {
+                key: key_name.clone(),
+                after: open_bound,
+            },
+            RecvTimeoutError::Disconnected => TokenError::WorkerGone {
+                key: key_name.clone(),
+            },
+        })??;
+        opened.get_or_insert(answer);
+    }
+    let Some((kind, rsa_pkcs1)) = opened else {
+        return Err(TokenError::WorkerGone { key: key_name });
+    };
     let handle = Arc::new(WorkerHandle {
         jobs,
         key: key_name.clone(),
@@ -342,6 +403,8 @@ pub(crate) fn load(
     let spki = leaf_spki(leaf).ok_or_else(mismatch)?;
     Ok(Arc::new(TokenSigningKey {
         inner: handle,
+        info: (key_name, spec.module.clone(), sessions),
+        open,
         kind,
         schemes,
         spki,
@@ -499,12 +562,24 @@ struct Worker {
     key_name: String,
     context: Pkcs11,
     open: Option<(Session, ObjectHandle)>,
+    /// Workers of this key with an open session (what `/status` shows).
+    open_count: Arc<AtomicUsize>,
     kind: KeyKind,
     rsa_pkcs1: bool,
 }
 
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.set_open(None);
+    }
+}
+
 impl Worker {
-    fn open(spec: TokenKeySpec, pin: AuthPin) -> Result<Self, TokenError> {
+    fn open(
+        spec: TokenKeySpec,
+        pin: AuthPin,
+        open_count: Arc<AtomicUsize>,
+    ) -> Result<Self, TokenError> {
         let context = module(&spec.module)?;
         let key_name = spec.uri.describe();
         let mut worker = Self {
@@ -513,6 +588,7 @@ impl Worker {
             key_name,
             context,
             open: None,
+            open_count,
             kind: KeyKind::EcP256,
             rsa_pkcs1: false,
         };
@@ -530,8 +606,22 @@ impl Worker {
             });
         }
         worker.rsa_pkcs1 = worker.kind == KeyKind::Rsa && has(MechanismType::RSA_PKCS);
-        worker.open = Some((session, object));
+        worker.set_open(Some((session, object)));
         Ok(worker)
+    }
+
+    /// Replaces the worker's session, keeping the count of open ones.
+    fn set_open(&mut self, open: Option<(Session, ObjectHandle)>) {
+        match (self.open.is_some(), open.is_some()) {
+            (false, true) => {
+                self.open_count.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.open_count.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        self.open = open;
     }
 
     fn call_error(&self, function: &str, error: &CkError) -> TokenError {
@@ -662,10 +752,19 @@ impl Worker {
         }
     }
 
-    fn serve(&mut self, queue: Receiver<Job>) {
+    fn serve(&mut self, queue: &Mutex<Receiver<Job>>) {
         // Ends when every handle is gone: the generation holding this key
-        // was replaced and its last connection closed.
-        while let Ok(job) = queue.recv() {
+        // was replaced and its last connection closed. The lock is held
+        // only while waiting for the next job, never while signing, so the
+        // other workers sign meanwhile.
+        loop {
+            let next = queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .recv();
+            let Ok(job) = next else {
+                return;
+            };
             let answer = self.sign(job.scheme, &job.message);
             // The handshake may have stopped waiting.
             let _ = job.reply.send(answer);
@@ -680,7 +779,7 @@ impl Worker {
                     error = %rv_name(&error),
                     "the token closed the session; reopening it and logging in again"
                 );
-                self.open = None;
+                self.set_open(None);
                 self.sign_once(scheme, message).map_err(|e| match e {
                     Retry::Reopen(e) => self.call_error("C_Sign", &e),
                     Retry::Failed(e) => e,
@@ -694,7 +793,7 @@ impl Worker {
     fn sign_once(&mut self, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>, Retry> {
         if self.open.is_none() {
             let (session, object, _) = self.session().map_err(Retry::Failed)?;
-            self.open = Some((session, object));
+            self.set_open(Some((session, object)));
         }
         let Some((session, object)) = &self.open else {
             // Set just above.
