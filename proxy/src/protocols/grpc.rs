@@ -269,13 +269,17 @@ async fn handle_outbound(
     };
     parts.uri = uri;
     let deadline = grpc_timeout(&parts.headers);
-    let epoch = state.ctx.store().current().session_epoch();
+    let (epoch, trust) = {
+        let generation = state.ctx.store().current();
+        (generation.session_epoch(), generation.trust_fingerprint())
+    };
     let client = state.ctx.pool.remote(
         &state.ctx.handshaker,
         listener,
         &state.outbound,
         &state.target,
         epoch,
+        trust,
         state.client,
     );
     forward(

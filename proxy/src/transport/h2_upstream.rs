@@ -90,6 +90,9 @@ struct Pool {
     current: Mutex<Option<Live>>,
     /// Held while dialing, so concurrent first calls share one connection.
     dialing: tokio::sync::Mutex<()>,
+    /// Set once a warm-up dial ([`H2Upstream::warm`]) has finished, either
+    /// way.
+    warmed: AtomicBool,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +151,7 @@ impl H2Upstream {
                 timeouts,
                 current: Mutex::new(None),
                 dialing: tokio::sync::Mutex::new(()),
+                warmed: AtomicBool::new(false),
             }),
         }
     }
@@ -189,6 +193,24 @@ impl H2Upstream {
             tokio::spawn(std::future::poll_fn(move |cx| rest.poll_pump(cx).map(drop)));
         }
         Ok(response.map(|recv| H2Body::new(recv, active)))
+    }
+
+    /// Dials this pool's connection in the background, so the first call
+    /// finds it up ([`Self::warmed`] says when the attempt is over). A
+    /// failure is only logged: the next call dials again and answers for it.
+    pub fn warm(&self) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = pool.ready_sender().await {
+                tracing::debug!(error = %e, "warming a new upstream pool failed; the next call dials again");
+            }
+            pool.inner.warmed.store(true, Ordering::Release);
+        });
+    }
+
+    /// Whether a [`Self::warm`] attempt has finished (connected or not).
+    pub fn warmed(&self) -> bool {
+        self.inner.warmed.load(Ordering::Acquire)
     }
 
     /// A sender ready for a new stream: the live connection's, or a new

@@ -5,8 +5,11 @@
 //! session epoch of the material (`Generation::session_epoch`: the trust
 //! and this host's certificate) — so a trust change never reuses a
 //! connection verified under the old bundle for a new request, and a new
-//! certificate reaches the peer at the next call, while a reload that
-//! changes neither keeps the warm connections. An old pool lives on only
+//! certificate reaches the peer at once (its pool is made before the old
+//! one is left: no call waits for that handshake), while a reload that
+//! changes neither keeps the warm connections. grpc pools are
+//! [`H2Upstream`]s; http listeners' HTTP/1.1 pools are hyper's. An old
+//! pool lives on only
 //! as long as requests still use it. Every pooled mTLS connection is
 //! registered like any other: a server that no longer qualifies after a
 //! trust change has its pooled connections closed after the grace period.
@@ -46,6 +49,9 @@ struct PoolKey {
     upstream: http::uri::Authority,
     /// The session epoch for mTLS pools; `None` for plaintext ones.
     epoch: Option<Fingerprint>,
+    /// The trust part of the epoch (`Generation::trust_fingerprint`), for
+    /// mTLS pools.
+    trust: Option<Fingerprint>,
     timeouts: Timeouts,
     /// The remote and how it is verified, for mTLS pools.
     outbound: Option<Outbound>,
@@ -56,9 +62,20 @@ impl PoolKey {
         Self {
             upstream: target.authority().clone(),
             epoch: None,
+            trust: None,
             timeouts,
             outbound: None,
         }
+    }
+
+    /// The same pool but for this host's own certificate: what the key
+    /// says, other than the epoch, is unchanged, and so is the trust.
+    fn differs_only_in_own_certificate(&self, other: &PoolKey) -> bool {
+        self.trust.is_some()
+            && self.trust == other.trust
+            && self.timeouts == other.timeouts
+            && self.upstream == other.upstream
+            && self.outbound == other.outbound
     }
 
     /// Compared field by field against the request's own values, so the
@@ -82,6 +99,9 @@ impl PoolKey {
 pub struct PoolSlot {
     http1: Slot<PlainClient>,
     h2: Slot<H2Upstream>,
+    /// The next mTLS pool while it connects (make-before-break after a
+    /// renewal of this host's certificate; see [`PoolSlot::remote`]).
+    warming: Mutex<Option<(PoolKey, H2Upstream)>>,
 }
 
 #[derive(Debug)]
@@ -153,7 +173,17 @@ impl PoolSlot {
     }
 
     /// An mTLS h2 pool to an outbound listener's remote host, for the
-    /// material's session `epoch`.
+    /// material's session `epoch` (whose trust part is `trust`).
+    ///
+    /// When only this host's own certificate changed (a renewal: same
+    /// trust, same remote), the new pool is made before the old one is
+    /// broken: its connection is dialed in the background — that handshake
+    /// already shows the peer the new certificate — while calls keep going
+    /// over the old pool, which they leave once the new one has connected
+    /// (or failed to: then the next call dials and answers for it). Any
+    /// other change, above all a change of trust, replaces the pool at
+    /// once: a connection judged under the old trust takes no new call.
+    #[allow(clippy::too_many_arguments)]
     pub fn remote(
         &self,
         handshaker: &Handshaker,
@@ -161,27 +191,70 @@ impl PoolSlot {
         outbound: &Outbound,
         target: &UpstreamTarget,
         epoch: Fingerprint,
+        trust: Fingerprint,
         client_addr: SocketAddr,
     ) -> H2Upstream {
         let timeouts = listener.timeouts;
-        self.h2.get(
-            |key| key.is_for(target.authority(), Some(epoch), timeouts, Some(outbound)),
-            || {
-                let dial = Dial::Remote {
-                    handshaker: handshaker.clone(),
-                    listener: listener.clone(),
-                    outbound: outbound.clone(),
-                    client_addr,
-                };
-                let key = PoolKey {
-                    upstream: target.authority().clone(),
-                    epoch: Some(epoch),
-                    timeouts,
-                    outbound: Some(outbound.clone()),
-                };
-                (key, H2Upstream::new(dial, timeouts))
-            },
-        )
+        let key = || PoolKey {
+            upstream: target.authority().clone(),
+            epoch: Some(epoch),
+            trust: Some(trust),
+            timeouts,
+            outbound: Some(outbound.clone()),
+        };
+        let build = || {
+            let dial = Dial::Remote {
+                handshaker: handshaker.clone(),
+                listener: listener.clone(),
+                outbound: outbound.clone(),
+                client_addr,
+            };
+            H2Upstream::new(dial, timeouts)
+        };
+        let mut slot = self.h2.0.lock().unwrap_or_else(|p| p.into_inner());
+        let is_current =
+            |k: &PoolKey| k.is_for(target.authority(), Some(epoch), timeouts, Some(outbound));
+        if let Some((current, pool)) = &*slot {
+            if is_current(current) {
+                return pool.clone();
+            }
+            let next = key();
+            if current.differs_only_in_own_certificate(&next) {
+                let mut warming = self.warming.lock().unwrap_or_else(|p| p.into_inner());
+                match &*warming {
+                    Some((k, new)) if is_current(k) => {
+                        if !new.warmed() {
+                            return pool.clone();
+                        }
+                        tracing::debug!(upstream = %k.upstream,
+                            "the new upstream pool (this host's renewed certificate) is warm; calls move to it");
+                        let (k, new) = warming.take().expect("matched above");
+                        *slot = Some((k, new.clone()));
+                        return new;
+                    }
+                    _ => {
+                        let new = build();
+                        new.warm();
+                        tracing::debug!(upstream = %next.upstream,
+                            "this host's certificate changed: warming a new upstream pool while calls use the old one");
+                        *warming = Some((next, new));
+                        return pool.clone();
+                    }
+                }
+            }
+        }
+        self.warming
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let (key, pool) = (key(), build());
+        tracing::debug!(
+            upstream = %key.upstream,
+            replaces = slot.is_some(),
+            "starting a new upstream pool: none yet, or what the old one was made for changed"
+        );
+        *slot = Some((key, pool.clone()));
+        pool
     }
 }
 

@@ -4,11 +4,7 @@
 //! authorizes each call and hands it to a tonic server in h2c.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use mtlsd::daemon::Running;
 use mtlsd_devca::LeafSpec;
@@ -17,6 +13,7 @@ use mtlsd_testsvc::proto::{Msg, StreamRequest};
 use tonic::Code;
 use tonic::transport::Channel;
 
+use crate::support::relay::Relay;
 use crate::support::*;
 
 const INVENTORY: &str = r#"
@@ -502,73 +499,6 @@ async fn a_pooled_connection_to_a_server_that_lost_its_role_is_closed() {
     );
 }
 
-/// A TCP relay in front of the local daemon that counts the connections
-/// mtlsd opens and holds, and can freeze them: bytes stop moving both
-/// ways, the sockets stay open (a host gone without a FIN).
-struct Relay {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    open: Arc<AtomicUsize>,
-    frozen: Arc<AtomicBool>,
-}
-
-impl Relay {
-    async fn start(upstream: SocketAddr) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let relay = Relay {
-            addr: listener.local_addr().unwrap(),
-            accepted: Arc::default(),
-            open: Arc::default(),
-            frozen: Arc::default(),
-        };
-        let (accepted, open, frozen) = (
-            relay.accepted.clone(),
-            relay.open.clone(),
-            relay.frozen.clone(),
-        );
-        tokio::spawn(async move {
-            loop {
-                let (mut inbound, _) = listener.accept().await.unwrap();
-                accepted.fetch_add(1, Ordering::SeqCst);
-                open.fetch_add(1, Ordering::SeqCst);
-                let (open, frozen) = (open.clone(), frozen.clone());
-                // Connections made while frozen are not frozen.
-                frozen.store(false, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut outbound = tokio::net::TcpStream::connect(upstream).await.unwrap();
-                    let (mut a, mut b) = ([0u8; 16384], [0u8; 16384]);
-                    loop {
-                        let (n, from_client) = tokio::select! {
-                            n = inbound.read(&mut a) => (n, true),
-                            n = outbound.read(&mut b) => (n, false),
-                        };
-                        let n = match n {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        if frozen.load(Ordering::SeqCst) {
-                            // Swallow everything from now on and close
-                            // nothing, until mtlsd closes its side.
-                            while let Ok(1..) = inbound.read(&mut a).await {}
-                            break;
-                        }
-                        let written = if from_client {
-                            outbound.write_all(&a[..n]).await
-                        } else {
-                            inbound.write_all(&b[..n]).await
-                        };
-                        if written.is_err() {
-                            break;
-                        }
-                    }
-                    open.fetch_sub(1, Ordering::SeqCst);
-                });
-            }
-        });
-        relay
-    }
-}
-
 /// The pooled h2c connection to the local daemon: replaced without a
 /// failed call when the daemon restarts (GOAWAY, then a new process on the
 /// same port); closed after `idle_timeout` without a call; dropped when
@@ -608,11 +538,7 @@ async fn the_pooled_daemon_connection_survives_restarts_and_closes_when_idle_or_
     };
     call(&mut client, "first").await;
     call(&mut client, "pooled").await;
-    assert_eq!(
-        relay.accepted.load(Ordering::SeqCst),
-        1,
-        "one pooled connection"
-    );
+    assert_eq!(relay.accepted(), 1, "one pooled connection");
 
     // The daemon restarts: GOAWAY, its connections close, a new process
     // binds the same port. The next call reaches it.
@@ -623,21 +549,18 @@ async fn the_pooled_daemon_connection_survives_restarts_and_closes_when_idle_or_
     let port = tokio::net::TcpListener::bind(daemon_addr).await.unwrap();
     tokio::spawn(mtlsd_testsvc::serve_until(port, std::future::pending()));
     call(&mut client, "after restart").await;
-    assert_eq!(relay.accepted.load(Ordering::SeqCst), 2, "a new connection");
+    assert_eq!(relay.accepted(), 2, "a new connection");
 
     // No call for longer than idle_timeout: mtlsd closes it.
-    eventually("the idle pooled connection to close", || {
-        relay.open.load(Ordering::SeqCst) == 0
-    })
-    .await;
+    eventually("the idle pooled connection to close", || relay.open() == 0).await;
     call(&mut client, "after idle").await;
-    assert_eq!(relay.accepted.load(Ordering::SeqCst), 3);
+    assert_eq!(relay.accepted(), 3);
 
     // The daemon's host stops answering without closing anything, a call
     // in flight: the unanswered PING drops the connection (idle_timeout
     // does not apply while a stream is open), the call fails instead of
     // hanging, and the next call dials anew.
-    relay.frozen.store(true, Ordering::SeqCst);
+    relay.freeze();
     let hung = within(
         "the call to the silent daemon to fail",
         Duration::from_secs(8),
@@ -647,9 +570,9 @@ async fn the_pooled_daemon_connection_survives_restarts_and_closes_when_idle_or_
     .unwrap_err();
     assert_eq!(hung.code(), Code::Unavailable, "{hung:?}");
     eventually("the silent pooled connection to be dropped", || {
-        relay.open.load(Ordering::SeqCst) == 0
+        relay.open() == 0
     })
     .await;
     call(&mut client, "after silence").await;
-    assert_eq!(relay.accepted.load(Ordering::SeqCst), 4);
+    assert_eq!(relay.accepted(), 4);
 }

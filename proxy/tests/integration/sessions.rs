@@ -10,7 +10,7 @@
 //! | change (on the side named) | pooled connection to the server | client side's cached sessions | server side's session store |
 //! |---|---|---|---|
 //! | client: config only (`reload.drain_grace`) | kept (no handshake) | kept | — |
-//! | client: leaf renewed, same names | new, full handshake | dropped | — |
+//! | client: leaf renewed, same names | new, full handshake, made before the old one is left | dropped | — |
 //! | client: bundle gains a CA | new, full handshake | dropped | — |
 //! | client: re-issued by another trusted CA | new, full handshake | dropped | — |
 //! | server: config only | kept | — | kept: a client resumes |
@@ -34,6 +34,7 @@ use mtlsd_testsvc::EchoClient;
 use mtlsd_testsvc::proto::Msg;
 use tonic::transport::Channel;
 
+use crate::support::relay::Relay;
 use crate::support::*;
 
 const NO_WATCH: &str = "[reload]\nwatch = false\n\n";
@@ -53,6 +54,12 @@ struct Pair {
 
 impl Pair {
     async fn start() -> Self {
+        Self::start_with_relay().await.0
+    }
+
+    /// [`Pair::start`] with a [`Relay`] between the client side's outbound
+    /// listener and the server side's grpc listener.
+    async fn start_with_relay() -> (Self, Relay) {
         let pki = Pki::new();
         let grpc_upstream = mtlsd_testsvc::serve().await;
         let echo = Echo::start().await;
@@ -64,15 +71,11 @@ impl Pair {
             + &inbound_toml("db-grpc", grpc_upstream, "protocol = \"grpc\"")
             + &inbound_toml("raw", echo.addr, "");
         let (server, _) = start_daemon(&pki, "server.toml", &toml).await;
+        let relay = Relay::start(server.local_addr("db-grpc").unwrap()).await;
         let client_files = pki.host("client", &LeafSpec::new("client", &["client.test"]));
         let toml = material_toml(&client_files, &client_bundle)
             + NO_WATCH
-            + &outbound_toml(
-                "to-db",
-                server.local_addr("db-grpc").unwrap(),
-                "localhost",
-                "protocol = \"grpc\"",
-            );
+            + &outbound_toml("to-db", relay.addr, "localhost", "protocol = \"grpc\"");
         let (client, _) = start_daemon(&pki, "client.toml", &toml).await;
         let channel =
             Channel::from_shared(format!("http://{}", client.local_addr("to-db").unwrap()))
@@ -83,7 +86,7 @@ impl Pair {
         let server_raw = server.local_addr("raw").unwrap();
         // The echo's accept task runs on the test's runtime; it needs no handle.
         let _ = echo.accepted();
-        Self {
+        let pair = Self {
             pki,
             client,
             server,
@@ -93,7 +96,8 @@ impl Pair {
             server_bundle,
             rpc: EchoClient::new(channel),
             server_raw,
-        }
+        };
+        (pair, relay)
     }
 
     /// Twenty unary calls through the pair; each must come back intact.
@@ -188,11 +192,21 @@ async fn only_reloads_that_keep_trust_and_certificate_keep_pooled_connections_an
     replace(&pair.client_files.cert, &renewed.cert_pem);
     Pair::reload(&pair.client, "client leaf renewed").await;
     pair.calls("after the client's renewal").await;
-    let (after_renewal, resumed_renewal) = pair.server_handshakes("db-grpc").await;
+    // The new connection is made beside the old one, which carries calls
+    // until it is up (see the make-before-break test below).
+    let (after_renewal, resumed_renewal) = loop {
+        let counts = pair.server_handshakes("db-grpc").await;
+        if counts.0 > after_config {
+            break counts;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    pair.calls("after the client's renewal reached the server")
+        .await;
     assert_eq!(
-        after_renewal,
+        pair.server_handshakes("db-grpc").await.0,
         after_config + 1.0,
-        "a renewal must reach the server at the next call"
+        "a renewal must reach the server with exactly one new connection"
     );
     assert_eq!(
         resumed_renewal, resumed_config,
@@ -412,4 +426,84 @@ async fn a_reissue_by_another_ca_starts_fresh_pools_and_sessions() {
         "the client sees the re-issued certificate"
     );
     pair.calls("after the server's re-issue").await;
+}
+
+/// Make-before-break: after a renewal of the client side's certificate its
+/// new connection to the server is made beside the old one, and calls go
+/// on over the old one while the new handshake cannot finish (the relay
+/// holds it); once it can, the server sees the new certificate and the old
+/// connection is left. After a trust change nothing goes over the old
+/// connection: a call waits for the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_is_made_before_the_old_connection_is_left_and_a_trust_change_is_not() {
+    let (mut pair, relay) = Pair::start_with_relay().await;
+    pair.calls("at the start").await;
+    assert_eq!((relay.accepted(), relay.open()), (1, 1));
+    let (start, _) = pair.server_handshakes("db-grpc").await;
+
+    relay.hold();
+    let renewed = pair
+        .pki
+        .ca
+        .issue(&LeafSpec::new("client", &["client.test"]))
+        .unwrap();
+    replace(&pair.client_files.key, &renewed.key_pem);
+    replace(&pair.client_files.cert, &renewed.cert_pem);
+    Pair::reload(&pair.client, "client leaf renewed").await;
+    within(
+        "calls over the old connection while the new one is held",
+        std::time::Duration::from_secs(10),
+        pair.calls("while the renewal's connection is held"),
+    )
+    .await;
+    eventually("the new connection to be dialed", || relay.accepted() == 2).await;
+    assert_eq!(pair.server_handshakes("db-grpc").await.0, start);
+
+    relay.release();
+    let mut rpc = pair.rpc.clone();
+    let server = pair.server.admin_addr();
+    let mut waited = 0;
+    loop {
+        // Calls keep flowing while the new connection comes up.
+        rpc.unary(Msg { payload: vec![1] }).await.unwrap();
+        let (_, text) = http_get(server, "/metrics").await;
+        let completed = metric(
+            &text,
+            "mtlsd_handshakes_completed_total",
+            &[("listener", "db-grpc")],
+        );
+        if completed == Some(start + 1.0) && relay.open() == 1 {
+            break;
+        }
+        waited += 1;
+        assert!(
+            waited < 500,
+            "the renewal never moved the calls: {completed:?}, {} open",
+            relay.open()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // A trust change: the next call must not go over the connection made
+    // under the old trust; it waits for the new one.
+    relay.hold();
+    replace(&pair.client_bundle, &widened(&pair.pki));
+    Pair::reload(&pair.client, "client bundle widened").await;
+    let mut rpc = pair.rpc.clone();
+    let call = tokio::spawn(async move { rpc.unary(Msg { payload: vec![2] }).await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !call.is_finished(),
+        "a call after a trust change used the old connection"
+    );
+    relay.release();
+    within(
+        "the held call to finish",
+        std::time::Duration::from_secs(10),
+        call,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(pair.server_handshakes("db-grpc").await.0, start + 2.0);
 }
