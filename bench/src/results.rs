@@ -369,7 +369,7 @@ impl Figure {
             Figure::ReloadMax => m("reload_max", "max during reloads", "ms", false),
             Figure::ReloadHandshakes => m(
                 "reload_pair_handshakes",
-                "mTLS handshakes between the pair's grpc listeners during the reload run (a count: each one sat in front of a call)",
+                "mTLS handshakes between the pair's grpc listeners during the reload run (a count: renewals made them beside the pooled connection, no call waited for one)",
                 "count",
                 false,
             ),
