@@ -59,6 +59,9 @@ pub enum UpstreamError {
     NotH2,
     #[error("HTTP/2: {0}")]
     H2(#[source] h2::Error),
+    /// Another call's dial, which this call waited for, failed.
+    #[error("{0}")]
+    DialFailed(Arc<str>),
 }
 
 /// How a pool's connection is dialed.
@@ -93,6 +96,12 @@ struct Pool {
     /// Set once a warm-up dial ([`H2Upstream::warm`]) has finished, either
     /// way.
     warmed: AtomicBool,
+    /// Dial attempts finished, and why the last one failed: calls that
+    /// waited for a dial that failed share its answer instead of each
+    /// dialing again in turn (a black-holed upstream would otherwise cost
+    /// the last of N waiting calls N timeouts).
+    dials: AtomicU64,
+    last_failure: Mutex<Option<Arc<str>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -152,6 +161,8 @@ impl H2Upstream {
                 current: Mutex::new(None),
                 dialing: tokio::sync::Mutex::new(()),
                 warmed: AtomicBool::new(false),
+                dials: AtomicU64::new(0),
+                last_failure: Mutex::new(None),
             }),
         }
     }
@@ -266,11 +277,35 @@ impl H2Upstream {
     /// Callers box it: a TLS handshake's future is kilobytes, and the
     /// per-call future that holds it inline is moved on every call.
     async fn dial_shared(&self) -> Result<Live, UpstreamError> {
+        let seen = self.inner.dials.load(Ordering::Acquire);
         let _dialing = self.inner.dialing.lock().await;
         if let Some(live) = self.live() {
             return Ok(live);
         }
-        let live = self.dial().await?;
+        if self.inner.dials.load(Ordering::Acquire) != seen
+            && let Some(why) = self
+                .inner
+                .last_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        {
+            return Err(UpstreamError::DialFailed(why));
+        }
+        let dialed = self.dial().await;
+        *self
+            .inner
+            .last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = dialed.as_ref().err().map(|e| {
+            let mut cause: &dyn std::error::Error = e;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            Arc::from(format!("{e}: {cause}").as_str())
+        });
+        self.inner.dials.fetch_add(1, Ordering::Release);
+        let live = dialed?;
         *self.inner.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(live.clone());
         Ok(live)
     }

@@ -507,3 +507,34 @@ async fn a_renewal_is_made_before_the_old_connection_is_left_and_a_trust_change_
     .unwrap();
     assert_eq!(pair.server_handshakes("db-grpc").await.0, start + 2.0);
 }
+
+/// Calls that wait for the same dial share its failure: with the server
+/// side unreachable in a way that only the TLS handshake timeout ends (the
+/// relay accepts and forwards nothing), eight concurrent first calls all
+/// fail UNAVAILABLE on one dial, not one dial each after the other (eight
+/// timeouts); and once the server answers again, a call gets
+/// through on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_waiting_for_a_failed_dial_share_its_answer() {
+    let (pair, relay) = Pair::start_with_relay().await;
+    // The client side's handshake timeout is the default 10 s.
+    relay.hold();
+    let calls: Vec<_> = (0..8u8)
+        .map(|i| {
+            let mut rpc = pair.rpc.clone();
+            tokio::spawn(async move { rpc.unary(Msg { payload: vec![i] }).await })
+        })
+        .collect();
+    for call in calls {
+        // One dial at a time would take eight handshake timeouts (80 s).
+        let status = within("a call to fail", std::time::Duration::from_secs(30), call)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    }
+    assert_eq!(relay.accepted(), 1, "one dial for the eight calls");
+    relay.release();
+    let mut rpc = pair.rpc.clone();
+    rpc.unary(Msg { payload: vec![9] }).await.unwrap();
+}
