@@ -15,7 +15,8 @@
 #    MAX_EXPOSURE (2.0).
 # 3. A real run of mtlsd under strace stays inside the unit's sandbox:
 #    every system call made by `mtlsd check`, `mtlsd dev` (start-up, a
-#    mTLS round trip, a reload, SIGTERM drain) and `mtlsd reload` is allowed
+#    mTLS round trip, a reload, SIGTERM drain) and `mtlsd reload` (over TCP,
+#    and over the control socket as ExecReload= runs it) is allowed
 #    by the unit's SystemCallFilter= lines, every socket() family is listed
 #    in RestrictAddressFamilies=, and no mapping is writable and executable
 #    at once (MemoryDenyWriteExecute=). This stands in for running the
@@ -194,6 +195,15 @@ else
     reply="$(exec 3<>"/dev/tcp/127.0.0.1/$((port_base + 80))" && echo audit-ping >&3 && head -1 <&3)" || ok=0
     [ "$reply" = "audit-ping" ] || ok=0
     strace -f -qq -o "$trace.reload" "$bin" reload --admin "$admin" >/dev/null 2>&1 || ok=0
+    # ExecReload='s form: through the control socket mtlsd dev serves.
+    strace -f -qq -o "$trace.reload-socket" "$bin" reload --config "$state/mtlsd.toml" >/dev/null 2>&1 || ok=0
+    # It went through the socket: it dialled it, and never fell back to
+    # the admin port (strace may split a call across lines: "unfinished").
+    if ! grep -q "connect([0-9]*, {sa_family=AF_UNIX, sun_path=\"$state/admin.sock\"}" "$trace.reload-socket" ||
+        grep -q "sin_port=htons($((port_base + 90)))" "$trace.reload-socket"; then
+        echo "      mtlsd reload --config did not go through $state/admin.sock" >&2
+        ok=0
+    fi
     kill -TERM "$daemon_pid" 2>/dev/null || ok=0
     wait "$tracer_pid" || ok=0
     tracer_pid=""

@@ -205,7 +205,9 @@ fn description_extra(name: &str) -> Option<&'static [&'static str]> {
              the peer's roles in the role inventory. mtlsd never falls back to plaintext.",
             "mtlsd run is the daemon (under systemd: mtlsd.service). The other commands validate \
              configuration and material, show what certificate files hold, and query or reload \
-             a running daemon through its admin endpoint.",
+             a running daemon: on its control socket (admin.socket, /run/mtlsd/admin.sock under \
+             systemd; root and the mtlsd user only, no client certificate), else through its \
+             admin endpoint (admin.listen).",
         ],
         "run" => &[
             "Reads the configuration, validates it and every file it names exactly as mtlsd \
@@ -217,7 +219,9 @@ fn description_extra(name: &str) -> Option<&'static [&'static str]> {
         ],
         "reload" => &[
             "The unit's ExecReload=, so systemctl reload mtlsd fails when the daemon rejects \
-             the new files.",
+             the new files. It reaches the daemon on the control socket, which needs no client \
+             certificate: it works with the host key in a PKCS#11 token (ExecReload= gets no \
+             credentials, so no PIN) and when files on disk are refused.",
         ],
         "dev" => &["For development only: the dev CA is not for production."],
         "trust-fetch" => &[

@@ -6,6 +6,9 @@
 //! /metrics` (Prometheus text), `GET /status` (JSON: what `mtlsd status`
 //! shows), `POST /reload` (JSON outcome; 200 when applied or unchanged,
 //! 422 when rejected).
+//!
+//! The same routes are served on the local control socket (`admin.socket`,
+//! [`crate::control_socket`]): no TLS there, the kernel says who connects.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -32,6 +35,24 @@ pub struct AdminState {
     pub tls: bool,
 }
 
+/// Who is on the other end of an admin connection.
+#[derive(Debug, Clone, Copy)]
+pub enum Peer {
+    /// The TCP endpoint (`admin.listen`).
+    Tcp(std::net::SocketAddr),
+    /// The control socket, from a process of an authorized uid.
+    Local { uid: u32 },
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(addr) => addr.fmt(f),
+            Self::Local { uid } => write!(f, "control socket (uid {uid})"),
+        }
+    }
+}
+
 /// How long an admin client may take to finish its TLS handshake.
 const ADMIN_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -54,10 +75,10 @@ pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationT
             let serve = async {
                 if state.tls {
                     if let Some(tls) = accept_tls(&state, stream, peer).await {
-                        serve_http(state.clone(), tls, peer).await;
+                        serve_http(state.clone(), tls, Peer::Tcp(peer)).await;
                     }
                 } else {
-                    serve_http(state.clone(), stream, peer).await;
+                    serve_http(state.clone(), stream, Peer::Tcp(peer)).await;
                 }
             };
             tokio::select! {
@@ -68,7 +89,8 @@ pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationT
     }
 }
 
-async fn serve_http<I>(state: AdminState, io: I, peer: std::net::SocketAddr)
+/// Serves the admin routes on one connection, TLS already done (or none).
+pub(crate) async fn serve_http<I>(state: AdminState, io: I, peer: Peer)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -126,11 +148,15 @@ type Reply = Response<Full<Bytes>>;
 async fn handle(
     state: AdminState,
     request: Request<Incoming>,
-    peer: std::net::SocketAddr,
+    peer: Peer,
 ) -> Result<Reply, Infallible> {
+    let remote_without_tls = match peer {
+        Peer::Tcp(addr) => !state.tls && !addr.ip().is_loopback(),
+        Peer::Local { .. } => false,
+    };
     Ok(match (request.method(), request.uri().path()) {
         // Without mTLS, only this host may change what runs.
-        (&Method::POST, "/reload") if !state.tls && !peer.ip().is_loopback() => {
+        (&Method::POST, "/reload") if remote_without_tls => {
             tracing::warn!(%peer, "admin reload refused: not from loopback and admin TLS is off");
             text(
                 StatusCode::FORBIDDEN,
@@ -236,7 +262,7 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Reply {
     }
 }
 
-fn text(status: StatusCode, body: &str) -> Reply {
+pub(crate) fn text(status: StatusCode, body: &str) -> Reply {
     let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
     *response.status_mut() = status;
     response.headers_mut().insert(

@@ -23,6 +23,7 @@ use crate::admin;
 use crate::bootstrap::{Bootstrap, BootstrapMetrics};
 use crate::config::Config;
 use crate::connections::ConnectionRegistry;
+use crate::control_socket::{ControlSocket, ControlSocketMetrics};
 use crate::listener::{self, ListenerStats};
 use crate::metrics::RequestMetrics;
 use crate::reloading::{AuditLog, ReloadMetrics, ReloadOutcome, ReloadRequest, Reloader, Trigger};
@@ -48,6 +49,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    AdminSocket(#[from] crate::control_socket::SocketError),
     #[error("bootstrap endpoint: cannot listen on {addr}")]
     BootstrapBind {
         addr: SocketAddr,
@@ -83,6 +86,7 @@ pub struct DrainOutcome {
 pub struct Running {
     state: Arc<DaemonState>,
     admin_addr: SocketAddr,
+    admin_socket: Option<std::path::PathBuf>,
     bootstrap_addr: Option<SocketAddr>,
     reloads: mpsc::Sender<ReloadRequest>,
     stop_tasks: CancellationToken,
@@ -127,6 +131,10 @@ impl Running {
                 addr: config.admin_listen,
                 source,
             })?;
+        let control_socket = match &config.admin_socket {
+            Some(path) => Some(ControlSocket::bind(path)?),
+            None => None,
+        };
         let bootstrap_socket = match &config.bootstrap {
             Some(bootstrap) => Some(TcpListener::bind(bootstrap.listen).await.map_err(
                 |source| StartError::BootstrapBind {
@@ -154,6 +162,7 @@ impl Running {
         let request_metrics = Arc::new(RequestMetrics::register(&metrics)?);
         let connections = ConnectionRegistry::new(&metrics)?;
         let bootstrap_metrics = BootstrapMetrics::register(&metrics)?;
+        let control_metrics = ControlSocketMetrics::register(&metrics)?;
         let state = Arc::new(DaemonState::new(
             store,
             connections,
@@ -189,15 +198,23 @@ impl Running {
 
         let admin_addr = admin_socket.local_addr().unwrap_or(config.admin_listen);
         tracing::info!(addr = %admin_addr, tls = config.admin_tls.is_some(), "admin endpoint listening");
-        tasks.spawn(admin::serve(
-            admin_socket,
-            admin::AdminState {
-                daemon: state.clone(),
-                reloads: reloads.clone(),
-                tls: config.admin_tls.is_some(),
-            },
-            stop_tasks.clone(),
-        ));
+        let admin_state = admin::AdminState {
+            daemon: state.clone(),
+            reloads: reloads.clone(),
+            tls: config.admin_tls.is_some(),
+        };
+        let admin_socket_path = control_socket.as_ref().map(|s| s.path().to_owned());
+        if let Some(socket) = control_socket {
+            tracing::info!(path = %socket.path().display(), mode = "0660",
+                "admin socket listening (root and mtlsd's own user)");
+            tasks.spawn(crate::control_socket::serve(
+                socket,
+                admin_state.clone(),
+                control_metrics,
+                stop_tasks.clone(),
+            ));
+        }
+        tasks.spawn(admin::serve(admin_socket, admin_state, stop_tasks.clone()));
 
         let mut bootstrap_addr = None;
         if let (Some(socket), Some(bootstrap)) = (bootstrap_socket, &config.bootstrap) {
@@ -218,6 +235,7 @@ impl Running {
         Ok(Self {
             state,
             admin_addr,
+            admin_socket: admin_socket_path,
             bootstrap_addr,
             reloads,
             stop_tasks,
@@ -232,6 +250,11 @@ impl Running {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The control socket's path, when `admin.socket` is on.
+    pub fn admin_socket(&self) -> Option<&std::path::Path> {
+        self.admin_socket.as_deref()
     }
 
     /// Where the bootstrap endpoint listens, when `[bootstrap]` is on.

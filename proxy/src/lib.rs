@@ -20,6 +20,7 @@ pub mod bootstrap;
 pub mod commands;
 pub mod config;
 pub mod connections;
+pub mod control_socket;
 pub mod counting;
 pub mod daemon;
 pub mod error_chain;

@@ -177,12 +177,23 @@ roles = ["echo-client"]
 
 fn config_text(dir: &Path, ports: &Ports) -> String {
     let d = dir.display();
+    let sock = dir.join(crate::config::ADMIN_SOCKET_NAME);
+    // A state directory too deep for a unix socket address: TCP only.
+    let socket = if sock.as_os_str().len() <= crate::config::MAX_SOCKET_PATH {
+        format!(
+            "# The local control socket `mtlsd status --config` uses.\nsocket = \"{}\"",
+            sock.display()
+        )
+    } else {
+        "# No control socket: the state directory's path is too long for one.".to_owned()
+    };
     format!(
         r#"# Written by `mtlsd dev`; regenerated on every run.
 state_dir = "{d}"
 
 [admin]
 listen = "127.0.0.1:{admin}"
+{socket}
 
 [inventory]
 path = "{d}/inventory.toml"
@@ -273,7 +284,7 @@ fn banner(exe: &str, dir: &Path, ports: &Ports, files: &DevFiles) -> String {
     let _ = writeln!(
         text,
         "  # what the daemon serves, the peers it has seen, and its metrics:\n  \
-         {exe} status --admin {admin}\n  \
+         {exe} status --config {config}\n  \
          curl -s http://{admin}/metrics"
     );
     let _ = writeln!(text, "\nCtrl-C drains and stops.");

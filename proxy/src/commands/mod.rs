@@ -76,10 +76,12 @@ pub enum Command {
     /// last reload, listeners and their counters, peers seen. Exit 3 when
     /// no daemon answers.
     Status {
-        /// Admin address of the daemon (default: admin.listen from the config).
+        /// TCP admin address of the daemon; skips the control socket
+        /// (default: admin.socket, then admin.listen from the config).
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
-        /// Configuration file, read only to find the admin address.
+        /// Configuration file, read only to find the daemon (control socket
+        /// and admin address).
         #[arg(long, short, env = "MTLSD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// Print the JSON the daemon sends instead of tables.
@@ -114,10 +116,12 @@ pub enum Command {
     /// 3 when no daemon answers, 4 when a changed setting needs a restart
     /// (the rest was applied). Used by systemd's ExecReload.
     Reload {
-        /// Admin address of the daemon (default: admin.listen from the config).
+        /// TCP admin address of the daemon; skips the control socket
+        /// (default: admin.socket, then admin.listen from the config).
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
-        /// Configuration file, read only to find the admin address.
+        /// Configuration file, read only to find the daemon (control socket
+        /// and admin address).
         #[arg(long, short, env = "MTLSD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
@@ -184,10 +188,12 @@ pub enum RotationCommand {
         /// Print the daemon's JSON answer instead of text.
         #[arg(long)]
         json: bool,
-        /// Admin address of the daemon (default: admin.listen from the config).
+        /// TCP admin address of the daemon; skips the control socket
+        /// (default: admin.socket, then admin.listen from the config).
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
-        /// Configuration file, read only to find the admin address.
+        /// Configuration file, read only to find the daemon (control socket
+        /// and admin address).
         #[arg(long, short, env = "MTLSD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },

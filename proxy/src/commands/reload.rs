@@ -16,9 +16,8 @@ const NOT_RUNNING: u8 = 3;
 const RESTART_REQUIRED: u8 = 4;
 
 pub(super) async fn reload(admin: Option<SocketAddr>, config: &Path) -> anyhow::Result<ExitCode> {
-    let target = admin_client::resolve(admin, config)?;
-    let addr = target.addr;
-    let (status, body) = match admin_client::call(&target, Method::POST, "/reload").await {
+    let target = admin_client::resolve(admin, config);
+    let reply = match admin_client::call(&target, Method::POST, "/reload").await {
         Ok(reply) => reply,
         Err(e @ AdminError::Unreachable { .. }) => {
             out::report(Level::Error, "reload", &e.to_string(), &[]);
@@ -26,8 +25,13 @@ pub(super) async fn reload(admin: Option<SocketAddr>, config: &Path) -> anyhow::
         }
         Err(e) => return Err(e.into()),
     };
-    let outcome: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| anyhow::anyhow!("unexpected answer from {addr} ({status}): {e}"))?;
+    let (status, via) = (reply.status, &reply.via);
+    let outcome: serde_json::Value = serde_json::from_slice(&reply.body).map_err(|e| {
+        anyhow::anyhow!(
+            "unexpected answer from {via} ({status}): {e}: {}",
+            String::from_utf8_lossy(&reply.body).trim_end()
+        )
+    })?;
     let result = outcome["result"].as_str().unwrap_or("unknown");
     let generation = outcome["generation"].as_u64().unwrap_or(0);
     match status {

@@ -41,21 +41,20 @@ pub(super) async fn check(
             question.ca
         );
     };
-    let target = admin_client::resolve(admin, config)?;
+    let target = admin_client::resolve(admin, config);
     let mut path = format!("/rotation?phase={}&ca={ca}", question.phase);
     if let Some(domain) = question.trust_domain {
         path.push_str("&trust_domain=");
         path.push_str(domain);
     }
-    let (code, body) = match admin_client::call(&target, Method::GET, &path).await {
-        Ok(reply) => reply,
+    let (code, body, addr) = match admin_client::call(&target, Method::GET, &path).await {
+        Ok(reply) => (reply.status, reply.body, reply.via),
         Err(e @ AdminError::Unreachable { .. }) => {
             out::report(Level::Error, "rotation", &e.to_string(), &[]);
             return Ok(ExitCode::from(NOT_RUNNING));
         }
         Err(e) => return Err(e.into()),
     };
-    let addr = target.addr;
     if code != StatusCode::OK {
         anyhow::bail!(
             "{addr} answered {code}: {}",

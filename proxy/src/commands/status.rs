@@ -23,10 +23,9 @@ pub(super) async fn status(
     config: &Path,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let target = admin_client::resolve(admin, config)?;
-    let addr = target.addr;
-    let (code, body) = match admin_client::call(&target, Method::GET, "/status").await {
-        Ok(reply) => reply,
+    let target = admin_client::resolve(admin, config);
+    let (code, body, addr) = match admin_client::call(&target, Method::GET, "/status").await {
+        Ok(reply) => (reply.status, reply.body, reply.via),
         Err(e @ AdminError::Unreachable { .. }) => {
             out::report(Level::Error, "status", &e.to_string(), &[]);
             return Ok(ExitCode::from(NOT_RUNNING));

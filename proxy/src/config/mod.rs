@@ -37,6 +37,16 @@ use rustls_pki_types::ServerName;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/mtlsd/mtlsd.toml";
 /// Where the admin endpoint listens unless `admin.listen` says otherwise.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9650";
+/// The control socket's name in `$RUNTIME_DIRECTORY` (systemd's
+/// `RuntimeDirectory=mtlsd`: `/run/mtlsd/admin.sock`), its default.
+pub const ADMIN_SOCKET_NAME: &str = "admin.sock";
+/// Where the packaged unit's control socket is: what the CLI tries for
+/// the unit's own config file when neither `admin.socket` nor
+/// `$RUNTIME_DIRECTORY` says (an operator's shell).
+pub const UNIT_ADMIN_SOCKET: &str = "/run/mtlsd/admin.sock";
+/// The longest path a unix socket address holds (`sun_path` is 108
+/// bytes with its terminating NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
 /// Environment variables with this prefix override config keys.
 pub const ENV_PREFIX: &str = "MTLSD_";
 /// Environment variables the CLI itself reads; they are not config keys.
@@ -54,6 +64,10 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// mTLS on the admin endpoint; `None` serves plain HTTP (loopback).
     pub admin_tls: Option<AdminTls>,
+    /// `admin.socket`: the local control socket serving the admin API
+    /// without TLS to uid 0 and the daemon's own uid (the CLI prefers it).
+    /// Default `$RUNTIME_DIRECTORY/admin.sock` when that is set; else off.
+    pub admin_socket: Option<PathBuf>,
     pub allow_tls12: bool,
     pub drain_timeout: Duration,
     /// `runtime.worker_threads`: threads that run connections. One by
@@ -651,15 +665,20 @@ impl Config {
         let mut effective = next;
         let mut refused = Vec::new();
         let restart = "cannot change while running; restart mtlsd to apply it";
-        if effective.admin_listen != self.admin_listen || effective.admin_tls != self.admin_tls {
+        if effective.admin_listen != self.admin_listen
+            || effective.admin_tls != self.admin_tls
+            || effective.admin_socket != self.admin_socket
+        {
             refused.push((
                 Section::Admin,
                 format!(
-                    "admin.listen, admin.tls, admin.trust_domain, admin.allow_roles: {restart}"
+                    "admin.listen, admin.socket, admin.tls, admin.trust_domain, \
+                     admin.allow_roles: {restart}"
                 ),
             ));
             effective.admin_listen = self.admin_listen;
             effective.admin_tls = self.admin_tls.clone();
+            effective.admin_socket = self.admin_socket.clone();
         }
         if effective.worker_threads != self.worker_threads {
             refused.push((
@@ -719,7 +738,10 @@ impl Config {
             sections.insert(Section::TrustDomain(name.clone()), fp(domain));
         }
         sections.insert(Section::Inventory, fp(&self.inventory));
-        sections.insert(Section::Admin, fp(&(self.admin_listen, &self.admin_tls)));
+        sections.insert(
+            Section::Admin,
+            fp(&(self.admin_listen, &self.admin_tls, &self.admin_socket)),
+        );
         sections.insert(Section::Tls, fp(&self.allow_tls12));
         sections.insert(Section::Shutdown, fp(&self.drain_timeout));
         let mut reload = self.reload.clone();

@@ -79,6 +79,7 @@ pub(crate) struct RawInventory {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawAdmin {
     pub(crate) listen: Option<String>,
+    pub(crate) socket: Option<String>,
     pub(crate) tls: Option<bool>,
     pub(crate) trust_domain: Option<String>,
     pub(crate) allow_roles: Option<Vec<String>>,

@@ -18,7 +18,7 @@ use super::{
     ServerVerification, Side, Timeouts, TokenKeySpec, TrustDomainConfig, Upstream,
 };
 
-use super::DEFAULT_ADMIN_LISTEN;
+use super::{ADMIN_SOCKET_NAME, DEFAULT_ADMIN_LISTEN, MAX_SOCKET_PATH};
 const DEFAULT_STATE_DIR: &str = "/var/lib/mtlsd";
 const DEFAULT_TRUST_DOMAIN: &str = "mesh";
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,6 +43,8 @@ pub(super) fn parse(
     text: &str,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
+    let env: Vec<(String, String)> = env.into_iter().collect();
+    let runtime_dir = runtime_directory(&env);
     let overrides: config::Map<String, String> = env
         .into_iter()
         .filter(|(name, _)| name.starts_with(ENV_PREFIX) && !CLI_ENV_VARS.contains(&name.as_str()))
@@ -70,6 +72,7 @@ pub(super) fn parse(
             .keys()
             .map(|var| (env_key(var), var.clone()))
             .collect(),
+        runtime_dir,
     };
     let mut unknown = Vec::new();
     let raw: RawConfig =
@@ -105,6 +108,16 @@ pub(super) fn parse(
             problems: v.problems,
         }),
     }
+}
+
+/// `$RUNTIME_DIRECTORY` (systemd's `RuntimeDirectory=`; the first one
+/// when the unit names several, colon-separated), if set to an absolute
+/// path.
+fn runtime_directory(env: &[(String, String)]) -> Option<PathBuf> {
+    let (_, value) = env.iter().find(|(name, _)| name == "RUNTIME_DIRECTORY")?;
+    let first = value.split(':').next()?;
+    let path = Path::new(first);
+    path.is_absolute().then(|| path.to_owned())
 }
 
 /// The key and the complaint of a type error (`max_connections = "x"`),
@@ -193,6 +206,8 @@ struct Validator {
     problems: Vec<ConfigProblem>,
     base_dir: PathBuf,
     env_keys: HashMap<String, String>,
+    /// `$RUNTIME_DIRECTORY`: where `admin.socket` defaults to.
+    runtime_dir: Option<PathBuf>,
 }
 
 impl Validator {
@@ -282,7 +297,9 @@ impl Validator {
             identity_domain: &identity_domain,
             has_inventory: inventory.is_some(),
         };
-        let (admin_listen, admin_tls) = self.admin(raw.admin.unwrap_or_default(), &scope);
+        let mut raw_admin = raw.admin.unwrap_or_default();
+        let admin_socket = self.admin_socket(raw_admin.socket.take());
+        let (admin_listen, admin_tls) = self.admin(raw_admin, &scope);
         let allow_tls12 = self.allow_tls12(raw.tls.and_then(|t| t.min_version).as_deref());
         let drain_timeout = self.duration(
             "shutdown.drain_timeout",
@@ -336,6 +353,7 @@ impl Validator {
             inventory,
             admin_listen: admin_listen?,
             admin_tls,
+            admin_socket,
             allow_tls12,
             drain_timeout,
             worker_threads,
@@ -532,6 +550,42 @@ impl Validator {
             max_connections,
             domains,
         })
+    }
+
+    /// `admin.socket`: the control socket's path (relative to the config
+    /// file's directory), default `$RUNTIME_DIRECTORY/admin.sock`, else off.
+    fn admin_socket(&mut self, raw: Option<String>) -> Option<PathBuf> {
+        const KEY: &str = "admin.socket";
+        let path = match raw {
+            None => self.runtime_dir.as_ref()?.join(ADMIN_SOCKET_NAME),
+            Some(text) if text.trim().is_empty() => {
+                self.problem(KEY, "must not be empty".to_owned());
+                return None;
+            }
+            Some(text) => self.base_dir.join(text),
+        };
+        let len = path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            self.problem(
+                KEY,
+                format!(
+                    "{} is {len} bytes long; a unix socket path holds at most {MAX_SOCKET_PATH}",
+                    path.display()
+                ),
+            );
+            return None;
+        }
+        if path.file_name().is_none() || path.as_os_str().to_string_lossy().ends_with('/') {
+            self.problem(
+                KEY,
+                format!(
+                    "{} names no file (the socket's own name is missing)",
+                    path.display()
+                ),
+            );
+            return None;
+        }
+        Some(path)
     }
 
     /// `[admin]`: where the endpoint listens and, with `tls = true`, who
@@ -1643,6 +1697,80 @@ mod tests {
     }
 
     #[test]
+    fn admin_socket_defaults_to_the_runtime_directory_else_off() {
+        // Outside systemd's RuntimeDirectory=: no socket unless configured.
+        assert_eq!(parse_str(GOOD, &[]).unwrap().admin_socket, None);
+        let config = parse_str(GOOD, &[("RUNTIME_DIRECTORY", "/run/mtlsd")]).unwrap();
+        assert_eq!(
+            config.admin_socket.as_deref(),
+            Some(Path::new("/run/mtlsd/admin.sock"))
+        );
+        // Several runtime directories: the first; a relative one is ignored.
+        let config = parse_str(GOOD, &[("RUNTIME_DIRECTORY", "/run/a:/run/b")]).unwrap();
+        assert_eq!(
+            config.admin_socket.as_deref(),
+            Some(Path::new("/run/a/admin.sock"))
+        );
+        assert_eq!(
+            parse_str(GOOD, &[("RUNTIME_DIRECTORY", "run/x")])
+                .unwrap()
+                .admin_socket,
+            None
+        );
+        // Configured: wins over the default; relative to the config file.
+        let text = format!("{GOOD}\n[admin]\nsocket = \"/srv/m/ctl.sock\"\n");
+        let config = parse_str(&text, &[("RUNTIME_DIRECTORY", "/run/mtlsd")]).unwrap();
+        assert_eq!(
+            config.admin_socket.as_deref(),
+            Some(Path::new("/srv/m/ctl.sock"))
+        );
+        let text = format!("{GOOD}\n[admin]\nsocket = \"ctl.sock\"\n");
+        assert_eq!(
+            parse_str(&text, &[]).unwrap().admin_socket.as_deref(),
+            Some(Path::new("/etc/mtlsd/ctl.sock"))
+        );
+        // And from the environment, like every key.
+        let config = parse_str(GOOD, &[("MTLSD_ADMIN__SOCKET", "/run/x.sock")]).unwrap();
+        assert_eq!(
+            config.admin_socket.as_deref(),
+            Some(Path::new("/run/x.sock"))
+        );
+    }
+
+    #[test]
+    fn a_bad_admin_socket_is_named() {
+        for (value, says) in [
+            ("\"\"", "must not be empty"),
+            ("\"/run/mtlsd/\"", "names no file"),
+            (&format!("\"/{}\"", "s".repeat(120)), "at most 107"),
+            ("[\"/a\"]", "invalid type"),
+        ] {
+            let found = problems(&format!("{GOOD}\n[admin]\nsocket = {value}\n"), &[]);
+            assert_eq!(keys(&found), ["admin.socket"], "{value}: {found:?}");
+            assert!(found[0].message.contains(says), "{value}: {found:?}");
+        }
+        // A too long default (RUNTIME_DIRECTORY) is named by its key too.
+        let long = format!("/{}", "r".repeat(110));
+        let found = problems(GOOD, &[("RUNTIME_DIRECTORY", &long)]);
+        assert_eq!(keys(&found), ["admin.socket"], "{found:?}");
+        // Unknown keys next to it are still refused.
+        let found = problems(&format!("{GOOD}\n[admin]\nsockett = \"/x\"\n"), &[]);
+        assert_eq!(keys(&found), ["admin.sockett"], "{found:?}");
+    }
+
+    #[test]
+    fn a_changed_admin_socket_needs_a_restart() {
+        let old = parse_str(GOOD, &[]).unwrap();
+        let text = format!("{GOOD}\n[admin]\nsocket = \"/run/m.sock\"\n");
+        let next = parse_str(&text, &[]).unwrap();
+        assert_ne!(old.sections(), next.sections());
+        let (effective, refused) = old.apply_live(next);
+        assert_eq!(effective.admin_socket, None, "kept what runs");
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(refused[0].1.contains("admin.socket"), "{refused:?}");
+    }
+
+    #[test]
     fn environment_overrides_nested_keys_and_is_named_in_problems() {
         let config = parse_str(
             GOOD,
@@ -1895,6 +2023,7 @@ mod tests {
             problems: Vec::new(),
             base_dir: PathBuf::from("/etc/mtlsd"),
             env_keys: HashMap::new(),
+            runtime_dir: None,
         };
         assert_eq!(
             v.upstream("k", "[::1]:80"),

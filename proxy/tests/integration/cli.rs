@@ -660,7 +660,7 @@ async fn dev_mode_runs_a_working_pair() {
     for verb in [
         " inspect ",
         " check ",
-        " status --admin ",
+        " status --config ",
         "/metrics",
         "/dev/tcp/",
     ] {
@@ -692,7 +692,7 @@ async fn dev_mode_runs_a_working_pair() {
         );
         // After the round trips above, status shows the dev host as a peer
         // with its inventory roles.
-        if hint.contains(" status --admin ") {
+        if hint.contains(" status --config ") {
             assert!(
                 stdout
                     .lines()

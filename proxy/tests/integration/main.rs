@@ -5,6 +5,7 @@
 
 mod bootstrap;
 mod cli;
+mod control_socket;
 mod crl;
 mod grpc;
 mod h2_limits;

@@ -21,7 +21,27 @@ pub struct MtlsdProcess {
 /// Runs `mtlsd ARGS` to completion with a time limit; returns the exit
 /// status, stdout and stderr.
 pub fn run_to_end(args: &[&str], limit: Duration) -> (ExitStatus, String, String) {
-    let mut process = MtlsdProcess::spawn(args, &[]);
+    finish(MtlsdProcess::spawn(args, &[]), limit)
+}
+
+/// [`run_to_end`] as `uid` (see [`MtlsdProcess::spawn_as`]; `None`: as
+/// this process) with `env` added.
+pub fn run_as_to_end(
+    uid: Option<u32>,
+    args: &[&str],
+    env: &[(&str, &Path)],
+    limit: Duration,
+) -> (ExitStatus, String, String) {
+    finish(
+        match uid {
+            Some(uid) => MtlsdProcess::spawn_as(uid, args, env),
+            None => MtlsdProcess::spawn(args, env),
+        },
+        limit,
+    )
+}
+
+fn finish(mut process: MtlsdProcess, limit: Duration) -> (ExitStatus, String, String) {
     let status = process.wait_exit(limit);
     process.drain();
     (
@@ -33,11 +53,28 @@ pub fn run_to_end(args: &[&str], limit: Duration) -> (ExitStatus, String, String
 
 impl MtlsdProcess {
     pub fn spawn(args: &[&str], env: &[(&str, &Path)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_mtlsd"));
+        Self::spawn_command(Command::new(env!("CARGO_BIN_EXE_mtlsd")), args, env)
+    }
+
+    /// Like [`Self::spawn`], as user and group `uid` without supplementary
+    /// groups (`setpriv`, which execs mtlsd: the pid is mtlsd's).
+    pub fn spawn_as(uid: u32, args: &[&str], env: &[(&str, &Path)]) -> Self {
+        let mut command = Command::new("setpriv");
+        command
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .arg("--clear-groups")
+            .arg(env!("CARGO_BIN_EXE_mtlsd"));
+        Self::spawn_command(command, args, env)
+    }
+
+    fn spawn_command(mut command: Command, args: &[&str], env: &[(&str, &Path)]) -> Self {
         command
             .args(["--log-format", "json"])
             .args(args)
             .env_remove("NOTIFY_SOCKET")
+            // A control socket only where a test configures one.
+            .env_remove("RUNTIME_DIRECTORY")
             .env("MTLSD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
