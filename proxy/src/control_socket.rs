@@ -99,6 +99,25 @@ impl ControlSocketMetrics {
     }
 }
 
+/// Whether something listens on the socket at `path`: `Ok` when it does,
+/// `ConnectionRefused` when it is a dead daemon's. Non-blocking, so a
+/// wedged daemon whose backlog is full counts as listening instead of
+/// holding this start-up in `connect`.
+fn probe(path: &Path) -> std::io::Result<()> {
+    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    match socket.connect(&socket2::SockAddr::unix(path)?) {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e.kind() == ErrorKind::WouldBlock
+                || e.raw_os_error() == Some(nix::errno::Errno::EINPROGRESS as i32) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// A bound control socket. Dropping it removes the file if it is still
 /// the one bound here (a successor's socket at the same path stays).
 #[derive(Debug)]
@@ -120,8 +139,8 @@ impl ControlSocket {
             Ok(meta) if !meta.file_type().is_socket() => {
                 return Err(SocketError::NotASocket { path: at() });
             }
-            Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
-                Ok(_) => return Err(SocketError::InUse { path: at() }),
+            Ok(_) => match probe(path) {
+                Ok(()) => return Err(SocketError::InUse { path: at() }),
                 Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
                     tracing::info!(path = %path.display(),
                         "admin socket: removing the stale socket of a daemon that is gone");
