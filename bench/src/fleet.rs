@@ -23,10 +23,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use mtlsd_devca::{CertificateAuthority, LeafSpec};
 use rustls::ClientConfig;
-use rustls_pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 use crate::procfs;
 use crate::support::{self, Daemon};
@@ -293,7 +289,7 @@ async fn measure(
     let client = fleet.peer(3)?; // h3 holds "api"
     let cpu_before = procfs::cpu_seconds(&pid);
     for _ in 0..params.handshakes {
-        handshake(addr, &client).await?;
+        support::admitted_handshake(addr, &client).await?;
     }
     let cpu_per_handshake_us =
         (procfs::cpu_seconds(&pid) - cpu_before) / params.handshakes.max(1) as f64 * 1e6;
@@ -355,7 +351,7 @@ async fn series_after_peers(
 ) -> anyhow::Result<usize> {
     for n in 0..peers {
         // Hosts 3, 7, 11, … hold "api", which the listener allows.
-        handshake(addr, &fleet.peer(3 + 4 * n)?).await?;
+        support::admitted_handshake(addr, &fleet.peer(3 + 4 * n)?).await?;
     }
     let (status, body) = support::http(admin, "GET", "/metrics").await?;
     if status != 200 {
@@ -365,18 +361,6 @@ async fn series_after_peers(
         .lines()
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .count())
-}
-
-async fn handshake(addr: SocketAddr, client: &Arc<ClientConfig>) -> anyhow::Result<()> {
-    let tcp = TcpStream::connect(addr).await?;
-    let mut tls = TlsConnector::from(client.clone())
-        .connect(ServerName::try_from("localhost")?, tcp)
-        .await?;
-    // One round trip through the echo upstream: the peer was admitted.
-    tls.write_all(b"x").await?;
-    let mut byte = [0u8; 1];
-    tls.read_exact(&mut byte).await?;
-    Ok(())
 }
 
 /// The table of `report` as Markdown, for the results file.

@@ -238,3 +238,20 @@ pub(crate) async fn grpc_handshakes(admin: SocketAddr, listener: &str) -> Option
         .find_map(|line| line.strip_prefix(series.as_str()))
         .and_then(|value| value.trim().parse().ok())
 }
+
+/// One full mTLS handshake with `client` to `addr` (named `localhost`) and
+/// a byte round trip through the echo upstream behind it: the peer was
+/// admitted, not only shaken hands with.
+pub(crate) async fn admitted_handshake(
+    addr: SocketAddr,
+    client: &Arc<ClientConfig>,
+) -> anyhow::Result<()> {
+    let tcp = TcpStream::connect(addr).await?;
+    let mut tls = TlsConnector::from(client.clone())
+        .connect(ServerName::try_from("localhost")?, tcp)
+        .await?;
+    tls.write_all(b"x").await?;
+    let mut byte = [0u8; 1];
+    tls.read_exact(&mut byte).await?;
+    Ok(())
+}

@@ -27,10 +27,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use mtlsd_devca::CertificateAuthority;
 use rustls::ClientConfig;
-use rustls_pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 use crate::procfs;
 use crate::support::{self, Daemon};
@@ -257,7 +253,7 @@ impl Bench {
         let pid = [daemon.pid().as_raw()];
         // Warm-up: connections, the token's first signatures.
         for _ in 0..params.concurrency {
-            handshake(addr, &self.client).await?;
+            support::admitted_handshake(addr, &self.client).await?;
         }
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
@@ -268,7 +264,7 @@ impl Bench {
             let (stop, done, client) = (stop.clone(), done.clone(), self.client.clone());
             tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    handshake(addr, &client).await?;
+                    support::admitted_handshake(addr, &client).await?;
                     done.fetch_add(1, Ordering::Relaxed);
                 }
                 anyhow::Ok(())
@@ -305,19 +301,6 @@ impl Bench {
             "daemon_cpu_cores": (cpu / elapsed * 100.0).round() / 100.0,
         }))
     }
-}
-
-/// One full mTLS handshake and a byte through the echo upstream, so the
-/// server admitted the client before it counts.
-async fn handshake(addr: SocketAddr, client: &Arc<ClientConfig>) -> anyhow::Result<()> {
-    let tcp = TcpStream::connect(addr).await?;
-    let mut tls = TlsConnector::from(client.clone())
-        .connect(ServerName::try_from("localhost")?, tcp)
-        .await?;
-    tls.write_all(b"x").await?;
-    let mut byte = [0u8; 1];
-    tls.read_exact(&mut byte).await?;
-    Ok(())
 }
 
 /// The report as Markdown, for the results file.

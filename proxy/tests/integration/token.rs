@@ -242,14 +242,7 @@ async fn a_token_key_does_mtls_both_ways() {
     let config = pki.write("client/mtlsd.toml", &toml, 0o600);
     let mut client_daemon = spawn(&config, &client.token);
     let entry = client_daemon.listener_addr("out").await;
-    for i in 0..5 {
-        let mut plain = TcpStream::connect(entry).await.unwrap();
-        let msg = format!("both ways {i}");
-        assert_eq!(
-            round_trip(&mut plain, msg.as_bytes()).await.unwrap(),
-            msg.as_bytes()
-        );
-    }
+    five_round_trips(entry).await;
     // The server admitted the client daemon's five handshakes (and the
     // direct one), none failing on its own key.
     let admin = server_daemon.admin_addr().await;
@@ -843,14 +836,7 @@ async fn two_token_sessions_sign_concurrent_handshakes_both_ways() {
     let config = pki.write("client/mtlsd.toml", &toml, 0o600);
     let mut client_daemon = spawn(&config, &client.token);
     let entry = client_daemon.listener_addr("out").await;
-    for i in 0..5 {
-        let mut plain = TcpStream::connect(entry).await.unwrap();
-        let msg = format!("both ways {i}");
-        assert_eq!(
-            round_trip(&mut plain, msg.as_bytes()).await.unwrap(),
-            msg.as_bytes()
-        );
-    }
+    five_round_trips(entry).await;
     let client_admin = client_daemon.admin_addr().await;
     assert_eq!(
         status_json(client_admin).await["identity_token"]["sessions_open"],
@@ -968,4 +954,17 @@ fn the_guides_csr_command_makes_a_request_signed_by_the_token_key() {
     let (ok, text) = check(&config, &host.token);
     assert!(ok, "{text}");
     assert!(text.contains("db1.cluster.example"), "{text}");
+}
+
+/// Five plaintext round trips through a client daemon's outbound listener
+/// at `entry`, each over a new mTLS connection to the server.
+async fn five_round_trips(entry: std::net::SocketAddr) {
+    for i in 0..5 {
+        let mut plain = TcpStream::connect(entry).await.unwrap();
+        let msg = format!("both ways {i}");
+        assert_eq!(
+            round_trip(&mut plain, msg.as_bytes()).await.unwrap(),
+            msg.as_bytes()
+        );
+    }
 }
