@@ -22,6 +22,16 @@ impl fmt::Display for WithCauses<'_> {
     }
 }
 
+/// The innermost cause of `error` (`error` itself when it has none): what
+/// a one-line answer to a peer shows.
+pub fn root_cause<'a>(error: &'a (dyn Error + 'static)) -> &'a (dyn Error + 'static) {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,5 +46,7 @@ mod tests {
         assert_eq!(WithCauses(&error).to_string(), "cannot start: disk on fire");
         let alone = std::io::Error::other("alone");
         assert_eq!(WithCauses(&alone).to_string(), "alone");
+        assert_eq!(root_cause(&error).to_string(), "disk on fire");
+        assert_eq!(root_cause(&alone).to_string(), "alone");
     }
 }

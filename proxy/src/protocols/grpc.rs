@@ -32,6 +32,7 @@ use super::grpc_wire::{grpc_timeout, split_path};
 use super::h2_serve::{H2Connection, RequestBody};
 use super::identity_headers::{self, ConnectionIdentity};
 use crate::config::{ListenerConfig, Outbound};
+use crate::error_chain::{WithCauses, root_cause};
 use crate::listener_context::ListenerContext;
 use crate::metrics::RequestMetrics;
 use crate::transport::coalesce::Coalescing;
@@ -353,11 +354,8 @@ async fn forward(
     match response {
         Ok(response) => response.map(|body| body.map_err(BoxError::from).boxed()),
         Err(e) => {
-            let mut cause: &dyn std::error::Error = &e;
-            while let Some(next) = cause.source() {
-                cause = next;
-            }
-            tracing::warn!(error = %e, cause = %cause, "cannot reach the {what}");
+            let cause = root_cause(&e);
+            tracing::warn!(error = %WithCauses(&e), "cannot reach the {what}");
             grpc_status::error(
                 GrpcCode::Unavailable,
                 &format!("mtlsd cannot reach the {what}: {cause}"),

@@ -38,6 +38,7 @@ use super::h2_stream::{BodyPump, H2Body};
 use super::handshake::Handshaker;
 use super::pool::TlsConnection;
 use crate::config::{ListenerConfig, Outbound, Timeouts};
+use crate::error_chain::root_cause;
 
 /// Flow-control windows and buffers for the upstream leg (hyper's client
 /// defaults, which the flow-control tests were written against): a
@@ -51,13 +52,13 @@ const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 /// Why a call could not be sent upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("cannot connect: {0}")]
+    #[error("cannot connect")]
     Connect(#[source] io::Error),
     #[error("connecting took longer than {0:?}")]
     ConnectTimeout(Duration),
     #[error("the peer did not negotiate h2 (ALPN)")]
     NotH2,
-    #[error("HTTP/2: {0}")]
+    #[error("HTTP/2 error")]
     H2(#[source] h2::Error),
     /// Another call's dial, which this call waited for, failed.
     #[error("{0}")]
@@ -297,13 +298,12 @@ impl H2Upstream {
             .inner
             .last_failure
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = dialed.as_ref().err().map(|e| {
-            let mut cause: &dyn std::error::Error = e;
-            while let Some(next) = cause.source() {
-                cause = next;
-            }
-            Arc::from(format!("{e}: {cause}").as_str())
-        });
+            .unwrap_or_else(|p| p.into_inner()) = dialed
+            .as_ref()
+            .err()
+            // What `forward` shows of an error is its root cause: the calls
+            // that shared this dial then say what the first one said.
+            .map(|e| Arc::from(root_cause(e).to_string().as_str()));
         self.inner.dials.fetch_add(1, Ordering::Release);
         let live = dialed?;
         *self.inner.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(live.clone());

@@ -123,18 +123,23 @@ impl<C: Clone> Slot<C> {
         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match &*slot {
             Some((key, client)) if current(key) => client.clone(),
-            stale => {
+            _ => {
                 let (key, client) = build();
-                tracing::debug!(
-                    upstream = %key.upstream,
-                    replaces = stale.is_some(),
-                    "starting a new upstream pool: none yet, or what the old one was made for changed"
-                );
-                *slot = Some((key, client.clone()));
-                client
+                install(&mut slot, key, client)
             }
         }
     }
+}
+
+/// Puts a new pool in `slot` (the lock held), replacing what was there.
+fn install<C: Clone>(slot: &mut Option<(PoolKey, C)>, key: PoolKey, client: C) -> C {
+    tracing::debug!(
+        upstream = %key.upstream,
+        replaces = slot.is_some(),
+        "starting a new upstream pool: none yet, or what the old one was made for changed"
+    );
+    *slot = Some((key, client.clone()));
+    client
 }
 
 impl PoolSlot {
@@ -247,14 +252,7 @@ impl PoolSlot {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        let (key, pool) = (key(), build());
-        tracing::debug!(
-            upstream = %key.upstream,
-            replaces = slot.is_some(),
-            "starting a new upstream pool: none yet, or what the old one was made for changed"
-        );
-        *slot = Some((key, pool.clone()));
-        pool
+        install(&mut slot, key(), build())
     }
 }
 

@@ -125,6 +125,18 @@ impl Pair {
         )
     }
 
+    /// The client side's leaf renewed with the same names, and reloaded.
+    async fn renew_client(&self) {
+        let renewed = self
+            .pki
+            .ca
+            .issue(&LeafSpec::new("client", &["client.test"]))
+            .unwrap();
+        replace(&self.client_files.key, &renewed.key_pem);
+        replace(&self.client_files.cert, &renewed.cert_pem);
+        Self::reload(&self.client, "client leaf renewed").await;
+    }
+
     async fn reload(daemon: &Running, what: &str) {
         let outcome = daemon.reload(Trigger::Admin).await.unwrap();
         assert_eq!(
@@ -183,14 +195,7 @@ async fn only_reloads_that_keep_trust_and_certificate_keep_pooled_connections_an
 
     // Client: leaf renewed with the same names. The server must see it at
     // the next call: a new connection, a full handshake.
-    let renewed = pair
-        .pki
-        .ca
-        .issue(&LeafSpec::new("client", &["client.test"]))
-        .unwrap();
-    replace(&pair.client_files.key, &renewed.key_pem);
-    replace(&pair.client_files.cert, &renewed.cert_pem);
-    Pair::reload(&pair.client, "client leaf renewed").await;
+    pair.renew_client().await;
     pair.calls("after the client's renewal").await;
     // The new connection is made beside the old one, which carries calls
     // until it is up (see the make-before-break test below).
@@ -442,14 +447,7 @@ async fn a_renewal_is_made_before_the_old_connection_is_left_and_a_trust_change_
     let (start, _) = pair.server_handshakes("db-grpc").await;
 
     relay.hold();
-    let renewed = pair
-        .pki
-        .ca
-        .issue(&LeafSpec::new("client", &["client.test"]))
-        .unwrap();
-    replace(&pair.client_files.key, &renewed.key_pem);
-    replace(&pair.client_files.cert, &renewed.cert_pem);
-    Pair::reload(&pair.client, "client leaf renewed").await;
+    pair.renew_client().await;
     within(
         "calls over the old connection while the new one is held",
         std::time::Duration::from_secs(10),
