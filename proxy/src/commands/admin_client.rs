@@ -29,6 +29,15 @@ use crate::config::{
 #[derive(Debug, Default)]
 pub(super) struct SocketNote(Option<String>);
 
+impl SocketNote {
+    fn add(&mut self, more: String) {
+        self.0 = Some(match self.0.take() {
+            Some(before) => format!("{before}; {more}"),
+            None => more,
+        });
+    }
+}
+
 impl std::fmt::Display for SocketNote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.0 {
@@ -72,6 +81,9 @@ pub(super) struct AdminTarget {
     addr: SocketAddr,
     /// Loaded only when the TCP path is taken.
     config: Option<Config>,
+    /// Why `--config` could not be used (then the defaults are), said
+    /// when no daemon answers: the likely reason it was not found.
+    config_problem: Option<String>,
 }
 
 /// Which way an answer came.
@@ -104,7 +116,17 @@ pub(super) struct Reply {
 /// `/run/mtlsd/admin.sock`), then the config's admin.listen (else the
 /// default). Nothing but the config is read here.
 pub(super) fn resolve(admin: Option<SocketAddr>, config_path: &Path) -> AdminTarget {
-    let config = Config::load(config_path).ok();
+    let (config, config_problem) = match Config::load(config_path) {
+        Ok(config) => (Some(config), None),
+        Err(e) => (
+            None,
+            Some(format!(
+                "cannot use {} ({}), so the default admin address is tried",
+                config_path.display(),
+                crate::error_chain::root_cause(&e)
+            )),
+        ),
+    };
     let socket = match (admin, &config) {
         (Some(_), _) => None,
         (None, Some(config)) => config
@@ -125,6 +147,7 @@ pub(super) fn resolve(admin: Option<SocketAddr>, config_path: &Path) -> AdminTar
         socket,
         addr,
         config,
+        config_problem,
     }
 }
 
@@ -141,19 +164,19 @@ pub(super) async fn call(
     method: Method,
     path: &str,
 ) -> Result<Reply, AdminError> {
-    let mut note = SocketNote::default();
+    let mut note = SocketNote(target.config_problem.clone());
     if let Some(socket) = &target.socket {
         match call_socket(socket, method.clone(), path).await {
             Ok(reply) => return Ok(reply),
             Err(SocketFailure::Absent) => {
-                note = SocketNote(Some(format!("no control socket at {}", socket.display())));
+                note.add(format!("no control socket at {}", socket.display()));
             }
             Err(SocketFailure::Unusable(why)) => {
                 tracing::debug!(socket = %socket.display(), %why, "control socket unusable; trying the admin endpoint");
-                note = SocketNote(Some(format!(
+                note.add(format!(
                     "cannot use the control socket {}: {why}",
                     socket.display()
-                )));
+                ));
             }
             Err(SocketFailure::Broken(reason)) => {
                 return Err(AdminError::Socket {

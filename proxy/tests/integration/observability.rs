@@ -504,6 +504,18 @@ async fn status_shows_a_live_daemon_and_says_when_none_runs() {
         .unwrap();
     assert_eq!(code.code(), Some(3));
     assert!(stderr.contains("no mtlsd answered"), "{stderr}");
+
+    // A config the CLI cannot use is named as the likely reason.
+    let missing = pki.path("missing.toml").display().to_string();
+    let (code, _, stderr) = status(vec!["status".into(), "--config".into(), missing.clone()])
+        .await
+        .unwrap();
+    assert_eq!(code.code(), Some(3));
+    assert!(
+        stderr.contains(&format!("cannot use {missing} (No such file"))
+            && stderr.contains("the default admin address is tried"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
