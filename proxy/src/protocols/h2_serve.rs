@@ -125,7 +125,7 @@ where
                     let request = request.map(|recv| H2Body::new(recv, ()));
                     tokio::spawn(StreamTask {
                         state: StreamState::Waiting {
-                            response: (this.handler)(request),
+                            response: Box::pin((this.handler)(request)),
                             respond,
                         },
                         guard: Some(guard),
