@@ -68,6 +68,12 @@ impl Cpu {
             procfs::cpu_seconds(&self.server),
         )
     }
+    /// (user, system) CPU seconds of both sides together.
+    fn split_now(&self) -> (f64, f64) {
+        let (cu, cs) = procfs::cpu_split(&self.client);
+        let (su, ss) = procfs::cpu_split(&self.server);
+        (cu + su, cs + ss)
+    }
     /// (client, server) CPU seconds between two samples.
     fn between(a: (f64, f64), b: (f64, f64)) -> (f64, f64) {
         (b.0 - a.0, b.1 - a.1)
@@ -277,13 +283,17 @@ async fn one_system(
     // Max unary rate, closed loop.
     for &(l7, addr) in modes.iter().filter(|_| p.wants("rate")) {
         let mut marks = Vec::new();
+        let mut split = Vec::new();
         let rate = load::max_rate(
             addr,
             p.max_rate_connections,
             p.max_rate_in_flight_per_connection,
             secs(p.max_rate_warmup_s),
             secs(p.max_rate_s),
-            || marks.push(cpu.now()),
+            || {
+                marks.push(cpu.now());
+                split.push(cpu.split_now());
+            },
         )
         .await
         .with_context(|| format!("max rate at {addr}"))?;
@@ -301,6 +311,21 @@ async fn one_system(
         if kind.is_proxy() && marks.len() == 2 {
             let (cc, cs) = Cpu::between(marks[0], marks[1]);
             r.add(fc, kind, rate.ok as f64 / (cc + cs).max(0.01));
+            if l7 && rate.ok > 0 {
+                // Apart, user and system time say whether a gap is in the
+                // proxy's own code or in the kernel's socket work.
+                let per_call_us = |a: f64, b: f64| (b - a) * 1e6 / rate.ok as f64;
+                r.add(
+                    Figure::RateL7UserPerCall,
+                    kind,
+                    per_call_us(split[0].0, split[1].0),
+                );
+                r.add(
+                    Figure::RateL7SystemPerCall,
+                    kind,
+                    per_call_us(split[0].1, split[1].1),
+                );
+            }
         }
     }
 

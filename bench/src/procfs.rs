@@ -62,6 +62,21 @@ pub(crate) fn cpu_seconds(pids: &[i32]) -> f64 {
         .sum()
 }
 
+/// User and system CPU seconds used so far by `pids`, apart: where a
+/// proxy spends its time per call (its own code, or the kernel's sockets).
+pub(crate) fn cpu_split(pids: &[i32]) -> (f64, f64) {
+    pids.iter()
+        .filter_map(|&pid| {
+            let f = stat_fields(pid)?;
+            let utime: u64 = f.get(11)?.parse().ok()?;
+            let stime: u64 = f.get(12)?.parse().ok()?;
+            Some((utime as f64, stime as f64))
+        })
+        .fold((0.0, 0.0), |(u, s), (du, ds)| {
+            (u + du / TICKS_PER_SECOND, s + ds / TICKS_PER_SECOND)
+        })
+}
+
 /// A `kB` field of /proc/<pid>/status, summed over `pids`.
 fn status_kib(pids: &[i32], field: &str) -> u64 {
     pids.iter()

@@ -118,6 +118,8 @@ pub(crate) enum Figure {
     LatL4Cpu,
     RateL7,
     RateL7PerCpu,
+    RateL7UserPerCall,
+    RateL7SystemPerCall,
     RateL4,
     RateL4PerCpu,
     SyscallsC1,
@@ -156,7 +158,7 @@ pub(crate) struct Meta {
 }
 
 impl Figure {
-    pub(crate) const TABLE: [Figure; 32] = [
+    pub(crate) const TABLE: [Figure; 34] = [
         Figure::LatL7P50,
         Figure::LatL7P99,
         Figure::LatL7P999,
@@ -167,6 +169,8 @@ impl Figure {
         Figure::LatL4Cpu,
         Figure::RateL7,
         Figure::RateL7PerCpu,
+        Figure::RateL7UserPerCall,
+        Figure::RateL7SystemPerCall,
         Figure::RateL4,
         Figure::RateL4PerCpu,
         Figure::SyscallsC1,
@@ -245,6 +249,18 @@ impl Figure {
                 "… L7 per proxy CPU-second",
                 "calls/CPU-s",
                 true,
+            ),
+            Figure::RateL7UserPerCall => m(
+                "max_rate_l7_user_us_per_call",
+                "… L7 proxy user CPU per call (both proxies)",
+                "µs/call",
+                false,
+            ),
+            Figure::RateL7SystemPerCall => m(
+                "max_rate_l7_system_us_per_call",
+                "… L7 proxy system (kernel) CPU per call (both proxies)",
+                "µs/call",
+                false,
             ),
             Figure::RateL4 => m("max_rate_l4", "max unary rate, L4 (tcp)", "calls/s", true),
             Figure::RateL4PerCpu => m(
