@@ -31,14 +31,14 @@ fn main() -> ExitCode {
     // and cross-thread wake-ups on every task switch (bench: fewer
     // instructions and less CPU per gRPC call). Nothing moves threads by
     // this: the reloader was already a task on the only worker, and
-    // generations are built on their own thread either way.
-    let mut builder = match prepared.worker_threads() {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(n);
-            builder
-        }
+    // generations are built on their own thread either way. A key in a
+    // token keeps the multi-threaded one (see `Prepared::single_threaded`).
+    let mut builder = if prepared.single_threaded() {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(prepared.worker_threads());
+        builder
     };
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
@@ -47,11 +47,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli, prepared)) {
+    let code = match runtime.block_on(dispatch(cli, prepared)) {
         Ok(code) => code,
         Err(e) => {
             out::fatal(&format!("{e:#}"));
             ExitCode::FAILURE
         }
-    }
+    };
+    // Dropping the runtime drops every connection and generation, and with
+    // them the token keys; their worker threads then close their sessions.
+    // Exiting before they have would run the token library's destructors
+    // under them (SoftHSM: a segfault at exit, one time in a dozen).
+    drop(runtime);
+    mtlsd_reload::wait_for_token_sessions_to_close(TOKEN_CLOSE_BOUND);
+    code
 }
+
+/// The longest `main` waits at exit for token sessions to close: a hung
+/// token must not hold the exit.
+const TOKEN_CLOSE_BOUND: std::time::Duration = std::time::Duration::from_secs(2);

@@ -51,6 +51,7 @@ pub use tls::{ClientAuth, ServerVerification, TlsSettings, TlsSide, TlsUse, prov
 pub use token::{
     DEFAULT_TOKEN_SESSIONS, DEFAULT_TOKEN_TIMEOUT, KeySource, MAX_TOKEN_SESSIONS, PKCS11_SCHEME,
     PinSource, Pkcs11Uri, TokenError, TokenKeyInfo, TokenKeySpec, TokenSignError, UriError,
+    wait_for_token_sessions_to_close,
 };
 pub use trust::{
     AuthUsage, BundleCa, ChainError, NameCheck, TrustBundle, TrustDomainSpec, VerifiedChain,

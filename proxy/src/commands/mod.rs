@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, KeySource};
 
 /// Per-host mTLS sidecar: terminates and originates mutual TLS for the
 /// plaintext daemons on this host.
@@ -58,6 +58,21 @@ impl Prepared {
         match &self.run_config {
             Some(Ok(config)) => config.worker_threads,
             _ => 1,
+        }
+    }
+
+    /// Whether the command runs on tokio's single-threaded scheduler: one
+    /// worker, and no identity key in a PKCS#11 token. A handshake waits
+    /// for the token's signature synchronously (rustls signs inside the
+    /// handshake); on the multi-thread scheduler that wait hands the
+    /// thread's other connections to a fresh worker, on the single one it
+    /// would hold them all.
+    pub fn single_threaded(&self) -> bool {
+        match &self.run_config {
+            Some(Ok(config)) => {
+                config.worker_threads == 1 && !matches!(config.identity.key, KeySource::Token(_))
+            }
+            _ => true,
         }
     }
 }

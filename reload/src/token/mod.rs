@@ -313,9 +313,12 @@ pub(crate) fn load(
         let queue = Arc::clone(&queue);
         let open = Arc::clone(&open);
         let ready_tx = ready_tx.clone();
+        let live = LiveWorker::start();
         let spawned = std::thread::Builder::new()
             .name(format!("mtlsd-pkcs11-{n}"))
             .spawn(move || {
+                // Declared first, dropped last: after the worker's session.
+                let _live = live;
                 let mut worker = match Worker::open(worker_spec, pin, open) {
                     Ok(worker) => {
                         // The loader may have given up waiting; then this
@@ -419,14 +422,74 @@ fn leaf_spki(leaf: &CertificateDer<'_>) -> Option<Vec<u8>> {
 
 /// Runs a blocking wait without stalling the async runtime's other
 /// tasks: on a multi-thread runtime worker they move to another thread
-/// for the duration.
+/// for the duration. mtlsd starts on the multi-thread runtime whenever
+/// its key is in a token; a reload that moves the key into a token while
+/// it runs on the single-threaded one makes every signature hold the
+/// whole data path, which is said once.
 fn wait<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)
         }
-        _ => f(),
+        Ok(_) => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(
+                    "this host's key is now in a token, but mtlsd started with a key file on \
+                     its single-threaded runtime: each handshake's token signature holds every \
+                     other connection until it is done; restart mtlsd to sign on the side"
+                );
+            });
+            f()
+        }
+        Err(_) => f(),
     }
+}
+
+/// Token worker threads not yet finished (their sessions open, or
+/// closing); see [`wait_for_token_sessions_to_close`].
+static LIVE_WORKERS: (Mutex<usize>, std::sync::Condvar) =
+    (Mutex::new(0), std::sync::Condvar::new());
+
+/// Counts one worker thread from before it starts until after its
+/// session has closed (dropped last in the thread).
+struct LiveWorker;
+
+impl LiveWorker {
+    fn start() -> Self {
+        *LIVE_WORKERS
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
+        Self
+    }
+}
+
+impl Drop for LiveWorker {
+    fn drop(&mut self) {
+        let mut live = LIVE_WORKERS
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *live -= 1;
+        LIVE_WORKERS.1.notify_all();
+    }
+}
+
+/// Waits, at most `bound`, until every token worker thread has closed its
+/// session, for a process about to exit once every key is dropped: the
+/// token library's destructors run at exit and must not run under a
+/// session being closed. Returns whether they all had.
+pub fn wait_for_token_sessions_to_close(bound: Duration) -> bool {
+    let live = LIVE_WORKERS
+        .0
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (live, _) = LIVE_WORKERS
+        .1
+        .wait_timeout_while(live, bound, |live| *live > 0)
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *live == 0
 }
 
 impl WorkerHandle {
