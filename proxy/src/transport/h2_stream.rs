@@ -44,25 +44,31 @@ where
     }
 
     /// Ready when the body has been sent in full or can no longer be.
+    ///
+    /// Every call on `send` takes the connection's stream lock, so the
+    /// loop asks only what it must per frame: window only when the last
+    /// frame used it up, and a reset only before it waits (a reset that
+    /// came while a frame was on its way makes that frame's send fail,
+    /// which ends the pump the same way).
     pub fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<Sent> {
         loop {
-            if let Poll::Ready(reset) = self.send.poll_reset(cx) {
-                tracing::debug!(
-                    ?reset,
-                    "peer reset the stream; not sending the rest of the body"
-                );
-                return Poll::Ready(Sent::Cut);
-            }
             // Wait for window before taking the next frame from the other
             // leg, so flow control reaches its sender.
-            self.send.reserve_capacity(1);
-            while self.send.capacity() == 0 {
-                match ready!(self.send.poll_capacity(cx)) {
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => return Poll::Ready(Sent::Cut),
+            if self.send.capacity() == 0 {
+                self.send.reserve_capacity(1);
+                while self.send.capacity() == 0 {
+                    match self.send.poll_capacity(cx) {
+                        Poll::Ready(Some(Ok(_))) => {}
+                        Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(Sent::Cut),
+                        Poll::Pending => return self.pending_unless_reset(cx),
+                    }
                 }
             }
-            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+            let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => return self.pending_unless_reset(cx),
+            };
+            match frame {
                 None => {
                     return Poll::Ready(match self.send.send_data(Bytes::new(), true) {
                         Ok(()) => Sent::Complete,
@@ -93,6 +99,21 @@ where
                     }
                 },
             }
+        }
+    }
+
+    /// About to wait (for window, or for the other leg): also wake on the
+    /// peer's reset, so a cancelled call stops waiting at once.
+    fn pending_unless_reset(&mut self, cx: &mut Context<'_>) -> Poll<Sent> {
+        match self.send.poll_reset(cx) {
+            Poll::Ready(reset) => {
+                tracing::debug!(
+                    ?reset,
+                    "peer reset the stream; not sending the rest of the body"
+                );
+                Poll::Ready(Sent::Cut)
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 }
