@@ -13,7 +13,9 @@
 use std::time::Duration;
 
 use mtlsd_expiry::Fingerprint;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+};
 
 /// Per-request metrics, shared by every listener.
 #[derive(Debug)]
@@ -91,6 +93,68 @@ impl RequestMetrics {
         self.grpc_duration
             .with_label_values(&[listener, rule])
             .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// The series an allowed gRPC call touches, for one listener and rule,
+/// looked up once and shared by the calls that follow (a connection's
+/// calls mostly match the same rule): a lookup by label values hashes the
+/// labels and takes the vector's lock, three times per call.
+#[derive(Debug)]
+pub struct GrpcCallSeries {
+    listener: String,
+    rule: String,
+    allowed: IntCounter,
+    /// The status label of a successful call, and its counter.
+    ok_status: &'static str,
+    ok: IntCounter,
+    duration: Histogram,
+}
+
+impl GrpcCallSeries {
+    pub fn rule(&self) -> &str {
+        &self.rule
+    }
+
+    /// A call was allowed (`mtlsd_authz_decisions_total{decision="allow"}`).
+    pub fn allowed(&self) {
+        self.allowed.inc();
+    }
+
+    /// The call ended with `status` after `elapsed`; the same series as
+    /// [`RequestMetrics::grpc_request`].
+    pub fn ended(&self, metrics: &RequestMetrics, status: &str, elapsed: Duration) {
+        if status == self.ok_status {
+            self.ok.inc();
+        } else {
+            metrics
+                .grpc_requests
+                .with_label_values(&[&self.listener, &self.rule, status])
+                .inc();
+        }
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+impl RequestMetrics {
+    /// The series of allowed calls on `listener` that matched `rule`;
+    /// `ok_status` is the status label of a successful call.
+    pub fn grpc_call_series(
+        &self,
+        listener: &str,
+        rule: &str,
+        ok_status: &'static str,
+    ) -> GrpcCallSeries {
+        GrpcCallSeries {
+            allowed: self.authz.with_label_values(&[listener, rule, "allow"]),
+            ok_status,
+            ok: self
+                .grpc_requests
+                .with_label_values(&[listener, rule, ok_status]),
+            duration: self.grpc_duration.with_label_values(&[listener, rule]),
+            listener: listener.to_owned(),
+            rule: rule.to_owned(),
+        }
     }
 }
 

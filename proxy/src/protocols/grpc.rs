@@ -34,7 +34,7 @@ use super::identity_headers::{self, ConnectionIdentity};
 use crate::config::{ListenerConfig, Outbound};
 use crate::error_chain::{WithCauses, root_cause};
 use crate::listener_context::ListenerContext;
-use crate::metrics::RequestMetrics;
+use crate::metrics::{GrpcCallSeries, RequestMetrics};
 use crate::transport::coalesce::Coalescing;
 use crate::transport::h2_upstream::{UpstreamBody, UpstreamError};
 use crate::transport::handshake;
@@ -48,6 +48,29 @@ struct Inbound {
     identity: ConnectionIdentity,
     target: UpstreamTarget,
     peer: SocketAddr,
+    /// The metric series of the rule the last allowed call matched.
+    series: std::sync::Mutex<Option<Arc<GrpcCallSeries>>>,
+}
+
+impl Inbound {
+    /// The series for an allowed call that matched `rule`: the cached one
+    /// when the rule is the last call's (the labels never change under a
+    /// rule's name), else looked up and cached.
+    fn series(&self, rule: &str) -> Arc<GrpcCallSeries> {
+        let mut cached = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        match &*cached {
+            Some(series) if series.rule() == rule => series.clone(),
+            _ => {
+                let series = Arc::new(self.ctx.metrics.grpc_call_series(
+                    &self.listener.name,
+                    rule,
+                    GrpcCode::Ok.name(),
+                ));
+                *cached = Some(series.clone());
+                series
+            }
+        }
+    }
 }
 
 /// Serves one connection accepted by an inbound grpc listener.
@@ -74,6 +97,7 @@ pub async fn serve_inbound(
         identity: ConnectionIdentity::new(accepted.identity, accepted.generation),
         target,
         peer,
+        series: std::sync::Mutex::new(None),
     });
     let handler = move |request| handle_inbound(state.clone(), request);
     serve_h2(&ctx, &listener, accepted.tls, handler, Some(&registration)).await;
@@ -93,13 +117,12 @@ async fn handle_inbound(state: Arc<Inbound>, request: Request<RequestBody>) -> R
         return grpc_status::error(GrpcCode::Unavailable, "this listener is being removed");
     };
     let decision = policy.authorize_request(state.identity.identity(), Some((service, method)));
-    let rule = decision.rule.to_owned();
     let metrics = &state.ctx.metrics;
-    metrics.authz(&listener.name, &rule, decision.result.is_ok());
     if let Err(why) = decision.result {
+        metrics.authz(&listener.name, decision.rule, false);
         metrics.grpc_request(
             &listener.name,
-            &rule,
+            decision.rule,
             GrpcCode::PermissionDenied.name(),
             started.elapsed(),
         );
@@ -113,6 +136,8 @@ async fn handle_inbound(state: Arc<Inbound>, request: Request<RequestBody>) -> R
         );
         return grpc_status::error(GrpcCode::PermissionDenied, &why);
     }
+    let series = state.series(decision.rule);
+    series.allowed();
     let headers = state.identity.headers(generation.number(), decision.host);
     drop(generation);
 
@@ -133,13 +158,7 @@ async fn handle_inbound(state: Arc<Inbound>, request: Request<RequestBody>) -> R
         "local daemon",
     )
     .await;
-    observed(
-        response,
-        state.ctx.metrics.clone(),
-        &listener.name,
-        rule,
-        started,
-    )
+    observed(response, state.ctx.metrics.clone(), series, started)
 }
 
 /// Wraps the response so its grpc-status (headers for trailers-only
@@ -147,8 +166,7 @@ async fn handle_inbound(state: Arc<Inbound>, request: Request<RequestBody>) -> R
 fn observed(
     response: Response<Body>,
     metrics: Arc<RequestMetrics>,
-    listener: &str,
-    rule: String,
+    series: Arc<GrpcCallSeries>,
     started: std::time::Instant,
 ) -> Response<Body> {
     let status = grpc_status::status_of(response.headers());
@@ -156,8 +174,7 @@ fn observed(
         ObservedBody {
             inner: body,
             metrics,
-            listener: listener.to_owned(),
-            rule,
+            series,
             started,
             status,
             recorded: false,
@@ -169,8 +186,7 @@ fn observed(
 struct ObservedBody {
     inner: Body,
     metrics: Arc<RequestMetrics>,
-    listener: String,
-    rule: String,
+    series: Arc<GrpcCallSeries>,
     started: std::time::Instant,
     status: Option<GrpcCode>,
     recorded: bool,
@@ -182,12 +198,8 @@ impl ObservedBody {
             self.recorded = true;
             // No status by the end: the stream was cut (CANCELLED).
             let status = self.status.unwrap_or(GrpcCode::Cancelled);
-            self.metrics.grpc_request(
-                &self.listener,
-                &self.rule,
-                status.name(),
-                self.started.elapsed(),
-            );
+            self.series
+                .ended(&self.metrics, status.name(), self.started.elapsed());
         }
     }
 }

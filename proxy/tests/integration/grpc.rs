@@ -305,6 +305,76 @@ async fn unreachable_upstream_is_unavailable() {
         "{}",
         status.message()
     );
+    // An allowed call that fails is counted under its rule and status.
+    let (_, metrics) = http_get(cluster.server.admin_addr(), "/metrics").await;
+    let failed = [
+        ("listener", "db-grpc"),
+        ("rule", "default"),
+        ("grpc_status", "UNAVAILABLE"),
+    ];
+    assert_eq!(
+        metric(&metrics, "mtlsd_grpc_requests_total", &failed),
+        Some(1.0),
+        "{metrics}"
+    );
+    let ok = [
+        ("listener", "db-grpc"),
+        ("rule", "default"),
+        ("grpc_status", "OK"),
+    ];
+    assert_eq!(
+        metric(&metrics, "mtlsd_grpc_requests_total", &ok).unwrap_or(0.0),
+        0.0,
+        "{metrics}"
+    );
+}
+
+/// The per-call series (decision, status, duration) follow each call's
+/// rule, also when calls on one held connection alternate between rules
+/// (mtlsd keeps the last rule's series per connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_call_metrics_follow_each_calls_rule_on_one_connection() {
+    let cluster = Cluster::start(mtlsd_testsvc::serve().await).await;
+    let (_api1, mut api) = cluster.client("api1").await;
+    api.unary(msg(b"1")).await.unwrap();
+    api.unary(msg(b"2")).await.unwrap();
+    api.slow(StreamRequest { count: 0, size: 0 }).await.unwrap();
+    api.unary(msg(b"3")).await.unwrap();
+    api.slow(StreamRequest { count: 0, size: 0 }).await.unwrap();
+    api.unary(msg(b"4")).await.unwrap();
+    let (_, metrics) = http_get(cluster.server.admin_addr(), "/metrics").await;
+    for (rule, calls) in [("default", 4.0), ("/mtlsd.test.Echo/Slow", 2.0)] {
+        let allowed = [
+            ("listener", "db-grpc"),
+            ("rule", rule),
+            ("decision", "allow"),
+        ];
+        assert_eq!(
+            metric(&metrics, "mtlsd_authz_decisions_total", &allowed),
+            Some(calls),
+            "{rule}: {metrics}"
+        );
+        let ok = [
+            ("listener", "db-grpc"),
+            ("rule", rule),
+            ("grpc_status", "OK"),
+        ];
+        assert_eq!(
+            metric(&metrics, "mtlsd_grpc_requests_total", &ok),
+            Some(calls),
+            "{rule}: {metrics}"
+        );
+        let timed = [("listener", "db-grpc"), ("rule", rule)];
+        assert_eq!(
+            metric(
+                &metrics,
+                "mtlsd_grpc_request_duration_seconds_count",
+                &timed
+            ),
+            Some(calls),
+            "{rule}: {metrics}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
