@@ -222,37 +222,46 @@ async fn route_rules_deny_with_permission_denied_naming_the_rule() {
     assert_eq!(status.code(), Code::PermissionDenied);
     let (_, metrics) = http_get(cluster.server.admin_addr(), "/metrics").await;
     for rule in ["/mtlsd.test.Echo/Delete*", "/mtlsd.test.Echo/Slow"] {
-        let labels = [
-            ("listener", "db-grpc"),
-            ("rule", rule),
-            ("decision", "deny"),
-        ];
+        assert_eq!(decisions(&metrics, rule, "deny"), 1.0, "{metrics}");
         assert_eq!(
-            metric(&metrics, "mtlsd_authz_decisions_total", &labels),
-            Some(1.0),
-            "{metrics}"
-        );
-        let labels = [
-            ("listener", "db-grpc"),
-            ("rule", rule),
-            ("grpc_status", "PERMISSION_DENIED"),
-        ];
-        assert_eq!(
-            metric(&metrics, "mtlsd_grpc_requests_total", &labels),
-            Some(1.0),
+            requests(&metrics, rule, "PERMISSION_DENIED"),
+            1.0,
             "{metrics}"
         );
     }
+    assert_eq!(requests(&metrics, "default", "OK"), 2.0, "{metrics}");
+}
+
+/// The server's `mtlsd_authz_decisions_total` for `rule` and `decision`
+/// on its grpc listener (0 when the series is absent).
+fn decisions(metrics: &str, rule: &str, decision: &str) -> f64 {
     let labels = [
         ("listener", "db-grpc"),
-        ("rule", "default"),
-        ("grpc_status", "OK"),
+        ("rule", rule),
+        ("decision", decision),
     ];
-    assert_eq!(
-        metric(&metrics, "mtlsd_grpc_requests_total", &labels),
-        Some(2.0),
-        "{metrics}"
-    );
+    metric(metrics, "mtlsd_authz_decisions_total", &labels).unwrap_or(0.0)
+}
+
+/// The server's `mtlsd_grpc_requests_total` for `rule` and `status`.
+fn requests(metrics: &str, rule: &str, status: &str) -> f64 {
+    let labels = [
+        ("listener", "db-grpc"),
+        ("rule", rule),
+        ("grpc_status", status),
+    ];
+    metric(metrics, "mtlsd_grpc_requests_total", &labels).unwrap_or(0.0)
+}
+
+/// How many calls under `rule` the server's duration histogram counted.
+fn timed(metrics: &str, rule: &str) -> f64 {
+    let labels = [("listener", "db-grpc"), ("rule", rule)];
+    metric(
+        metrics,
+        "mtlsd_grpc_request_duration_seconds_count",
+        &labels,
+    )
+    .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,26 +316,12 @@ async fn unreachable_upstream_is_unavailable() {
     );
     // An allowed call that fails is counted under its rule and status.
     let (_, metrics) = http_get(cluster.server.admin_addr(), "/metrics").await;
-    let failed = [
-        ("listener", "db-grpc"),
-        ("rule", "default"),
-        ("grpc_status", "UNAVAILABLE"),
-    ];
     assert_eq!(
-        metric(&metrics, "mtlsd_grpc_requests_total", &failed),
-        Some(1.0),
+        requests(&metrics, "default", "UNAVAILABLE"),
+        1.0,
         "{metrics}"
     );
-    let ok = [
-        ("listener", "db-grpc"),
-        ("rule", "default"),
-        ("grpc_status", "OK"),
-    ];
-    assert_eq!(
-        metric(&metrics, "mtlsd_grpc_requests_total", &ok).unwrap_or(0.0),
-        0.0,
-        "{metrics}"
-    );
+    assert_eq!(requests(&metrics, "default", "OK"), 0.0, "{metrics}");
 }
 
 /// The per-call series (decision, status, duration) follow each call's
@@ -344,36 +339,13 @@ async fn per_call_metrics_follow_each_calls_rule_on_one_connection() {
     api.unary(msg(b"4")).await.unwrap();
     let (_, metrics) = http_get(cluster.server.admin_addr(), "/metrics").await;
     for (rule, calls) in [("default", 4.0), ("/mtlsd.test.Echo/Slow", 2.0)] {
-        let allowed = [
-            ("listener", "db-grpc"),
-            ("rule", rule),
-            ("decision", "allow"),
-        ];
         assert_eq!(
-            metric(&metrics, "mtlsd_authz_decisions_total", &allowed),
-            Some(calls),
+            decisions(&metrics, rule, "allow"),
+            calls,
             "{rule}: {metrics}"
         );
-        let ok = [
-            ("listener", "db-grpc"),
-            ("rule", rule),
-            ("grpc_status", "OK"),
-        ];
-        assert_eq!(
-            metric(&metrics, "mtlsd_grpc_requests_total", &ok),
-            Some(calls),
-            "{rule}: {metrics}"
-        );
-        let timed = [("listener", "db-grpc"), ("rule", rule)];
-        assert_eq!(
-            metric(
-                &metrics,
-                "mtlsd_grpc_request_duration_seconds_count",
-                &timed
-            ),
-            Some(calls),
-            "{rule}: {metrics}"
-        );
+        assert_eq!(requests(&metrics, rule, "OK"), calls, "{rule}: {metrics}");
+        assert_eq!(timed(&metrics, rule), calls, "{rule}: {metrics}");
     }
 }
 
