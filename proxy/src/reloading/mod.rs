@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use audit::AuditLog;
 
-use crate::config::{Config, ConfigError, ListenerConfig};
+use crate::config::{Config, ConfigError, KeySource, ListenerConfig};
 use crate::error_chain::WithCauses;
 use crate::state::{BoundListener, DaemonState};
 
@@ -496,6 +496,14 @@ impl Reloader {
         for setting in next_config.insecure_settings() {
             tracing::warn!("{setting}");
         }
+        if matches!(next_config.identity.key, KeySource::Token(_)) && single_threaded_runtime() {
+            tracing::warn!(
+                key = %next_config.identity.key,
+                "this host's key is now in a token, but mtlsd started with a key file on its \
+                 single-threaded runtime: each handshake's token signature holds every other \
+                 connection until it is done; restart mtlsd to sign beside them"
+            );
+        }
         let current = self.state.store.current();
         if let Some(inventory) = current.inventory() {
             for warning in next_config.role_warnings(inventory) {
@@ -637,4 +645,11 @@ async fn tick(timer: &mut Option<tokio::time::Interval>) {
         }
         None => std::future::pending().await,
     }
+}
+
+/// Whether this reloader runs on tokio's single-threaded scheduler (one
+/// worker and, at start, a key file: see `Prepared::single_threaded`).
+fn single_threaded_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
 }

@@ -472,6 +472,63 @@ async fn reloads_to_a_new_certificate_and_a_new_token_object_fail_no_call() {
     assert_eq!(daemon.exited(SOON).await.code(), Some(0));
 }
 
+/// A daemon started with a key file runs on the single-threaded runtime;
+/// a reload that moves its key into a token applies (handshakes are signed
+/// by the token) and says that each signature now holds the other
+/// connections until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_from_a_key_file_into_a_token_applies_and_asks_for_a_restart() {
+    let pki = Pki::new();
+    let ca = pki.ca_file();
+    let echo = Echo::start().await;
+    let host = token_host(&pki, "host");
+    let key_file = pki.write("host/host.key", &host.issued.key_pem, 0o600);
+    let with_token = host.token.toml(&host.cert, &ca, HOST_URI, "")
+        + "[reload]\nwatch = false\n"
+        + &inbound_toml("in", echo.addr, "");
+    // The same host with its key in a file, and no [pkcs11] (which a key
+    // file refuses).
+    let pkcs11 = with_token.find("[pkcs11]").unwrap();
+    let trust = with_token.find("[trust_domains").unwrap();
+    let with_file = format!("{}{}", &with_token[..pkcs11], &with_token[trust..]).replace(
+        &format!("key = {HOST_URI:?}"),
+        &format!("key = {key_file:?}"),
+    );
+    let config = pki.write("host/mtlsd.toml", &with_file, 0o600);
+    let mut daemon = spawn(&config, &host.token);
+    let inbound = daemon.listener_addr("in").await;
+    let direct = pki.ca.issue(&localhost_leaf("direct")).unwrap();
+    let client = full_handshake_client(&pki, &direct);
+    let mut stream = tls_connect(inbound, client.clone()).await.unwrap();
+    assert_eq!(round_trip(&mut stream, b"file").await.unwrap(), b"file");
+
+    pki.write("host/mtlsd.toml", &with_token, 0o600);
+    daemon.signal(Signal::SIGHUP);
+    // Said while the new generation is applied, before it is logged.
+    let line = daemon
+        .find_log_where(
+            "this host's key is now in a token, but mtlsd started with a key file on its \
+             single-threaded runtime: each handshake's token signature holds every other \
+             connection until it is done; restart mtlsd to sign beside them",
+            |_| true,
+            SOON,
+        )
+        .await;
+    daemon
+        .wait_for_log_where("TLS material reloaded", |l| l["generation"] == 2, SOON)
+        .await;
+    assert_eq!(line["level"], "WARN", "{line}");
+    let mut stream = tls_connect(inbound, client).await.unwrap();
+    assert_eq!(round_trip(&mut stream, b"token").await.unwrap(), b"token");
+    let admin = daemon.admin_addr().await;
+    assert_eq!(
+        status_json(admin).await["identity_token"]["sessions_open"],
+        1
+    );
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(daemon.exited(SOON).await.code(), Some(0));
+}
+
 /// An inbound daemon (its own process) whose key is in a SoftHSM token
 /// with `pkcs11.timeout = "1s"`, in front of an echo, and a client that
 /// has made one full handshake and round trip through it.

@@ -422,27 +422,13 @@ fn leaf_spki(leaf: &CertificateDer<'_>) -> Option<Vec<u8>> {
 
 /// Runs a blocking wait without stalling the async runtime's other
 /// tasks: on a multi-thread runtime worker they move to another thread
-/// for the duration. mtlsd starts on the multi-thread runtime whenever
-/// its key is in a token; a reload that moves the key into a token while
-/// it runs on the single-threaded one makes every signature hold the
-/// whole data path, which is said once.
+/// for the duration (mtlsd starts on one whenever its key is in a token).
 fn wait<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)
         }
-        Ok(_) => {
-            static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| {
-                tracing::warn!(
-                    "this host's key is now in a token, but mtlsd started with a key file on \
-                     its single-threaded runtime: each handshake's token signature holds every \
-                     other connection until it is done; restart mtlsd to sign on the side"
-                );
-            });
-            f()
-        }
-        Err(_) => f(),
+        _ => f(),
     }
 }
 
