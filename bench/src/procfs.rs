@@ -51,15 +51,8 @@ pub(crate) fn tree(root: i32) -> Vec<i32> {
 /// User plus system CPU seconds used so far by `pids` (exited threads
 /// included, as the kernel folds them into their process).
 pub(crate) fn cpu_seconds(pids: &[i32]) -> f64 {
-    pids.iter()
-        .filter_map(|&pid| {
-            let f = stat_fields(pid)?;
-            // utime and stime are fields 14 and 15 (index 11 and 12 here).
-            let utime: u64 = f.get(11)?.parse().ok()?;
-            let stime: u64 = f.get(12)?.parse().ok()?;
-            Some((utime + stime) as f64 / TICKS_PER_SECOND)
-        })
-        .sum()
+    let (user, system) = cpu_split(pids);
+    user + system
 }
 
 /// User and system CPU seconds used so far by `pids`, apart: where a
@@ -68,6 +61,7 @@ pub(crate) fn cpu_split(pids: &[i32]) -> (f64, f64) {
     pids.iter()
         .filter_map(|&pid| {
             let f = stat_fields(pid)?;
+            // utime and stime are fields 14 and 15 (index 11 and 12 here).
             let utime: u64 = f.get(11)?.parse().ok()?;
             let stime: u64 = f.get(12)?.parse().ok()?;
             Some((utime as f64, stime as f64))
