@@ -138,6 +138,15 @@ async fn handle_inbound(state: Arc<Inbound>, request: Request<RequestBody>) -> R
     }
     let series = state.series(decision.rule);
     series.allowed();
+    // From here the call is counted once however it ends, also when the
+    // client gives up before the daemon answers (this future is dropped).
+    let record = CallRecord {
+        metrics: state.ctx.metrics.clone(),
+        series,
+        started,
+        status: None,
+        recorded: false,
+    };
     let headers = state.identity.headers(generation.number(), decision.host);
     drop(generation);
 
@@ -158,41 +167,34 @@ async fn handle_inbound(state: Arc<Inbound>, request: Request<RequestBody>) -> R
         "local daemon",
     )
     .await;
-    observed(response, state.ctx.metrics.clone(), series, started)
+    observed(response, record)
 }
 
 /// Wraps the response so its grpc-status (headers for trailers-only
 /// answers, else trailers) and duration are counted when it ends.
-fn observed(
-    response: Response<Body>,
-    metrics: Arc<RequestMetrics>,
-    series: Arc<GrpcCallSeries>,
-    started: std::time::Instant,
-) -> Response<Body> {
-    let status = grpc_status::status_of(response.headers());
+fn observed(response: Response<Body>, mut record: CallRecord) -> Response<Body> {
+    record.status = grpc_status::status_of(response.headers());
     response.map(|body| {
         ObservedBody {
             inner: body,
-            metrics,
-            series,
-            started,
-            status,
-            recorded: false,
+            record,
         }
         .boxed()
     })
 }
 
-struct ObservedBody {
-    inner: Body,
+/// One allowed call's status and duration, counted exactly once: when its
+/// response ends, or when it is dropped first (CANCELLED).
+struct CallRecord {
     metrics: Arc<RequestMetrics>,
     series: Arc<GrpcCallSeries>,
     started: std::time::Instant,
+    /// From the response's headers, then its trailers.
     status: Option<GrpcCode>,
     recorded: bool,
 }
 
-impl ObservedBody {
+impl CallRecord {
     fn record(&mut self) {
         if !self.recorded {
             self.recorded = true;
@@ -202,6 +204,18 @@ impl ObservedBody {
                 .ended(&self.metrics, status.name(), self.started.elapsed());
         }
     }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        self.record();
+    }
+}
+
+/// A response body whose end (or drop) completes its call's record.
+struct ObservedBody {
+    inner: Body,
+    record: CallRecord,
 }
 
 impl hyper::body::Body for ObservedBody {
@@ -218,10 +232,10 @@ impl hyper::body::Body for ObservedBody {
                 if let Some(trailers) = frame.trailers_ref()
                     && let Some(status) = grpc_status::status_of(trailers)
                 {
-                    self.status = Some(status);
+                    self.record.status = Some(status);
                 }
             }
-            std::task::Poll::Ready(None) => self.record(),
+            std::task::Poll::Ready(None) => self.record.record(),
             _ => {}
         }
         polled
@@ -233,12 +247,6 @@ impl hyper::body::Body for ObservedBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl Drop for ObservedBody {
-    fn drop(&mut self) {
-        self.record();
     }
 }
 

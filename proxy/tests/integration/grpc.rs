@@ -347,6 +347,35 @@ async fn per_call_metrics_follow_each_calls_rule_on_one_connection() {
         assert_eq!(requests(&metrics, rule, "OK"), calls, "{rule}: {metrics}");
         assert_eq!(timed(&metrics, rule), calls, "{rule}: {metrics}");
     }
+
+    // A call the client gives up on while the daemon has not answered yet
+    // (Slow waits 5 s upstream) is counted too: CANCELLED, with its time.
+    let mut cancelled = api.clone();
+    let call = tokio::spawn(async move {
+        cancelled
+            .slow(StreamRequest {
+                count: 5000,
+                size: 0,
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    call.abort();
+    let slow = "/mtlsd.test.Echo/Slow";
+    let deadline = std::time::Instant::now() + SOON;
+    loop {
+        let (_, metrics) = http_get(cluster.server.admin_addr(), "/metrics").await;
+        if requests(&metrics, slow, "CANCELLED") == 1.0 {
+            assert_eq!(decisions(&metrics, slow, "allow"), 3.0, "{metrics}");
+            assert_eq!(timed(&metrics, slow), 3.0, "{metrics}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cancelled call was not counted: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
