@@ -232,6 +232,16 @@ async fn route_rules_deny_with_permission_denied_naming_the_rule() {
     assert_eq!(requests(&metrics, "default", "OK"), 2.0, "{metrics}");
 }
 
+/// A Slow call (the daemon answers after `ms` milliseconds) in the
+/// background.
+fn slow_call(
+    client: &EchoClient<Channel>,
+    ms: u32,
+) -> tokio::task::JoinHandle<Result<tonic::Response<Msg>, tonic::Status>> {
+    let mut client = client.clone();
+    tokio::spawn(async move { client.slow(StreamRequest { count: ms, size: 0 }).await })
+}
+
 /// The server's `mtlsd_authz_decisions_total` for `rule` and `decision`
 /// on its grpc listener (0 when the series is absent).
 fn decisions(metrics: &str, rule: &str, decision: &str) -> f64 {
@@ -350,15 +360,7 @@ async fn per_call_metrics_follow_each_calls_rule_on_one_connection() {
 
     // A call the client gives up on while the daemon has not answered yet
     // (Slow waits 5 s upstream) is counted too: CANCELLED, with its time.
-    let mut cancelled = api.clone();
-    let call = tokio::spawn(async move {
-        cancelled
-            .slow(StreamRequest {
-                count: 5000,
-                size: 0,
-            })
-            .await
-    });
+    let call = slow_call(&api, 5000);
     tokio::time::sleep(Duration::from_millis(300)).await;
     call.abort();
     let slow = "/mtlsd.test.Echo/Slow";
@@ -437,15 +439,7 @@ async fn grpc_timeout_is_honoured() {
 async fn drain_lets_in_flight_calls_finish() {
     let cluster = Cluster::start(mtlsd_testsvc::serve().await).await;
     let (_api1, client) = cluster.client("api1").await;
-    let mut slow_client = client.clone();
-    let in_flight = tokio::spawn(async move {
-        slow_client
-            .slow(StreamRequest {
-                count: 700,
-                size: 0,
-            })
-            .await
-    });
+    let in_flight = slow_call(&client, 700);
     tokio::time::sleep(Duration::from_millis(200)).await;
     // The server host drains: GOAWAY to its peers, in-flight calls finish.
     let drained = within("drain", SOON, cluster.server.drain(Duration::from_secs(5))).await;
