@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::activity::Activity;
 use crate::connections::Registration;
 use crate::metrics::RequestMetrics;
+use crate::transport::wake_gate::WakeGate;
 
 /// The body type of every response the L7 modes send (defined with the
 /// stream tracking that wraps it).
@@ -68,55 +70,77 @@ where
             None => std::future::pending().await,
         }
     };
-    // Every wake-up of the connection (each frame, each stream's
-    // progress) runs this select: the futures it waits on are made once,
-    // outside the loop, so a wake-up costs no timer or waiter
-    // registration, and the connection is polled first.
+    // The connection wakes this task for every frame and every stream's
+    // progress; the waits below fire a handful of times in its life. They
+    // are made once, outside the loop (no timer or waiter registered per
+    // wake-up), and polled only after one of them fired (`WakeGate`).
     let drained = draining.cancelled();
     let flood = limits.activity.flooding();
     let tick_every = (limits.first_bytes.min(limits.idle) / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(1));
     let tick = tokio::time::sleep(tick_every);
     tokio::pin!(leave, closed, drained, flood, tick);
+    let gate = WakeGate::new();
     let mut told_to_go = false;
     let mut leaving = false;
     let mut flood_seen = false;
     let mut drop_at: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            biased;
-            result = connection.as_mut() => return Some(result),
-            () = &mut drained, if !told_to_go => {
+    std::future::poll_fn(|cx| {
+        loop {
+            if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                return Poll::Ready(Some(result));
+            }
+            let Some(mut waits) = gate.opened(cx) else {
+                return Poll::Pending;
+            };
+            let waits = &mut waits;
+            // Each wait that fired is handled, then the connection polled
+            // again (a GOAWAY to send) and every wait too (to register).
+            if !told_to_go && drained.as_mut().poll(waits).is_ready() {
                 shutdown(connection.as_mut());
                 told_to_go = true;
+                gate.rearm();
+                continue;
             }
-            () = &mut leave, if !leaving => {
+            if !leaving && leave.as_mut().poll(waits).is_ready() {
                 leaving = true;
                 if !told_to_go {
                     shutdown(connection.as_mut());
                     told_to_go = true;
                 }
+                gate.rearm();
+                continue;
             }
-            () = &mut closed => return None,
-            () = &mut flood, if !flood_seen => {
+            if closed.as_mut().poll(waits).is_ready() {
+                return Poll::Ready(None);
+            }
+            if !flood_seen && flood.as_mut().poll(waits).is_ready() {
                 flood_seen = true;
-                limits.metrics.connection_ended(limits.listener, "reset_flood");
-                tracing::warn!(listener = limits.listener,
-                    "peer resets streams faster than allowed; sending GOAWAY");
+                limits
+                    .metrics
+                    .connection_ended(limits.listener, "reset_flood");
+                tracing::warn!(
+                    listener = limits.listener,
+                    "peer resets streams faster than allowed; sending GOAWAY"
+                );
                 if !told_to_go {
                     shutdown(connection.as_mut());
                     told_to_go = true;
                 }
                 drop_at = Some(Instant::now() + GOAWAY_GRACE);
+                gate.rearm();
+                continue;
             }
-            () = &mut tick => {
+            if tick.as_mut().poll(waits).is_ready() {
                 tick.as_mut().reset(Instant::now() + tick_every);
                 let activity = limits.activity;
                 if !activity.heard_from_peer() && activity.age() >= limits.first_bytes {
-                    limits.metrics.connection_ended(limits.listener, "no_first_bytes");
+                    limits
+                        .metrics
+                        .connection_ended(limits.listener, "no_first_bytes");
                     tracing::info!(listener = limits.listener, timeout = ?limits.first_bytes,
                         "peer sent nothing after the TLS handshake; closing");
-                    return None;
+                    return Poll::Ready(None);
                 }
                 if !told_to_go && activity.idle_for() >= limits.idle {
                     limits.metrics.connection_ended(limits.listener, "idle");
@@ -127,9 +151,14 @@ where
                     drop_at = Some(Instant::now() + GOAWAY_GRACE);
                 }
                 if drop_at.is_some_and(|at| Instant::now() >= at) {
-                    return None;
+                    return Poll::Ready(None);
                 }
+                gate.rearm();
+                continue;
             }
+            // Nothing fired: every wait is registered with the gate.
+            return Poll::Pending;
         }
-    }
+    })
+    .await
 }

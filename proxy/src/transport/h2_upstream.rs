@@ -20,6 +20,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -37,6 +38,7 @@ use super::coalesce::Coalescing;
 use super::h2_stream::{BodyPump, H2Body};
 use super::handshake::Handshaker;
 use super::pool::TlsConnection;
+use super::wake_gate::WakeGate;
 use crate::config::{ListenerConfig, Outbound, Timeouts};
 use crate::error_chain::root_cause;
 
@@ -380,33 +382,39 @@ where
     let mut pinger: Option<PingPong> = connection.ping_pong();
     let mut next_tick = tokio::time::Instant::now() + interval;
     let mut pong_due: Option<tokio::time::Instant> = None;
-    loop {
-        let wake = pong_due.unwrap_or(next_tick);
-        tokio::select! {
-            ended = &mut connection => {
+    // The connection wakes this task for every frame; the PING's answer
+    // and the timer are polled only after one of them fired (`WakeGate`).
+    let gate = WakeGate::new();
+    let timer = tokio::time::sleep_until(next_tick);
+    tokio::pin!(timer);
+    std::future::poll_fn(|cx| {
+        loop {
+            if let Poll::Ready(ended) = Pin::new(&mut connection).poll(cx) {
                 if let Err(e) = ended {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
                 }
-                break;
+                return Poll::Ready(());
             }
-            pong = std::future::poll_fn(|cx| match &mut pinger {
-                Some(p) => p.poll_pong(cx),
-                None => Poll::Pending,
-            }), if pong_due.is_some() => {
+            let Some(mut waits) = gate.opened(cx) else {
+                return Poll::Pending;
+            };
+            if pong_due.is_some()
+                && let Some(p) = &mut pinger
+                && let Poll::Ready(pong) = p.poll_pong(&mut waits)
+            {
                 pong_due = None;
                 if pong.is_err() {
-                    break;
+                    return Poll::Ready(());
                 }
-            }
-            () = tokio::time::sleep_until(wake) => {
+            } else if timer.as_mut().poll(&mut waits).is_ready() {
                 if pong_due.is_some() {
                     tracing::warn!(timeout = ?timeouts.handshake,
                         "upstream did not answer a keep-alive PING; closing the connection");
-                    break;
+                    return Poll::Ready(());
                 }
                 if state.idle_for() >= timeouts.idle {
                     tracing::debug!(idle = ?timeouts.idle, "pooled upstream connection idle; closing");
-                    break;
+                    return Poll::Ready(());
                 }
                 if let Some(p) = &mut pinger
                     && p.send_ping(Ping::opaque()).is_ok()
@@ -414,8 +422,13 @@ where
                     pong_due = Some(tokio::time::Instant::now() + timeouts.handshake);
                 }
                 next_tick = tokio::time::Instant::now() + interval;
+            } else {
+                return Poll::Pending;
             }
+            timer.as_mut().reset(pong_due.unwrap_or(next_tick));
+            gate.rearm();
         }
-    }
+    })
+    .await;
     state.ended.store(true, Ordering::Release);
 }

@@ -9,3 +9,4 @@ pub mod h2_stream;
 pub mod h2_upstream;
 pub mod handshake;
 pub mod pool;
+pub mod wake_gate;
