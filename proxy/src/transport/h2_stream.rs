@@ -26,6 +26,8 @@ pub enum Sent {
 pub struct BodyPump<B> {
     body: B,
     send: SendStream<Bytes>,
+    /// A frame has been sent: wait for window before taking the next.
+    sent_any: bool,
 }
 
 impl<B> std::fmt::Debug for BodyPump<B> {
@@ -40,21 +42,29 @@ where
     B::Error: std::fmt::Display,
 {
     pub fn new(body: B, send: SendStream<Bytes>) -> Self {
-        Self { body, send }
+        Self {
+            body,
+            send,
+            sent_any: false,
+        }
     }
 
     /// Ready when the body has been sent in full or can no longer be.
     ///
     /// Every call on `send` takes the connection's stream lock, so the
-    /// loop asks only what it must per frame: window only when the last
-    /// frame used it up, and a reset only before it waits (a reset that
-    /// came while a frame was on its way makes that frame's send fail,
-    /// which ends the pump the same way).
+    /// loop asks only what it must per frame: window only after a frame
+    /// was sent and only when that frame used it up, and a reset only
+    /// before it waits (a reset that came while a frame was on its way
+    /// makes that frame's send fail, which ends the pump the same way).
+    /// The first frame is taken without asking: like every later one it
+    /// is held by `h2` until the peer's window lets it go, so a stream
+    /// holds at most its window and one frame either way, and a unary
+    /// call's only frame costs no window round of its own.
     pub fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<Sent> {
         loop {
             // Wait for window before taking the next frame from the other
             // leg, so flow control reaches its sender.
-            if self.send.capacity() == 0 {
+            if self.sent_any && self.send.capacity() == 0 {
                 self.send.reserve_capacity(1);
                 while self.send.capacity() == 0 {
                     match self.send.poll_capacity(cx) {
@@ -83,6 +93,7 @@ where
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         let end = self.body.is_end_stream();
+                        self.sent_any = true;
                         match self.send.send_data(data, end) {
                             Err(_) => return Poll::Ready(Sent::Cut),
                             Ok(()) if end => return Poll::Ready(Sent::Complete),
