@@ -140,7 +140,7 @@ async fn handle_inbound(state: Arc<Inbound>, request: Request<RequestBody>) -> R
     series.allowed();
     // From here the call is counted once however it ends, also when the
     // client gives up before the daemon answers (this future is dropped).
-    let record = CallRecord {
+    let mut record = CallRecord {
         metrics: state.ctx.metrics.clone(),
         series,
         started,
@@ -161,18 +161,26 @@ async fn handle_inbound(state: Arc<Inbound>, request: Request<RequestBody>) -> R
     parts.uri = uri;
     let deadline = grpc_timeout(&parts.headers);
     let client = state.ctx.pool.h2c(listener, &state.target);
-    let response = forward(
+    match forward(
         client.request(Request::from_parts(parts, body)),
         deadline,
         "local daemon",
     )
-    .await;
-    observed(response, record)
+    .await
+    {
+        Ok(response) => observed(response, record),
+        Err(answer) => {
+            // Counted now, as `record` drops.
+            record.status = grpc_status::status_of(answer.headers());
+            answer
+        }
+    }
 }
 
-/// Wraps the response so its grpc-status (headers for trailers-only
-/// answers, else trailers) and duration are counted when it ends.
-fn observed(response: Response<Body>, mut record: CallRecord) -> Response<Body> {
+/// Wraps the daemon's response so its grpc-status (headers for
+/// trailers-only answers, else trailers) and duration are counted when it
+/// ends.
+fn observed(response: Response<UpstreamBody>, mut record: CallRecord) -> Response<Body> {
     record.status = grpc_status::status_of(response.headers());
     response.map(|body| {
         ObservedBody {
@@ -214,7 +222,7 @@ impl Drop for CallRecord {
 
 /// A response body whose end (or drop) completes its call's record.
 struct ObservedBody {
-    inner: Body,
+    inner: UpstreamBody,
     record: CallRecord,
 }
 
@@ -226,7 +234,9 @@ impl hyper::body::Body for ObservedBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        let polled = std::pin::Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(BoxError::from);
         match &polled {
             std::task::Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref()
@@ -309,6 +319,10 @@ async fn handle_outbound(
         "remote host",
     )
     .await
+    .map_or_else(
+        |answer| answer,
+        |response| response.map(|body| body.map_err(BoxError::from).boxed()),
+    )
 }
 
 /// Serves HTTP/2 on `io` until the peer leaves, held to the listener's
@@ -353,35 +367,33 @@ async fn serve_h2<I, H, F>(
     }
 }
 
-/// Sends the request on; maps failures to gRPC statuses.
+/// Sends the request on: the peer's response, or the gRPC answer for a
+/// failure (UNAVAILABLE, DEADLINE_EXCEEDED).
 async fn forward(
     request: impl std::future::Future<Output = Result<Response<UpstreamBody>, UpstreamError>>,
     deadline: Option<Duration>,
     what: &str,
-) -> Response<Body> {
+) -> Result<Response<UpstreamBody>, Response<Body>> {
     let response = match deadline {
         Some(deadline) => match tokio::time::timeout(deadline, request).await {
             Ok(response) => response,
             Err(_) => {
-                return grpc_status::error(
+                return Err(grpc_status::error(
                     GrpcCode::DeadlineExceeded,
                     &format!("deadline passed waiting for the {what}"),
-                );
+                ));
             }
         },
         None => request.await,
     };
-    match response {
-        Ok(response) => response.map(|body| body.map_err(BoxError::from).boxed()),
-        Err(e) => {
-            let cause = root_cause(&e);
-            tracing::warn!(error = %WithCauses(&e), "cannot reach the {what}");
-            grpc_status::error(
-                GrpcCode::Unavailable,
-                &format!("mtlsd cannot reach the {what}: {cause}"),
-            )
-        }
-    }
+    response.map_err(|e| {
+        let cause = root_cause(&e);
+        tracing::warn!(error = %WithCauses(&e), "cannot reach the {what}");
+        grpc_status::error(
+            GrpcCode::Unavailable,
+            &format!("mtlsd cannot reach the {what}: {cause}"),
+        )
+    })
 }
 
 #[cfg(test)]
