@@ -282,6 +282,7 @@ async fn one_system(
     phase("latency");
     // Max unary rate, closed loop.
     for &(l7, addr) in modes.iter().filter(|_| p.wants("rate")) {
+        phase(if l7 { "max rate, L7" } else { "max rate, L4" });
         let mut marks = Vec::new();
         let mut split = Vec::new();
         let rate = load::max_rate(
