@@ -3,7 +3,8 @@
 //! hand a received one on as a [`hyper::body::Body`] ([`H2Body`]) whose
 //! window is released as each frame is taken. Together they carry HTTP/2
 //! flow control end to end: a reader that stops reading stops the window
-//! on the other leg, and mtlsd holds at most a window per stream.
+//! on the other leg, and mtlsd holds at most a window and one frame
+//! per stream.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
