@@ -92,7 +92,9 @@ impl GrpcCode {
 /// The `grpc-status` of a response's headers (a trailers-only answer) or
 /// trailers.
 pub fn status_of(headers: &HeaderMap) -> Option<GrpcCode> {
-    let number: u16 = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    // A name made at compile time: a `&str` key is parsed on every lookup.
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    let number: u16 = headers.get(GRPC_STATUS)?.to_str().ok()?.parse().ok()?;
     Some(GrpcCode::from_number(number))
 }
 

@@ -18,7 +18,9 @@ pub fn split_path(path: &str) -> Option<(&str, &str)> {
 /// `grpc-timeout: 250m` → 250 ms. Malformed values are ignored (the
 /// upstream sees them and decides).
 pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    parse_grpc_timeout(headers.get("grpc-timeout")?.to_str().ok()?)
+    // A name made at compile time: a `&str` key is parsed on every lookup.
+    const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+    parse_grpc_timeout(headers.get(GRPC_TIMEOUT)?.to_str().ok()?)
 }
 
 /// A `grpc-timeout` value: 1 to 8 digits and a unit (`H`, `M`, `S`, `m`,
