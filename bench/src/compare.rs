@@ -509,6 +509,10 @@ async fn instructions(
     }
     drop(client);
     drop(pair);
+    // BENCH_KEEP=1 keeps the callgrind dumps too, for callgrind_annotate.
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        eprintln!("kept callgrind dumps in {}", profiles.keep().display());
+    }
     Ok(out)
 }
 
