@@ -63,8 +63,12 @@ pin_project_lite::pin_project! {
         handler: H,
         activity: Arc<Activity>,
         shutdown: bool,
-        // The streams being served, driven by this connection's task.
-        streams: FuturesUnordered<StreamTask<F>>,
+        // The streams being served, driven by this connection's task. Each
+        // call's future is boxed: `FuturesUnordered` keeps a stub node the
+        // size of one stream for as long as the connection lives, and an
+        // unboxed call future (2–3 KiB) would make every idle connection
+        // carry that much more.
+        streams: FuturesUnordered<StreamTask<Pin<Box<F>>>>,
         wakes: WakeSet<2>,
     }
 }
@@ -154,7 +158,7 @@ where
                             let request = request.map(|recv| H2Body::new(recv, ()));
                             this.streams.push(StreamTask {
                                 state: StreamState::Waiting {
-                                    response: (this.handler)(request),
+                                    response: Box::pin((this.handler)(request)),
                                     respond,
                                 },
                                 guard: Some(guard),
