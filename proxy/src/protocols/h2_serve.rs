@@ -4,8 +4,7 @@
 //! machine): it waits for its call's response while watching for a reset
 //! from the peer (which drops the call, and with it the upstream stream),
 //! then sends the response body as the peer's window allows. Compared with
-//! hyper's server this drops the service layer, the boxed per-call future
-//! and one body wrapper.
+//! hyper's server this drops the service layer and one body wrapper.
 //!
 //! The streams are driven inside the connection's own task (a
 //! `FuturesUnordered`), not one task each: a call's response then goes out
