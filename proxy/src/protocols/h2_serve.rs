@@ -25,6 +25,7 @@
 //! (`l7::drive`) see exactly what they saw with hyper.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -116,7 +117,8 @@ where
     pub fn graceful_shutdown(self: Pin<&mut Self>) {
         let this = self.project();
         *this.shutdown = true;
-        // The GOAWAY goes out when the connection is polled next.
+        // The GOAWAY goes out when the connection is polled next (h2 does
+        // not wake it); `l7::drive` polls it again right after this call.
         this.wakes.mark(CONNECTION);
         if let State::Serving(connection) = this.state {
             connection.graceful_shutdown();
@@ -146,7 +148,13 @@ where
         };
         let wakes = &*this.wakes;
         wakes.enter();
-        for _ in 0..ROUNDS_PER_POLL {
+        for round in 0..ROUNDS_PER_POLL {
+            // Out of tokio's budget for this turn, every socket and timer
+            // answers Pending and wakes at once: let other tasks run
+            // instead of going round for nothing.
+            if round > 0 && !tokio::task::coop::has_budget_remaining() {
+                break;
+            }
             // The connection first: it reads frames (waking the streams
             // they are for) and accepts new streams.
             if let Some(mut part) = wakes.take(CONNECTION) {
@@ -177,8 +185,12 @@ where
             if let Some(mut part) = wakes.take(STREAMS) {
                 while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(&mut part) {}
             }
-            if !wakes.any() && !wakes.leave(cx) {
-                return Poll::Pending;
+            if !wakes.any() {
+                if !wakes.leave(cx) {
+                    return Poll::Pending;
+                }
+                // Woken while registering: go on, marking wake-ups only.
+                wakes.enter();
             }
         }
         // Still busy: let other tasks run first.
@@ -215,6 +227,24 @@ where
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // The calls share their connection's task: a panic in one (a bug)
+        // must cost that call only. The stream is dropped, which resets
+        // it; the connection and its other calls go on.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.poll_call(cx))) {
+            Ok(polled) => polled,
+            Err(_) => {
+                tracing::error!("a call panicked (a bug in mtlsd); its stream is reset");
+                Poll::Ready(())
+            }
+        }
+    }
+}
+
+impl<F> StreamTask<F>
+where
+    F: Future<Output = Response<Body>>,
+{
+    fn poll_call(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
@@ -269,5 +299,46 @@ where
                 StreamStateProj::Done => return Poll::Ready(()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocols::grpc_status::{self, GrpcCode};
+
+    /// The calls run inside their connection's task, so one call's panic
+    /// must be caught at the call: its stream is reset, and the calls
+    /// beside it, and the ones after it, are answered.
+    #[tokio::test]
+    async fn a_call_that_panics_resets_its_stream_and_the_connection_goes_on() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let handler = |request: Request<RequestBody>| async move {
+            if request.uri().path() == "/panic" {
+                panic!("a bug in a call");
+            }
+            grpc_status::error(GrpcCode::NotFound, "answered")
+        };
+        let server = tokio::spawn(H2Connection::new(server_io, handler, Activity::new()));
+        let (client, connection) = h2::client::handshake(client_io).await.unwrap();
+        tokio::spawn(connection);
+        let call = |path: &str| {
+            let client = client.clone();
+            let request = Request::post(format!("http://mtlsd{path}"))
+                .body(())
+                .unwrap();
+            async move {
+                let mut client = client.ready().await?;
+                let (response, _) = client.send_request(request, true)?;
+                response.await
+            }
+        };
+        let (bad, good) = tokio::join!(call("/panic"), call("/ok"));
+        assert!(bad.is_err(), "the panicking call must be reset: {bad:?}");
+        let good = good.expect("the call beside it is answered");
+        assert_eq!(good.headers()["grpc-status"], "5");
+        let after = call("/ok").await.expect("a call after it is answered");
+        assert_eq!(after.headers()["grpc-status"], "5");
+        assert!(!server.is_finished(), "the connection must go on");
     }
 }

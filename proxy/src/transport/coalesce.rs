@@ -2,12 +2,15 @@
 //!
 //! h2 flushes each time its connection task runs with frames to send, and
 //! the frames of one unary gRPC call reach that task in several turns
-//! (headers, body and trailers come from other tasks). Over TLS every
-//! flush was its own record and its own `sendto`, so a call cost several
-//! of each (issue 7's profile: most of the L7 CPU is in the kernel).
-//! [`Coalescing`] keeps what h2 writes and, at the first flush, yields
-//! once to the scheduler: frames that other tasks hand over in that turn
-//! join the same write. Writes stay bounded ([`LIMIT`]): beyond it, they
+//! (headers, body and trailers come from the calls, which run in other
+//! tasks or, on the listener side, in other turns of the same task). Over
+//! TLS every flush was its own record and its own `sendto`, so a call cost
+//! several of each (issue 7's profile: most of the L7 CPU is in the
+//! kernel). [`Coalescing`] keeps what h2 writes and, at the first flush,
+//! yields once, waking the connection: frames that the calls hand over
+//! meanwhile join the same write. (On a listener the wake-up marks the
+//! connection to be polled again after the streams that were woken, in
+//! the same turn of its task: see `protocols/h2_serve.rs`.) Writes stay bounded ([`LIMIT`]): beyond it, they
 //! go through and back-pressure is the inner stream's.
 
 use std::io;
