@@ -10,51 +10,19 @@
 //! after one of them has fired, and polls the connection every time.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
 
-/// The waker the rare waiters are polled with.
-#[derive(Debug)]
-pub struct WakeGate {
-    shared: Arc<Shared>,
-    waker: Waker,
-}
-
-#[derive(Debug)]
-struct Shared {
-    /// Set when a gated waiter fired (and at first, so they are polled once
-    /// to register).
-    fired: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl Wake for Shared {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.fired.store(true, Ordering::Release);
-        self.task.wake();
-    }
-}
-
-impl Default for WakeGate {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// The waker the rare waiters are polled with: a [`WakeSet`] of one part
+/// whose task is woken on every wake-up, its own poll included.
+#[derive(Debug, Default)]
+pub struct WakeGate(WakeSet<1>);
 
 impl WakeGate {
     pub fn new() -> Self {
-        let shared = Arc::new(Shared {
-            fired: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        });
-        let waker = Waker::from(shared.clone());
-        Self { shared, waker }
+        Self(WakeSet::new())
     }
 
     /// Called on each poll of the task: keeps the task's waker for the
@@ -62,20 +30,17 @@ impl WakeGate {
     /// of them fired since the last time (or [`WakeGate::rearm`] was
     /// called); `None` means they need no poll now.
     pub fn opened(&self, cx: &Context<'_>) -> Option<Context<'_>> {
-        // Register before looking at the flag: a waiter that fires in
-        // between sets it and wakes the task once more, which is harmless.
-        self.shared.task.register(cx.waker());
-        self.shared
-            .fired
-            .swap(false, Ordering::AcqRel)
-            .then(|| Context::from_waker(&self.waker))
+        // Register before looking at the mark: a waiter that fires in
+        // between marks it and wakes the task once more, which is harmless.
+        self.0.leave(cx);
+        self.0.take(0)
     }
 
     /// Polls the gated waiters on the next [`WakeGate::opened`] too: after
     /// one fired and was handled, the others (and a reset timer) must be
     /// polled again to register.
     pub fn rearm(&self) {
-        self.shared.fired.store(true, Ordering::Release);
+        self.0.mark(0);
     }
 }
 
