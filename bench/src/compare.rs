@@ -164,6 +164,9 @@ async fn one_system(
         .chain(cpu.client.iter().copied())
         .chain(cpu.server.iter().copied())
         .collect();
+    // The proxies' neighbours on the same cores: the load generator (this
+    // process) and the upstream.
+    let neighbour_pids = [std::process::id() as i32, up.pid()];
     let (busy0, ours0, wall0) = (
         procfs::machine_busy_seconds(),
         procfs::cpu_seconds(&ours),
@@ -285,6 +288,7 @@ async fn one_system(
         phase(if l7 { "max rate, L7" } else { "max rate, L4" });
         let mut marks = Vec::new();
         let mut split = Vec::new();
+        let mut neighbours = Vec::new();
         let rate = load::max_rate(
             addr,
             p.max_rate_connections,
@@ -294,6 +298,7 @@ async fn one_system(
             || {
                 marks.push(cpu.now());
                 split.push(cpu.split_now());
+                neighbours.push(procfs::cpu_seconds(&neighbour_pids));
             },
         )
         .await
@@ -308,6 +313,17 @@ async fn one_system(
         r.add(f, kind, rps);
         if kind == Kind::Direct {
             r.add(Figure::RateL4, kind, rps);
+        }
+        if l7 && rate.ok > 0 && neighbours.len() == 2 {
+            // What the generator and the upstream spend per call is not the
+            // proxies' CPU, but it shares their cores: a proxy whose frames
+            // cost its neighbours more lowers the maximum rate even at the
+            // same CPU of its own.
+            r.add(
+                Figure::RateL7NeighboursPerCall,
+                kind,
+                (neighbours[1] - neighbours[0]) * 1e6 / rate.ok as f64,
+            );
         }
         if kind.is_proxy() && marks.len() == 2 {
             let (cc, cs) = Cpu::between(marks[0], marks[1]);

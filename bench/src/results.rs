@@ -120,6 +120,7 @@ pub(crate) enum Figure {
     RateL7PerCpu,
     RateL7UserPerCall,
     RateL7SystemPerCall,
+    RateL7NeighboursPerCall,
     RateL4,
     RateL4PerCpu,
     SyscallsC1,
@@ -158,7 +159,7 @@ pub(crate) struct Meta {
 }
 
 impl Figure {
-    pub(crate) const TABLE: [Figure; 34] = [
+    pub(crate) const TABLE: [Figure; 35] = [
         Figure::LatL7P50,
         Figure::LatL7P99,
         Figure::LatL7P999,
@@ -171,6 +172,7 @@ impl Figure {
         Figure::RateL7PerCpu,
         Figure::RateL7UserPerCall,
         Figure::RateL7SystemPerCall,
+        Figure::RateL7NeighboursPerCall,
         Figure::RateL4,
         Figure::RateL4PerCpu,
         Figure::SyscallsC1,
@@ -259,6 +261,12 @@ impl Figure {
             Figure::RateL7SystemPerCall => m(
                 "max_rate_l7_system_us_per_call",
                 "… L7 proxy system (kernel) CPU per call (both proxies)",
+                "µs/call",
+                false,
+            ),
+            Figure::RateL7NeighboursPerCall => m(
+                "max_rate_l7_neighbours_us_per_call",
+                "… L7 load generator + upstream CPU per call (the proxies' neighbours on the same cores)",
                 "µs/call",
                 false,
             ),
