@@ -11,7 +11,7 @@ use crate::upstream::UpstreamAddrs;
 
 /// mtlsd's settings that matter for the comparison, for the report.
 pub(super) const SETTINGS: &[&str] = &[
-    "release build (fat LTO, one codegen unit: the workspace's release profile); runtime.worker_threads = 1, mtlsd's default, which runs everything on tokio's current-thread scheduler (mtlsd-2w: 2 workers of the multi-thread one)",
+    "the binary given with --mtlsd; bench/run measures the shipping build (scripts/build-release: fat LTO, one codegen unit, profile-guided from a training run); runtime.worker_threads = 1, mtlsd's default, which runs everything on tokio's current-thread scheduler (mtlsd-2w: 2 workers of the multi-thread one)",
     "rustls 0.23 with aws-lc-rs, defaults: TLS 1.3 only, session resumption on (rustls default, no setting to turn it off)",
     "grpc mode: h2c in, pooled h2 over mTLS between the pair, pooled h2c to the upstream",
     "tcp mode for L4; max_connections = 8192 per listener; no inventory (chain + name checks only, as the peers do)",
