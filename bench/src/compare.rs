@@ -289,6 +289,7 @@ async fn one_system(
         let mut marks = Vec::new();
         let mut split = Vec::new();
         let mut neighbours = Vec::new();
+        let mut machine = Vec::new();
         let rate = load::max_rate(
             addr,
             p.max_rate_connections,
@@ -299,6 +300,7 @@ async fn one_system(
                 marks.push(cpu.now());
                 split.push(cpu.split_now());
                 neighbours.push(procfs::cpu_seconds(&neighbour_pids));
+                machine.push((procfs::machine_busy_seconds(), Instant::now()));
             },
         )
         .await
@@ -324,6 +326,14 @@ async fn one_system(
                 kind,
                 (neighbours[1] - neighbours[0]) * 1e6 / rate.ok as f64,
             );
+        }
+        if let ([(busy_a, at_a), (busy_b, at_b)], true) = (&machine[..], l7) {
+            // A closed loop on shared cores leaves a core idle when every
+            // runnable thread waits on one that is busy: what a
+            // single-threaded proxy can cost in rate beyond its CPU.
+            let capacity = (*at_b - *at_a).as_secs_f64() * procfs::cores() as f64;
+            let idle = (1.0 - (busy_b - busy_a) / capacity.max(1e-9)).max(0.0);
+            r.add(Figure::RateL7Idle, kind, idle * 100.0);
         }
         if kind.is_proxy() && marks.len() == 2 {
             let (cc, cs) = Cpu::between(marks[0], marks[1]);

@@ -92,6 +92,16 @@ pub(crate) fn rss_anon_kib(pids: &[i32]) -> u64 {
     status_kib(pids, "RssAnon:")
 }
 
+/// The CPUs `/proc/stat` counts in its first line (one `cpuN` line
+/// each): the capacity against which [`machine_busy_seconds`] is read.
+pub(crate) fn cores() -> usize {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count()
+        .max(1)
+}
+
 /// Busy CPU seconds of the whole machine so far (all cores: user, nice,
 /// system, irq, softirq, steal from the first line of /proc/stat).
 pub(crate) fn machine_busy_seconds() -> f64 {

@@ -121,6 +121,7 @@ pub(crate) enum Figure {
     RateL7UserPerCall,
     RateL7SystemPerCall,
     RateL7NeighboursPerCall,
+    RateL7Idle,
     RateL4,
     RateL4PerCpu,
     SyscallsC1,
@@ -159,7 +160,7 @@ pub(crate) struct Meta {
 }
 
 impl Figure {
-    pub(crate) const TABLE: [Figure; 35] = [
+    pub(crate) const TABLE: [Figure; 36] = [
         Figure::LatL7P50,
         Figure::LatL7P99,
         Figure::LatL7P999,
@@ -173,6 +174,7 @@ impl Figure {
         Figure::RateL7UserPerCall,
         Figure::RateL7SystemPerCall,
         Figure::RateL7NeighboursPerCall,
+        Figure::RateL7Idle,
         Figure::RateL4,
         Figure::RateL4PerCpu,
         Figure::SyscallsC1,
@@ -268,6 +270,12 @@ impl Figure {
                 "max_rate_l7_neighbours_us_per_call",
                 "… L7 load generator + upstream CPU per call (the proxies' neighbours on the same cores)",
                 "µs/call",
+                false,
+            ),
+            Figure::RateL7Idle => m(
+                "max_rate_l7_machine_idle_percent",
+                "… L7 machine idle during the maximum rate (cores no process could use)",
+                "% of all cores",
                 false,
             ),
             Figure::RateL4 => m("max_rate_l4", "max unary rate, L4 (tcp)", "calls/s", true),
