@@ -288,8 +288,9 @@ async fn one_system(
         phase(if l7 { "max rate, L7" } else { "max rate, L4" });
         let mut marks = Vec::new();
         let mut split = Vec::new();
-        let mut neighbours = Vec::new();
-        let mut machine = Vec::new();
+        // (neighbours' CPU seconds, machine busy seconds, when) at each end
+        // of the measured window.
+        let mut around = Vec::new();
         let rate = load::max_rate(
             addr,
             p.max_rate_connections,
@@ -299,8 +300,11 @@ async fn one_system(
             || {
                 marks.push(cpu.now());
                 split.push(cpu.split_now());
-                neighbours.push(procfs::cpu_seconds(&neighbour_pids));
-                machine.push((procfs::machine_busy_seconds(), Instant::now()));
+                around.push((
+                    procfs::cpu_seconds(&neighbour_pids),
+                    procfs::machine_busy_seconds(),
+                    Instant::now(),
+                ));
             },
         )
         .await
@@ -316,18 +320,15 @@ async fn one_system(
         if kind == Kind::Direct {
             r.add(Figure::RateL4, kind, rps);
         }
-        if l7 && rate.ok > 0 && neighbours.len() == 2 {
+        if let ([(near_a, busy_a, at_a), (near_b, busy_b, at_b)], true) = (&around[..], l7) {
             // What the generator and the upstream spend per call is not the
             // proxies' CPU, but it shares their cores: a proxy whose frames
             // cost its neighbours more lowers the maximum rate even at the
             // same CPU of its own.
-            r.add(
-                Figure::RateL7NeighboursPerCall,
-                kind,
-                (neighbours[1] - neighbours[0]) * 1e6 / rate.ok as f64,
-            );
-        }
-        if let ([(busy_a, at_a), (busy_b, at_b)], true) = (&machine[..], l7) {
+            if rate.ok > 0 {
+                let per_call_us = (near_b - near_a) * 1e6 / rate.ok as f64;
+                r.add(Figure::RateL7NeighboursPerCall, kind, per_call_us);
+            }
             // A closed loop on shared cores leaves a core idle when every
             // runnable thread waits on one that is busy: what a
             // single-threaded proxy can cost in rate beyond its CPU.

@@ -10,8 +10,9 @@
 //! yields once, waking the connection: frames that the calls hand over
 //! meanwhile join the same write. (On a listener the wake-up marks the
 //! connection to be polled again after the streams that were woken, in
-//! the same turn of its task: see `protocols/h2_serve.rs`.) Writes stay bounded ([`LIMIT`]): beyond it, they
-//! go through and back-pressure is the inner stream's.
+//! the same turn of its task: see `protocols/h2_serve.rs`.) Writes stay
+//! bounded ([`LIMIT`]): beyond it, they go through and back-pressure is
+//! the inner stream's.
 
 use std::io;
 use std::pin::Pin;
