@@ -39,6 +39,7 @@ use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use audit::AuditLine;
 pub use audit::AuditLog;
 
 use crate::config::{Config, ConfigError, KeySource, ListenerConfig};
@@ -210,7 +211,10 @@ impl Reloader {
             refused: Vec::new(),
             closing: 0,
         };
-        reloader.finish(&startup);
+        // Nothing is served yet: written here, before the daemon is ready.
+        if let Some(line) = reloader.finish(&startup) {
+            line.write();
+        }
         Ok(reloader)
     }
 
@@ -333,7 +337,17 @@ impl Reloader {
         if notify_systemd {
             crate::notify::systemd(&[sd_notify::NotifyState::Ready]);
         }
-        self.finish(&outcome);
+        if let Some(line) = self.finish(&outcome) {
+            // On the builder's thread, which is idle now that the attempt
+            // is over; awaited, so the line is on disk when the answer to
+            // `mtlsd reload` is sent, and lines stay in order.
+            if self.builder.run(move || line.write()).await.is_err() {
+                tracing::error!(
+                    path = %self.audit.path().display(),
+                    "the audit line of this reload was not written: the builder thread is gone"
+                );
+            }
+        }
         outcome
     }
 
@@ -520,7 +534,9 @@ impl Reloader {
         restart_result(number, closing)
     }
 
-    fn finish(&mut self, outcome: &ReloadOutcome) {
+    /// Everything an attempt ends with but the audit line's write: the
+    /// line is returned, to be written off the runtime.
+    fn finish(&mut self, outcome: &ReloadOutcome) -> Option<AuditLine> {
         self.metrics.observe(outcome);
         self.state.record_reload(outcome);
         self.state
@@ -531,9 +547,7 @@ impl Reloader {
                 .retain_hosts(|host| inventory.host(host).is_some());
         }
         let audited = outcome.trigger.explicit() || outcome.result != ReloadResult::Unchanged;
-        if audited {
-            self.audit.record(outcome);
-        }
+        let line = audited.then(|| self.audit.line(outcome));
         let changed: Vec<String> = outcome
             .items
             .iter()
@@ -586,6 +600,7 @@ impl Reloader {
                 "needs a restart: {refused}"
             );
         }
+        line
     }
 }
 
