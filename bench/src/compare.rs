@@ -243,6 +243,7 @@ async fn one_system(
             p.rate_rps,
             secs(p.latency_warmup_s),
             secs(p.latency_s),
+            load::Windows::Whole,
             async {
                 at_start = (cpu.now(), Instant::now());
                 Ok(())
@@ -543,8 +544,12 @@ async fn instructions(
     Ok(out)
 }
 
-/// mtlsd only: the L7 latency run while both sides rotate their
-/// certificate and get SIGHUP every `reload_every_s`.
+/// mtlsd only: the L7 latency run in windows of `reload_window_s` that
+/// alternate between quiet and reloading: in each odd window both sides
+/// rotate their certificate and get SIGHUP every `reload_every_s`. The
+/// p99 during reloads is then read against the p99 of the same run's
+/// quiet windows, so a stall of the machine lands on both sides of the
+/// ratio instead of on one run of two.
 async fn reload_under_load(
     bins: &Binaries,
     p: &Params,
@@ -566,53 +571,92 @@ async fn reload_under_load(
     let dir = pair.dir().to_owned();
     let reloads = std::cell::Cell::new(0u32);
     // Handshakes the server side completed on its grpc listener over the
-    // reload window (after the warm-up): with pools that survive a leaf
-    // renewal, none.
+    // run: the client side's first pooled connection, then one per
+    // renewal of its certificate (the pool makes the new connection
+    // before it leaves the old, H4).
     let server_admin = match pair.server.as_ref() {
         Some(systems::Instance::Mtlsd(daemon)) => daemon.admin,
         _ => None,
     };
     let handshakes = || async move { support::grpc_handshakes(server_admin?, "grpc").await };
-    let window_handshakes = std::cell::Cell::new(None);
+    let window = secs(p.reload_window_s);
+    let reload_windows = reload_windows(p);
+    // Reloads per reloading window, each in the middle of its
+    // `reload_every_s` slot, so the last is half a slot before the next
+    // quiet window.
+    let per_window = (p.reload_window_s / p.reload_every_s).floor().max(1.0) as u32;
+    // Every renewal's certificates are minted before the load starts: at
+    // the reload itself the bench only writes files and signals, so the
+    // latency measured around it is mtlsd's, not the key generation's.
+    let renewals = (0..reload_windows * per_window)
+        .map(|_| {
+            ["client", "server"].map(|side| support::leaf(&m.ca, &format!("bench {side} host")))
+        })
+        .map(|[c, s]| Ok([c?, s?]))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Scraped outside the measured windows: a scrape is work for the
+    // server side's one thread.
+    let at_start = handshakes().await;
     let during = async {
-        let end = Instant::now() + secs(p.reload_s);
-        let mut n = 0u32;
-        let at_start = handshakes().await;
-        while Instant::now() + secs(p.reload_every_s) <= end {
-            tokio::time::sleep(secs(p.reload_every_s / 2.0)).await;
-            for (side, pid) in ["client", "server"].into_iter().zip(pids) {
-                let (crt, key) = systems::mtlsd::identity_paths(&dir, side);
-                // A renewal: new key and serial, the same names.
-                let next = support::leaf(&m.ca, &format!("bench {side} host"))?;
-                support::replace(&key, &next.key_pem, 0o600)?;
-                support::replace(&crt, &next.cert_pem, 0o644)?;
-                kill(Pid::from_raw(pid), Signal::SIGHUP)?;
+        // The load's windows start when this future is first polled.
+        let start = Instant::now();
+        let mut renewals = renewals.iter();
+        for k in 0..reload_windows {
+            // Window 2k is quiet; window 2k + 1 reloads.
+            let reloading_from = start + window * (2 * k + 1);
+            for slot in 0..per_window {
+                let at =
+                    reloading_from + secs(p.reload_every_s) * slot + secs(p.reload_every_s / 2.0);
+                tokio::time::sleep_until(at.into()).await;
+                let leaves = renewals
+                    .next()
+                    .context("a renewal minted for every reload")?;
+                for ((side, pid), next) in ["client", "server"].into_iter().zip(pids).zip(leaves) {
+                    let (crt, key) = systems::mtlsd::identity_paths(&dir, side);
+                    // A renewal: new key and serial, the same names.
+                    support::replace(&key, &next.key_pem, 0o600)?;
+                    support::replace(&crt, &next.cert_pem, 0o644)?;
+                    kill(Pid::from_raw(pid), Signal::SIGHUP)?;
+                }
+                reloads.set(reloads.get() + 1);
             }
-            n += 1;
-            tokio::time::sleep(secs(p.reload_every_s / 2.0)).await;
-        }
-        reloads.set(n);
-        if let (Some(before), Some(after)) = (at_start, handshakes().await) {
-            window_handshakes.set(Some(after - before));
         }
         Ok(())
     };
-    // Measure exactly the reload window: no separate measured tail.
+    // Exactly the windows are measured: no separate measured tail.
     let lat = load::open_loop(
         addr,
         p.rate_rps,
         secs(p.latency_warmup_s),
-        secs(p.reload_s),
+        window * (2 * reload_windows),
+        load::Windows::Alternate(window),
         during,
     )
     .await?;
+    let window_handshakes = match (at_start, handshakes().await) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
+    let (during, quiet) = (lat.window_ms(true, 0.99), lat.window_ms(false, 0.99));
     r.add(Figure::ReloadFailed, Kind::Mtlsd, lat.failed as f64);
-    r.add(Figure::ReloadP99, Kind::Mtlsd, lat.ms(0.99));
-    r.add(Figure::ReloadP999, Kind::Mtlsd, lat.ms(0.999));
-    r.add(Figure::ReloadMax, Kind::Mtlsd, lat.ms(1.0));
-    if let Some(count) = window_handshakes.get() {
+    r.add(Figure::ReloadP99, Kind::Mtlsd, during);
+    r.add(Figure::ReloadQuietP99, Kind::Mtlsd, quiet);
+    r.add(
+        Figure::ReloadP99Ratio,
+        Kind::Mtlsd,
+        during / quiet.max(1e-6),
+    );
+    r.add(Figure::ReloadP999, Kind::Mtlsd, lat.window_ms(true, 0.999));
+    r.add(Figure::ReloadMax, Kind::Mtlsd, lat.window_ms(true, 1.0));
+    if let Some(count) = window_handshakes {
         r.add(Figure::ReloadHandshakes, Kind::Mtlsd, count);
     }
     r.reloads_per_run = reloads.get();
     Ok(())
+}
+
+/// How many windows with reloads a run has (as many quiet ones
+/// alternate with them): `reload_s` of reloading in all.
+fn reload_windows(p: &Params) -> u32 {
+    (p.reload_s / p.reload_window_s).round().max(1.0) as u32
 }

@@ -70,6 +70,9 @@ async fn call(client: &mut EchoClient<Channel>, payload: &[u8]) -> bool {
 #[derive(Debug)]
 pub(crate) struct Latency {
     pub(crate) hist: Histogram<u64>,
+    /// With [`Windows::Alternate`]: the calls sent in the even windows
+    /// (0, 2, …) and in the odd ones, apart.
+    pub(crate) by_window: [Histogram<u64>; 2],
     pub(crate) failed: u64,
     /// How late the generator's thread woke for its sends (p99, µs).
     pub(crate) send_lag_p99_us: f64,
@@ -79,23 +82,47 @@ impl Latency {
     pub(crate) fn ms(&self, q: f64) -> f64 {
         self.hist.value_at_quantile(q) as f64 / 1e6
     }
+
+    /// Like [`Self::ms`], over the calls sent in the even (`odd` false) or
+    /// the odd windows.
+    pub(crate) fn window_ms(&self, odd: bool, q: f64) -> f64 {
+        self.by_window[usize::from(odd)].value_at_quantile(q) as f64 / 1e6
+    }
+}
+
+/// How the measured part of an open-loop run is split.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Windows {
+    /// One histogram for the whole run.
+    Whole,
+    /// Back-to-back windows of this length from the start of the measured
+    /// part, even and odd ones tallied apart: what runs alongside
+    /// (reloads) can then be compared with its absence in the same run,
+    /// on the same pair and through the same moments of the machine.
+    Alternate(Duration),
 }
 
 #[derive(Debug)]
 struct Tally {
     hist: Histogram<u64>,
+    by_window: [Histogram<u64>; 2],
+    /// With `BENCH_TRACE=FILE`: each measured call's send, in ns after
+    /// the start of the measured part, and its latency in ns.
+    trace: Option<Vec<(u128, u64)>>,
     lag: Histogram<u64>,
     failed: u64,
 }
 
 /// `rate` calls per second for `duration` (after `warmup`, which is sent
 /// the same way but not recorded) over one gRPC channel.
-/// `during` runs alongside the measured part (reloads).
+/// `during` runs alongside the measured part (reloads); each call is
+/// tallied by the window its send was due in ([`Windows`]).
 pub(crate) async fn open_loop<F>(
     addr: SocketAddr,
     rate: u32,
     warmup: Duration,
     duration: Duration,
+    windows: Windows,
     during: F,
 ) -> anyhow::Result<Latency>
 where
@@ -105,8 +132,11 @@ where
     let period = Duration::from_secs(1) / rate;
     let warm = (warmup.as_secs_f64() * f64::from(rate)).round() as u64;
     let total = warm + (duration.as_secs_f64() * f64::from(rate)).round() as u64;
+    let trace_to = std::env::var_os("BENCH_TRACE");
     let tally = Arc::new(Mutex::new(Tally {
         hist: histogram(),
+        by_window: [histogram(), histogram()],
+        trace: trace_to.as_ref().map(|_| Vec::new()),
         lag: histogram(),
         failed: 0,
     }));
@@ -130,6 +160,13 @@ where
                 }
                 let lag = due.elapsed();
                 let record = i >= warm;
+                let odd = match windows {
+                    Windows::Whole => false,
+                    Windows::Alternate(w) => {
+                        let into = due.saturating_duration_since(measured_from);
+                        (into.as_nanos() / w.as_nanos().max(1)) % 2 == 1
+                    }
+                };
                 let mut client = client.clone();
                 let tally = tally.clone();
                 let payload = payload.clone();
@@ -142,6 +179,11 @@ where
                         let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
                         let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
                         t.hist.saturating_record(ns);
+                        t.by_window[usize::from(odd)].saturating_record(ns);
+                        if let Some(trace) = &mut t.trace {
+                            let into = due.saturating_duration_since(measured_from);
+                            trace.push((into.as_nanos(), ns));
+                        }
                         t.lag
                             .saturating_record(u64::try_from(lag.as_nanos()).unwrap_or(u64::MAX));
                         if !ok {
@@ -164,8 +206,13 @@ where
     }
     let stuck = outstanding.load(Ordering::SeqCst);
     let t = tally.lock().unwrap_or_else(|p| p.into_inner());
+    if let (Some(path), Some(trace)) = (trace_to, &t.trace) {
+        let text: String = trace.iter().map(|(a, b)| format!("{a} {b}\n")).collect();
+        std::fs::write(path, text)?;
+    }
     Ok(Latency {
         hist: t.hist.clone(),
+        by_window: t.by_window.clone(),
         failed: t.failed + stuck,
         send_lag_p99_us: t.lag.value_at_quantile(0.99) as f64 / 1e3,
     })

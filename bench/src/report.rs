@@ -223,20 +223,22 @@ impl Results {
                 });
             }
         }
-        if let (Some(during), Some(base), Some(failed)) = (
-            self.median(Figure::ReloadP99, Kind::Mtlsd),
-            self.median(Figure::LatL7P99, Kind::Mtlsd),
-            self.median(Figure::ReloadFailed, Kind::Mtlsd),
+        // "In every run": the worst repetition's ratio, each against its
+        // own quiet windows, and the failed calls of all of them.
+        if let (Some(ratio), Some(failed)) = (
+            self.stat(Figure::ReloadP99Ratio, Kind::Mtlsd),
+            self.samples
+                .get(&(Figure::ReloadFailed, Kind::Mtlsd))
+                .map(|runs| runs.iter().sum::<f64>()),
         ) {
             out.push(Goal {
-                goal:
-                    "issue 15: p99 during reloads ≤ 1.5× the p99 without reloads, zero failed calls"
-                        .into(),
+                goal: "issue 15: p99 during reloads ≤ 1.5× the p99 between them (same run) in every run, zero failed calls"
+                    .into(),
                 measured: format!(
-                    "{:.2}× ({during:.3} vs {base:.3} ms), {failed:.0} failed",
-                    during / base
+                    "worst run {:.2}×, median {:.2}× ({} runs), {failed:.0} failed",
+                    ratio.max, ratio.median, ratio.n
                 ),
-                met: during <= 1.5 * base && failed == 0.0,
+                met: ratio.max <= 1.5 && failed == 0.0,
             });
         }
         out
@@ -552,12 +554,14 @@ impl Results {
         let _ = writeln!(md, "\n## Reload under load (mtlsd only)\n");
         let _ = writeln!(
             md,
-            "The L7 latency run (1,000 rps, open loop) while both sides get a renewed certificate (new key and serial, same names) \
-             and SIGHUP every {} s ({} reloads per side per {} s run, file watching off). \
-             Baseline without reloads: p99 {}.\n",
+            "The L7 latency run (1,000 rps, open loop) in windows of {} s that alternate between quiet and reloading: \
+             in each reloading window both sides get a renewed certificate (new key and serial, same names) \
+             and SIGHUP every {} s ({} reloads per side per run, file watching off). Each call counts for the window \
+             its send was due in; the ratio is each run's own, so a stall of the machine weighs on both of its sides. \
+             For reference, the latency figure's p99 (another run, no reloads): {}.\n",
+            p.reload_window_s,
             p.reload_every_s,
             self.reloads_per_run,
-            p.reload_s,
             self.cell(Figure::LatL7P99, Kind::Mtlsd)
         );
         let _ = writeln!(md, "| figure | unit | mtlsd |\n|---|---|---:|");

@@ -27,7 +27,10 @@ pub(crate) struct Params {
     pub(crate) connections_concurrency: usize,
     pub(crate) connections_s: f64,
     pub(crate) held_connections: usize,
+    /// Seconds of reloading per run, in windows of `reload_window_s`
+    /// that alternate with as many quiet ones.
     pub(crate) reload_s: f64,
+    pub(crate) reload_window_s: f64,
     pub(crate) reload_every_s: f64,
     /// Counts: warm-up calls before each count (at the count's
     /// concurrency), and calls counted at 1 and at 16 in flight.
@@ -70,7 +73,8 @@ impl Params {
             connections_concurrency: 16,
             connections_s: 4.0,
             held_connections: 1000,
-            reload_s: 10.0,
+            reload_s: 20.0,
+            reload_window_s: 1.0,
             reload_every_s: 1.0,
             counts_warmup: 500,
             counts_calls: [5_000, 20_000],
@@ -88,6 +92,7 @@ impl Params {
             p.bulk_s = 1.0;
             p.connections_s = 1.0;
             p.reload_s = 3.0;
+            p.reload_window_s = 1.0;
             p.counts_warmup = 200;
             p.counts_calls = [1_000, 2_000];
             p.callgrind_warmup = 50;
@@ -146,6 +151,8 @@ pub(crate) enum Figure {
     ForeignCpu,
     ReloadFailed,
     ReloadP99,
+    ReloadQuietP99,
+    ReloadP99Ratio,
     ReloadP999,
     ReloadMax,
     ReloadHandshakes,
@@ -198,9 +205,11 @@ impl Figure {
         Figure::Errors,
         Figure::ForeignCpu,
     ];
-    pub(crate) const RELOAD: [Figure; 5] = [
+    pub(crate) const RELOAD: [Figure; 7] = [
         Figure::ReloadFailed,
         Figure::ReloadP99,
+        Figure::ReloadQuietP99,
+        Figure::ReloadP99Ratio,
         Figure::ReloadP999,
         Figure::ReloadMax,
         Figure::ReloadHandshakes,
@@ -397,11 +406,23 @@ impl Figure {
                 false,
             ),
             Figure::ReloadP99 => m("reload_p99", "p99 during reloads", "ms", false),
+            Figure::ReloadQuietP99 => m(
+                "reload_quiet_p99",
+                "p99 between reloads (the same run's quiet windows)",
+                "ms",
+                false,
+            ),
+            Figure::ReloadP99Ratio => m(
+                "reload_p99_ratio",
+                "p99 during reloads ÷ p99 between them, each run",
+                "×",
+                false,
+            ),
             Figure::ReloadP999 => m("reload_p99_9", "p99.9 during reloads", "ms", false),
             Figure::ReloadMax => m("reload_max", "max during reloads", "ms", false),
             Figure::ReloadHandshakes => m(
                 "reload_pair_handshakes",
-                "mTLS handshakes between the pair's grpc listeners during the reload run (a count: renewals made them beside the pooled connection, no call waited for one)",
+                "mTLS handshakes between the pair's grpc listeners during the reload run (a count: the first pooled connection, then one per renewal, made beside the pooled connection, no call waiting for one)",
                 "count",
                 false,
             ),
