@@ -70,8 +70,8 @@ async fn call(client: &mut EchoClient<Channel>, payload: &[u8]) -> bool {
 #[derive(Debug)]
 pub(crate) struct Latency {
     pub(crate) hist: Histogram<u64>,
-    /// With [`Windows::Alternate`]: the calls sent in the even windows
-    /// (0, 2, …) and in the odd ones, apart.
+    /// The calls sent in the even windows (0, 2, …) and in the odd ones,
+    /// apart; with [`Windows::Whole`] every call is in the first.
     pub(crate) by_window: [Histogram<u64>; 2],
     pub(crate) failed: u64,
     /// How late the generator's thread woke for its sends (p99, µs).
@@ -104,7 +104,6 @@ pub(crate) enum Windows {
 
 #[derive(Debug)]
 struct Tally {
-    hist: Histogram<u64>,
     by_window: [Histogram<u64>; 2],
     /// With `BENCH_TRACE=FILE`: each measured call's send, in ns after
     /// the start of the measured part, and its latency in ns.
@@ -134,7 +133,6 @@ where
     let total = warm + (duration.as_secs_f64() * f64::from(rate)).round() as u64;
     let trace_to = std::env::var_os("BENCH_TRACE");
     let tally = Arc::new(Mutex::new(Tally {
-        hist: histogram(),
         by_window: [histogram(), histogram()],
         trace: trace_to.as_ref().map(|_| Vec::new()),
         lag: histogram(),
@@ -160,12 +158,10 @@ where
                 }
                 let lag = due.elapsed();
                 let record = i >= warm;
+                let into = due.saturating_duration_since(measured_from);
                 let odd = match windows {
                     Windows::Whole => false,
-                    Windows::Alternate(w) => {
-                        let into = due.saturating_duration_since(measured_from);
-                        (into.as_nanos() / w.as_nanos().max(1)) % 2 == 1
-                    }
+                    Windows::Alternate(w) => (into.as_nanos() / w.as_nanos().max(1)) % 2 == 1,
                 };
                 let mut client = client.clone();
                 let tally = tally.clone();
@@ -178,10 +174,8 @@ where
                     if record {
                         let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
                         let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-                        t.hist.saturating_record(ns);
                         t.by_window[usize::from(odd)].saturating_record(ns);
                         if let Some(trace) = &mut t.trace {
-                            let into = due.saturating_duration_since(measured_from);
                             trace.push((into.as_nanos(), ns));
                         }
                         t.lag
@@ -210,8 +204,10 @@ where
         let text: String = trace.iter().map(|(a, b)| format!("{a} {b}\n")).collect();
         std::fs::write(path, text)?;
     }
+    let mut hist = t.by_window[0].clone();
+    hist.add(&t.by_window[1])?;
     Ok(Latency {
-        hist: t.hist.clone(),
+        hist,
         by_window: t.by_window.clone(),
         failed: t.failed + stuck,
         send_lag_p99_us: t.lag.value_at_quantile(0.99) as f64 / 1e3,

@@ -9,8 +9,9 @@
 //! elsewhere ([`AuditLine::write`], on the generation builder's thread):
 //! the write ends with `fdatasync`, which waits for the disk, and on the
 //! runtime's one thread (the default) that wait held every connection.
-//! Measured under load (issue 15): each reload delayed the calls of the
-//! next 10 ms, by up to 2–4 ms.
+//! Measured under load (issue 15): an unchanged SIGHUP on both sides of a
+//! loaded pair slowed 26–35 calls above 1 ms per 20 reloads, against
+//! 50–77 with the write on the runtime.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
