@@ -32,6 +32,10 @@ impl<T> CountingIo<T> {
     pub fn get_ref(&self) -> &T {
         &self.inner
     }
+
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for CountingIo<T> {

@@ -13,6 +13,7 @@
 //! a swap unless their peer stops verifying.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
@@ -25,7 +26,7 @@ use crate::upstream::{self, UpstreamStream};
 /// Serves one connection accepted by an inbound tcp listener.
 pub async fn serve_inbound(
     ctx: &Handshaker,
-    listener: &ListenerConfig,
+    listener: &Arc<ListenerConfig>,
     upstream: &Upstream,
     tcp: TcpStream,
     peer: SocketAddr,
@@ -63,7 +64,7 @@ pub async fn serve_inbound(
 /// Serves one connection accepted by an outbound tcp listener.
 pub async fn serve_outbound(
     ctx: &Handshaker,
-    listener: &ListenerConfig,
+    listener: &Arc<ListenerConfig>,
     outbound: &Outbound,
     plain: TcpStream,
     client: SocketAddr,

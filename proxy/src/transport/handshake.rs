@@ -6,7 +6,13 @@
 //! peer address and counted. A successful inbound handshake also yields the
 //! peer's identity — its certificate facts and inventory host — which the
 //! L7 modes pass on as headers.
+//!
+//! The handshakes themselves run on the handshake thread
+//! ([`super::handshake_thread`]), so their signing and verifying never
+//! holds up the calls of established connections; the finished stream
+//! comes back to the caller's runtime.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +24,8 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
+use super::handshake_thread::HandshakeThread;
+use super::socket::MovableTcp;
 use crate::config::{ListenerConfig, Outbound, Side};
 use crate::connections::{ConnectionRegistry, Registration};
 use crate::counting::{CountingIo, ListenerStats};
@@ -58,10 +66,14 @@ impl Handshaker {
     }
 }
 
+/// The socket under every peer connection's TLS: counted, and movable
+/// from the handshake thread to the data path.
+pub type PeerIo = CountingIo<MovableTcp>;
+
 /// An accepted TLS connection and who is on the other end.
 #[derive(Debug)]
 pub struct Accepted {
-    pub tls: server::TlsStream<CountingIo<TcpStream>>,
+    pub tls: server::TlsStream<PeerIo>,
     /// `None` when the listener does not require a certificate and the peer
     /// sent none.
     pub identity: Option<PeerIdentity>,
@@ -74,8 +86,24 @@ pub struct Accepted {
 /// refused (already logged and counted) or left right after completing it.
 pub async fn accept(
     ctx: &Handshaker,
-    listener: &ListenerConfig,
+    listener: &Arc<ListenerConfig>,
     tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<Accepted> {
+    let (ctx, listener) = (ctx.clone(), listener.clone());
+    on_handshake_thread(
+        tcp,
+        peer,
+        |_| None,
+        move |tcp| async move { accept_here(&ctx, &listener, tcp, peer).await },
+    )
+    .await
+}
+
+async fn accept_here(
+    ctx: &Handshaker,
+    listener: &ListenerConfig,
+    tcp: MovableTcp,
     peer: SocketAddr,
 ) -> Option<Accepted> {
     ctx.stats.handshake_started();
@@ -189,10 +217,10 @@ fn now() -> UnixTime {
 /// handshake. Refusals are logged and counted before the error returns.
 pub async fn connect(
     ctx: &Handshaker,
-    listener: &ListenerConfig,
+    listener: &Arc<ListenerConfig>,
     outbound: &Outbound,
     client_addr: SocketAddr,
-) -> io::Result<client::TlsStream<CountingIo<TcpStream>>> {
+) -> io::Result<client::TlsStream<PeerIo>> {
     let remote =
         match crate::upstream::connect_tcp(&outbound.remote, listener.timeouts.connect).await {
             Ok(tcp) => tcp,
@@ -211,11 +239,25 @@ pub async fn connect(
 /// (MariaDB upgrades a connection that spoke plaintext first).
 pub async fn handshake_over(
     ctx: &Handshaker,
-    listener: &ListenerConfig,
+    listener: &Arc<ListenerConfig>,
     outbound: &Outbound,
     remote: TcpStream,
     client_addr: SocketAddr,
-) -> io::Result<client::TlsStream<CountingIo<TcpStream>>> {
+) -> io::Result<client::TlsStream<PeerIo>> {
+    let (ctx, listener, outbound) = (ctx.clone(), listener.clone(), outbound.clone());
+    on_handshake_thread(remote, client_addr, Err, move |remote| async move {
+        handshake_over_here(&ctx, &listener, &outbound, remote, client_addr).await
+    })
+    .await
+}
+
+async fn handshake_over_here(
+    ctx: &Handshaker,
+    listener: &ListenerConfig,
+    outbound: &Outbound,
+    remote: MovableTcp,
+    client_addr: SocketAddr,
+) -> io::Result<client::TlsStream<PeerIo>> {
     ctx.stats.handshake_started();
     let generation = ctx.store.current();
     let tls_config = generation
@@ -268,6 +310,72 @@ pub async fn handshake_over(
             Err(e)
         }
     }
+}
+
+/// What a handshake gives back: a stream whose socket moves to the
+/// caller's runtime, or nothing (a refusal, already logged and counted).
+trait Travels {
+    fn socket(&mut self) -> Option<&mut MovableTcp>;
+}
+
+impl Travels for Option<Accepted> {
+    fn socket(&mut self) -> Option<&mut MovableTcp> {
+        self.as_mut().map(|a| a.tls.get_mut().0.get_mut())
+    }
+}
+
+impl Travels for io::Result<client::TlsStream<PeerIo>> {
+    fn socket(&mut self) -> Option<&mut MovableTcp> {
+        self.as_mut().ok().map(|tls| tls.get_mut().0.get_mut())
+    }
+}
+
+/// Runs `handshake` over `tcp` on the handshake thread and moves the
+/// finished stream's socket to the caller's runtime. `lost` answers for
+/// a socket that could not be moved (the connection is closed; logged).
+/// Without a handshake thread the handshake runs here.
+async fn on_handshake_thread<T, F, Fut>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    lost: fn(io::Error) -> T,
+    handshake: F,
+) -> T
+where
+    T: Travels + Send + 'static,
+    F: FnOnce(MovableTcp) -> Fut + Send + 'static,
+    Fut: Future<Output = T> + Send,
+{
+    let mut tcp = MovableTcp::new(tcp);
+    let Some(thread) = HandshakeThread::shared() else {
+        return handshake(tcp).await;
+    };
+    let failed = |e: io::Error| {
+        tracing::warn!(%peer, error = %e,
+            "cannot move a connection between the TLS handshake thread and the data path; closing it");
+        lost(e)
+    };
+    if let Err(e) = tcp.release() {
+        return failed(e);
+    }
+    let job = async move {
+        tcp.adopt()?;
+        let mut done = handshake(tcp).await;
+        if let Some(socket) = done.socket() {
+            socket.release()?;
+        }
+        Ok::<_, io::Error>(done)
+    };
+    let mut done = match thread.run(job).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => return failed(e),
+        Err(gone) => return failed(io::Error::other(gone)),
+    };
+    if let Some(socket) = done.socket()
+        && let Err(e) = socket.adopt()
+    {
+        return failed(e);
+    }
+    done
 }
 
 /// Notes a verified inventory host in the peer book, with the chain it

@@ -34,10 +34,9 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::coalesce::Coalescing;
 use super::h2_upstream::{Dial, H2Upstream};
-use super::handshake::{self, Handshaker};
+use super::handshake::{self, Handshaker, PeerIo};
 use crate::config::{HostPort, ListenerConfig, Outbound, Timeouts};
 use crate::connections::Registration;
-use crate::counting::CountingIo;
 
 /// HTTP/1.1 to the upstream on loopback (http listeners).
 pub type PlainClient = Client<PlainConnector, Incoming>;
@@ -299,7 +298,7 @@ impl<T: Connection> Connection for Coalescing<T> {
 /// A pooled TLS stream that fails every read and write once the policy
 /// closes it (the HTTP/2 connection on it then ends and leaves its pool).
 pub struct TlsConnection {
-    io: Coalescing<TlsStream<CountingIo<TcpStream>>>,
+    io: Coalescing<TlsStream<PeerIo>>,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
     _registration: Registration,
 }

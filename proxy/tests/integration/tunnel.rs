@@ -398,3 +398,90 @@ async fn silent_clients_are_cut_off_at_the_handshake_timeout() {
     );
     assert_eq!(echo.accepted(), 0);
 }
+
+/// `(voluntary context switches, ns on the CPU)` of this process's
+/// threads named `name`, summed (the daemons run in-process here).
+fn thread_activity(name: &str) -> (u64, u64) {
+    let mut total = (0, 0);
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let path = task.path();
+        if std::fs::read_to_string(path.join("comm")).is_ok_and(|comm| comm.trim() == name) {
+            let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+            total.0 += status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            let schedstat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+            total.1 += schedstat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// The TLS handshakes run on the handshake thread, not on the threads
+/// that serve established connections (issue 15: a renewal's full
+/// handshake there held up every call): full handshakes, one after the
+/// other, each wake that thread, and it spends the CPU they cost. A
+/// connection made through the listener works as before, and a refused
+/// client is still refused and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_handshakes_run_on_the_handshake_thread() {
+    let pki = Pki::new();
+    let echo = Echo::start().await;
+    let ca = pki.ca_file();
+    let server_host = pki.host("server", &localhost_leaf("server"));
+    let (server, _) = start_daemon(
+        &pki,
+        "server.toml",
+        &(material_toml(&server_host, &ca) + &inbound_toml("in", echo.addr, "")),
+    )
+    .await;
+    let addr = server.local_addr("in").unwrap();
+    let ca_der = pki.ca.cert_der().clone();
+    let client = pki.ca.issue(&localhost_leaf("client")).unwrap();
+    let mut config = (*client_config(&ca_der, Some(&client))).clone();
+    config.resumption = rustls::client::Resumption::disabled();
+    let config = std::sync::Arc::new(config);
+
+    // Started with the first handshake of the process (another test's,
+    // perhaps): only what it does from here is counted, and other tests
+    // can only add to it.
+    let first = tls_connect(addr, config.clone()).await.unwrap();
+    drop(first);
+    let (switches_before, cpu_before) = thread_activity("mtlsd-handshake");
+    const HANDSHAKES: u64 = 20;
+    for i in 0..HANDSHAKES {
+        let mut stream = tls_connect(addr, config.clone()).await.unwrap();
+        let msg = format!("call {i}");
+        assert_eq!(
+            round_trip(&mut stream, msg.as_bytes()).await.unwrap(),
+            msg.as_bytes()
+        );
+    }
+    let (switches_after, cpu_after) = thread_activity("mtlsd-handshake");
+    assert!(
+        switches_after - switches_before >= HANDSHAKES,
+        "the handshake thread woke {} times for {HANDSHAKES} handshakes",
+        switches_after - switches_before
+    );
+    assert!(cpu_after > cpu_before, "the handshake thread used no CPU");
+    let stats = server.stats("in").unwrap();
+    assert_eq!(stats.handshakes_resumed(), 0);
+    assert!(stats.handshakes() > HANDSHAKES);
+
+    // A refusal is judged, logged and counted there too.
+    let stranger = CertificateAuthority::new("stranger CA").unwrap();
+    let rogue = stranger.issue(&localhost_leaf("rogue")).unwrap();
+    if let Ok(mut stream) = tls_connect(addr, client_config(&ca_der, Some(&rogue))).await {
+        assert_no_echo(&mut stream).await;
+    }
+    eventually("the refusal is counted", || {
+        stats.refusals(RejectReason::UnknownCa) == 1
+    })
+    .await;
+}
