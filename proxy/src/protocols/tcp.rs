@@ -13,7 +13,6 @@
 //! a swap unless their peer stops verifying.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
@@ -26,7 +25,7 @@ use crate::upstream::{self, UpstreamStream};
 /// Serves one connection accepted by an inbound tcp listener.
 pub async fn serve_inbound(
     ctx: &Handshaker,
-    listener: &Arc<ListenerConfig>,
+    listener: &ListenerConfig,
     upstream: &Upstream,
     tcp: TcpStream,
     peer: SocketAddr,
@@ -64,7 +63,7 @@ pub async fn serve_inbound(
 /// Serves one connection accepted by an outbound tcp listener.
 pub async fn serve_outbound(
     ctx: &Handshaker,
-    listener: &Arc<ListenerConfig>,
+    listener: &ListenerConfig,
     outbound: &Outbound,
     plain: TcpStream,
     client: SocketAddr,

@@ -7,10 +7,10 @@
 //! peer's identity — its certificate facts and inventory host — which the
 //! L7 modes pass on as headers.
 //!
-//! The handshakes themselves run on the handshake thread
-//! ([`super::handshake_thread`]), so their signing and verifying never
-//! holds up the calls of established connections; the finished stream
-//! comes back to the caller's runtime.
+//! The dial a renewal makes beside a live pooled connection runs its
+//! handshake on the handshake thread ([`super::handshake_thread`]), so its
+//! signing and verifying does not hold up the calls on the data path; the
+//! finished stream comes back to the caller's runtime.
 
 use std::future::Future;
 use std::io;
@@ -86,27 +86,12 @@ pub struct Accepted {
 /// refused (already logged and counted) or left right after completing it.
 pub async fn accept(
     ctx: &Handshaker,
-    listener: &Arc<ListenerConfig>,
+    listener: &ListenerConfig,
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> Option<Accepted> {
-    let (ctx, listener) = (ctx.clone(), listener.clone());
-    on_handshake_thread(
-        tcp,
-        peer,
-        |_| None,
-        move |tcp| async move { accept_here(&ctx, &listener, tcp, peer).await },
-    )
-    .await
-}
-
-async fn accept_here(
-    ctx: &Handshaker,
-    listener: &ListenerConfig,
-    tcp: MovableTcp,
-    peer: SocketAddr,
-) -> Option<Accepted> {
     ctx.stats.handshake_started();
+    let tcp = MovableTcp::new(tcp);
     let generation = ctx.store.current();
     let Some(tls_config) = generation.server_config(&listener.name) else {
         // Config and material are loaded together; this is a bug, not input.
@@ -217,41 +202,68 @@ fn now() -> UnixTime {
 /// handshake. Refusals are logged and counted before the error returns.
 pub async fn connect(
     ctx: &Handshaker,
+    listener: &ListenerConfig,
+    outbound: &Outbound,
+    client_addr: SocketAddr,
+) -> io::Result<client::TlsStream<PeerIo>> {
+    let remote = connect_tcp(listener, outbound, client_addr).await?;
+    handshake_over(ctx, listener, outbound, remote, client_addr).await
+}
+
+/// [`connect`], with the handshake on the handshake thread: for a dial
+/// that no call waits for while the data path is busy, the new pooled
+/// connection a renewal of this host's certificate makes beside the old
+/// one. (Every handshake there would cost new connections about a fifth
+/// more CPU in thread hops; see issue 15's plan.)
+pub async fn connect_off_path(
+    ctx: &Handshaker,
     listener: &Arc<ListenerConfig>,
     outbound: &Outbound,
     client_addr: SocketAddr,
 ) -> io::Result<client::TlsStream<PeerIo>> {
-    let remote =
-        match crate::upstream::connect_tcp(&outbound.remote, listener.timeouts.connect).await {
-            Ok(tcp) => tcp,
-            Err(e) => {
-                tracing::warn!(
-                    listener = %listener.name, client = %client_addr, upstream = %outbound.remote,
-                    error = %e, "cannot reach remote host"
-                );
-                return Err(e);
-            }
-        };
-    handshake_over(ctx, listener, outbound, remote, client_addr).await
+    let remote = connect_tcp(listener, outbound, client_addr).await?;
+    let (ctx, listener, outbound) = (ctx.clone(), listener.clone(), outbound.clone());
+    on_handshake_thread(remote, client_addr, move |remote| async move {
+        client_handshake(&ctx, &listener, &outbound, remote, client_addr).await
+    })
+    .await
+}
+
+async fn connect_tcp(
+    listener: &ListenerConfig,
+    outbound: &Outbound,
+    client_addr: SocketAddr,
+) -> io::Result<TcpStream> {
+    crate::upstream::connect_tcp(&outbound.remote, listener.timeouts.connect)
+        .await
+        .inspect_err(|e| {
+            tracing::warn!(
+                listener = %listener.name, client = %client_addr, upstream = %outbound.remote,
+                error = %e, "cannot reach remote host"
+            );
+        })
 }
 
 /// Runs the client side of the handshake on an already connected socket
 /// (MariaDB upgrades a connection that spoke plaintext first).
 pub async fn handshake_over(
     ctx: &Handshaker,
-    listener: &Arc<ListenerConfig>,
+    listener: &ListenerConfig,
     outbound: &Outbound,
     remote: TcpStream,
     client_addr: SocketAddr,
 ) -> io::Result<client::TlsStream<PeerIo>> {
-    let (ctx, listener, outbound) = (ctx.clone(), listener.clone(), outbound.clone());
-    on_handshake_thread(remote, client_addr, Err, move |remote| async move {
-        handshake_over_here(&ctx, &listener, &outbound, remote, client_addr).await
-    })
+    client_handshake(
+        ctx,
+        listener,
+        outbound,
+        MovableTcp::new(remote),
+        client_addr,
+    )
     .await
 }
 
-async fn handshake_over_here(
+async fn client_handshake(
     ctx: &Handshaker,
     listener: &ListenerConfig,
     outbound: &Outbound,
@@ -312,38 +324,18 @@ async fn handshake_over_here(
     }
 }
 
-/// What a handshake gives back: a stream whose socket moves to the
-/// caller's runtime, or nothing (a refusal, already logged and counted).
-trait Travels {
-    fn socket(&mut self) -> Option<&mut MovableTcp>;
-}
-
-impl Travels for Option<Accepted> {
-    fn socket(&mut self) -> Option<&mut MovableTcp> {
-        self.as_mut().map(|a| a.tls.get_mut().0.get_mut())
-    }
-}
-
-impl Travels for io::Result<client::TlsStream<PeerIo>> {
-    fn socket(&mut self) -> Option<&mut MovableTcp> {
-        self.as_mut().ok().map(|tls| tls.get_mut().0.get_mut())
-    }
-}
-
 /// Runs `handshake` over `tcp` on the handshake thread and moves the
-/// finished stream's socket to the caller's runtime. `lost` answers for
-/// a socket that could not be moved (the connection is closed; logged).
-/// Without a handshake thread the handshake runs here.
-async fn on_handshake_thread<T, F, Fut>(
+/// finished stream's socket to the caller's runtime (a socket that cannot
+/// be moved closes the connection; logged). Without a handshake thread
+/// the handshake runs here.
+async fn on_handshake_thread<F, Fut>(
     tcp: TcpStream,
     peer: SocketAddr,
-    lost: fn(io::Error) -> T,
     handshake: F,
-) -> T
+) -> io::Result<client::TlsStream<PeerIo>>
 where
-    T: Travels + Send + 'static,
     F: FnOnce(MovableTcp) -> Fut + Send + 'static,
-    Fut: Future<Output = T> + Send,
+    Fut: Future<Output = io::Result<client::TlsStream<PeerIo>>> + Send,
 {
     let mut tcp = MovableTcp::new(tcp);
     let Some(thread) = HandshakeThread::shared() else {
@@ -352,30 +344,26 @@ where
     let failed = |e: io::Error| {
         tracing::warn!(%peer, error = %e,
             "cannot move a connection between the TLS handshake thread and the data path; closing it");
-        lost(e)
+        e
     };
-    if let Err(e) = tcp.release() {
-        return failed(e);
-    }
+    tcp.release().map_err(failed)?;
     let job = async move {
         tcp.adopt()?;
-        let mut done = handshake(tcp).await;
-        if let Some(socket) = done.socket() {
-            socket.release()?;
-        }
-        Ok::<_, io::Error>(done)
+        // A refusal is already logged and counted: it passes through.
+        let mut tls = match handshake(tcp).await {
+            Ok(tls) => tls,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        tls.get_mut().0.get_mut().release()?;
+        Ok::<_, io::Error>(Ok(tls))
     };
-    let mut done = match thread.run(job).await {
-        Ok(Ok(done)) => done,
-        Ok(Err(e)) => return failed(e),
-        Err(gone) => return failed(io::Error::other(gone)),
+    let mut tls = match thread.run(job).await {
+        Ok(Ok(done)) => done?,
+        Ok(Err(e)) => return Err(failed(e)),
+        Err(gone) => return Err(failed(io::Error::other(gone))),
     };
-    if let Some(socket) = done.socket()
-        && let Err(e) = socket.adopt()
-    {
-        return failed(e);
-    }
-    done
+    tls.get_mut().0.get_mut().adopt().map_err(failed)?;
+    Ok(tls)
 }
 
 /// Notes a verified inventory host in the peer book, with the chain it

@@ -1,8 +1,8 @@
 //! TLS to and from peers, below the protocols: the shared handshake (one
-//! snapshot of the material, the policy's verdict, counted refusals), run
-//! on a thread of its own whose finished sockets move to the data path,
-//! and the pooled h2/HTTP clients of the L7 modes with their write
-//! coalescing.
+//! snapshot of the material, the policy's verdict, counted refusals; a
+//! renewal's make-before-break dial runs it on a thread of its own and
+//! moves the finished socket to the data path) and the pooled h2/HTTP
+//! clients of the L7 modes with their write coalescing.
 //! Nothing here knows which protocol or listener loop called it: it takes a
 //! [`handshake::Handshaker`] and the listener's settings.
 

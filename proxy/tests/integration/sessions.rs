@@ -437,8 +437,9 @@ async fn a_reissue_by_another_ca_starts_fresh_pools_and_sessions() {
 /// new connection to the server is made beside the old one, and calls go
 /// on over the old one while the new handshake cannot finish (the relay
 /// holds it); once it can, the server sees the new certificate and the old
-/// connection is left. After a trust change nothing goes over the old
-/// connection: a call waits for the new one.
+/// connection is left; that handshake ran on the handshake thread. After
+/// a trust change nothing goes over the old connection: a call waits for
+/// the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_is_made_before_the_old_connection_is_left_and_a_trust_change_is_not() {
     let (mut pair, relay) = Pair::start_with_relay().await;
@@ -457,6 +458,10 @@ async fn a_renewal_is_made_before_the_old_connection_is_left_and_a_trust_change_
     eventually("the new connection to be dialed", || relay.accepted() == 2).await;
     assert_eq!(pair.server_handshakes("db-grpc").await.0, start);
 
+    // The new connection's handshake waits on the handshake thread, not
+    // on the thread that carries the calls (counted from here: the thread
+    // may be another test's too, which only adds).
+    let (handshake_thread_before, _) = thread_activity("mtlsd-handshake");
     relay.release();
     let mut rpc = pair.rpc.clone();
     let server = pair.server.admin_addr();
@@ -481,6 +486,11 @@ async fn a_renewal_is_made_before_the_old_connection_is_left_and_a_trust_change_
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    let (handshake_thread_after, _) = thread_activity("mtlsd-handshake");
+    assert!(
+        handshake_thread_after > handshake_thread_before,
+        "the renewal's handshake did not run on the handshake thread"
+    );
 
     // A trust change: the next call must not go over the connection made
     // under the old trust; it waits for the new one.

@@ -844,23 +844,13 @@ async fn run_row(
         (got, want) => return Err(format!("new handshake: {got:?}, expected refusal {want:?}")),
     }
     if let Some(reason) = want.new {
-        // The handshake thread counts the refusal right after it sent
-        // the alert this client has just read: allow it that moment.
-        let mut counted = false;
-        for _ in 0..40 {
-            let metrics = http_get(admin, "/metrics").await.1;
-            let refused = metric(
-                &metrics,
-                "mtlsd_handshake_failures_total",
-                &[("listener", "raw"), ("reason", reason)],
-            );
-            if refused.unwrap_or(0.0) >= 1.0 {
-                counted = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if !counted {
+        let metrics = http_get(admin, "/metrics").await.1;
+        let refused = metric(
+            &metrics,
+            "mtlsd_handshake_failures_total",
+            &[("listener", "raw"), ("reason", reason)],
+        );
+        if refused.unwrap_or(0.0) < 1.0 {
             return Err(format!("no {reason} refusal counted on raw"));
         }
     }

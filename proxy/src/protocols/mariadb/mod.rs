@@ -21,7 +21,6 @@
 pub mod wire;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use bytes::BytesMut;
@@ -203,7 +202,7 @@ async fn send<W: AsyncWrite + Unpin>(io: &mut W, seq: u8, payload: &[u8]) -> std
 /// Serves one connection on an outbound mariadb listener (upgrade).
 pub async fn serve_outbound(
     ctx: &Handshaker,
-    listener: &Arc<ListenerConfig>,
+    listener: &ListenerConfig,
     outbound: &Outbound,
     mut client: TcpStream,
     client_addr: SocketAddr,
@@ -297,7 +296,7 @@ pub async fn serve_outbound(
 /// Serves one connection on an inbound mariadb listener (terminate).
 pub async fn serve_inbound(
     ctx: &Handshaker,
-    listener: &Arc<ListenerConfig>,
+    listener: &ListenerConfig,
     upstream: &Upstream,
     mut client: TcpStream,
     peer: SocketAddr,

@@ -381,3 +381,27 @@ pub fn promtool_check_metrics(text: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// `(voluntary context switches, ns on the CPU)` of this process's
+/// threads named `name`, summed (the daemons run in-process here).
+pub fn thread_activity(name: &str) -> (u64, u64) {
+    let mut total = (0, 0);
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let path = task.path();
+        if std::fs::read_to_string(path.join("comm")).is_ok_and(|comm| comm.trim() == name) {
+            let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+            total.0 += status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            let schedstat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+            total.1 += schedstat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
