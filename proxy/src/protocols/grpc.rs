@@ -81,7 +81,10 @@ pub async fn serve_inbound(
     tcp: TcpStream,
     peer: SocketAddr,
 ) {
-    let Some(accepted) = handshake::accept(&ctx.handshaker, &listener, tcp, peer).await else {
+    // On the handshake thread: a gRPC connection is one of few, each
+    // carrying many calls that a handshake here would hold up.
+    let Some(accepted) = handshake::accept_off_path(&ctx.handshaker, &listener, tcp, peer).await
+    else {
         return;
     };
     if accepted.tls.get_ref().1.alpn_protocol() != Some(b"h2") {

@@ -99,9 +99,6 @@ struct Pool {
     /// Set once a warm-up dial ([`H2Upstream::warm`]) has finished, either
     /// way.
     warmed: AtomicBool,
-    /// Set while a warm-up dial runs: its handshake runs on the handshake
-    /// thread, off the data path that the old pool still serves.
-    warming: AtomicBool,
     /// Dial attempts finished, and why the last one failed: calls that
     /// waited for a dial that failed share its answer instead of each
     /// dialing again in turn (a black-holed upstream would otherwise cost
@@ -167,7 +164,6 @@ impl H2Upstream {
                 current: Mutex::new(None),
                 dialing: tokio::sync::Mutex::new(()),
                 warmed: AtomicBool::new(false),
-                warming: AtomicBool::new(false),
                 dials: AtomicU64::new(0),
                 last_failure: Mutex::new(None),
             }),
@@ -216,16 +212,12 @@ impl H2Upstream {
     /// Dials this pool's connection in the background, so the first call
     /// finds it up ([`Self::warmed`] says when the attempt is over). A
     /// failure is only logged: the next call dials again and answers for it.
-    /// No call waits for this dial, so its TLS handshake runs on the
-    /// handshake thread.
     pub fn warm(&self) {
         let pool = self.clone();
-        pool.inner.warming.store(true, Ordering::Release);
         tokio::spawn(async move {
             if let Err(e) = pool.ready_sender().await {
                 tracing::debug!(error = %e, "warming a new upstream pool failed; the next call dials again");
             }
-            pool.inner.warming.store(false, Ordering::Release);
             pool.inner.warmed.store(true, Ordering::Release);
         });
     }
@@ -342,11 +334,9 @@ impl H2Upstream {
                 outbound,
                 client_addr,
             } => {
-                let off_path = self.inner.warming.load(Ordering::Acquire);
-                let tls =
-                    TlsConnection::dial(handshaker, listener, outbound, *client_addr, off_path)
-                        .await
-                        .map_err(UpstreamError::Connect)?;
+                let tls = TlsConnection::dial(handshaker, listener, outbound, *client_addr)
+                    .await
+                    .map_err(UpstreamError::Connect)?;
                 if !tls.negotiated_h2() {
                     return Err(UpstreamError::NotH2);
                 }

@@ -7,10 +7,12 @@
 //! peer's identity — its certificate facts and inventory host — which the
 //! L7 modes pass on as headers.
 //!
-//! The dial a renewal makes beside a live pooled connection runs its
-//! handshake on the handshake thread ([`super::handshake_thread`]), so its
-//! signing and verifying does not hold up the calls on the data path; the
-//! finished stream comes back to the caller's runtime.
+//! gRPC listeners run their handshakes on the handshake thread
+//! ([`super::handshake_thread`]): their few connections each carry many
+//! calls, which a handshake on the data path would hold up (a renewal's
+//! make-before-break connection above all). The finished stream comes back
+//! to the caller's runtime. The other modes make a connection per session
+//! and keep their handshakes inline, where the hop would cost more.
 
 use std::future::Future;
 use std::io;
@@ -90,8 +92,35 @@ pub async fn accept(
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> Option<Accepted> {
+    server_handshake(ctx, listener, MovableTcp::new(tcp), peer).await
+}
+
+/// [`accept`], with the handshake on the handshake thread: for listeners
+/// whose connections are few, long-lived and carry many calls each (gRPC),
+/// where a handshake on the data path holds up all of them.
+pub async fn accept_off_path(
+    ctx: &Handshaker,
+    listener: &Arc<ListenerConfig>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<Accepted> {
+    let (ctx, listener) = (ctx.clone(), listener.clone());
+    on_handshake_thread(
+        tcp,
+        peer,
+        |_| None,
+        move |tcp| async move { server_handshake(&ctx, &listener, tcp, peer).await },
+    )
+    .await
+}
+
+async fn server_handshake(
+    ctx: &Handshaker,
+    listener: &ListenerConfig,
+    tcp: MovableTcp,
+    peer: SocketAddr,
+) -> Option<Accepted> {
     ctx.stats.handshake_started();
-    let tcp = MovableTcp::new(tcp);
     let generation = ctx.store.current();
     let Some(tls_config) = generation.server_config(&listener.name) else {
         // Config and material are loaded together; this is a bug, not input.
@@ -210,11 +239,9 @@ pub async fn connect(
     handshake_over(ctx, listener, outbound, remote, client_addr).await
 }
 
-/// [`connect`], with the handshake on the handshake thread: for a dial
-/// that no call waits for while the data path is busy, the new pooled
-/// connection a renewal of this host's certificate makes beside the old
-/// one. (Every handshake there would cost new connections about a fifth
-/// more CPU in thread hops; see issue 15's plan.)
+/// [`connect`], with the handshake on the handshake thread: for the
+/// pooled connections of gRPC listeners, each carrying many calls (a
+/// renewal's new connection is made while the old one still carries them).
 pub async fn connect_off_path(
     ctx: &Handshaker,
     listener: &Arc<ListenerConfig>,
@@ -223,7 +250,7 @@ pub async fn connect_off_path(
 ) -> io::Result<client::TlsStream<PeerIo>> {
     let remote = connect_tcp(listener, outbound, client_addr).await?;
     let (ctx, listener, outbound) = (ctx.clone(), listener.clone(), outbound.clone());
-    on_handshake_thread(remote, client_addr, move |remote| async move {
+    on_handshake_thread(remote, client_addr, Err, move |remote| async move {
         client_handshake(&ctx, &listener, &outbound, remote, client_addr).await
     })
     .await
@@ -324,18 +351,38 @@ async fn client_handshake(
     }
 }
 
+/// What a handshake gives back: a stream whose socket moves to the
+/// caller's runtime, or nothing (a refusal, already logged and counted).
+trait Travels {
+    fn socket(&mut self) -> Option<&mut MovableTcp>;
+}
+
+impl Travels for Option<Accepted> {
+    fn socket(&mut self) -> Option<&mut MovableTcp> {
+        self.as_mut().map(|a| a.tls.get_mut().0.get_mut())
+    }
+}
+
+impl Travels for io::Result<client::TlsStream<PeerIo>> {
+    fn socket(&mut self) -> Option<&mut MovableTcp> {
+        self.as_mut().ok().map(|tls| tls.get_mut().0.get_mut())
+    }
+}
+
 /// Runs `handshake` over `tcp` on the handshake thread and moves the
-/// finished stream's socket to the caller's runtime (a socket that cannot
-/// be moved closes the connection; logged). Without a handshake thread
-/// the handshake runs here.
-async fn on_handshake_thread<F, Fut>(
+/// finished stream's socket to the caller's runtime. `lost` answers for
+/// a socket that could not be moved (the connection is closed; logged).
+/// Without a handshake thread the handshake runs here.
+async fn on_handshake_thread<T, F, Fut>(
     tcp: TcpStream,
     peer: SocketAddr,
+    lost: fn(io::Error) -> T,
     handshake: F,
-) -> io::Result<client::TlsStream<PeerIo>>
+) -> T
 where
+    T: Travels + Send + 'static,
     F: FnOnce(MovableTcp) -> Fut + Send + 'static,
-    Fut: Future<Output = io::Result<client::TlsStream<PeerIo>>> + Send,
+    Fut: Future<Output = T> + Send,
 {
     let mut tcp = MovableTcp::new(tcp);
     let Some(thread) = HandshakeThread::shared() else {
@@ -344,26 +391,30 @@ where
     let failed = |e: io::Error| {
         tracing::warn!(%peer, error = %e,
             "cannot move a connection between the TLS handshake thread and the data path; closing it");
-        e
+        lost(e)
     };
-    tcp.release().map_err(failed)?;
+    if let Err(e) = tcp.release() {
+        return failed(e);
+    }
     let job = async move {
         tcp.adopt()?;
-        // A refusal is already logged and counted: it passes through.
-        let mut tls = match handshake(tcp).await {
-            Ok(tls) => tls,
-            Err(refused) => return Ok(Err(refused)),
-        };
-        tls.get_mut().0.get_mut().release()?;
-        Ok::<_, io::Error>(Ok(tls))
+        let mut done = handshake(tcp).await;
+        if let Some(socket) = done.socket() {
+            socket.release()?;
+        }
+        Ok::<_, io::Error>(done)
     };
-    let mut tls = match thread.run(job).await {
-        Ok(Ok(done)) => done?,
-        Ok(Err(e)) => return Err(failed(e)),
-        Err(gone) => return Err(failed(io::Error::other(gone))),
+    let mut done = match thread.run(job).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => return failed(e),
+        Err(gone) => return failed(io::Error::other(gone)),
     };
-    tls.get_mut().0.get_mut().adopt().map_err(failed)?;
-    Ok(tls)
+    if let Some(socket) = done.socket()
+        && let Err(e) = socket.adopt()
+    {
+        return failed(e);
+    }
+    done
 }
 
 /// Notes a verified inventory host in the peer book, with the chain it

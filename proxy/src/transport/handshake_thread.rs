@@ -1,21 +1,23 @@
-//! A thread of its own for the TLS handshakes that nobody waits for.
+//! A thread of its own for the TLS handshakes of gRPC listeners.
 //!
 //! With one worker (the default) every established connection is served
 //! by one thread. A full handshake is a few hundred microseconds of
 //! signing and verifying on each side; run there, it holds up every call
-//! that arrives meanwhile. A renewal of this host's certificate makes its
-//! new pooled connection beside the old one (make-before-break), and that
-//! full handshake was a stall of the data path at every renewal (issue 15).
-//! That dial's handshake runs here, as a task on a runtime of its own; the
-//! finished stream's socket then moves to the caller's runtime
-//! ([`super::socket::MovableTcp`]), where the connection lives from then on.
+//! that arrives meanwhile. gRPC listeners have few connections, each
+//! carrying many calls: a renewal of this host's certificate makes its new
+//! pooled connection beside the old one (make-before-break), and that
+//! full handshake stalled the data path of both sides at every renewal
+//! (issue 15). Their handshakes (inbound accepts, pool dials) run here, as
+//! tasks on a runtime of their own; the finished stream's socket then
+//! moves to the caller's runtime ([`super::socket::MovableTcp`]), where
+//! the connection lives from then on.
 //!
-//! Only that dial: moving every handshake here was measured too, and the
-//! two moves of each socket and the hops between threads cost a new
+//! Only theirs: moving every handshake here was measured too, and the two
+//! moves of each socket and the hops between threads cost a new
 //! connection about a fifth more CPU (resumed connections per CPU-second
-//! through the pair −20 %, full handshakes −10 to −20 %), which the
-//! calls of established connections would gain in latency only while
-//! handshakes run.
+//! through a tcp pair −20 %, full handshakes −10 to −20 %). The tcp,
+//! mariadb and http modes make a connection per session, where that cost
+//! counts; their handshakes stay on the data path.
 //!
 //! The handshake keeps its own timeout, its counting and its policy
 //! verdicts: only the thread changes. A caller that gives up drops the

@@ -1,7 +1,7 @@
 //! TLS to and from peers, below the protocols: the shared handshake (one
-//! snapshot of the material, the policy's verdict, counted refusals; a
-//! renewal's make-before-break dial runs it on a thread of its own and
-//! moves the finished socket to the data path) and the pooled h2/HTTP
+//! snapshot of the material, the policy's verdict, counted refusals; gRPC
+//! listeners run it on a thread of its own and move the finished socket
+//! to the data path) and the pooled h2/HTTP
 //! clients of the L7 modes with their write coalescing.
 //! Nothing here knows which protocol or listener loop called it: it takes a
 //! [`handshake::Handshaker`] and the listener's settings.

@@ -313,21 +313,17 @@ impl TlsConnection {
     /// Dials `outbound`'s remote with mTLS (through the shared handshake,
     /// so refusals are classified and counted) and registers the
     /// connection, judged under the generation in force when dialing began.
-    /// `off_path`: the handshake runs on the handshake thread (a dial no
-    /// call waits for).
+    /// The handshake runs on the handshake thread: a pooled connection
+    /// carries many calls, and a renewal's new one is made while the old
+    /// one still carries them.
     pub async fn dial(
         handshaker: &Handshaker,
         listener: &Arc<ListenerConfig>,
         outbound: &Outbound,
         client_addr: SocketAddr,
-        off_path: bool,
     ) -> io::Result<Self> {
         let judged_under = handshaker.store.current().number();
-        let tls = if off_path {
-            handshake::connect_off_path(handshaker, listener, outbound, client_addr).await?
-        } else {
-            handshake::connect(handshaker, listener, outbound, client_addr).await?
-        };
+        let tls = handshake::connect_off_path(handshaker, listener, outbound, client_addr).await?;
         let (tcp, session) = tls.get_ref();
         let remote = tcp.get_ref().peer_addr().unwrap_or(client_addr);
         let chain = session.peer_certificates().unwrap_or_default().into();
