@@ -49,7 +49,8 @@ impl MovableTcp {
     pub fn release(&mut self) -> io::Result<()> {
         self.0 = match std::mem::replace(&mut self.0, Place::Lost) {
             Place::Registered(tcp) => Place::InTransit(tcp.into_std()?),
-            other => other,
+            Place::Lost => return Err(lost()),
+            in_transit => in_transit,
         };
         Ok(())
     }
