@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mtlsd::daemon::Running;
+use mtlsd::reject::RejectReason;
 use mtlsd_devca::LeafSpec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -237,4 +238,111 @@ async fn a_stream_reset_flood_gets_goaway_and_is_counted() {
         "{streams} streams were forwarded before GOAWAY"
     );
     assert_eq!(server.ended("reset_flood").await, 1.0);
+}
+
+/// The handshakes of a grpc listener run on the handshake thread (issue
+/// 15): every hostile client is still refused, counted under its reason
+/// and closed there — silent (the handshake timeout), not TLS at all, a
+/// truncated ClientHello, no certificate, another CA's, an expired one, a
+/// SAN of no inventory host (roles are judged per call here) — while a
+/// caller already
+/// connected keeps getting answers, and a new one still gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_are_refused_off_the_data_path_while_a_caller_goes_on() {
+    let server = Server::start("handshake_timeout = \"500ms\"\n").await;
+    let stats = server.daemon.stats("rpc").unwrap();
+    let mut held = server.tls().await;
+    held.write_all(PREFACE).await.unwrap();
+    held.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+    assert_eq!(until_frame(&mut held, 0x4, SOON).await, Some(0x4));
+    let (wakes_before, _) = thread_activity("mtlsd-handshake");
+
+    // Plain TCP: says nothing, says something that is not TLS, or starts a
+    // ClientHello and stops.
+    let raw_cases: [(&str, &[u8], RejectReason); 3] = [
+        ("silent", b"", RejectReason::Timeout),
+        (
+            "not TLS",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            RejectReason::Protocol,
+        ),
+        (
+            "truncated ClientHello",
+            &[
+                0x16, 0x03, 0x01, 0x00, 0x80, 0x01, 0x00, 0x00, 0x7c, 0x03, 0x03,
+            ],
+            RejectReason::Timeout,
+        ),
+    ];
+    let stranger = mtlsd_devca::CertificateAuthority::new("stranger CA").unwrap();
+    let leaf = |spec: LeafSpec| Some(server.pki.ca.issue(&spec).unwrap());
+    let tls_cases = [
+        ("no certificate", None, RejectReason::NoClientCert),
+        (
+            "another CA",
+            Some(
+                stranger
+                    .issue(&LeafSpec::new("api1", &["api1.test"]))
+                    .unwrap(),
+            ),
+            RejectReason::UnknownCa,
+        ),
+        (
+            "an expired certificate",
+            leaf(LeafSpec::new("api1", &["api1.test"]).expired()),
+            RejectReason::Expired,
+        ),
+        (
+            "a SAN in no inventory host",
+            leaf(LeafSpec::new("x", &["nobody.test"])),
+            RejectReason::SanNotInInventory,
+        ),
+    ];
+    let mut ping = 0u64;
+    let mut held_answers = async |held: &mut TlsStream<TcpStream>| {
+        ping += 1;
+        held.write_all(&frame(0x6, 0, 0, &ping.to_be_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(until_frame(held, 0x6, SOON).await, Some(0x6));
+    };
+    for (what, bytes, reason) in raw_cases {
+        let before = stats.refusals(reason);
+        let mut tcp = TcpStream::connect(server.addr()).await.unwrap();
+        tcp.write_all(bytes).await.unwrap();
+        let mut sink = Vec::new();
+        let _ = within(what, SOON, tcp.read_to_end(&mut sink)).await;
+        eventually(&format!("{what} counted as {reason}"), || {
+            stats.refusals(reason) == before + 1
+        })
+        .await;
+        held_answers(&mut held).await;
+    }
+    for (what, cert, reason) in tls_cases {
+        let mut config = (*client_config(server.pki.ca.cert_der(), cert.as_ref())).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let before = stats.refusals(reason);
+        // TLS 1.3: the client finishes before the server judges it; the
+        // refusal shows when it reads.
+        if let Ok(mut stream) = tls_connect(server.addr(), Arc::new(config)).await {
+            let mut sink = Vec::new();
+            let _ = within(what, SOON, stream.read_to_end(&mut sink)).await;
+        }
+        eventually(&format!("{what} counted as {reason}"), || {
+            stats.refusals(reason) == before + 1
+        })
+        .await;
+        held_answers(&mut held).await;
+    }
+    let (wakes_after, _) = thread_activity("mtlsd-handshake");
+    assert!(
+        wakes_after > wakes_before,
+        "the refusals were not judged on the handshake thread"
+    );
+
+    // A new caller still gets through.
+    let mut caller = server.tls().await;
+    caller.write_all(PREFACE).await.unwrap();
+    caller.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+    assert_eq!(until_frame(&mut caller, 0x4, SOON).await, Some(0x4));
 }
