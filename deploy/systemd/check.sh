@@ -153,21 +153,30 @@ if [ ! -x "$bin" ]; then
     printf 'SKIP  sandbox audit: no mtlsd binary at %s (set MTLSD_BIN)\n' "$bin"
 else
     need strace strace
-    allow="$work/allow.txt"
-    deny="$work/deny.txt"
-    : >"$allow"
-    : >"$deny"
+    # As systemd reads the lines, in order: the first is an allow list
+    # (the unit's form; a deny list first would make the default "allow"),
+    # each later line adds its calls to it, or with "~" takes them out, and
+    # an empty one starts over.
+    effective="$work/effective.txt"
+    entries="$work/entries.txt"
+    : >"$effective"
     while read -r line; do
         case "$line" in
-        "") ;;
-        "~"*) for g in ${line#\~}; do expand_group "$g" >>"$deny"; done ;;
-        *) for g in $line; do expand_group "$g" >>"$allow"; done ;;
+        "") : >"$effective" ;;
+        "~"*)
+            for g in ${line#\~}; do expand_group "$g"; done | sort -u >"$entries"
+            comm -23 "$effective" "$entries" >"$effective.next"
+            mv "$effective.next" "$effective"
+            ;;
+        *)
+            for g in $line; do expand_group "$g"; done | sort -u >"$entries"
+            sort -u "$effective" "$entries" -o "$effective"
+            ;;
         esac
     done < <(sed -n 's/^SystemCallFilter=//p' "$unit")
-    sort -u -o "$allow" "$allow"
-    sort -u -o "$deny" "$deny"
-    effective="$work/effective.txt"
-    comm -23 "$allow" "$deny" >"$effective"
+    if sed -n 's/^SystemCallFilter=//p' "$unit" | grep -v '^$' | head -1 | grep -q '^~'; then
+        fail "sandbox audit: the unit's first SystemCallFilter= is a deny list; this check models an allow list"
+    fi
     families="$(sed -n 's/^RestrictAddressFamilies=//p' "$unit" | tr ' ' '\n' | sort -u)"
 
     state="$work/dev"

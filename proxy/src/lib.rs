@@ -22,6 +22,7 @@ pub mod config;
 pub mod connections;
 pub mod control_socket;
 pub mod counting;
+pub mod cpu_priority;
 pub mod daemon;
 pub mod error_chain;
 pub mod expiry_watch;

@@ -12,6 +12,9 @@
 //! default, a build there would stall every connection.) The daemon now
 //! links mimalloc (see `main.rs`), which returns freed pages itself; one
 //! thread still means one build at a time and warm free lists for it.
+//!
+//! It runs below the data path's CPU priority ([`crate::cpu_priority`]):
+//! a build at a renewal otherwise holds a core a data path thread wants.
 
 use std::sync::mpsc;
 
@@ -37,6 +40,7 @@ impl Builder {
         std::thread::Builder::new()
             .name("mtlsd-builder".to_owned())
             .spawn(move || {
+                crate::cpu_priority::give_way_to_data_path("mtlsd-builder");
                 for job in queue {
                     // A panic in one build must not leave every later
                     // reload without a builder: its answer is dropped,
@@ -76,6 +80,21 @@ mod tests {
         assert_eq!(first, second);
         assert_ne!(first, runtime_thread);
         assert_eq!(builder.run(|| 6 * 7).await.unwrap(), 42);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn builds_run_below_the_data_paths_cpu_priority() {
+        let builder = Builder::spawn().unwrap();
+        let process = crate::cpu_priority::process_nice().unwrap();
+        let nice = builder
+            .run(crate::cpu_priority::calling_thread_nice)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            nice > process,
+            "builder at nice {nice}, process at {process}"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -19,6 +19,10 @@
 //! mariadb and http modes make a connection per session, where that cost
 //! counts; their handshakes stay on the data path.
 //!
+//! The thread runs below the data path's CPU priority
+//! ([`crate::cpu_priority`]): otherwise, at a renewal, the handshake held a
+//! core a data path thread wanted, and only moved the wait there.
+//!
 //! The handshake keeps its own timeout, its counting and its policy
 //! verdicts: only the thread changes. A caller that gives up drops the
 //! handshake with it.
@@ -68,6 +72,8 @@ impl HandshakeThread {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("mtlsd-handshake")
+            // Every thread of it, the ones `block_in_place` adds too.
+            .on_thread_start(|| crate::cpu_priority::give_way_to_data_path("mtlsd-handshake"))
             .enable_all()
             .build()?;
         Ok(Self { runtime })
@@ -137,6 +143,42 @@ mod tests {
             blocked.await.unwrap().unwrap(),
             "the blocked job was released"
         );
+    }
+
+    /// The worker the runtime starts in place of a blocked one as well.
+    #[tokio::test(flavor = "current_thread")]
+    async fn its_threads_run_below_the_data_paths_cpu_priority() {
+        use crate::cpu_priority::{calling_thread_nice, process_nice};
+        let thread = HandshakeThread::shared().expect("the thread starts");
+        let process = process_nice().unwrap();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let blocked = tokio::spawn(thread.run(async move {
+            tokio::task::block_in_place(|| {
+                let nice = (std::thread::current().id(), calling_thread_nice().unwrap());
+                let _ = released.recv_timeout(Duration::from_secs(20));
+                nice
+            })
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let other = tokio::time::timeout(
+            Duration::from_secs(10),
+            thread.run(async { (std::thread::current().id(), calling_thread_nice().unwrap()) }),
+        )
+        .await
+        .expect("held up by the blocked job")
+        .unwrap();
+        release.send(()).unwrap();
+        let blocked = blocked.await.unwrap().unwrap();
+        assert_ne!(
+            blocked.0, other.0,
+            "the second job ran on the blocked thread"
+        );
+        for (_, nice) in [blocked, other] {
+            assert!(
+                nice > process,
+                "a handshake thread at nice {nice}, the process at {process}"
+            );
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]
