@@ -380,6 +380,20 @@ async fn a_reissue_by_another_ca_starts_fresh_pools_and_sessions() {
     replace(&pair.client_files.cert, &reissued.cert_pem);
     Pair::reload(&pair.client, "client re-issued by the next CA").await;
     pair.calls("after the client's re-issue").await;
+    // The trust is the same (both sides already trust the next CA), so the
+    // new connection is made beside the old one, which carries these calls
+    // until it is up: wait for it, then check it was exactly one.
+    within(
+        "the re-issue's new connection",
+        std::time::Duration::from_secs(10),
+        async {
+            while pair.server_handshakes("db-grpc").await.0 <= before {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        },
+    )
+    .await;
+    pair.calls("after the re-issue reached the server").await;
     let (after, resumed_after) = pair.server_handshakes("db-grpc").await;
     assert_eq!(
         after,
