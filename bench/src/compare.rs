@@ -648,6 +648,20 @@ async fn reload_under_load(
     );
     r.add(Figure::ReloadP999, Kind::Mtlsd, lat.window_ms(true, 0.999));
     r.add(Figure::ReloadMax, Kind::Mtlsd, lat.window_ms(true, 1.0));
+    // The p99s mix the reloads with the machine's stalls, which fall
+    // anywhere in either kind of window; this count looks only right
+    // after each reload, and at the same moments of the quiet windows.
+    let moments: Vec<Duration> = (0..per_window)
+        .map(|slot| secs(p.reload_every_s) * slot + secs(p.reload_every_s / 2.0))
+        .collect();
+    let [slow_quiet, slow_after] = lat.slow_after(
+        window,
+        &moments,
+        Duration::from_millis(50),
+        Duration::from_secs_f64(quiet / 1e3),
+    );
+    r.add(Figure::ReloadSlowAfter, Kind::Mtlsd, slow_after as f64);
+    r.add(Figure::ReloadSlowQuiet, Kind::Mtlsd, slow_quiet as f64);
     if let Some(count) = window_handshakes {
         r.add(Figure::ReloadHandshakes, Kind::Mtlsd, count);
     }

@@ -76,6 +76,9 @@ pub(crate) struct Latency {
     pub(crate) failed: u64,
     /// How late the generator's thread woke for its sends (p99, µs).
     pub(crate) send_lag_p99_us: f64,
+    /// Each measured call's send (ns after the start of the measured
+    /// part) and its latency (ns), in the order they finished.
+    pub(crate) calls: Vec<(u128, u64)>,
 }
 
 impl Latency {
@@ -87,6 +90,38 @@ impl Latency {
     /// the odd windows.
     pub(crate) fn window_ms(&self, odd: bool, q: f64) -> f64 {
         self.by_window[usize::from(odd)].value_at_quantile(q) as f64 / 1e6
+    }
+
+    /// With [`Windows::Alternate`]`(window)`: the calls slower than
+    /// `slower_than` whose send fell within `span` after one of `moments`
+    /// (offsets into a window), in the even (quiet) windows and in the odd
+    /// ones, `[even, odd]`. What happens at those moments of the odd
+    /// windows (a reload) then shows apart from the machine's own stalls,
+    /// which land on both alike; a p99 mixes the two.
+    pub(crate) fn slow_after(
+        &self,
+        window: Duration,
+        moments: &[Duration],
+        span: Duration,
+        slower_than: Duration,
+    ) -> [u64; 2] {
+        let window = window.as_nanos().max(1);
+        let slower_than = slower_than.as_nanos();
+        let mut counts = [0u64; 2];
+        for &(sent, latency) in &self.calls {
+            if u128::from(latency) <= slower_than {
+                continue;
+            }
+            let into = sent % window;
+            let near = moments.iter().any(|m| {
+                let m = m.as_nanos();
+                into >= m && into < m + span.as_nanos()
+            });
+            if near {
+                counts[usize::from((sent / window) % 2 == 1)] += 1;
+            }
+        }
+        counts
     }
 }
 
@@ -105,9 +140,9 @@ pub(crate) enum Windows {
 #[derive(Debug)]
 struct Tally {
     by_window: [Histogram<u64>; 2],
-    /// With `BENCH_TRACE=FILE`: each measured call's send, in ns after
-    /// the start of the measured part, and its latency in ns.
-    trace: Option<Vec<(u128, u64)>>,
+    /// Each measured call's send, in ns after the start of the measured
+    /// part, and its latency in ns (written out with `BENCH_TRACE=FILE`).
+    trace: Vec<(u128, u64)>,
     lag: Histogram<u64>,
     failed: u64,
 }
@@ -134,7 +169,7 @@ where
     let trace_to = std::env::var_os("BENCH_TRACE");
     let tally = Arc::new(Mutex::new(Tally {
         by_window: [histogram(), histogram()],
-        trace: trace_to.as_ref().map(|_| Vec::new()),
+        trace: Vec::with_capacity(usize::try_from(total).unwrap_or(0)),
         lag: histogram(),
         failed: 0,
     }));
@@ -175,9 +210,7 @@ where
                         let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
                         let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
                         t.by_window[usize::from(odd)].saturating_record(ns);
-                        if let Some(trace) = &mut t.trace {
-                            trace.push((into.as_nanos(), ns));
-                        }
+                        t.trace.push((into.as_nanos(), ns));
                         t.lag
                             .saturating_record(u64::try_from(lag.as_nanos()).unwrap_or(u64::MAX));
                         if !ok {
@@ -199,9 +232,9 @@ where
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let stuck = outstanding.load(Ordering::SeqCst);
-    let t = tally.lock().unwrap_or_else(|p| p.into_inner());
-    if let (Some(path), Some(trace)) = (trace_to, &t.trace) {
-        let text: String = trace.iter().map(|(a, b)| format!("{a} {b}\n")).collect();
+    let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(path) = trace_to {
+        let text: String = t.trace.iter().map(|(a, b)| format!("{a} {b}\n")).collect();
         std::fs::write(path, text)?;
     }
     let mut hist = t.by_window[0].clone();
@@ -211,6 +244,7 @@ where
         by_window: t.by_window.clone(),
         failed: t.failed + stuck,
         send_lag_p99_us: t.lag.value_at_quantile(0.99) as f64 / 1e3,
+        calls: std::mem::take(&mut t.trace),
     })
 }
 
@@ -459,4 +493,55 @@ pub(crate) async fn hold(addr: SocketAddr, count: usize) -> anyhow::Result<Vec<T
         held.push(joined??);
     }
     Ok(held)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> u128 {
+        u128::from(n) * 1_000_000
+    }
+
+    #[test]
+    fn slow_calls_after_the_moments_are_counted_per_kind_of_window() {
+        let latency = |calls: Vec<(u128, u64)>| Latency {
+            hist: histogram(),
+            by_window: [histogram(), histogram()],
+            failed: 0,
+            send_lag_p99_us: 0.0,
+            calls,
+        };
+        let slow = 3_000_000; // 3 ms
+        let fast = 500_000;
+        let run = latency(vec![
+            // Window 1 (odd, reloading), 1000 ms long: two slow calls in
+            // the 50 ms after the moment at 500 ms, one slow just before,
+            // one slow after the span, one fast inside it.
+            (ms(1000 + 500), slow),
+            (ms(1000 + 549), slow),
+            (ms(1000 + 499), slow),
+            (ms(1000 + 550), slow),
+            (ms(1000 + 510), fast),
+            // Window 2 (even, quiet): one slow at the same offset.
+            (ms(2000 + 520), slow),
+            // Window 3 (odd): one more.
+            (ms(3000 + 501), slow),
+        ]);
+        let counts = run.slow_after(
+            Duration::from_secs(1),
+            &[Duration::from_millis(500)],
+            Duration::from_millis(50),
+            Duration::from_millis(1),
+        );
+        assert_eq!(counts, [1, 3]);
+        // The threshold is strict: calls of exactly it are not slow.
+        let counts = run.slow_after(
+            Duration::from_secs(1),
+            &[Duration::from_millis(500)],
+            Duration::from_millis(50),
+            Duration::from_millis(3),
+        );
+        assert_eq!(counts, [0, 0]);
+    }
 }

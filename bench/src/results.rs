@@ -155,6 +155,8 @@ pub(crate) enum Figure {
     ReloadP99Ratio,
     ReloadP999,
     ReloadMax,
+    ReloadSlowAfter,
+    ReloadSlowQuiet,
     ReloadHandshakes,
 }
 
@@ -205,13 +207,15 @@ impl Figure {
         Figure::Errors,
         Figure::ForeignCpu,
     ];
-    pub(crate) const RELOAD: [Figure; 7] = [
+    pub(crate) const RELOAD: [Figure; 9] = [
         Figure::ReloadFailed,
         Figure::ReloadP99,
         Figure::ReloadQuietP99,
         Figure::ReloadP99Ratio,
         Figure::ReloadP999,
         Figure::ReloadMax,
+        Figure::ReloadSlowAfter,
+        Figure::ReloadSlowQuiet,
         Figure::ReloadHandshakes,
     ];
 
@@ -420,6 +424,18 @@ impl Figure {
             ),
             Figure::ReloadP999 => m("reload_p99_9", "p99.9 during reloads", "ms", false),
             Figure::ReloadMax => m("reload_max", "max during reloads", "ms", false),
+            Figure::ReloadSlowAfter => m(
+                "reload_slow_after",
+                "calls slower than the quiet windows' p99, sent in the 50 ms after a reload (all reloads of the run): what the reloads themselves add",
+                "count",
+                false,
+            ),
+            Figure::ReloadSlowQuiet => m(
+                "reload_slow_quiet",
+                "the same count at the same offsets of the quiet windows (the machine's own stalls there)",
+                "count",
+                false,
+            ),
             Figure::ReloadHandshakes => m(
                 "reload_pair_handshakes",
                 "mTLS handshakes between the pair's grpc listeners during the reload run (a count: the first pooled connection, then one per renewal, made beside the pooled connection, no call waiting for one)",
