@@ -528,20 +528,16 @@ mod tests {
             // Window 3 (odd): one more.
             (ms(3000 + 501), slow),
         ]);
-        let counts = run.slow_after(
-            Duration::from_secs(1),
-            &[Duration::from_millis(500)],
-            Duration::from_millis(50),
-            Duration::from_millis(1),
-        );
-        assert_eq!(counts, [1, 3]);
+        let slower_than = |ms| {
+            run.slow_after(
+                Duration::from_secs(1),
+                &[Duration::from_millis(500)],
+                Duration::from_millis(50),
+                Duration::from_millis(ms),
+            )
+        };
+        assert_eq!(slower_than(1), [1, 3]);
         // The threshold is strict: calls of exactly it are not slow.
-        let counts = run.slow_after(
-            Duration::from_secs(1),
-            &[Duration::from_millis(500)],
-            Duration::from_millis(50),
-            Duration::from_millis(3),
-        );
-        assert_eq!(counts, [0, 0]);
+        assert_eq!(slower_than(3), [0, 0]);
     }
 }
