@@ -27,6 +27,7 @@
 //! runs at the process's priority, as it did before, and logs why once.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How many nice steps below the process's own the background threads run.
 pub const NICE_STEPS_BELOW_DATA_PATH: i32 = 10;
@@ -36,9 +37,14 @@ const LOWEST: i32 = 19;
 
 /// Lowers the calling thread's CPU priority to
 /// [`NICE_STEPS_BELOW_DATA_PATH`] below the process's own. `thread` names
-/// it in the log line that says it could not.
+/// it in the log line that says it could not; that line is written once
+/// per process (tokio starts handshake threads as it needs them, and each
+/// would be refused alike).
 pub fn give_way_to_data_path(thread: &str) {
-    if let Err(e) = lower_calling_thread() {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if let Err(e) = lower_calling_thread()
+        && !SAID.swap(true, Ordering::Relaxed)
+    {
         tracing::info!(
             thread,
             error = %e,
@@ -48,15 +54,20 @@ pub fn give_way_to_data_path(thread: &str) {
     }
 }
 
+/// The nice value the background threads run at: the process's own plus
+/// [`NICE_STEPS_BELOW_DATA_PATH`], at most the lowest priority.
+pub fn background_nice() -> io::Result<i32> {
+    Ok(process_nice()?
+        .saturating_add(NICE_STEPS_BELOW_DATA_PATH)
+        .min(LOWEST))
+}
+
 /// The nice value the thread now has. Idempotent: it counts from the main
 /// thread's value, not the caller's, so a thread started by one that
 /// already gave way (it inherits the lower priority) lands on the same
 /// value.
 pub fn lower_calling_thread() -> io::Result<i32> {
-    let process = rustix::process::getpriority_process(Some(rustix::process::getpid()))?;
-    let target = process
-        .saturating_add(NICE_STEPS_BELOW_DATA_PATH)
-        .min(LOWEST);
+    let target = background_nice()?;
     rustix::process::setpriority_process(Some(rustix::thread::gettid()), target)?;
     Ok(target)
 }
@@ -97,6 +108,7 @@ mod tests {
         .unwrap();
         let expected = (process + NICE_STEPS_BELOW_DATA_PATH).min(LOWEST);
         assert!(expected > process || process == LOWEST);
+        assert_eq!(background_nice().unwrap(), expected);
         assert_eq!((first, again, child), (expected, expected, expected));
         // Only the calling thread changed, not the process.
         assert_eq!(process_nice().unwrap(), process);

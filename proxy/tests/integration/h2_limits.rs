@@ -298,13 +298,19 @@ async fn hostile_clients_are_refused_off_the_data_path_while_a_caller_goes_on() 
             RejectReason::SanNotInInventory,
         ),
     ];
+    // After each client: its refusal counted once, under its reason, and
+    // the connected caller still answered.
     let mut ping = 0u64;
-    let mut held_answers = async |held: &mut TlsStream<TcpStream>| {
+    let mut counted_and_held_answers = async |what: &str, reason: RejectReason, before: u64| {
+        eventually(&format!("{what} counted as {reason}"), || {
+            stats.refusals(reason) == before + 1
+        })
+        .await;
         ping += 1;
         held.write_all(&frame(0x6, 0, 0, &ping.to_be_bytes()))
             .await
             .unwrap();
-        assert_eq!(until_frame(held, 0x6, SOON).await, Some(0x6));
+        assert_eq!(until_frame(&mut held, 0x6, SOON).await, Some(0x6));
     };
     for (what, bytes, reason) in raw_cases {
         let before = stats.refusals(reason);
@@ -312,11 +318,7 @@ async fn hostile_clients_are_refused_off_the_data_path_while_a_caller_goes_on() 
         tcp.write_all(bytes).await.unwrap();
         let mut sink = Vec::new();
         let _ = within(what, SOON, tcp.read_to_end(&mut sink)).await;
-        eventually(&format!("{what} counted as {reason}"), || {
-            stats.refusals(reason) == before + 1
-        })
-        .await;
-        held_answers(&mut held).await;
+        counted_and_held_answers(what, reason, before).await;
     }
     for (what, cert, reason) in tls_cases {
         let mut config = (*client_config(server.pki.ca.cert_der(), cert.as_ref())).clone();
@@ -328,11 +330,7 @@ async fn hostile_clients_are_refused_off_the_data_path_while_a_caller_goes_on() 
             let mut sink = Vec::new();
             let _ = within(what, SOON, stream.read_to_end(&mut sink)).await;
         }
-        eventually(&format!("{what} counted as {reason}"), || {
-            stats.refusals(reason) == before + 1
-        })
-        .await;
-        held_answers(&mut held).await;
+        counted_and_held_answers(what, reason, before).await;
     }
     let (wakes_after, _) = thread_activity("mtlsd-handshake");
     assert!(
